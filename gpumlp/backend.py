@@ -1,0 +1,115 @@
+"""The array backend: numpy on the CPU or CuPy on a CUDA GPU, chosen once from ``--device``.
+
+Model and training code never import numpy or CuPy for device arrays; they receive a
+``Backend`` and write ``be.xp.…``. Data crosses between host and device only through
+``be.asarray`` (host → device) and ``be.to_numpy`` (device → host), so every transfer is
+visible in one place. CuPy is imported only when a CUDA device is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from gpumlp.errors import BackendUnavailable
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+INSTALL_HINT = "pip install 'gpumlp[cuda12]' (CUDA 12) or pip install 'gpumlp[cuda13]' (CUDA 13)"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A device and its array module. ``name`` is ``"cpu"`` or ``"cuda:N"``."""
+
+    name: str
+    xp: ModuleType
+    device_id: int | None = None  # CUDA ordinal; None on the CPU
+    note: str = ""  # why ``auto`` chose this device, empty otherwise
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device_id is not None
+
+    def asarray(self, a, dtype=None):
+        """Host (or device) array → array on this device. The only way onto the device."""
+        if self.is_cuda:
+            with self.xp.cuda.Device(self.device_id):
+                return self.xp.asarray(a, dtype=dtype)
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        """Device array → host numpy array. The only way back to the host (a sync point)."""
+        if self.is_cuda:
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; call before reading a clock."""
+        if self.is_cuda:
+            self.xp.cuda.Device(self.device_id).synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+
+CPU = Backend("cpu", np)
+
+
+def parse_device(spec: str) -> tuple[str, int | None]:
+    """``"cuda:1"`` → ``("cuda", 1)``; ``"cpu"`` → ``("cpu", None)``; bad specs raise."""
+    s = str(spec).strip().lower()
+    if s in ("cpu", "auto"):
+        return s, None
+    if s == "cuda":
+        return "cuda", 0
+    if s.startswith("cuda:"):
+        n = s[len("cuda:") :]
+        if n.isdigit():
+            return "cuda", int(n)
+    raise BackendUnavailable(f"unknown device {spec!r}: use {DEVICE_HELP}")
+
+
+def _import_cupy() -> ModuleType:
+    try:
+        return importlib.import_module("cupy")
+    except ImportError as e:
+        raise BackendUnavailable(f"--device cuda needs CuPy, which is not installed ({e}): {INSTALL_HINT}") from e
+
+
+def _cuda_backend(device_id: int) -> Backend:
+    cp = _import_cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError, missing driver library, …
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise BackendUnavailable(
+            f"CuPy is installed but no usable CUDA GPU was found ({reason}); "
+            "check the NVIDIA driver with nvidia-smi, or use --device cpu"
+        ) from e
+    if count == 0:
+        raise BackendUnavailable("CuPy is installed but the CUDA runtime reports no GPU; use --device cpu")
+    if device_id >= count:
+        plural = "GPU" if count == 1 else "GPUs"
+        raise BackendUnavailable(
+            f"cuda:{device_id} does not exist: this machine has {count} {plural} (cuda:0 to cuda:{count - 1})"
+        )
+    return Backend(f"cuda:{device_id}", cp, device_id)
+
+
+def get_backend(device: str | Backend = "cpu") -> Backend:
+    """Choose the backend once. ``auto`` takes CUDA when usable, else the CPU, with a note why."""
+    if isinstance(device, Backend):
+        return device
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return CPU
+    if kind == "cuda":
+        return _cuda_backend(index)
+    try:  # auto
+        be = _cuda_backend(0)
+    except BackendUnavailable as e:
+        return Backend("cpu", np, None, note=f"auto chose cpu: {e}")
+    return Backend(be.name, be.xp, be.device_id, note=f"auto chose {be.name}")

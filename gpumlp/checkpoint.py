@@ -1,0 +1,180 @@
+"""Checkpoints: a trained network and what it is, saved from host copies so they load anywhere.
+
+``.npz``: the parameter arrays ``W0, b0, W1, b1, …`` as trained, plus ``metadata``, UTF-8 JSON in
+a uint8 array, so ``numpy.load(path, allow_pickle=False)`` reads everything with numpy alone.
+``.json``: the same metadata with ``params`` as nested lists of exact decimal floats. The format
+follows the file extension. Writes are atomic: a temporary file in the same folder, fsynced,
+then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp.errors import CheckpointError
+from gpumlp.model import DTYPES, MLP, flatten, param_shapes
+
+FORMAT = "gpumlp-checkpoint"
+VERSION = 1
+SUFFIXES = (".npz", ".json")
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(f"{path}: a checkpoint name must end in .npz or .json")
+    return suffix
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write a checkpoint in {folder}: {e.strerror or e}; choose another --save path"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (before hours of training) when ``path`` cannot hold a checkpoint."""
+    path = Path(path)
+    _suffix(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if path.is_dir() or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CheckpointError(
+            f"cannot write a checkpoint to {path}: {probe} is not a writable folder; choose another --save path"
+        )
+    return path
+
+
+def build_metadata(model: MLP, **extra) -> dict:
+    """What the checkpoint says about itself: architecture, versions, device, plus ``extra``."""
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sizes": list(model.sizes),
+        "activation": model.activation,
+        "loss": model.loss,
+        "init": model.init,
+        "dtype": model.dtype,
+        "input_scaling": "pixel / 255",
+        "device": model.be.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"gpumlp": _version(), "numpy": np.__version__, "python": platform.python_version()},
+    }
+    meta.update(extra)
+    return meta
+
+
+def _version() -> str:
+    from gpumlp import __version__
+
+    return __version__
+
+
+def save(path: str | os.PathLike, model: MLP, **metadata) -> Path:
+    """Write ``model`` (from host copies of its parameters) and metadata to ``.npz`` or ``.json``."""
+    path = Path(path)
+    suffix = _suffix(path)
+    meta = build_metadata(model, **metadata)
+    host = {k: model.be.to_numpy(v) for k, v in model.params.items()}  # device → host, once
+    if suffix == ".npz":
+        blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        _atomic_write(path, lambda f: np.savez(f, metadata=blob, **host))
+    else:
+        # float32 → Python float is exact, and repr round-trips a float64, so loading is bit-exact.
+        doc = dict(meta, params={k: v.tolist() for k, v in host.items()})
+        _atomic_write(path, lambda f: f.write(json.dumps(doc).encode("utf-8")))
+    return path
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    suffix = _suffix(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; train one with `gpumlp train --save {path}`")
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if "metadata" not in arrays:
+                raise CheckpointError(f"{path} has no metadata array; is it a gpumlp checkpoint?")
+            meta = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
+            return meta, arrays
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except CheckpointError:
+        raise
+    except ValueError as e:  # bad JSON, pickled objects refused, bad zip member
+        raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path} is damaged or truncated ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
+        raise CheckpointError(f"{path} has no 'params' object; is it a gpumlp checkpoint?")
+    return meta, meta.pop("params")
+
+
+def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
+    """Read a ``.npz`` or ``.json`` checkpoint onto ``device``; returns ``(model, metadata)``.
+
+    Every array is checked against the sizes the metadata declares before anything moves to the
+    device, and parameters are bit-identical to those saved.
+    """
+    path = Path(path)
+    meta, raw = _read(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gpumlp checkpoint (no format {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {meta.get('version')!r}; this gpumlp reads version {VERSION}"
+        )
+    try:
+        model = MLP(
+            meta["sizes"], meta["activation"], meta["loss"], meta.get("init"), device=device, dtype=meta["dtype"]
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{path}: metadata lacks {e}") from None
+    dtype = DTYPES[model.dtype]
+    shapes = param_shapes(model.sizes)
+    if set(raw) != set(shapes):
+        raise CheckpointError(
+            f"{path}: parameters {sorted(raw)} do not match the layers {model.sizes} (expected {list(shapes)})"
+        )
+    host = {}
+    for key, shape in shapes.items():
+        if isinstance(raw[key], np.ndarray) and raw[key].dtype != dtype:
+            raise CheckpointError(f"{path}: {key} is {raw[key].dtype}, the metadata says {model.dtype}")
+        try:
+            arr = np.asarray(raw[key], dtype=dtype)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: {key} is not an array of numbers") from None
+        if arr.shape != shape:
+            raise CheckpointError(f"{path}: {key} has shape {arr.shape}, the layers need {shape}")
+        if not np.all(np.isfinite(arr)):
+            raise CheckpointError(f"{path}: {key} contains NaN or Inf")
+        host[key] = arr
+    model.theta[...] = model.be.asarray(flatten(host), dtype=dtype)  # host → device, once
+    return model, meta

@@ -1,0 +1,267 @@
+"""MNIST: IDX parsing with checks, locating and verifying the files, downloading them, splits.
+
+Everything here lives on the host; the training loop moves arrays to the device once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp.errors import ConfigError, DataError
+
+# SHA-256 of the *decompressed* files: mirrors serve differently compressed .gz files.
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
+N_TRAIN_FILE, N_TEST_FILE = 60_000, 10_000
+
+# IDX type codes (the third byte of the magic number) → big-endian numpy dtype
+IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+# ---------------------------------------------------------------- IDX
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, decompressed when it is gzip (by its magic bytes, not its name)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not an IDX file") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
+    return raw
+
+
+def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """Bytes of an IDX file → numpy array with the declared shape, after checking the header.
+
+    The header is checked against the actual length before anything is allocated, so a
+    truncated or mislabelled file is a ``DataError``, never a numpy exception.
+    """
+    if len(data) < 4:
+        raise DataError(f"{name} is too short for an IDX header ({len(data)} bytes)")
+    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0:
+        raise DataError(f"{name} is not an IDX file (bad magic number 0x{data[:4].hex()})")
+    if type_code not in IDX_DTYPES:
+        raise DataError(f"{name} has unknown IDX type code 0x{type_code:02x}")
+    if ndim == 0:
+        raise DataError(f"{name} declares zero dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name} is truncated inside its header ({len(data)} of {header} bytes)")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = IDX_DTYPES[type_code]
+    expected = header + int(np.prod(shape, dtype=object)) * dtype.itemsize  # exact: no overflow
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(
+            f"{name} is {what}: dimensions {'×'.join(map(str, shape))} need {expected} bytes, the file has {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read a raw or gzip IDX file, checked (see ``parse_idx``)."""
+    path = Path(path)
+    return parse_idx(_read_bytes(path), str(path))
+
+
+# ---------------------------------------------------------------- locating, verifying, downloading
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gpumlp" / "mnist"
+
+
+def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where MNIST is looked for, in order: ``--data-dir``, ``$GPUMLP_DATA_DIR``, the cache."""
+    dirs = [Path(d) for d in (data_dir, os.environ.get("GPUMLP_DATA_DIR")) if d]
+    return dirs + [default_cache_dir()]
+
+
+def find_file(name: str, dirs: Sequence[Path]) -> Path | None:
+    """The first ``name`` or ``name.gz`` in ``dirs``."""
+    for d in dirs:
+        for candidate in (d / name, d / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _progress(name: str) -> Callable[[int, int | None], None]:
+    """A download progress line on stderr, redrawn in place on a terminal."""
+    tty = sys.stderr.isatty()
+    last = [-1]
+
+    def show(done: int, total: int | None) -> None:
+        pct = int(100 * done / total) if total else -1
+        if pct == last[0] or (not tty and pct not in (0, 100)):
+            return
+        last[0] = pct
+        size = f"{done / 1e6:.1f} MB" + (f" / {total / 1e6:.1f} MB ({pct}%)" if total else "")
+        end = "\r" if tty and pct != 100 else "\n"
+        print(f"downloading {name}: {size}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def download_file(
+    name: str,
+    sha256: str,
+    dest_dir: Path,
+    mirrors: Sequence[str] = MIRRORS,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    progress: bool = True,
+) -> Path:
+    """Fetch ``name.gz`` from the first mirror that serves it with the right content.
+
+    The download goes to a temporary file in ``dest_dir`` and is renamed into place only after
+    the SHA-256 of its decompressed content matches, so ``dest_dir`` never holds a partial or
+    wrong file under the real name. Raises ``DataError`` naming every mirror's failure.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{name}.gz"
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{name}.gz"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = resp.headers.get("Content-Length")
+                show = _progress(name) if progress else (lambda done, total: None)
+                done = 0
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    done += len(chunk)
+                    show(done, int(total) if total else None)
+                if total is not None and done != int(total):
+                    raise OSError(f"connection closed after {done} of {total} bytes")
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hashlib.sha256(_read_bytes(Path(tmp))).hexdigest()
+            if digest != sha256:
+                raise OSError(f"checksum mismatch (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
+            os.replace(tmp, target)
+            return target
+        except (OSError, urllib.error.URLError, DataError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            failures.append(f"{url}: {reason}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise DataError(
+        f"could not download {name}: " + "; ".join(failures) + ". "
+        "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)"
+    )
+
+
+def locate_mnist(
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] = MIRRORS,
+    files: dict[str, str] = MNIST_FILES,
+) -> dict[str, Path]:
+    """Path of each MNIST file, downloading the missing ones into the first search folder."""
+    dirs = search_dirs(data_dir)
+    found = {name: find_file(name, dirs) for name in files}
+    missing = [name for name, path in found.items() if path is None]
+    if missing and not download:
+        raise DataError(
+            f"MNIST files not found: {', '.join(missing)} (looked in {', '.join(map(str, dirs))}); "
+            "pass --data-dir DIR or set GPUMLP_DATA_DIR"
+        )
+    for name in missing:
+        found[name] = download_file(name, files[name], dirs[0], mirrors)
+    return found
+
+
+def _load_verified(path: Path, sha256: str) -> np.ndarray:
+    data = _read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise DataError(
+            f"{path} is not the MNIST file it is named after (sha256 {digest[:12]}…, expected "
+            f"{sha256[:12]}…); delete it so gpumlp downloads it again, or fix --data-dir"
+        )
+    return parse_idx(data, str(path))
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True):
+    """``(X_train, y_train, X_test, y_test)`` on the host, verified by SHA-256.
+
+    Images are float32 in [0, 1] of shape (60000, 784) and (10000, 784); labels are uint8.
+    """
+    paths = locate_mnist(data_dir, download=download)
+    arrays = {name: _load_verified(paths[name], sha) for name, sha in MNIST_FILES.items()}
+    X_train = images_to_float(arrays["train-images-idx3-ubyte"])
+    X_test = images_to_float(arrays["t10k-images-idx3-ubyte"])
+    y_train, y_test = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+    check_pair(X_train, y_train, "training")
+    check_pair(X_test, y_test, "test")
+    return X_train, y_train, X_test, y_test
+
+
+def images_to_float(images: np.ndarray) -> np.ndarray:
+    """(n, 28, 28) uint8 → (n, 784) float32 pixels scaled by 1/255 into [0, 1]."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"expected 28×28 images, got an array of shape {images.shape}")
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def check_pair(X: np.ndarray, y: np.ndarray, what: str) -> None:
+    if y.ndim != 1 or len(X) != len(y):
+        raise DataError(f"the {what} images ({len(X)}) and labels ({y.shape}) do not match")
+    if len(y) and int(y.max()) > 9:
+        raise DataError(f"the {what} labels contain {int(y.max())}; digits must be 0–9")
+
+
+def split(X_train, y_train, X_test, y_test, train_size: int, val_size: int, test_size: int):
+    """The Rust project's splits: training images from the start of the training file, validation
+    images right after them (never overlapping), test images from the start of the test file."""
+    if train_size + val_size > len(X_train):
+        raise ConfigError(
+            f"--train-size {train_size} + --val-size {val_size} = {train_size + val_size} exceeds "
+            f"the {len(X_train)} images of the training file; lower one of them"
+        )
+    if test_size > len(X_test):
+        raise ConfigError(f"--test-size {test_size} exceeds the {len(X_test)} test images; lower it")
+    train = X_train[:train_size], y_train[:train_size]
+    val = X_train[train_size : train_size + val_size], y_train[train_size : train_size + val_size]
+    test = X_test[:test_size], y_test[:test_size]
+    return train, val, test

@@ -1,0 +1,197 @@
+"""The training loop and evaluation.
+
+The training set goes to the device once per run. Each epoch one permutation goes in (drawn on
+the host, so the same seed gives the same batches on every device) and one number per metric
+comes out; nothing inside the batch loop reads a device value.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp import checkpoint
+from gpumlp.data import load_mnist, split
+from gpumlp.errors import ConfigError
+from gpumlp.model import DTYPES, MLP, parse_sizes
+from gpumlp.optim import SGD
+
+EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults reproduce the Rust project's reference row."""
+
+    sizes: tuple[int, ...] = (784, 16, 16, 10)  # layer sizes: 784 inputs … 10 classes
+    activation: str = "sigmoid"  # hidden layers: sigmoid, relu or tanh
+    loss: str = "mse"  # mse: sigmoid outputs + ½‖a−y‖²; ce: softmax + cross-entropy
+    init: str | None = None  # normal, lecun, he, xavier; None: the activation's default
+    epochs: int = 30  # passes over the training images
+    batch_size: int = 10  # images per SGD step (mean loss over the batch)
+    lr: float = 3.0  # SGD learning rate η
+    train_size: int = 50_000  # images from the start of the training file
+    val_size: int = 10_000  # images right after them, for validation after each epoch
+    test_size: int = 10_000  # images from the start of the test file, read once at the end
+    seed: int = 0  # initial weights and epoch permutations
+    dtype: str = "float32"  # float32 or float64
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N
+
+    def __post_init__(self):
+        self.sizes = parse_sizes(self.sizes)
+        for name in ("epochs", "batch_size", "train_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        for name in ("val_size", "test_size", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
+        if not np.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"--lr must be a positive finite number, e.g. 3.0 (got {self.lr})")
+        if self.batch_size > self.train_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than --train-size {self.train_size}; "
+                "use a smaller batch or more training images"
+            )
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sizes"] = list(self.sizes)
+        return d
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float  # mean loss over the epoch's batches
+    val_accuracy: float | None  # fraction in [0, 1]; None without a validation set
+    seconds: float  # wall time of the epoch, training and validation, device synchronised
+
+
+@dataclass
+class History:
+    epochs: list[EpochStats] = field(default_factory=list)
+
+    def to_list(self) -> list[dict]:
+        return [asdict(e) for e in self.epochs]
+
+
+def shuffle_rng(seed: int) -> np.random.Generator:
+    """The host generator of epoch permutations: a stream separate from the initial weights'."""
+    return np.random.default_rng([int(seed), 1])
+
+
+def evaluate(model: MLP, X, y) -> float:
+    """Accuracy in [0, 1] of ``model`` on images X (n, 784) and labels y (n,), host or device.
+
+    Counts correct answers on the device and reads one number back (a sync point).
+    """
+    be, xp = model.be, model.be.xp
+    X, y = be.asarray(X), be.asarray(y)
+    correct = xp.zeros((), dtype=xp.int64)
+    for start in range(0, X.shape[0], EVAL_CHUNK):
+        pred = model.predict(X[start : start + EVAL_CHUNK, :])  # (chunk,) on the device
+        correct += (pred == y[start : start + EVAL_CHUNK]).sum()
+    return int(be.to_numpy(correct)) / max(X.shape[0], 1)
+
+
+def fit(
+    model: MLP,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> History:
+    """Mini-batch SGD on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels.
+
+    A last partial batch is trained on (mean over its real size). Returns the per-epoch history.
+    """
+    be, xp = model.be, model.be.xp
+    dtype = DTYPES[model.dtype]
+    X = be.asarray(X_train, dtype=dtype)  # (n, 784) on the device for the whole run
+    Y = model.one_hot(y_train)  # (n, 10)
+    has_val = X_val is not None and len(X_val) > 0
+    if has_val:
+        X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)
+    n = X.shape[0]
+    rng = shuffle_rng(seed)
+    opt = SGD(lr)
+    history = History()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
+        total = xp.zeros((), dtype=dtype)  # summed loss, accumulated on the device
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]  # (b,) a view, no copy
+            Xb = X.take(idx, axis=0)  # (b, 784)
+            Yb = Y.take(idx, axis=0)  # (b, 10)
+            As, Z = model.forward(Xb)
+            total += model.batch_loss(As, Z, Yb)
+            model.backward(As, Yb)  # fills model.grad
+            opt.step(model.theta, model.grad)
+        train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
+        val_acc = evaluate(model, X_val, y_val) if has_val else None
+        be.synchronize()
+        stats = EpochStats(epoch, train_loss, val_acc, time.perf_counter() - t0)
+        history.epochs.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    return history
+
+
+@dataclass
+class RunResult:
+    model: MLP
+    history: History
+    test_accuracy: float | None  # None when --test-size is 0
+    checkpoint: Path | None
+
+
+def default_checkpoint(cfg: TrainConfig) -> Path:
+    """``checkpoints/784-16-16-10-sigmoid-mse.npz`` for the reference network."""
+    return Path("checkpoints") / f"{'-'.join(map(str, cfg.sizes))}-{cfg.activation}-{cfg.loss}.npz"
+
+
+def run(
+    cfg: TrainConfig,
+    data_dir: str | os.PathLike | None = None,
+    save: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> RunResult:
+    """Load MNIST, train ``cfg``, test once at the end, save a checkpoint (unless ``save=False``)."""
+    path = None if save is False else checkpoint.check_writable(save or default_checkpoint(cfg))
+    model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
+    if model.be.note:
+        log(model.be.note)
+    data = load_mnist(data_dir)
+    (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
+    log(
+        f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}"
+    )
+    history = fit(
+        model, X_tr, y_tr,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+        X_val=X_val, y_val=y_val, on_epoch=on_epoch,
+    )  # fmt: skip
+    test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
+    if path is not None:
+        checkpoint.save(
+            path, model,
+            config=cfg.to_dict(), history=history.to_list(), epochs_done=len(history.epochs),
+            test_accuracy=test_acc, test_size=len(X_te),
+        )  # fmt: skip
+    return RunResult(model, history, test_acc, path)
