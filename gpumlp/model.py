@@ -80,8 +80,9 @@ ACTIVATIONS = {
 
 
 # ---------------------------------------------------------------- output layer and loss
-# ``total`` is the loss *summed* over the batch (a device scalar); ``delta`` is d total / d Z_L.
-# Dividing both by n gives the mean loss and its gradient.
+# Each loss returns ``(total, delta)``: the loss *summed* over the batch (a device scalar) and
+# d total / d Z_L (n, 10). Computing both together shares their common term. Dividing by n gives
+# the mean loss and its gradient.
 
 
 def logsumexp(xp, Z):
@@ -93,33 +94,26 @@ def softmax(xp, Z):
     return xp.exp(Z - logsumexp(xp, Z)[:, None])  # (n, 10), rows sum to 1
 
 
-def mse_total(xp, Z, A, Y):
-    D = A - Y  # (n, 10)
-    return 0.5 * xp.vdot(D, D)  # Σ ½‖a − y‖²
+def mse(xp, Z, A, Y):
+    D = A - Y  # (n, 10) with A = σ(Z)
+    total = 0.5 * xp.vdot(D, D)  # Σ ½‖a − y‖²
+    return total, D * sigmoid_grad(xp, A)  # (a − y) σ'(z)
 
 
-def mse_delta(xp, A, Y):
-    return (A - Y) * A * (1 - A)  # (a − y) σ'(z)
-
-
-def ce_total(xp, Z, A, Y):
-    return logsumexp(xp, Z).sum() - xp.vdot(Z, Y)  # Σ −log softmax(z)_y
-
-
-def ce_delta(xp, A, Y):
-    return A - Y  # softmax and cross-entropy together: a − y
+def cross_entropy(xp, Z, A, Y):
+    total = logsumexp(xp, Z).sum() - xp.vdot(Z, Y)  # Σ −log softmax(z)_y, with A = softmax(Z)
+    return total, A - Y  # softmax and cross-entropy together: a − y
 
 
 @dataclass(frozen=True)
 class Loss:
     output: Callable  # (xp, Z_L) -> A_L
-    total: Callable  # (xp, Z_L, A_L, Y) -> summed loss, a device scalar
-    delta: Callable  # (xp, A_L, Y) -> d total / d Z_L, (n, 10)
+    total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L)
 
 
 LOSSES = {
-    "mse": Loss(sigmoid, mse_total, mse_delta),
-    "ce": Loss(softmax, ce_total, ce_delta),
+    "mse": Loss(sigmoid, mse),
+    "ce": Loss(softmax, cross_entropy),
 }
 
 
@@ -283,40 +277,40 @@ class MLP:
         As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
         return As, Z
 
-    def backward(self, As: list, Y) -> dict:
+    def backward(self, As: list, dZ) -> dict:
         """Gradients of the mean loss, ``{dW0, db0, …}`` shaped like ``params``, on the device.
 
-        ``As`` is ``forward``'s list for the batch and ``Y`` its (n, 10) one-hot targets. The
-        result is ``self.grads``: views into the flat buffer ``self.grad``, overwritten by the
-        next call (copy them to keep them).
+        ``As`` is ``forward``'s list for the batch and ``dZ`` (n, 10) the gradient of the mean loss
+        w.r.t. the output pre-activation Z_L. The result is ``self.grads``: views into the flat
+        buffer ``self.grad``, overwritten by the next call (copy them to keep them).
         """
-        xp, W = self.be.xp, self._W
-        n = Y.shape[0]
-        dZ = self._loss.delta(xp, As[-1], Y) / n  # (n, n_L) d mean-loss / d Z_L
+        W = self._W
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
-            xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
+            self.be.xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
             dZ.sum(axis=0, out=self._db[l])  # (n_out,)     db{l} = Σ_batch dZ
             if l > 0:  # the input layer needs no gradient w.r.t. the pixels
                 dA = dZ @ W[l].T  # (n, n_in)
                 # forward:  A{l} = f(Z{l})
-                dZ = dA * self._act.grad(xp, As[l])  # (n, n_in)
+                dZ = dA * self._act.grad(self.be.xp, As[l])  # (n, n_in)
         return self.grads
 
-    def batch_loss(self, As: list, Z, Y):
-        """Summed (not mean) loss of a batch as a device scalar: no host sync."""
-        return self._loss.total(self.be.xp, Z, As[-1], Y)
+    def batch_loss_and_grads(self, X, Y):
+        """Summed loss of a device batch X (n, 784), Y one-hot (n, 10), as a device scalar (no
+        sync); fills ``self.grads`` with the gradients of the *mean* loss."""
+        As, Z = self.forward(X)
+        total, delta = self._loss.total_and_delta(self.be.xp, Z, As[-1], Y)
+        self.backward(As, delta / X.shape[0])  # d mean / d Z_L = delta / n
+        return total
 
     # -- the public API
 
     def loss_and_grads(self, X, y) -> tuple[float, dict]:
         """Mean loss (a Python float, a sync point) and its gradients for images X (n, 784), labels y (n,)."""
         X = self._inputs(X)
-        Y = self.one_hot(y)
-        As, Z = self.forward(X)
-        loss = self.batch_loss(As, Z, Y) / X.shape[0]
-        grads = {k: v.copy() for k, v in self.backward(As, Y).items()}
-        return float(self.be.to_numpy(loss)), grads
+        total = self.batch_loss_and_grads(X, self.one_hot(y))
+        grads = {k: v.copy() for k, v in self.grads.items()}
+        return float(self.be.to_numpy(total)) / X.shape[0], grads
 
     def predict_proba(self, X):
         """Output activations (n, 10) on the device: softmax probabilities for ce, sigmoids for mse."""

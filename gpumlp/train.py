@@ -137,9 +137,7 @@ def fit(
             idx = perm[start : start + batch_size]  # (b,) a view, no copy
             Xb = X.take(idx, axis=0)  # (b, 784)
             Yb = Y.take(idx, axis=0)  # (b, 10)
-            As, Z = model.forward(Xb)
-            total += model.batch_loss(As, Z, Yb)
-            model.backward(As, Yb)  # fills model.grad
+            total += model.batch_loss_and_grads(Xb, Yb)  # fills model.grad
             opt.step(model.theta, model.grad)
         train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
         val_acc = evaluate(model, X_val, y_val) if has_val else None

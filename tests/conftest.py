@@ -1,0 +1,64 @@
+"""Shared fixtures: the backends under test and small deterministic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpumlp.backend import get_backend
+from gpumlp.errors import BackendUnavailable
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "mnist"
+
+
+def _cuda_reason() -> str | None:
+    """None when a CUDA device is usable here, else why not (printed with the skip)."""
+    try:
+        get_backend("cuda")
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _cuda_reason()
+    if reason is not None:
+        skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request) -> str:
+    """Every device the math must work on: numpy always, CuPy when a GPU is usable."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST folder from $GPUMLP_DATA_DIR (CI sets it to ../shared/mnist)."""
+    d = os.environ.get("GPUMLP_DATA_DIR")
+    if not d:
+        pytest.fail("GPUMLP_DATA_DIR is not set: point it at the MNIST folder (e.g. ../shared/mnist)")
+    return Path(d)
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    """(X_train, y_train, X_test, y_test) on the host, loaded once per test session."""
+    from gpumlp.data import load_mnist
+
+    return load_mnist(mnist_dir, download=False)
+
+
+@pytest.fixture
+def batch():
+    """Seven random 'images' in [0, 1] and labels, float64 on the host."""
+    rng = np.random.default_rng(42)
+    return rng.random((7, 784)), rng.integers(0, 10, 7)

@@ -1,0 +1,117 @@
+"""Device selection: numpy on the CPU, CuPy only when asked, and a one-line reason when it can't."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from gpumlp.backend import CPU, get_backend, parse_device
+from gpumlp.errors import BackendUnavailable
+
+
+class FakeCudaError(RuntimeError):
+    pass
+
+
+def fake_cupy(n_devices: int | None) -> types.ModuleType:
+    """A stand-in ``cupy`` module: ``None`` devices means the driver is missing."""
+    cp = types.ModuleType("cupy")
+
+    def get_device_count():
+        if n_devices is None:
+            raise FakeCudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+        return n_devices
+
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    return cp
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("cpu", ("cpu", None)),
+        ("CPU", ("cpu", None)),
+        ("auto", ("auto", None)),
+        ("cuda", ("cuda", 0)),
+        ("cuda:3", ("cuda", 3)),
+    ],
+)
+def test_parse_device(spec, expected):
+    assert parse_device(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:-1", "cuda:x", "tpu:0", ""])
+def test_unknown_device_names_the_choices(spec):
+    with pytest.raises(BackendUnavailable, match="auto, cpu, cuda or cuda:N"):
+        parse_device(spec)
+
+
+def test_cpu_is_numpy():
+    be = get_backend("cpu")
+    assert be is CPU and be.xp is np and not be.is_cuda
+    a = np.arange(3)
+    assert be.to_numpy(be.asarray(a)) is not None
+    np.testing.assert_array_equal(be.to_numpy(be.asarray(a, dtype=np.float32)), [0, 1, 2])
+
+
+def test_cuda_without_cupy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
+    with pytest.raises(BackendUnavailable) as e:
+        get_backend("cuda")
+    assert "pip install 'gpumlp[cuda12]'" in str(e.value) and "cuda13" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cuda_with_cupy_but_no_driver_gives_cupys_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(None))
+    with pytest.raises(BackendUnavailable, match="cudaErrorInsufficientDriver.*--device cpu"):
+        get_backend("cuda:0")
+
+
+def test_cuda_with_zero_devices(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
+    with pytest.raises(BackendUnavailable, match="no GPU"):
+        get_backend("cuda")
+
+
+def test_cuda_n_chooses_that_gpu_and_refuses_one_beyond_the_count(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
+    be = get_backend("cuda:1")
+    assert be.name == "cuda:1" and be.device_id == 1 and be.is_cuda and be.xp is sys.modules["cupy"]
+    with pytest.raises(
+        BackendUnavailable, match=r"cuda:5 does not exist: this machine has 2 GPUs \(cuda:0 to cuda:1\)"
+    ):
+        get_backend("cuda:5")
+
+
+def test_auto_falls_back_to_cpu_and_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(None))
+    be = get_backend("auto")
+    assert be.name == "cpu" and be.xp is np
+    assert be.note.startswith("auto chose cpu") and "cudaErrorInsufficientDriver" in be.note
+
+
+def test_auto_takes_cuda_when_usable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(1))
+    be = get_backend("auto")
+    assert be.name == "cuda:0" and be.note == "auto chose cuda:0"
+
+
+def test_importing_gpumlp_and_cpu_training_never_import_cupy(tmp_path):
+    """A real subprocess: the CPU path must not pay for (or depend on) CuPy."""
+    code = (
+        "import sys, numpy as np, gpumlp\n"
+        "m = gpumlp.MLP((784, 8, 10), device='cpu')\n"
+        "rng = np.random.default_rng(0)\n"
+        "gpumlp.fit(m, rng.random((50, 784)), rng.integers(0, 10, 50), epochs=1, batch_size=10, lr=1.0, seed=0)\n"
+        "gpumlp.save(sys.argv[1], m); gpumlp.load(sys.argv[1], device='cpu')\n"
+        "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.npz")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -1,0 +1,137 @@
+"""Checkpoints: exact round trips in both formats, host copies, atomic writes, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from gpumlp import checkpoint
+from gpumlp.errors import CheckpointError
+from gpumlp.model import MLP
+
+
+def trained_like(dtype="float32", seed=1) -> MLP:
+    """A model whose parameters have full-precision, non-round values."""
+    model = MLP((784, 12, 10), "relu", "ce", seed=seed, dtype=dtype)
+    model.theta *= 1 + np.float32(1e-3) * np.arange(model.theta.size, dtype=model.theta.dtype) % 7
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_round_trip_is_bit_exact(tmp_path, dtype, suffix, device):
+    model = trained_like(dtype)
+    path = checkpoint.save(tmp_path / f"m{suffix}", model, test_accuracy=0.5)
+    loaded, meta = checkpoint.load(path, device=device)
+    assert (loaded.sizes, loaded.activation, loaded.loss, loaded.dtype) == ((784, 12, 10), "relu", "ce", dtype)
+    for k, P in model.params.items():
+        Q = loaded.be.to_numpy(loaded.params[k])
+        assert Q.dtype == P.dtype
+        np.testing.assert_array_equal(Q.view(np.uint8), P.view(np.uint8))  # bit for bit
+    assert meta["test_accuracy"] == 0.5 and meta["format"] == "gpumlp-checkpoint" and meta["version"] == 1
+
+
+def test_npz_and_json_load_to_identical_parameters(tmp_path):
+    model = trained_like()
+    a, _ = checkpoint.load(checkpoint.save(tmp_path / "m.npz", model))
+    b, _ = checkpoint.load(checkpoint.save(tmp_path / "m.json", model))
+    np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_npz_is_readable_with_numpy_alone(tmp_path):
+    model = trained_like()
+    checkpoint.save(tmp_path / "m.npz", model, history=[{"epoch": 1}])
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"metadata", "W0", "b0", "W1", "b1"}
+        meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
+        np.testing.assert_array_equal(z["W0"], model.params["W0"])
+    assert meta["sizes"] == [784, 12, 10] and meta["history"] == [{"epoch": 1}]
+    assert meta["versions"]["numpy"] == np.__version__ and meta["device"] == "cpu"
+
+
+def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
+    model = trained_like()
+    checkpoint.save(tmp_path / "m.npz", model)
+    checkpoint.save(tmp_path / "m.npz", trained_like(seed=2))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = checkpoint.save(tmp_path / "m.npz", trained_like())
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        checkpoint.save(path, trained_like(seed=2))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_check_writable_refuses_bad_paths_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a writable folder"):
+        checkpoint.check_writable(tmp_path / "file" / "m.npz")
+    with pytest.raises(CheckpointError, match="must end in .npz or .json"):
+        checkpoint.check_writable(tmp_path / "m.pt")
+    assert checkpoint.check_writable(tmp_path / "new" / "dir" / "m.npz") == tmp_path / "new" / "dir" / "m.npz"
+
+
+def _npz(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def _meta(**over) -> np.ndarray:
+    meta = {"format": "gpumlp-checkpoint", "version": 1, "sizes": [784, 10], "activation": "sigmoid"}
+    meta.update({"loss": "mse", "init": "xavier", "dtype": "float32"}, **over)
+    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+GOOD = {"W0": np.zeros((784, 10), np.float32), "b0": np.zeros(10, np.float32)}
+
+
+@pytest.mark.parametrize(
+    "make,fragment",
+    [
+        (lambda p: _npz(p, metadata=_meta(), W0=GOOD["W0"], b0=np.zeros(9, np.float32)), r"b0 has shape \(9,\)"),
+        (lambda p: _npz(p, metadata=_meta(), W0=GOOD["W0"]), "do not match the layers"),
+        (lambda p: _npz(p, metadata=_meta(), extra=GOOD["b0"], **GOOD), "do not match the layers"),
+        (lambda p: _npz(p, metadata=_meta(version=99), **GOOD), "version 99"),
+        (lambda p: _npz(p, metadata=_meta(format="other"), **GOOD), "not a gpumlp checkpoint"),
+        (lambda p: _npz(p, metadata=_meta(), W0=GOOD["W0"].astype(np.float64), b0=GOOD["b0"]), "float64"),
+        (lambda p: _npz(p, metadata=_meta(), W0=np.full((784, 10), np.nan, np.float32), b0=GOOD["b0"]), "NaN or Inf"),
+        (lambda p: _npz(p, **GOOD), "no metadata"),
+        (
+            lambda p: _npz(p, metadata=_meta(), W0=np.array([object()] * 7840).reshape(784, 10), b0=GOOD["b0"]),
+            "not a readable",
+        ),
+    ],
+)
+def test_malformed_npz_is_a_clear_error(tmp_path, make, fragment):
+    path = make(tmp_path / "bad.npz")
+    with pytest.raises(CheckpointError, match=fragment):
+        checkpoint.load(path)
+
+
+def test_truncated_npz_and_bad_json_and_missing_file(tmp_path):
+    good = checkpoint.save(tmp_path / "m.npz", trained_like())
+    (tmp_path / "t.npz").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="damaged or truncated|not a readable"):
+        checkpoint.load(tmp_path / "t.npz")
+    (tmp_path / "b.json").write_text('{"format": "gpumlp-checkpoint", "params": {')
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(tmp_path / "b.json")
+    (tmp_path / "w.json").write_text(json.dumps(dict(json.loads(_meta().tobytes()), params={"W0": "x", "b0": []})))
+    with pytest.raises(CheckpointError, match="W0 is not an array of numbers"):
+        checkpoint.load(tmp_path / "w.json")
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load(tmp_path / "none.npz")
+    assert zipfile.is_zipfile(good)

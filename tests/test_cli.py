@@ -1,0 +1,123 @@
+"""The command line: typer's CliRunner for runs, real subprocesses for the entry points."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gpumlp import cli
+
+runner = CliRunner()
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Call the real entry point ``gpumlp.cli.main`` as the console script would."""
+    monkeypatch.setattr(sys, "argv", ["gpumlp", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", ["train", "test"])
+def test_help_lists_every_option_with_its_default(command):
+    result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    options = {
+        "train": ["--device", "--layers", "--activation", "--loss", "--init", "--epochs", "--batch-size", "--lr",
+                  "--train-size", "--val-size", "--test-size", "--seed", "--dtype", "--data-dir", "--save"],
+        "test": ["--device", "--data-dir", "--test-size"],
+    }[command]  # fmt: skip
+    for option in options:
+        assert option in result.output
+    if command == "train":
+        for default in ("784,16,16,10", "sigmoid", "mse", "[default: 10]", "[default: 3.0]", "[default: 50000]"):
+            assert default in result.output
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "--layers", "785,10"], "--layers must start with 784"),
+        (["train", "--layers", "784,x,10"], "not a comma-separated list"),
+        (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["train", "--lr", "-1"], "--lr must be a positive"),
+        (["train", "--lr", "nan"], "--lr must be a positive"),
+        (["train", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--activation", "gelu"], "unknown activation 'gelu': choose one of sigmoid, relu, tanh"),
+        (["train", "--loss", "hinge"], "unknown loss"),
+        (["train", "--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+        (["train", "--train-size", "55000"], "exceeds the 60000"),
+        (["train", "--save", "model.pt"], "must end in .npz or .json"),
+        (["train", "--epochs", "two"], "--epochs"),
+        (["train", "--no-such-option"], "No such option"),
+        (["trian"], "No such command"),
+        (["test"], "Missing argument"),
+        (["test", "missing.npz"], "not found"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist_dir, tmp_path, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(
+        monkeypatch, capsys, *args, *(["--data-dir", str(mnist_dir)] if args[0] == "train" else [])
+    )
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err + out
+    assert not any(tmp_path.iterdir()), "a failed command left files behind"
+
+
+def test_cuda_here_is_one_line_exit_2(monkeypatch, capsys):
+    """This machine has no usable GPU (with or without CuPy installed)."""
+    code, _, err = run_main(monkeypatch, capsys, "train", "--device", "cuda", "--epochs", "1")
+    if code == 0:
+        pytest.skip("a CUDA GPU is usable here")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "cuda" in err.lower()
+
+
+def test_unwritable_save_folder_fails_before_training(monkeypatch, capsys, tmp_path, mnist_dir):
+    (tmp_path / "file").write_text("x")
+    code, out, err = run_main(
+        monkeypatch, capsys, "train", "--data-dir", str(mnist_dir), "--save", str(tmp_path / "file" / "m.npz")
+    )
+    assert code == 2 and "not a writable folder" in err and "epoch" not in out
+
+
+def test_train_then_test_report_the_same_accuracy(tmp_path, mnist_dir):
+    """A short real run through the CLI: per-epoch lines, a test accuracy, a checkpoint that
+    ``gpumlp test`` reads back to exactly the same accuracy, in both formats."""
+    for suffix in (".npz", ".json"):
+        ckpt = tmp_path / f"m{suffix}"
+        args = ["train", "--epochs", "2", "--train-size", "5000", "--val-size", "1000", "--test-size", "2000"]
+        trained = runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(ckpt)])
+        assert trained.exit_code == 0, trained.output
+        assert re.search(r"epoch 1/2  loss \d\.\d{4}  val acc +\d+\.\d\d%", trained.output)
+        assert f"saved {ckpt}" in trained.output
+        acc = re.search(r"test accuracy (\d+\.\d\d)% \(2000 images\)", trained.output).group(1)
+        assert float(acc) > 80
+        tested = runner.invoke(cli.app, ["test", str(ckpt), "--data-dir", str(mnist_dir), "--test-size", "2000"])
+        assert tested.exit_code == 0, tested.output
+        assert f"test accuracy {acc}% (2000 images)" in tested.output
+
+
+def test_default_save_path_is_under_checkpoints(tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--epochs", "1", "--train-size", "100", "--val-size", "0", "--test-size", "0"]
+    result = runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--layers", "784,10"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "checkpoints" / "784-10-sigmoid-mse.npz").is_file()
+    assert "test accuracy" not in result.output
+
+
+@pytest.mark.parametrize("entry", [["gpumlp"], [sys.executable, "-m", "gpumlp"]])
+def test_real_subprocess_help(entry):
+    exe = entry if entry[0] != "gpumlp" else [str(__import__("pathlib").Path(sys.executable).parent / "gpumlp")]
+    out = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout and "test" in out.stdout
+    bare = subprocess.run(exe, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0 and "Usage" in bare.stdout
