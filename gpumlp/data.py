@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import sys
@@ -179,7 +180,7 @@ def download_file(
                 raise OSError(f"checksum mismatch (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
             os.replace(tmp, target)
             return target
-        except (OSError, urllib.error.URLError, DataError, ValueError) as e:
+        except (OSError, http.client.HTTPException, DataError, ValueError) as e:  # URLError is an OSError
             reason = getattr(e, "reason", None) or e
             failures.append(f"{url}: {reason}")
         finally:
@@ -239,6 +240,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
 
 def images_to_float(images: np.ndarray) -> np.ndarray:
     """(n, 28, 28) uint8 → (n, 784) float32 pixels scaled by 1/255 into [0, 1]."""
+    if images.dtype != np.uint8:
+        raise DataError(f"expected uint8 pixels (IDX type 0x08), got {images.dtype}")
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"expected 28×28 images, got an array of shape {images.shape}")
     return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
@@ -247,8 +250,11 @@ def images_to_float(images: np.ndarray) -> np.ndarray:
 def check_pair(X: np.ndarray, y: np.ndarray, what: str) -> None:
     if y.ndim != 1 or len(X) != len(y):
         raise DataError(f"the {what} images ({len(X)}) and labels ({y.shape}) do not match")
-    if len(y) and int(y.max()) > 9:
-        raise DataError(f"the {what} labels contain {int(y.max())}; digits must be 0–9")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"the {what} labels are {y.dtype}, not integers; digits must be 0–9")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise DataError(f"the {what} labels contain {bad}; digits must be 0–9")
 
 
 def split(X_train, y_train, X_test, y_test, train_size: int, val_size: int, test_size: int):
