@@ -96,6 +96,8 @@ def _cuda_backend(device_id: int) -> Backend:
         raise BackendUnavailable(
             f"cuda:{device_id} does not exist: this machine has {count} {plural} (cuda:0 to cuda:{count - 1})"
         )
+    # CuPy runs every kernel on the *current* device: make the chosen one current for this thread.
+    cp.cuda.Device(device_id).use()
     return Backend(f"cuda:{device_id}", cp, device_id)
 
 

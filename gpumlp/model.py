@@ -54,7 +54,7 @@ def relu(xp, Z):
 
 
 def relu_grad(xp, A):
-    return xp.astype(A > 0, A.dtype)  # 1 where z > 0, 0 elsewhere (0 at z = 0)
+    return (A > 0).astype(A.dtype)  # 1 where z > 0, 0 elsewhere (0 at z = 0)
 
 
 def tanh(xp, Z):

@@ -137,7 +137,8 @@ def fit(
             idx = perm[start : start + batch_size]  # (b,) a view, no copy
             Xb = X.take(idx, axis=0)  # (b, 784)
             Yb = Y.take(idx, axis=0)  # (b, 10)
-            total += model.batch_loss_and_grads(Xb, Yb)  # fills model.grad
+            total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on numpy
+            # a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
             opt.step(model.theta, model.grad)
         train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
         val_acc = evaluate(model, X_val, y_val) if has_val else None

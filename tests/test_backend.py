@@ -26,7 +26,16 @@ def fake_cupy(n_devices: int | None) -> types.ModuleType:
             raise FakeCudaError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
         return n_devices
 
-    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    cp.current = None
+
+    class Device:
+        def __init__(self, i):
+            self.id = i
+
+        def use(self):
+            cp.current = self.id
+
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count), Device=Device)
     return cp
 
 
@@ -82,6 +91,7 @@ def test_cuda_n_chooses_that_gpu_and_refuses_one_beyond_the_count(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
     be = get_backend("cuda:1")
     assert be.name == "cuda:1" and be.device_id == 1 and be.is_cuda and be.xp is sys.modules["cupy"]
+    assert sys.modules["cupy"].current == 1  # made the current device, where CuPy launches kernels
     with pytest.raises(
         BackendUnavailable, match=r"cuda:5 does not exist: this machine has 2 GPUs \(cuda:0 to cuda:1\)"
     ):

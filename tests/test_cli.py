@@ -88,20 +88,33 @@ def test_unwritable_save_folder_fails_before_training(monkeypatch, capsys, tmp_p
 
 
 def test_train_then_test_report_the_same_accuracy(tmp_path, mnist_dir):
-    """A short real run through the CLI: per-epoch lines, a test accuracy, a checkpoint that
-    ``gpumlp test`` reads back to exactly the same accuracy, in both formats."""
-    for suffix in (".npz", ".json"):
-        ckpt = tmp_path / f"m{suffix}"
-        args = ["train", "--epochs", "2", "--train-size", "5000", "--val-size", "1000", "--test-size", "2000"]
-        trained = runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(ckpt)])
-        assert trained.exit_code == 0, trained.output
-        assert re.search(r"epoch 1/2  loss \d\.\d{4}  val acc +\d+\.\d\d%", trained.output)
-        assert f"saved {ckpt}" in trained.output
-        acc = re.search(r"test accuracy (\d+\.\d\d)% \(2000 images\)", trained.output).group(1)
-        assert float(acc) > 80
-        tested = runner.invoke(cli.app, ["test", str(ckpt), "--data-dir", str(mnist_dir), "--test-size", "2000"])
-        assert tested.exit_code == 0, tested.output
-        assert f"test accuracy {acc}% (2000 images)" in tested.output
+    """The default configuration for one epoch on 50000 real images through the CLI: per-epoch
+    lines, ≥ 90% test accuracy, and a checkpoint that ``gpumlp test`` reads back to exactly the
+    same accuracy."""
+    ckpt = tmp_path / "ref.npz"
+    trained = runner.invoke(cli.app, ["train", "--epochs", "1", "--data-dir", str(mnist_dir), "--save", str(ckpt)])
+    assert trained.exit_code == 0, trained.output
+    assert re.search(r"epoch 1/1  loss \d\.\d{4}  val acc +\d+\.\d\d%  \d+\.\d\ds", trained.output)
+    assert f"saved {ckpt}" in trained.output
+    acc = re.search(r"test accuracy (\d+\.\d\d)% \(10000 images\)", trained.output).group(1)
+    assert float(acc) >= 90.0
+    tested = runner.invoke(cli.app, ["test", str(ckpt), "--data-dir", str(mnist_dir)])
+    assert tested.exit_code == 0, tested.output
+    assert f"test accuracy {acc}% (10000 images)" in tested.output
+
+
+def test_json_checkpoint_through_the_cli(tmp_path, mnist_dir):
+    ckpt = tmp_path / "small.json"
+    args = ["train", "--epochs", "2", "--train-size", "5000", "--val-size", "1000", "--test-size", "2000"]
+    trained = runner.invoke(cli.app, [*args, "--layers", "784,32,10", "--activation", "relu", "--loss", "ce",
+                                      "--lr", "0.1", "--data-dir", str(mnist_dir), "--save", str(ckpt)])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    acc = re.search(r"test accuracy (\d+\.\d\d)% \(2000 images\)", trained.output).group(1)
+    assert float(acc) > 80
+    tested = runner.invoke(cli.app, ["test", str(ckpt), "--data-dir", str(mnist_dir), "--test-size", "2000"])
+    assert tested.exit_code == 0, tested.output
+    assert "MLP(784-32-10, relu, ce, float32" in tested.output
+    assert f"test accuracy {acc}% (2000 images)" in tested.output
 
 
 def test_default_save_path_is_under_checkpoints(tmp_path, mnist_dir, monkeypatch):
