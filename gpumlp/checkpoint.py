@@ -82,7 +82,7 @@ def build_metadata(model: MLP, **extra) -> dict:
         "loss": model.loss,
         "init": model.init,
         "dtype": model.dtype,
-        "input_scaling": "pixel / 255",
+        "input_divisor": model.input_divisor,  # the network's input is pixel / input_divisor
         "device": model.be.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"gpumlp": _version(), "numpy": np.__version__, "python": platform.python_version()},
@@ -153,8 +153,9 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
         )
     try:
         model = MLP(
-            meta["sizes"], meta["activation"], meta["loss"], meta.get("init"), device=device, dtype=meta["dtype"]
-        )
+            meta["sizes"], meta["activation"], meta["loss"], meta.get("init"), device=device, dtype=meta["dtype"],
+            input_divisor=meta.get("input_divisor", 255.0),
+        )  # fmt: skip
     except KeyError as e:
         raise CheckpointError(f"{path}: metadata lacks {e}") from None
     dtype = DTYPES[model.dtype]

@@ -213,6 +213,7 @@ class MLP:
         seed: int = 0,
         device: str | Backend = "cpu",
         dtype: str = "float32",
+        input_divisor: float = 255.0,
     ):
         self.sizes = parse_sizes(sizes)
         self.activation = _choice(activation, tuple(ACTIVATIONS), "activation")
@@ -220,6 +221,9 @@ class MLP:
         self.init = _choice(init or ACTIVATIONS[activation].default_init, INITS, "init")
         self.dtype = _choice(str(np.dtype(dtype)) if dtype in DTYPES.values() else dtype, tuple(DTYPES), "dtype")
         self.seed = int(seed)
+        # The network sees pixel / input_divisor. gpumlp trains on pixel / 255 (load_mnist's
+        # scaling); networks imported from the Rust project were trained on pixel / 256.
+        self.input_divisor = float(input_divisor)
         self.be = get_backend(device)
         self._act = ACTIVATIONS[self.activation]
         self._loss = LOSSES[self.loss]
@@ -251,11 +255,14 @@ class MLP:
 
     # -- moving data in
 
-    def _inputs(self, X):
-        """Images → (n, 784) array of the model's dtype on the model's device."""
+    def inputs(self, X):
+        """Images (n, 784) scaled as load_mnist does (pixel / 255), host or device → the network's
+        input: an array of the model's dtype on the model's device, rescaled to pixel / input_divisor."""
         X = self.be.asarray(X, dtype=DTYPES[self.dtype])
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise ConfigError(f"expected images of shape (n, {self.sizes[0]}), got {tuple(X.shape)}")
+        if self.input_divisor != 255.0:
+            X = X * DTYPES[self.dtype](255.0 / self.input_divisor)
         return X
 
     def one_hot(self, y):
@@ -307,14 +314,14 @@ class MLP:
 
     def loss_and_grads(self, X, y) -> tuple[float, dict]:
         """Mean loss (a Python float, a sync point) and its gradients for images X (n, 784), labels y (n,)."""
-        X = self._inputs(X)
+        X = self.inputs(X)
         total = self.batch_loss_and_grads(X, self.one_hot(y))
         grads = {k: v.copy() for k, v in self.grads.items()}
         return float(self.be.to_numpy(total)) / X.shape[0], grads
 
     def predict_proba(self, X):
         """Output activations (n, 10) on the device: softmax probabilities for ce, sigmoids for mse."""
-        return self.forward(self._inputs(X))[0][-1]
+        return self.forward(self.inputs(X))[0][-1]
 
     def predict(self, X):
         """Predicted digits (n,) on the device: the index of the strongest output."""

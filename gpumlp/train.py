@@ -120,11 +120,11 @@ def fit(
     """
     be, xp = model.be, model.be.xp
     dtype = DTYPES[model.dtype]
-    X = be.asarray(X_train, dtype=dtype)  # (n, 784) on the device for the whole run
+    X = model.inputs(X_train)  # (n, 784) on the device for the whole run
     Y = model.one_hot(y_train)  # (n, 10)
     has_val = X_val is not None and len(X_val) > 0
     if has_val:
-        X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)
+        X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)  # evaluate's predict rescales
     n = X.shape[0]
     rng = shuffle_rng(seed)
     opt = SGD(lr)

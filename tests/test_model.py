@@ -122,7 +122,7 @@ def test_float32_stays_float32_through_forward_and_backward(batch):
     """Host float64 inputs are cast once; no silent promotion to float64 anywhere."""
     X, y = batch
     model = MLP(SMALL, "tanh", "ce")
-    As, Z = model.forward(model._inputs(X))
+    As, Z = model.forward(model.inputs(X))
     assert all(A.dtype == np.float32 for A in As) and Z.dtype == np.float32
     _, grads = model.loss_and_grads(X, y)
     assert all(G.dtype == np.float32 for G in grads.values())
