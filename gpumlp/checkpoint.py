@@ -87,6 +87,8 @@ def build_metadata(model: MLP, **extra) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"gpumlp": _version(), "numpy": np.__version__, "python": platform.python_version()},
     }
+    if model.be.is_cuda:
+        meta["versions"]["cupy"] = model.be.xp.__version__
     meta.update(extra)
     return meta
 
@@ -137,6 +139,23 @@ def _read(path: Path) -> tuple[dict, dict]:
     return meta, meta.pop("params")
 
 
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a gpumlp checkpoint, without building the network."""
+    path = Path(path)
+    meta, _ = _read(path)
+    _check_header(path, meta)
+    return meta
+
+
+def _check_header(path: Path, meta) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gpumlp checkpoint (no format {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {meta.get('version')!r}; this gpumlp reads version {VERSION}"
+        )
+
+
 def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
     """Read a ``.npz`` or ``.json`` checkpoint onto ``device``; returns ``(model, metadata)``.
 
@@ -145,12 +164,7 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
     """
     path = Path(path)
     meta, raw = _read(path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a gpumlp checkpoint (no format {FORMAT!r})")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {meta.get('version')!r}; this gpumlp reads version {VERSION}"
-        )
+    _check_header(path, meta)
     try:
         model = MLP(
             meta["sizes"], meta["activation"], meta["loss"], meta.get("init"), device=device, dtype=meta["dtype"],
@@ -179,3 +193,23 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
         host[key] = arr
     model.theta[...] = model.be.asarray(flatten(host), dtype=dtype)  # host → device, once
     return model, meta
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """What ``gpumlp info`` shows: the metadata plus file size, parameter count and a history
+    summary (best and last validation accuracy, first and last loss, total seconds)."""
+    path = Path(path)
+    model, meta = load(path)
+    history = [e for e in meta.get("history", []) if isinstance(e, dict)]
+    vals = [(e["val_accuracy"], e["epoch"]) for e in history if e.get("val_accuracy") is not None]
+    summary = {
+        "epochs": len(history),
+        "first_train_loss": history[0].get("train_loss") if history else None,
+        "last_train_loss": history[-1].get("train_loss") if history else None,
+        "best_val_accuracy": max(vals)[0] if vals else None,
+        "best_val_epoch": max(vals)[1] if vals else None,
+        "last_val_accuracy": vals[-1][0] if vals else None,
+        "seconds": sum(e.get("seconds", 0) for e in history),
+    }
+    return dict(meta, path=str(path), file_format=path.suffix.lower()[1:], bytes=path.stat().st_size,
+                n_params=model.n_params, history_summary=summary)  # fmt: skip

@@ -42,6 +42,7 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command("train")
 def train_cli(
+    ctx: typer.Context,
     device: DeviceOpt = "cpu",
     layers: Annotated[str, typer.Option(help="Layer sizes, 784 inputs first and 10 classes last.")] = "784,16,16,10",
     activation: Annotated[str, typer.Option(help="Hidden activation: sigmoid, relu or tanh.")] = "sigmoid",
@@ -65,25 +66,57 @@ def train_cli(
     data_dir: DataDirOpt = None,
     save: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint to write (.npz or .json). Default: checkpoints/LAYERS-ACTIVATION-LOSS.npz."),
+        typer.Option(
+            help="Checkpoint to write (.npz or .json). Default: checkpoints/LAYERS-ACTIVATION-LOSS.npz, "
+            "or the --resume checkpoint."
+        ),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped."),
+    ] = None,
+    save_every: Annotated[int, typer.Option(help="Also save the checkpoint every K epochs (0: only at the end).")] = 0,
 ):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
-    from gpumlp.train import TrainConfig, run
+    from gpumlp.checkpoint import read_metadata
+    from gpumlp.train import TrainConfig, TrainingInterrupted, resume_config, run
 
+    options = dict(
+        sizes=layers, activation=activation, loss=loss, init=init, epochs=epochs,
+        batch_size=batch_size, lr=lr, train_size=train_size, val_size=val_size,
+        test_size=test_size, seed=seed, dtype=dtype, device=device,
+    )  # fmt: skip
     try:
-        cfg = TrainConfig(
-            sizes=layers, activation=activation, loss=loss, init=init, epochs=epochs,
-            batch_size=batch_size, lr=lr, train_size=train_size, val_size=val_size,
-            test_size=test_size, seed=seed, dtype=dtype, device=device,
+        if save_every < 0:
+            raise GpumlpError(f"--save-every must be 0 or more (got {save_every})")
+        if resume is None:
+            cfg = TrainConfig(**options)
+        else:  # the checkpoint's configuration, with the options given on this command line
+            given = {k: v for k, v in options.items() if _given(ctx, "layers" if k == "sizes" else k)}
+            cfg = resume_config(read_metadata(resume).get("config", {}), given)
+        result = run(
+            cfg, data_dir=data_dir, save=save, log=typer.echo, on_epoch=_print_epoch(cfg.epochs),
+            resume=resume, save_every=save_every,
         )  # fmt: skip
-        result = run(cfg, data_dir=data_dir, save=save, log=typer.echo, on_epoch=_print_epoch(cfg.epochs))
     except GpumlpError as e:
         raise _fail(str(e)) from None
+    except TrainingInterrupted as e:
+        if e.checkpoint is None:
+            typer.echo("interrupted before the first epoch ended: nothing to save", err=True)
+        else:
+            typer.echo(f"interrupted: saved epoch {e.epochs_done} to {e.checkpoint}; resume with", err=True)
+            typer.echo(f"  {e.resume_command}", err=True)
+        raise typer.Exit(130) from None
     if result.test_accuracy is not None:
         typer.echo(f"test accuracy {100 * result.test_accuracy:.2f}% ({cfg.test_size} images)")
     if result.checkpoint is not None:
         typer.echo(f"saved {result.checkpoint}")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was typed on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def _print_epoch(total: int):
@@ -119,6 +152,59 @@ def test_cli(
         raise _fail(str(e)) from None
     typer.echo(f"{checkpoint}: {model}")
     typer.echo(f"test accuracy {100 * acc:.2f}% ({len(X)} images)")
+
+
+@app.command("info")
+def info_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+):
+    """Architecture, parameter count, training configuration, history and accuracy of a checkpoint."""
+    import json
+
+    from gpumlp.checkpoint import describe
+
+    try:
+        d = describe(checkpoint)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for key, value in _info_rows(d):
+        typer.echo(f"{key:<15}{value}")
+
+
+def _info_rows(d: dict) -> list[tuple[str, str]]:
+    """The human-readable table of ``gpumlp info``."""
+    cfg, h = d.get("config") or {}, d["history_summary"]
+    rows = [
+        ("checkpoint", f"{d['path']} ({d['file_format']}, {d['bytes']:,} bytes, format version {d['version']})"),
+        (
+            "architecture",
+            f"{'-'.join(map(str, d['sizes']))}, {d['activation']} hidden, {d['loss']} output, {d['dtype']}",
+        ),
+        ("parameters", f"{d['n_params']:,}"),
+        ("input", f"pixel / {d.get('input_divisor', 255.0):g}"),
+    ]
+    if d.get("imported_from"):
+        rows.append(("imported from", d["imported_from"]))
+    if cfg:
+        data = f"{cfg.get('train_size')} train / {cfg.get('val_size')} val images"
+        rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
+                                 f"seed {cfg.get('seed')}, {data}"))  # fmt: skip
+    if h["epochs"]:
+        loss = f"loss {h['first_train_loss']:.4f} → {h['last_train_loss']:.4f}"
+        val = ""
+        if h["best_val_accuracy"] is not None:
+            val = (f", val acc best {100 * h['best_val_accuracy']:.2f}% (epoch {h['best_val_epoch']}), "
+                   f"last {100 * h['last_val_accuracy']:.2f}%")  # fmt: skip
+        rows.append(("history", f"{h['epochs']} epochs in {h['seconds']:.1f} s, {loss}{val}"))
+    if d.get("test_accuracy") is not None:
+        rows.append(("test accuracy", f"{100 * d['test_accuracy']:.2f}% ({d.get('test_size')} images)"))
+    versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
+    rows.append(("trained on", f"{d.get('device')}, {d.get('created')}, {versions}"))
+    return rows
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import checkpoint
-from gpumlp.data import load_mnist, split
+from gpumlp.data import MNIST_FILES, load_mnist, split
 from gpumlp.errors import ConfigError
 from gpumlp.model import DTYPES, MLP, parse_sizes
 from gpumlp.optim import SGD
@@ -72,19 +72,38 @@ class EpochStats:
     train_loss: float  # mean loss over the epoch's batches
     val_accuracy: float | None  # fraction in [0, 1]; None without a validation set
     seconds: float  # wall time of the epoch, training and validation, device synchronised
+    lr: float  # the options that may change when a run is resumed, as used in this epoch
+    batch_size: int
 
 
 @dataclass
-class History:
-    epochs: list[EpochStats] = field(default_factory=list)
+class TrainState:
+    """Where a run stands after its last completed epoch: enough to continue it exactly."""
 
-    def to_list(self) -> list[dict]:
-        return [asdict(e) for e in self.epochs]
+    epochs_done: int = 0
+    rng_state: dict | None = None  # the permutation generator's bit_generator.state; None: fresh
+    history: list[EpochStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"epochs_done": self.epochs_done, "rng_state": self.rng_state}
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> TrainState:
+        try:
+            history = [EpochStats(**e) for e in meta.get("history", [])]
+            state = meta["train_state"]
+            return cls(int(state["epochs_done"]), dict(state["rng_state"]), history)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"the checkpoint has no usable training state to resume from ({e})") from None
 
 
-def shuffle_rng(seed: int) -> np.random.Generator:
-    """The host generator of epoch permutations: a stream separate from the initial weights'."""
-    return np.random.default_rng([int(seed), 1])
+def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
+    """The host generator of epoch permutations: a stream separate from the initial weights',
+    continued from ``state`` (a ``bit_generator.state``) when resuming."""
+    rng = np.random.default_rng([int(seed), 1])
+    if state is not None:
+        rng.bit_generator.state = state
+    return rng
 
 
 def evaluate(model: MLP, X, y) -> float:
@@ -113,11 +132,16 @@ def fit(
     X_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
-) -> History:
-    """Mini-batch SGD on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels.
+    state: TrainState | None = None,
+) -> list[EpochStats]:
+    """Mini-batch SGD on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
+    ``epochs`` epochs in all; returns the per-epoch history.
 
-    A last partial batch is trained on (mean over its real size). Returns the per-epoch history.
+    ``state`` (updated after every epoch) continues an earlier run exactly. A last partial batch
+    is trained on (mean over its real size). On Ctrl-C the parameters are rolled back to the end
+    of the last completed epoch, so ``model`` and ``state`` agree, and KeyboardInterrupt is re-raised.
     """
+    state = state if state is not None else TrainState()
     be, xp = model.be, model.be.xp
     dtype = DTYPES[model.dtype]
     X = model.inputs(X_train)  # (n, 784) on the device for the whole run
@@ -126,41 +150,77 @@ def fit(
     if has_val:
         X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)  # evaluate's predict rescales
     n = X.shape[0]
-    rng = shuffle_rng(seed)
+    rng = shuffle_rng(seed, state.rng_state)
     opt = SGD(lr)
-    history = History()
-    for epoch in range(1, epochs + 1):
+    last_complete = model.theta.copy()  # device copy: the parameters Ctrl-C rolls back to
+    for epoch in range(state.epochs_done + 1, epochs + 1):
         t0 = time.perf_counter()
-        perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
-        total = xp.zeros((), dtype=dtype)  # summed loss, accumulated on the device
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]  # (b,) a view, no copy
-            Xb = X.take(idx, axis=0)  # (b, 784)
-            Yb = Y.take(idx, axis=0)  # (b, 10)
-            total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on numpy
-            # a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
-            opt.step(model.theta, model.grad)
-        train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
-        val_acc = evaluate(model, X_val, y_val) if has_val else None
-        be.synchronize()
-        stats = EpochStats(epoch, train_loss, val_acc, time.perf_counter() - t0)
-        history.epochs.append(stats)
+        try:
+            perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
+            total = xp.zeros((), dtype=dtype)  # summed loss, accumulated on the device
+            for start in range(0, n, batch_size):
+                idx = perm[start : start + batch_size]  # (b,) a view, no copy
+                Xb = X.take(idx, axis=0)  # (b, 784)
+                Yb = Y.take(idx, axis=0)  # (b, 10)
+                total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on
+                # numpy a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
+                opt.step(model.theta, model.grad)
+            train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
+            val_acc = evaluate(model, X_val, y_val) if has_val else None
+            be.synchronize()
+        except KeyboardInterrupt:
+            model.theta[...] = last_complete  # device → device: back to the last complete epoch
+            raise
+        last_complete[...] = model.theta
+        stats = EpochStats(epoch, train_loss, val_acc, time.perf_counter() - t0, float(lr), int(batch_size))
+        state.epochs_done, state.rng_state = epoch, rng.bit_generator.state
+        state.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    return history
+    return state.history
 
 
 @dataclass
 class RunResult:
     model: MLP
-    history: History
+    history: list[EpochStats]
     test_accuracy: float | None  # None when --test-size is 0
     checkpoint: Path | None
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during ``run``: the last completed epoch was saved to ``checkpoint``."""
+
+    def __init__(self, checkpoint: Path | None, epochs_done: int, resume_command: str):
+        super().__init__(f"interrupted after epoch {epochs_done}")
+        self.checkpoint, self.epochs_done, self.resume_command = checkpoint, epochs_done, resume_command
 
 
 def default_checkpoint(cfg: TrainConfig) -> Path:
     """``checkpoints/784-16-16-10-sigmoid-mse.npz`` for the reference network."""
     return Path("checkpoints") / f"{'-'.join(map(str, cfg.sizes))}-{cfg.activation}-{cfg.loss}.npz"
+
+
+# Options a resumed run must keep: they define the network, its data and its random streams.
+FIXED_ON_RESUME = ("sizes", "activation", "loss", "init", "dtype", "train_size", "val_size", "seed")
+
+
+def resume_config(saved: dict, overrides: dict) -> TrainConfig:
+    """The configuration of a resumed run: the checkpoint's, with ``overrides`` (the options the
+    user gave) applied. Overrides that contradict a fixed option are refused."""
+    for key, value in overrides.items():
+        if key in FIXED_ON_RESUME and saved.get(key) is not None:
+            new = TrainConfig(**{**saved, key: value}).to_dict()[key]  # normalised, e.g. "784,10"
+            if new != saved[key]:
+                option = "--layers" if key == "sizes" else f"--{key.replace('_', '-')}"
+                raise ConfigError(
+                    f"{option} {value} contradicts the checkpoint ({saved[key]}); a resumed run keeps "
+                    f"{option}: drop it, or start a new run without --resume"
+                )
+    try:
+        return TrainConfig(**{**saved, **overrides})
+    except TypeError as e:
+        raise ConfigError(f"the checkpoint's training configuration is unusable ({e})") from None
 
 
 def run(
@@ -169,28 +229,56 @@ def run(
     save: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: str | os.PathLike | None = None,
+    save_every: int = 0,
 ) -> RunResult:
-    """Load MNIST, train ``cfg``, test once at the end, save a checkpoint (unless ``save=False``)."""
-    path = None if save is False else checkpoint.check_writable(save or default_checkpoint(cfg))
-    model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
+    """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
+    end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
+    on Ctrl-C (then ``TrainingInterrupted`` is raised)."""
+    default = Path(resume) if resume else default_checkpoint(cfg)
+    path = None if save is False else checkpoint.check_writable(save or default)
+    if resume:
+        model, meta = checkpoint.load(resume, device=cfg.device)
+        state = TrainState.from_metadata(meta)
+        if state.epochs_done >= cfg.epochs:
+            raise ConfigError(
+                f"{resume} already has {state.epochs_done} epochs; pass --epochs above {state.epochs_done} to continue"
+            )
+    else:
+        model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
+        state = TrainState()
     if model.be.note:
         log(model.be.note)
     data = load_mnist(data_dir)
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
+    start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     log(
-        f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), "
+        f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), {start}"
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}"
     )
-    history = fit(
-        model, X_tr, y_tr,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-        X_val=X_val, y_val=y_val, on_epoch=on_epoch,
-    )  # fmt: skip
+
+    def write(test_accuracy=None):
+        if path is not None:
+            checkpoint.save(
+                path, model, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
+                train_state=state.to_dict(), optimizer={"name": "sgd", "state": {}}, mnist_sha256=MNIST_FILES,
+                test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0,
+            )  # fmt: skip
+
+    def after_epoch(stats: EpochStats) -> None:
+        if on_epoch is not None:
+            on_epoch(stats)
+        if save_every and stats.epoch % save_every == 0 and stats.epoch < cfg.epochs:
+            write()
+
+    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    try:
+        fit(model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state)
+    except KeyboardInterrupt:
+        if state.epochs_done > 0 or resume:
+            write()
+        command = f"gpumlp train --resume {path} --epochs {cfg.epochs}" if path and state.epochs_done else ""
+        raise TrainingInterrupted(path if state.epochs_done else None, state.epochs_done, command) from None
     test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
-    if path is not None:
-        checkpoint.save(
-            path, model,
-            config=cfg.to_dict(), history=history.to_list(), epochs_done=len(history.epochs),
-            test_accuracy=test_acc, test_size=len(X_te),
-        )  # fmt: skip
-    return RunResult(model, history, test_acc, path)
+    write(test_acc)
+    return RunResult(model, state.history, test_acc, path)

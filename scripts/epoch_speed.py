@@ -30,7 +30,7 @@ def main() -> None:
     (X, y), _, _ = split(*gpumlp.load_mnist(a.data_dir), a.train_size, 0, 0)
     model = gpumlp.MLP(a.layers, a.activation, a.loss, device=a.device)
     history = gpumlp.fit(model, X, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=0)
-    rates = [len(X) / e.seconds for e in history.epochs]
+    rates = [len(X) / e.seconds for e in history]
     print(f"{model}, batch {a.batch_size}, {len(X)} images per epoch")
     print("images/s per epoch:", " ".join(f"{r:,.0f}" for r in rates))
     print(f"median {statistics.median(rates):,.0f} images/s, {len(X) / statistics.median(rates):.3f} s per epoch")

@@ -134,3 +134,40 @@ def test_real_subprocess_help(entry):
     assert "train" in out.stdout and "test" in out.stdout
     bare = subprocess.run(exe, capture_output=True, text=True, timeout=60)
     assert bare.returncode == 0 and "Usage" in bare.stdout
+
+
+def test_resume_through_the_cli_and_info(tmp_path, mnist_dir):
+    ckpt = tmp_path / "r.npz"
+    small = ["--train-size", "2000", "--val-size", "500", "--test-size", "500", "--layers", "784,20,10"]
+    first = runner.invoke(
+        cli.app, ["train", "--epochs", "1", *small, "--data-dir", str(mnist_dir), "--save", str(ckpt)]
+    )
+    assert first.exit_code == 0, first.output
+    more = runner.invoke(
+        cli.app, ["train", "--resume", str(ckpt), "--epochs", "3", "--lr", "1.5", "--data-dir", str(mnist_dir)]
+    )
+    assert more.exit_code == 0, more.output
+    assert "from epoch 1 of" in more.output and "epoch 2/3" in more.output and "epoch 1/3" not in more.output
+    info = runner.invoke(cli.app, ["info", str(ckpt)])
+    assert info.exit_code == 0, info.output
+    assert "784-20-10, sigmoid hidden, mse output, float32" in info.output
+    assert f"{784 * 20 + 20 + 20 * 10 + 10:,}" in info.output and "3 epochs in" in info.output
+    assert re.search(r"test accuracy +\d+\.\d\d% \(500 images\)", info.output)
+    as_json = runner.invoke(cli.app, ["info", str(ckpt), "--json"])
+    d = __import__("json").loads(as_json.output)
+    assert [e["lr"] for e in d["history"]] == [3.0, 1.5, 1.5] and d["train_state"]["epochs_done"] == 3
+    assert d["n_params"] == 784 * 20 + 20 + 20 * 10 + 10 and d["config"]["train_size"] == 2000
+
+
+def test_resume_refuses_contradicting_options(monkeypatch, capsys, tmp_path, mnist_dir):
+    ckpt = tmp_path / "r.npz"
+    args = ["train", "--epochs", "1", "--train-size", "1000", "--val-size", "0", "--test-size", "0"]
+    assert runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(ckpt)]).exit_code == 0
+    before = ckpt.read_bytes()
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--resume", str(ckpt), "--epochs", "2", "--layers", "784,30,10"
+    )
+    assert code == 2 and err.count("\n") == 1 and "--layers 784,30,10 contradicts the checkpoint" in err
+    code, _, err = run_main(monkeypatch, capsys, "train", "--resume", str(ckpt), "--epochs", "1")
+    assert code == 2 and "already has 1 epochs" in err
+    assert ckpt.read_bytes() == before

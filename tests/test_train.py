@@ -47,11 +47,11 @@ def test_history_has_loss_and_validation_per_epoch():
     seen = []
     m = MLP((784, 8, 10), "relu", "ce")
     h = fit(m, X, y, epochs=3, batch_size=8, lr=0.1, seed=0, X_val=X[:10], y_val=y[:10], on_epoch=seen.append)
-    assert [e.epoch for e in h.epochs] == [1, 2, 3] and seen == h.epochs
-    assert all(e.train_loss > 0 and 0 <= e.val_accuracy <= 1 and e.seconds > 0 for e in h.epochs)
-    assert h.epochs[-1].train_loss < h.epochs[0].train_loss  # it learns the training set
-    assert h.epochs[-1].val_accuracy == evaluate(m, X[:10], y[:10])
-    assert fit(m, X, y, epochs=1, batch_size=8, lr=0.1, seed=0).epochs[0].val_accuracy is None
+    assert [e.epoch for e in h] == [1, 2, 3] and seen == h
+    assert all(e.train_loss > 0 and 0 <= e.val_accuracy <= 1 and e.seconds > 0 for e in h)
+    assert h[-1].train_loss < h[0].train_loss  # it learns the training set
+    assert h[-1].val_accuracy == evaluate(m, X[:10], y[:10])
+    assert fit(m, X, y, epochs=1, batch_size=8, lr=0.1, seed=0)[0].val_accuracy is None
 
 
 def test_evaluate_counts_correct_answers():
@@ -94,6 +94,6 @@ def test_one_epoch_of_the_reference_network_reaches_90_percent(mnist, mnist_dir,
     cfg = TrainConfig(epochs=1)
     result = run(cfg, data_dir=mnist_dir, save=tmp_path / "ref.npz", log=lambda s: None)
     assert result.test_accuracy >= 0.90
-    assert result.history.epochs[0].val_accuracy >= 0.90
+    assert result.history[0].val_accuracy >= 0.90
     X_test, y_test = mnist[2], mnist[3]
     assert evaluate(result.model, X_test, y_test) == result.test_accuracy

@@ -1,0 +1,122 @@
+"""Resuming: 4 epochs in one run equal 2 epochs, saved, then resumed to 4 — bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpumlp import checkpoint
+from gpumlp.errors import ConfigError
+from gpumlp.model import MLP
+from gpumlp.train import TrainConfig, TrainingInterrupted, resume_config, run
+
+SMALL = dict(sizes=(784, 24, 10), train_size=3000, val_size=500, test_size=500, batch_size=16, lr=0.5, seed=7)
+
+
+def quiet(*_):
+    pass
+
+
+def params_of(path) -> np.ndarray:
+    model, _ = checkpoint.load(path)
+    return model.theta
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_two_plus_two_epochs_equal_four_bit_for_bit(tmp_path, mnist_dir, suffix):
+    full = run(TrainConfig(epochs=4, **SMALL), mnist_dir, tmp_path / f"full{suffix}", log=quiet)
+    run(TrainConfig(epochs=2, **SMALL), mnist_dir, tmp_path / f"half{suffix}", log=quiet)
+    resumed = run(TrainConfig(epochs=4, **SMALL), mnist_dir, log=quiet, resume=tmp_path / f"half{suffix}")
+    assert resumed.checkpoint == tmp_path / f"half{suffix}"  # continues in place by default
+    np.testing.assert_array_equal(params_of(tmp_path / f"half{suffix}"), params_of(tmp_path / f"full{suffix}"))
+    assert [e.train_loss for e in resumed.history] == [e.train_loss for e in full.history]
+    assert resumed.test_accuracy == full.test_accuracy
+    meta = checkpoint.read_metadata(tmp_path / f"half{suffix}")
+    assert meta["train_state"]["epochs_done"] == 4 and [e["epoch"] for e in meta["history"]] == [1, 2, 3, 4]
+
+
+def test_changed_lr_is_recorded_in_history(tmp_path, mnist_dir):
+    run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
+    cfg = resume_config(checkpoint.read_metadata(tmp_path / "m.npz")["config"], {"epochs": 2, "lr": 0.1})
+    run(cfg, mnist_dir, log=quiet, resume=tmp_path / "m.npz")
+    history = checkpoint.read_metadata(tmp_path / "m.npz")["history"]
+    assert [(e["epoch"], e["lr"]) for e in history] == [(1, 0.5), (2, 0.1)]
+
+
+def test_contradicting_options_are_refused():
+    saved = TrainConfig(**SMALL).to_dict()
+    with pytest.raises(ConfigError, match=r"--layers 784,30,10 contradicts the checkpoint \(\[784, 24, 10\]\)"):
+        resume_config(saved, {"sizes": "784,30,10"})
+    with pytest.raises(ConfigError, match="--seed 1 contradicts"):
+        resume_config(saved, {"seed": 1})
+    assert resume_config(saved, {"sizes": "784,24,10", "epochs": 9, "lr": 0.2}).lr == 0.2  # same value: fine
+
+
+def test_resume_needs_more_epochs_than_done(tmp_path, mnist_dir):
+    run(TrainConfig(epochs=2, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
+    with pytest.raises(ConfigError, match="already has 2 epochs; pass --epochs above 2"):
+        run(TrainConfig(epochs=2, **SMALL), mnist_dir, log=quiet, resume=tmp_path / "m.npz")
+
+
+def test_save_every_writes_during_training(tmp_path, mnist_dir):
+    seen = []
+
+    def on_epoch(stats):
+        path = tmp_path / "m.npz"
+        seen.append(checkpoint.read_metadata(path)["train_state"]["epochs_done"] if path.exists() else None)
+
+    run(TrainConfig(epochs=5, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet, on_epoch=on_epoch, save_every=2)
+    assert seen == [None, None, 2, 2, 4]  # on_epoch runs before that epoch's save
+
+
+def test_interrupt_mid_epoch_saves_the_last_complete_epoch(tmp_path, mnist_dir, monkeypatch):
+    """Ctrl-C in epoch 3 saves epoch 2 exactly; resuming it gives the uninterrupted result."""
+    run(TrainConfig(epochs=2, **SMALL), mnist_dir, tmp_path / "two.npz", log=quiet)
+    run(TrainConfig(epochs=4, **SMALL), mnist_dir, tmp_path / "four.npz", log=quiet)
+    calls = {"n": 0}
+    original = MLP.batch_loss_and_grads
+
+    def interrupted(self, X, Y):
+        calls["n"] += 1
+        if calls["n"] == 2 * 188 + 50:  # 188 batches of 16 per epoch: the middle of epoch 3
+            raise KeyboardInterrupt
+        return original(self, X, Y)
+
+    monkeypatch.setattr(MLP, "batch_loss_and_grads", interrupted)
+    with pytest.raises(TrainingInterrupted) as e:
+        run(TrainConfig(epochs=4, **SMALL), mnist_dir, tmp_path / "cut.npz", log=quiet)
+    assert e.value.epochs_done == 2 and e.value.checkpoint == tmp_path / "cut.npz"
+    assert e.value.resume_command == f"gpumlp train --resume {tmp_path / 'cut.npz'} --epochs 4"
+    np.testing.assert_array_equal(params_of(tmp_path / "cut.npz"), params_of(tmp_path / "two.npz"))
+    monkeypatch.setattr(MLP, "batch_loss_and_grads", original)
+    run(TrainConfig(epochs=4, **SMALL), mnist_dir, log=quiet, resume=tmp_path / "cut.npz")
+    np.testing.assert_array_equal(params_of(tmp_path / "cut.npz"), params_of(tmp_path / "four.npz"))
+
+
+def test_real_sigint_saves_prints_the_resume_command_and_exits_130(tmp_path, mnist_dir):
+    """A real `gpumlp train` subprocess gets SIGINT after its first epoch line."""
+    ckpt = tmp_path / "sig.npz"
+    exe = Path(sys.executable).parent / "gpumlp"
+    args = [str(exe), "train", "--epochs", "100000", "--train-size", "3000", "--val-size", "0", "--test-size", "0"]
+    env = dict(os.environ, GPUMLP_DATA_DIR=str(mnist_dir))
+    proc = subprocess.Popen(
+        [*args, "--save", str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if line.split()[:2] == ["epoch", "2/100000"] or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"gpumlp train --resume {ckpt} --epochs 100000" in err
+    done = checkpoint.read_metadata(ckpt)["train_state"]["epochs_done"]
+    assert done >= 2
