@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp import interop
 from gpumlp.errors import CheckpointError
 from gpumlp.model import DTYPES, MLP, flatten, param_shapes
 
@@ -49,12 +50,19 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal new file's mode
         os.replace(tmp, path)
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -134,6 +142,8 @@ def _read(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(f"{path} is damaged or truncated ({e})") from None
+    if interop.detect(meta) is not None:
+        return meta, None  # a Rust-project or Nielsen network2 network: load() converts it
     if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
         raise CheckpointError(f"{path} has no 'params' object; is it a gpumlp checkpoint?")
     return meta, meta.pop("params")
@@ -164,6 +174,11 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
     """
     path = Path(path)
     meta, raw = _read(path)
+    if raw is None:  # a foreign network, checked as strictly as our own; float64 keeps it exact
+        try:
+            return interop.from_foreign(meta, device=device, dtype="float64")
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     _check_header(path, meta)
     try:
         model = MLP(
@@ -213,3 +228,22 @@ def describe(path: str | os.PathLike) -> dict:
     }
     return dict(meta, path=str(path), file_format=path.suffix.lower()[1:], bytes=path.stat().st_size,
                 n_params=model.n_params, history_summary=summary)  # fmt: skip
+
+
+# Metadata that ``save`` derives from the model itself; everything else carries over in a conversion.
+_DERIVED = ("format", "version", "sizes", "activation", "loss", "init", "dtype", "input_divisor", "params")
+
+
+def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpumlp") -> MLP:
+    """Rewrite ``source`` (a gpumlp checkpoint, or a Rust-project or Nielsen JSON) as ``target``:
+    a gpumlp ``.npz``/``.json`` with the same parameters and metadata, or ``to="rust"|"nielsen"``."""
+    if to not in ("gpumlp", *interop.EXPORTERS):
+        raise CheckpointError(f"unknown --to {to!r}: choose gpumlp, rust or nielsen")
+    model, meta = load(source)
+    if to == "gpumlp":
+        save(target, model, **{k: v for k, v in meta.items() if k not in _DERIVED})
+    else:
+        if Path(target).suffix.lower() != ".json":
+            raise CheckpointError(f"{target}: the {to} format is JSON; name the file .json")
+        interop.save_foreign(target, model, to)
+    return model

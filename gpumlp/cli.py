@@ -154,6 +154,22 @@ def test_cli(
     typer.echo(f"test accuracy {100 * acc:.2f}% ({len(X)} images)")
 
 
+@app.command("convert")
+def convert_cli(
+    source: Annotated[Path, typer.Argument(help="A gpumlp checkpoint, or a Rust-project or Nielsen network2 .json.")],
+    target: Annotated[Path, typer.Argument(help="The file to write: .npz or .json (gpumlp), .json (rust, nielsen).")],
+    to: Annotated[str, typer.Option(help="gpumlp, rust (the Rust MLP project) or nielsen (network2.py).")] = "gpumlp",
+):
+    """Convert a network between .npz and .json, or to or from the Rust project's and Nielsen's JSON."""
+    from gpumlp.checkpoint import convert
+
+    try:
+        model = convert(source, target, to)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"{source} → {target} ({to}): {model}")
+
+
 @app.command("info")
 def info_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],

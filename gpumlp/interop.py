@@ -7,8 +7,9 @@ Nielsen's network2.py:     {"sizes": [784, 30, 10], "weights": [...], "biases": 
 
 Both store weights[l] as (n_out, n_in), a row per neuron: the transpose of gpumlp's W{l}. Both
 apply the sigmoid to every layer including the output, which is gpumlp's activation "sigmoid" with
-loss "mse", and both predict the index of the largest output. Their inputs differ: the Rust project
-feeds pixel / 256, Nielsen's mnist_loader pixel / 255. An import keeps the foreign scaling as
+loss "mse", and both predict the index of the largest output. Both feed pixel / 256 (the Rust
+project by design, Nielsen's mnist.pkl.gz holds k/256, at most 0.99609375), gpumlp pixel / 255.
+An import keeps the foreign scaling as
 ``input_divisor`` (bit-faithful); an export folds the ratio into W0, so the foreign forward pass on
 its own inputs computes what gpumlp computes on its own.
 """
@@ -26,7 +27,7 @@ from gpumlp.model import DTYPES, MLP, N_CLASSES, N_INPUTS, flatten
 
 FORMAT, VERSION = "gpumlp-checkpoint", 1  # checkpoint.FORMAT / VERSION (not imported: checkpoint imports us)
 RUST, NIELSEN = "Rust MLP JSON", "Nielsen network2 JSON"  # how messages name the formats
-DIVISORS = {"rust": 256.0, "nielsen": 255.0}  # each project's network input is pixel / divisor
+DIVISORS = {"rust": 256.0, "nielsen": 256.0}  # each project's network input is pixel / divisor
 NIELSEN_COSTS = ("QuadraticCost", "CrossEntropyCost")
 
 

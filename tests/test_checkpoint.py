@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -57,6 +58,9 @@ def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
     checkpoint.save(tmp_path / "m.npz", model)
     checkpoint.save(tmp_path / "m.npz", trained_like(seed=2))
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -135,3 +139,36 @@ def test_truncated_npz_and_bad_json_and_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(tmp_path / "none.npz")
     assert zipfile.is_zipfile(good)
+
+
+def test_writer_killed_mid_save_leaves_previous_checkpoint_intact(tmp_path):
+    """SIGKILL a process while it writes (made slow by patching np.savez in that process): the
+    previous checkpoint still loads unchanged, and the leftover is a hidden .tmp, never a checkpoint."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, trained_like())
+    before = path.read_bytes()
+    code = (
+        "import sys, time, numpy as np\n"
+        "from gpumlp import checkpoint\n"
+        "from gpumlp.model import MLP\n"
+        "real = np.savez\n"
+        "def slow(f, **arrays):\n"
+        "    f.write(b'PK partial'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+        "np.savez = slow\n"
+        "checkpoint.save(sys.argv[1], MLP((784, 12, 10), seed=9))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert path.read_bytes() == before
+    model, _ = checkpoint.load(path)
+    np.testing.assert_array_equal(model.theta, trained_like().theta)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m.npz"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".m.npz.") and leftovers[0].endswith(".tmp")
+    with pytest.raises(CheckpointError, match="must end in .npz or .json"):
+        checkpoint.load(tmp_path / leftovers[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -128,7 +129,7 @@ def test_default_save_path_is_under_checkpoints(tmp_path, mnist_dir, monkeypatch
 
 @pytest.mark.parametrize("entry", [["gpumlp"], [sys.executable, "-m", "gpumlp"]])
 def test_real_subprocess_help(entry):
-    exe = entry if entry[0] != "gpumlp" else [str(__import__("pathlib").Path(sys.executable).parent / "gpumlp")]
+    exe = entry if entry[0] != "gpumlp" else [str(Path(sys.executable).parent / "gpumlp")]
     out = subprocess.run([*exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout and "test" in out.stdout
@@ -171,3 +172,50 @@ def test_resume_refuses_contradicting_options(monkeypatch, capsys, tmp_path, mni
     code, _, err = run_main(monkeypatch, capsys, "train", "--resume", str(ckpt), "--epochs", "1")
     assert code == 2 and "already has 1 epochs" in err
     assert ckpt.read_bytes() == before
+
+
+def test_convert_round_trip_and_foreign_formats(tmp_path, mnist_dir, monkeypatch, capsys):
+    """npz → json → npz keeps every parameter byte and the metadata; a gpumlp network exported to
+    the Rust project's JSON loads back in `gpumlp test` with the same accuracy."""
+    import numpy as np
+
+    from gpumlp import checkpoint
+
+    src = tmp_path / "a.npz"
+    args = ["train", "--epochs", "1", "--train-size", "3000", "--val-size", "0", "--test-size", "1000"]
+    assert runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(src)]).exit_code == 0
+    for a, b in [(src, tmp_path / "b.json"), (tmp_path / "b.json", tmp_path / "c.npz")]:
+        result = runner.invoke(cli.app, ["convert", str(a), str(b)])
+        assert result.exit_code == 0, result.output
+    with np.load(src) as x, np.load(tmp_path / "c.npz") as y:
+        for k in ("W0", "b0", "W1", "b1", "W2", "b2"):
+            assert x[k].tobytes() == y[k].tobytes()
+    meta_a, meta_c = checkpoint.read_metadata(src), checkpoint.read_metadata(tmp_path / "c.npz")
+    assert meta_c["history"] == meta_a["history"] and meta_c["test_accuracy"] == meta_a["test_accuracy"]
+
+    rust = tmp_path / "rust.json"
+    assert runner.invoke(cli.app, ["convert", str(src), str(rust), "--to", "rust"]).exit_code == 0
+    assert set(__import__("json").loads(rust.read_text())) >= {"layers", "weights", "biases", "activation_function"}
+    ours = runner.invoke(cli.app, ["test", str(src), "--data-dir", str(mnist_dir), "--test-size", "1000"])
+    theirs = runner.invoke(cli.app, ["test", str(rust), "--data-dir", str(mnist_dir), "--test-size", "1000"])
+    acc = re.search(r"test accuracy (\S+)%", ours.output).group(1)
+    assert f"test accuracy {acc}%" in theirs.output
+
+    relu = tmp_path / "relu.npz"
+    args += ["--activation", "relu", "--layers", "784,8,10"]
+    assert runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(relu)]).exit_code == 0
+    code, _, err = run_main(monkeypatch, capsys, "convert", str(relu), str(tmp_path / "r.json"), "--to", "nielsen")
+    assert code == 2 and err.count("\n") == 1 and "relu" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_shipped_network_works_right_after_install(mnist_dir):
+    """The committed checkpoint: trained by gpumlp on the training file only, ≥ 97.5% on the test set."""
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+    assert shipped.stat().st_size <= 5 * 2**20
+    tested = runner.invoke(cli.app, ["test", str(shipped), "--data-dir", str(mnist_dir)])
+    assert tested.exit_code == 0, tested.output
+    acc = float(re.search(r"test accuracy (\S+)% \(10000 images\)", tested.output).group(1))
+    assert acc >= 97.5
+    info = runner.invoke(cli.app, ["info", str(shipped)])
+    assert info.exit_code == 0 and f"{acc:.2f}% (10000 images)" in info.output
