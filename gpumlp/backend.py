@@ -35,21 +35,25 @@ class Backend:
 
     def asarray(self, a, dtype=None):
         """Host (or device) array → array on this device. The only way onto the device."""
+        if self.xp is np:
+            return np.asarray(a, dtype=dtype)
         if self.is_cuda:
             with self.xp.cuda.Device(self.device_id):
                 return self.xp.asarray(a, dtype=dtype)
-        return np.asarray(a, dtype=dtype)
+        return self.xp.asarray(a, dtype=dtype)  # a test backend (tests/fake_device.py)
 
     def to_numpy(self, a) -> np.ndarray:
         """Device array → host numpy array. The only way back to the host (a sync point)."""
-        if self.is_cuda:
-            return self.xp.asnumpy(a)
-        return np.asarray(a)
+        if self.xp is np:
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
 
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
         if self.is_cuda:
             self.xp.cuda.Device(self.device_id).synchronize()
+        elif self.xp is not np:
+            self.xp.synchronize()  # a test backend (tests/fake_device.py)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"

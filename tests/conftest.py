@@ -34,10 +34,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request) -> str:
-    """Every device the math must work on: numpy always, CuPy when a GPU is usable."""
+@pytest.fixture(params=["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request, monkeypatch) -> str:
+    """Every device the math must work on: numpy; the strict fake device (tests/fake_device.py),
+    which fails on the host/device mixing that only a real GPU would catch; CuPy when usable."""
+    if request.param == "fake":
+        use_fake_device(monkeypatch)
     return request.param
+
+
+def use_fake_device(monkeypatch) -> None:
+    """Make ``device="fake"`` mean the strict fake device wherever gpumlp builds a model."""
+    from fake_device import FAKE
+
+    import gpumlp.model
+
+    original = gpumlp.model.get_backend
+    monkeypatch.setattr(gpumlp.model, "get_backend", lambda d="cpu": FAKE if d == "fake" else original(d))
 
 
 @pytest.fixture(scope="session")

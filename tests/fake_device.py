@@ -1,0 +1,217 @@
+"""A strict fake accelerator for the tests: numpy underneath, but its arrays behave like CuPy's
+in every way that matters for host/device bugs, and louder.
+
+``FakeArray`` has no ``__array__``, ``__float__``, ``__int__``, ``__bool__`` or ``item()``: passing
+one to a numpy function, ``np.savez``, ``float()``, or mixing it with a host ``np.ndarray`` raises
+``DeviceMixError`` — the mistakes that work on numpy and crash only on a real GPU. Python and numpy
+*scalars* mix freely, as with CuPy. The module ``xp`` offers the functions gpumlp calls on device
+arrays; ``xp.asarray`` and ``xp.asnumpy`` are the only ways across, and they are counted, as are
+``synchronize`` calls, so tests can check how often the hot loop crosses between host and device.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from gpumlp.backend import Backend
+
+
+class DeviceMixError(TypeError):
+    """A host array met a device array, or a device array was read implicitly on the host."""
+
+
+class Counters:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.to_device = self.to_host = self.syncs = 0
+
+
+counters = Counters()
+
+
+def _unwrap(x):
+    if isinstance(x, FakeArray):
+        return x._a
+    if isinstance(x, np.ndarray):
+        raise DeviceMixError(f"a host numpy array {x.shape} was mixed with a device array; move it with be.asarray")
+    if isinstance(x, (list, tuple)):
+        raise DeviceMixError("a host list was mixed with a device array; move it with be.asarray")
+    return x  # Python or numpy scalar, slice, Ellipsis, None
+
+
+def _wrap(a):
+    return FakeArray(a) if isinstance(a, np.ndarray) else FakeArray(np.asarray(a))
+
+
+def _refuse(what):
+    def method(self, *args, **kwargs):
+        raise DeviceMixError(f"{what} on a device array: read it with be.to_numpy (a sync point)")
+
+    return method
+
+
+class FakeArray:
+    __array_ufunc__ = None  # numpy ufuncs on a device array: refused (numpy then raises TypeError)
+
+    def __init__(self, a: np.ndarray):
+        self._a = a
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise DeviceMixError(f"np.{func.__name__} was called on a device array; use be.xp or be.to_numpy")
+
+    __array__ = _refuse("numpy conversion (__array__)")
+    __float__ = _refuse("float()")
+    __int__ = _refuse("int()")
+    __index__ = _refuse("use as an index")
+    __bool__ = _refuse("truth test")
+    item = _refuse(".item()")
+    tolist = _refuse(".tolist()")
+    __iter__ = _refuse("iteration")
+
+    shape = property(lambda self: self._a.shape)
+    ndim = property(lambda self: self._a.ndim)
+    dtype = property(lambda self: self._a.dtype)
+    size = property(lambda self: self._a.size)
+    T = property(lambda self: FakeArray(self._a.T))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return f"FakeArray(shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap_key(key)])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap_key(key)] = _unwrap(value)
+
+    def reshape(self, *shape):
+        return FakeArray(self._a.reshape(*shape))
+
+    def copy(self):
+        return FakeArray(self._a.copy())
+
+    def astype(self, dtype):
+        return FakeArray(self._a.astype(dtype))
+
+    def take(self, indices, axis=None):
+        return FakeArray(self._a.take(_unwrap(indices), axis=axis))
+
+    def sum(self, axis=None, out=None, keepdims=False):
+        if out is not None:
+            self._a.sum(axis=axis, out=_unwrap(out), keepdims=keepdims)
+            return out
+        return _wrap(self._a.sum(axis=axis, keepdims=keepdims))
+
+    def max(self, axis=None, keepdims=False):
+        return _wrap(self._a.max(axis=axis, keepdims=keepdims))
+
+
+def _unwrap_key(key):
+    if isinstance(key, tuple):
+        return tuple(_unwrap(k) for k in key)
+    return _unwrap(key)
+
+
+def _binary(op):
+    def forward(self, other):
+        return _wrap(op(self._a, _unwrap(other)))
+
+    def reverse(self, other):
+        return _wrap(op(_unwrap(other), self._a))
+
+    def inplace(self, other):
+        self._a[...] = op(self._a, _unwrap(other))
+        return self
+
+    return forward, reverse, inplace
+
+
+for _name, _op in {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "truediv": np.true_divide,
+    "matmul": np.matmul,
+    "pow": np.power,
+}.items():
+    _f, _r, _i = _binary(_op)
+    setattr(FakeArray, f"__{_name}__", _f)
+    setattr(FakeArray, f"__r{_name}__", _r)
+    setattr(FakeArray, f"__i{_name}__", _i)
+for _name, _op in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater}.items():
+    setattr(FakeArray, f"__{_name}__", _binary(_op)[0])
+FakeArray.__ge__ = _binary(np.greater_equal)[0]
+FakeArray.__neg__ = lambda self: FakeArray(-self._a)
+FakeArray.__hash__ = None
+
+
+# ---------------------------------------------------------------- the array module
+
+
+def _asarray(a, dtype=None):
+    if isinstance(a, FakeArray):  # already on the device: no transfer
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    counters.to_device += 1
+    return FakeArray(np.array(a, dtype=dtype))  # a copy, as a real transfer makes
+
+
+def _asnumpy(a):
+    if not isinstance(a, FakeArray):
+        raise DeviceMixError("asnumpy of something that is not a device array")
+    counters.to_host += 1
+    return a._a.copy()
+
+
+def _unary(f):
+    return lambda x, out=None: _wrap(f(_unwrap(x))) if out is None else (f(_unwrap(x), out=_unwrap(out)), out)[1]
+
+
+def _matmul(a, b, out=None):
+    if out is None:
+        return _wrap(np.matmul(_unwrap(a), _unwrap(b)))
+    np.matmul(_unwrap(a), _unwrap(b), out=_unwrap(out))
+    return out
+
+
+def _need_device(*arrays):
+    for a in arrays:
+        if not isinstance(a, FakeArray):
+            raise DeviceMixError(f"expected device arrays, got {type(a).__name__}")
+
+
+def _vdot(a, b):
+    _need_device(a, b)
+    return _wrap(np.vdot(a._a, b._a))
+
+
+def _synchronize():
+    counters.syncs += 1
+
+
+xp = types.ModuleType("fake_xp")
+xp.__dict__.update(
+    asarray=_asarray,
+    asnumpy=_asnumpy,
+    synchronize=_synchronize,
+    tanh=_unary(np.tanh),
+    exp=_unary(np.exp),
+    log=_unary(np.log),
+    maximum=lambda a, b: _wrap(np.maximum(_unwrap(a), _unwrap(b))),
+    matmul=_matmul,
+    vdot=_vdot,
+    argmax=lambda a, axis=None: (_need_device(a), _wrap(np.argmax(a._a, axis=axis)))[1],
+    eye=lambda n, dtype=None: FakeArray(np.eye(n, dtype=dtype)),
+    zeros=lambda shape, dtype=None: FakeArray(np.zeros(shape, dtype=dtype)),
+    zeros_like=lambda a: (_need_device(a), FakeArray(np.zeros_like(a._a)))[1],
+    float32=np.float32,
+    float64=np.float64,
+    int64=np.int64,
+)
+
+FAKE = Backend("fake", xp)
