@@ -138,13 +138,15 @@ def test_cli(
 ):
     """Accuracy of a saved network on the MNIST test set."""
     from gpumlp import checkpoint as ckpt
+    from gpumlp.backend import get_backend
     from gpumlp.data import load_mnist, split
     from gpumlp.train import evaluate
 
     try:
-        model, meta = ckpt.load(checkpoint, device=device)
-        if model.be.note:
-            typer.echo(model.be.note)
+        be = get_backend(device)  # first: a device that cannot work is the first thing to say
+        if be.note:
+            typer.echo(be.note)
+        model, meta = ckpt.load(checkpoint, device=be)
         data = load_mnist(data_dir)
         _, _, (X, y) = split(*data, 0, 0, test_size)
         acc = evaluate(model, X, y)
