@@ -253,6 +253,21 @@ class MLP:
         arch = "-".join(map(str, self.sizes))
         return f"MLP({arch}, {self.activation}, {self.loss}, {self.dtype}, device={self.be.name!r})"
 
+    # -- saving and loading (the format lives in checkpoint.py; imported here lazily, it imports us)
+
+    def save(self, path, **metadata):
+        """Write a ``.npz`` or ``.json`` checkpoint from host copies; see ``gpumlp.checkpoint.save``."""
+        from gpumlp import checkpoint
+
+        return checkpoint.save(path, self, **metadata)
+
+    @classmethod
+    def load(cls, path, device: str | Backend = "cpu") -> MLP:
+        """A network from any checkpoint gpumlp reads, on ``device``; metadata: ``gpumlp.load``."""
+        from gpumlp import checkpoint
+
+        return checkpoint.load(path, device=device)[0]
+
     # -- moving data in
 
     def inputs(self, X):

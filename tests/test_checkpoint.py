@@ -172,3 +172,11 @@ def test_writer_killed_mid_save_leaves_previous_checkpoint_intact(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.npz.") and leftovers[0].endswith(".tmp")
     with pytest.raises(CheckpointError, match="must end in .npz or .json"):
         checkpoint.load(tmp_path / leftovers[0])
+
+
+def test_mlp_save_and_load_methods(tmp_path):
+    model = trained_like()
+    model.save(tmp_path / "m.json", note="hello")
+    loaded = MLP.load(tmp_path / "m.json", device="cpu")
+    np.testing.assert_array_equal(loaded.theta, model.theta)
+    assert checkpoint.read_metadata(tmp_path / "m.json")["note"] == "hello"
