@@ -114,6 +114,9 @@ def save(path: str | os.PathLike, model: MLP, **metadata) -> Path:
     suffix = _suffix(path)
     meta = build_metadata(model, **metadata)
     host = {k: model.be.to_numpy(v) for k, v in model.params.items()}  # device → host, once
+    for k, v in host.items():
+        if not np.all(np.isfinite(v)):
+            raise CheckpointError(f"refusing to save {path}: {k} contains NaN or Inf (training diverged?)")
     if suffix == ".npz":
         blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         _atomic_write(path, lambda f: np.savez(f, metadata=blob, **host))
@@ -124,22 +127,54 @@ def save(path: str | os.PathLike, model: MLP, **metadata) -> Path:
     return path
 
 
+# Far above any network gpumlp trains (784-4096-4096-10 in float64 is 0.2 GB): a file declaring
+# more is refused before anything is allocated or parsed.
+MAX_ARRAY_BYTES = 1 << 31
+MAX_JSON_BYTES = 1 << 30
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz, each header checked first: object arrays (pickles) and absurd sizes
+    are refused before a byte of their data is read."""
+    arrays = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
+                shape, _, dtype = (read_header or np.lib.format.read_array_header_2_0)(f)
+            if dtype.hasobject:
+                raise CheckpointError(f"{path}: {key} holds pickled Python objects; refused without unpickling")
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if nbytes > MAX_ARRAY_BYTES:
+                raise CheckpointError(f"{path}: {key} declares {nbytes:,} bytes, more than any gpumlp network")
+            with zf.open(info) as f:
+                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    return arrays
+
+
 def _read(path: Path) -> tuple[dict, dict]:
     suffix = _suffix(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `gpumlp train --save {path}`")
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = _read_npz(path)
             if "metadata" not in arrays:
                 raise CheckpointError(f"{path} has no metadata array; is it a gpumlp checkpoint?")
             meta = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"{path}: its metadata is not a JSON object")
             return meta, arrays
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, more than any gpumlp network")
         meta = json.loads(path.read_text(encoding="utf-8"))
     except CheckpointError:
         raise
-    except ValueError as e:  # bad JSON, pickled objects refused, bad zip member
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a checkpoint") from None
+    except ValueError as e:  # bad JSON or UTF-8, bad npy header
         raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(f"{path} is damaged or truncated ({e})") from None

@@ -115,7 +115,7 @@ GOOD = {"W0": np.zeros((784, 10), np.float32), "b0": np.zeros(10, np.float32)}
         (lambda p: _npz(p, **GOOD), "no metadata"),
         (
             lambda p: _npz(p, metadata=_meta(), W0=np.array([object()] * 7840).reshape(784, 10), b0=GOOD["b0"]),
-            "not a readable",
+            "pickled Python objects; refused without unpickling",
         ),
     ],
 )
@@ -180,3 +180,31 @@ def test_mlp_save_and_load_methods(tmp_path):
     loaded = MLP.load(tmp_path / "m.json", device="cpu")
     np.testing.assert_array_equal(loaded.theta, model.theta)
     assert checkpoint.read_metadata(tmp_path / "m.json")["note"] == "hello"
+
+
+def test_deeply_nested_or_enormous_json_and_npz_are_refused(tmp_path, monkeypatch):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        checkpoint.load(nested)
+    big = checkpoint.save(tmp_path / "big.json", trained_like())
+    monkeypatch.setattr(checkpoint, "MAX_JSON_BYTES", big.stat().st_size - 1)
+    with pytest.raises(CheckpointError, match="more than any gpumlp network"):
+        checkpoint.load(big)
+    # an npz whose header declares a 10^12-element array: refused from the header alone
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+        with zf.open("W0.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(b"\0" * 64)
+    with pytest.raises(CheckpointError, match="W0 declares 4,000,000,000,000 bytes"):
+        checkpoint.load(path)
+
+
+def test_nothing_non_finite_is_ever_written(tmp_path):
+    model = trained_like()
+    model.params["b1"][3] = np.nan
+    with pytest.raises(CheckpointError, match="b1 contains NaN or Inf"):
+        checkpoint.save(tmp_path / "m.npz", model)
+    assert not any(tmp_path.iterdir())
