@@ -13,6 +13,7 @@ import struct
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
@@ -142,6 +143,12 @@ def _progress(name: str) -> Callable[[int, int | None], None]:
     return show
 
 
+def _safe_url(url: str) -> bool:
+    """HTTPS anywhere; plain HTTP only to this machine (the tests' local server)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))
+
+
 def download_file(
     name: str,
     sha256: str,
@@ -161,6 +168,9 @@ def download_file(
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{name}.gz"
+        if not _safe_url(url):
+            failures.append(f"{url}: refused (only https, or http on this machine)")
+            continue
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -17,7 +17,7 @@ import numpy as np
 
 from gpumlp import checkpoint
 from gpumlp.data import MNIST_FILES, load_mnist, split
-from gpumlp.errors import ConfigError
+from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.model import DTYPES, MLP, parse_sizes
 from gpumlp.optim import SGD
 
@@ -120,6 +120,15 @@ def evaluate(model: MLP, X, y) -> float:
     return int(be.to_numpy(correct)) / max(X.shape[0], 1)
 
 
+class TrainingDiverged(GpumlpError):
+    """NaN or Inf in an epoch's loss or parameters; the model is back at the last finite epoch."""
+
+    def __init__(self, epoch: int, loss: float, lr: float):
+        super().__init__(f"training diverged in epoch {epoch} (loss {loss}): try a lower --lr than {lr}")
+        self.epoch = epoch
+
+
+@np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
 def fit(
     model: MLP,
     X_train: np.ndarray,
@@ -138,8 +147,9 @@ def fit(
     ``epochs`` epochs in all; returns the per-epoch history.
 
     ``state`` (updated after every epoch) continues an earlier run exactly. A last partial batch
-    is trained on (mean over its real size). On Ctrl-C the parameters are rolled back to the end
-    of the last completed epoch, so ``model`` and ``state`` agree, and KeyboardInterrupt is re-raised.
+    is trained on (mean over its real size). On Ctrl-C, or when an epoch ends with NaN or Inf in its
+    loss or parameters (``TrainingDiverged``), the parameters are rolled back to the end of the last
+    completed epoch, so ``model`` and ``state`` agree, and the exception is re-raised.
     """
     state = state if state is not None else TrainState()
     be, xp = model.be, model.be.xp
@@ -165,10 +175,15 @@ def fit(
                 total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on
                 # numpy a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
                 opt.step(model.theta, model.grad)
-            train_loss = float(be.to_numpy(total)) / n  # sync point: once per epoch
+            # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
+            # NaN or Inf in either means training diverged.
+            loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
+            if not (np.isfinite(loss_sum) and np.isfinite(param_sum)):
+                raise TrainingDiverged(epoch, float(loss_sum) / n, lr)
+            train_loss = float(loss_sum) / n
             val_acc = evaluate(model, X_val, y_val) if has_val else None
             be.synchronize()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingDiverged):
             model.theta[...] = last_complete  # device → device: back to the last complete epoch
             raise
         last_complete[...] = model.theta
@@ -274,6 +289,11 @@ def run(
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     try:
         fit(model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state)
+    except TrainingDiverged as e:
+        if state.epochs_done > 0:
+            write()
+            raise GpumlpError(f"{e}; saved the last finite epoch ({state.epochs_done}) to {path}") from None
+        raise GpumlpError(f"{e}; nothing saved") from None
     except KeyboardInterrupt:
         if state.epochs_done > 0 or resume:
             write()

@@ -205,6 +205,7 @@ xp.__dict__.update(
     maximum=lambda a, b: _wrap(np.maximum(_unwrap(a), _unwrap(b))),
     matmul=_matmul,
     vdot=_vdot,
+    stack=lambda arrays: _wrap(np.stack([_unwrap(_need_device(a) or a) for a in arrays])),
     argmax=lambda a, axis=None: (_need_device(a), _wrap(np.argmax(a._a, axis=axis)))[1],
     eye=lambda n, dtype=None: FakeArray(np.eye(n, dtype=dtype)),
     zeros=lambda shape, dtype=None: FakeArray(np.zeros(shape, dtype=dtype)),

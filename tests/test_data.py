@@ -650,3 +650,11 @@ def test_load_mnist_rejects_modified_file(tmp_path, real_dir):
     (folder / f"{victim}.gz").write_bytes(gzip.compress(bytes(raw)))
     message = assert_data_error(lambda: data.load_mnist(folder, download=False), "sha256", "delete", victim)
     assert str(folder) in message
+
+
+def test_download_refuses_plain_http_to_other_hosts(tmp_path):
+    """Downloads are HTTPS only (plain HTTP is allowed to 127.0.0.1 for these tests)."""
+    files = {NAME: hashlib.sha256(b"x").hexdigest()}
+    with pytest.raises(data.DataError, match="refused .only https"):
+        data.download_file(NAME, files[NAME], tmp_path / "d", mirrors=["http://example.com/mnist/"], progress=False)
+    assert not any((tmp_path / "d").iterdir())

@@ -120,3 +120,37 @@ def test_real_sigint_saves_prints_the_resume_command_and_exits_130(tmp_path, mni
     assert f"gpumlp train --resume {ckpt} --epochs 100000" in err
     done = checkpoint.read_metadata(ckpt)["train_state"]["epochs_done"]
     assert done >= 2
+
+
+def test_divergence_stops_keeps_the_last_finite_epoch_and_never_writes_nan(tmp_path, mnist_dir, monkeypatch, capsys):
+    """Resuming with --lr 1e6 blows up in epoch 2: one line suggesting a lower --lr, exit 2, and the
+    checkpoint holds epoch 1's (finite) parameters, exactly as before."""
+    from gpumlp import cli
+
+    small = ["--train-size", "2000", "--val-size", "0", "--test-size", "0", "--activation", "relu", "--loss", "ce"]
+    ckpt = tmp_path / "d.npz"
+    monkeypatch.setenv("GPUMLP_DATA_DIR", str(mnist_dir))
+    for argv, expected in (
+        (["train", "--epochs", "1", "--lr", "0.1", *small, "--save", str(ckpt)], 0),
+        (["train", "--resume", str(ckpt), "--epochs", "3", "--lr", "1e6"], 2),
+    ):
+        before = params_of(ckpt) if ckpt.exists() else None
+        monkeypatch.setattr(sys, "argv", ["gpumlp", *argv])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        assert e.value.code == expected
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Warning" not in err
+    assert "training diverged in epoch 2 (loss nan): try a lower --lr than 1000000.0" in err
+    assert f"saved the last finite epoch (1) to {ckpt}" in err
+    np.testing.assert_array_equal(params_of(ckpt), before)
+    assert checkpoint.read_metadata(ckpt)["train_state"]["epochs_done"] == 1
+
+
+def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, mnist_dir):
+    from gpumlp.errors import GpumlpError
+
+    cfg = TrainConfig(epochs=2, lr=1e6, activation="relu", loss="ce", train_size=2000, val_size=0, test_size=0)
+    with pytest.raises(GpumlpError, match="diverged in epoch 1 .* nothing saved"):
+        run(cfg, mnist_dir, tmp_path / "x.npz", log=quiet)
+    assert not any(tmp_path.iterdir())
