@@ -45,6 +45,19 @@ def test_help_lists_every_option_with_its_default(command):
     [
         (["train", "--layers", "785,10"], "--layers must start with 784"),
         (["train", "--layers", "784,x,10"], "not a comma-separated list"),
+        (["train", "--layers", "784,16,9"], "end with 10"),
+        (["train", "--layers", "784,0,10"], "positive"),
+        (["train", "--layers", "784,-3,10"], "positive"),
+        (["train", "--batch-size", "50001"], "larger than --train-size 50000"),
+        (["train", "--lr", "0"], "--lr must be a positive"),
+        (["train", "--lr", "inf"], "--lr must be a positive"),
+        (["train", "--val-size", "-5"], "--val-size must be 0 or more"),
+        (["train", "--test-size", "10001"], "exceeds the 10000 test images"),
+        (["train", "--optimizer", "adam"], "No such option"),
+        (["train", "--preset", "fast"], "No such option"),
+        (["train", "--device", "cuda:7"], "cuda"),
+        (["train", "--dtype", "float16"], "unknown dtype"),
+        (["train", "--save-every", "-1"], "--save-every must be 0 or more"),
         (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["train", "--lr", "-1"], "--lr must be a positive"),
         (["train", "--lr", "nan"], "--lr must be a positive"),
@@ -219,3 +232,27 @@ def test_shipped_network_works_right_after_install(mnist_dir):
     assert acc >= 97.5
     info = runner.invoke(cli.app, ["info", str(shipped)])
     assert info.exit_code == 0 and f"{acc:.2f}% (10000 images)" in info.output
+
+
+@pytest.mark.parametrize(
+    "damage,fragment",
+    [
+        (lambda p: p.write_bytes(b""), "not the MNIST file"),  # empty
+        (lambda p: p.write_bytes(b"\x1f\x8b\x08\x00garbage"), "corrupt gzip"),
+        (lambda p: p.write_bytes(__import__("gzip").compress(b"\x00\x00\x08\x03" + b"\x00" * 10)), "not the MNIST"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+    ids=["empty", "corrupt-gzip", "truncated", "directory"],
+)
+def test_bad_mnist_files_are_one_line_exit_2(tmp_path, mnist_dir, monkeypatch, capsys, damage, fragment):
+    """A damaged data folder (one of the four files broken) through the real entry point."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (data / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
+    damage(data / "t10k-labels-idx1-ubyte.gz")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, "train", "--epochs", "1", "--data-dir", str(data))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err and "epoch" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
