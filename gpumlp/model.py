@@ -325,6 +325,12 @@ class MLP:
         self.backward(As, delta / X.shape[0])  # d mean / d Z_L = delta / n
         return total
 
+    def loss_sum(self, X, Y):
+        """``(summed loss, outputs A_L)`` of a device batch X (n, 784), Y one-hot (n, 10); no sync."""
+        As, Z = self.forward(X)
+        total, _ = self._loss.total_and_delta(self.be.xp, Z, As[-1], Y)
+        return total, As[-1]
+
     # -- the public API
 
     def loss_and_grads(self, X, y) -> tuple[float, dict]:

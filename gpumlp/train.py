@@ -7,6 +7,7 @@ comes out; nothing inside the batch loop reads a device value.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -74,6 +75,8 @@ class EpochStats:
     seconds: float  # wall time of the epoch, training and validation, device synchronised
     lr: float  # the options that may change when a run is resumed, as used in this epoch
     batch_size: int
+    val_loss: float | None = None  # mean loss on the validation set
+    images_per_s: float | None = None  # training throughput, validation excluded
 
 
 @dataclass
@@ -120,6 +123,24 @@ def evaluate(model: MLP, X, y) -> float:
     return int(be.to_numpy(correct)) / max(X.shape[0], 1)
 
 
+def evaluate_loss(model: MLP, X, y) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``model`` on images X (n, 784) and labels y (n,), host or device.
+
+    Both are summed on the device and read back together: one transfer (a sync point).
+    """
+    be, xp = model.be, model.be.xp
+    X, y = be.asarray(X), be.asarray(y)
+    loss, correct = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.float64)
+    for start in range(0, X.shape[0], EVAL_CHUNK):
+        yc = y[start : start + EVAL_CHUNK]
+        total, A = model.loss_sum(model.inputs(X[start : start + EVAL_CHUNK, :]), model.one_hot(yc))
+        loss = loss + total
+        correct = correct + (xp.argmax(A, axis=1) == yc).sum()
+    loss_sum, n_correct = be.to_numpy(xp.stack([loss, correct]))
+    n = max(X.shape[0], 1)
+    return float(loss_sum) / n, float(n_correct) / n
+
+
 class TrainingDiverged(GpumlpError):
     """NaN or Inf in an epoch's loss or parameters; the model is back at the last finite epoch."""
 
@@ -142,6 +163,7 @@ def fit(
     y_val: np.ndarray | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     state: TrainState | None = None,
+    on_progress: Callable[[int, int, int, float], None] | None = None,
 ) -> list[EpochStats]:
     """Mini-batch SGD on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
     ``epochs`` epochs in all; returns the per-epoch history.
@@ -150,6 +172,9 @@ def fit(
     is trained on (mean over its real size). On Ctrl-C, or when an epoch ends with NaN or Inf in its
     loss or parameters (``TrainingDiverged``), the parameters are rolled back to the end of the last
     completed epoch, so ``model`` and ``state`` agree, and the exception is re-raised.
+
+    ``on_progress(epoch, batches_done, n_batches, running_loss)``, for a progress display, is
+    called about 50 times an epoch; each call reads the running loss from the device.
     """
     state = state if state is not None else TrainState()
     be, xp = model.be, model.be.xp
@@ -163,6 +188,8 @@ def fit(
     rng = shuffle_rng(seed, state.rng_state)
     opt = SGD(lr)
     last_complete = model.theta.copy()  # device copy: the parameters Ctrl-C rolls back to
+    n_batches = -(-n // batch_size)
+    progress_every = max(1, n_batches // 50) if on_progress is not None else n_batches + 1
     for epoch in range(state.epochs_done + 1, epochs + 1):
         t0 = time.perf_counter()
         try:
@@ -175,19 +202,24 @@ def fit(
                 total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on
                 # numpy a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
                 opt.step(model.theta, model.grad)
+                done = start // batch_size + 1
+                if done % progress_every == 0:  # a sync point, only for a progress display: ~50 per epoch
+                    on_progress(epoch, done, n_batches, float(be.to_numpy(total)) / min(n, done * batch_size))
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
             loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
             if not (np.isfinite(loss_sum) and np.isfinite(param_sum)):
                 raise TrainingDiverged(epoch, float(loss_sum) / n, lr)
             train_loss = float(loss_sum) / n
-            val_acc = evaluate(model, X_val, y_val) if has_val else None
+            train_seconds = time.perf_counter() - t0  # synchronised by the read above
+            val_loss, val_acc = evaluate_loss(model, X_val, y_val) if has_val else (None, None)
             be.synchronize()
         except (KeyboardInterrupt, TrainingDiverged):
             model.theta[...] = last_complete  # device → device: back to the last complete epoch
             raise
         last_complete[...] = model.theta
-        stats = EpochStats(epoch, train_loss, val_acc, time.perf_counter() - t0, float(lr), int(batch_size))
+        seconds = time.perf_counter() - t0
+        stats = EpochStats(epoch, train_loss, val_acc, seconds, float(lr), int(batch_size), val_loss, n / train_seconds)
         state.epochs_done, state.rng_state = epoch, rng.bit_generator.state
         state.history.append(stats)
         if on_epoch is not None:
@@ -209,6 +241,11 @@ class TrainingInterrupted(Exception):
     def __init__(self, checkpoint: Path | None, epochs_done: int, resume_command: str):
         super().__init__(f"interrupted after epoch {epochs_done}")
         self.checkpoint, self.epochs_done, self.resume_command = checkpoint, epochs_done, resume_command
+
+
+def metrics_path(checkpoint_path: Path) -> Path:
+    """``checkpoints/run.npz`` → ``checkpoints/run.metrics.jsonl`` (readable by pandas.read_json(lines=True))."""
+    return checkpoint_path.with_name(checkpoint_path.stem + ".metrics.jsonl")
 
 
 def default_checkpoint(cfg: TrainConfig) -> Path:
@@ -246,10 +283,13 @@ def run(
     on_epoch: Callable[[EpochStats], None] | None = None,
     resume: str | os.PathLike | None = None,
     save_every: int = 0,
+    on_progress: Callable[[int, int, int, float], None] | None = None,
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
-    on Ctrl-C (then ``TrainingInterrupted`` is raised)."""
+    on Ctrl-C (then ``TrainingInterrupted`` is raised). Beside the checkpoint, ``<name>.metrics.jsonl``
+    gets one JSON line per epoch, rewritten as each epoch ends (a resumed run's file starts with the
+    checkpoint's history)."""
     default = Path(resume) if resume else default_checkpoint(cfg)
     path = None if save is False else checkpoint.check_writable(save or default)
     if resume:
@@ -280,7 +320,12 @@ def run(
                 test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0,
             )  # fmt: skip
 
+    metrics = None if path is None else metrics_path(path)
+
     def after_epoch(stats: EpochStats) -> None:
+        if metrics is not None:  # the whole history each time: it and the checkpoint's always agree
+            metrics.parent.mkdir(parents=True, exist_ok=True)
+            metrics.write_text("".join(json.dumps(asdict(e)) + "\n" for e in state.history))
         if on_epoch is not None:
             on_epoch(stats)
         if save_every and stats.epoch % save_every == 0 and stats.epoch < cfg.epochs:
@@ -288,7 +333,10 @@ def run(
 
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     try:
-        fit(model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state)
+        fit(
+            model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
+            on_progress=on_progress,
+        )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
             write()

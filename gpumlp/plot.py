@@ -1,0 +1,180 @@
+"""Pictures of training runs and test reports, saved as PNG files.
+
+matplotlib is an optional extra (``pip install 'gpumlp[plot]'``), imported only when a picture is
+asked for. Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so
+no display is needed and pyplot's global state (and the user's own backend choice) is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp.errors import GpumlpError
+
+MISSING = "plotting needs matplotlib: pip install 'gpumlp[plot]'"
+DPI = 120
+METRICS_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")  # the keys plot_runs reads
+OPTIONAL = ("val_loss", "val_accuracy")  # may be null (no validation set)
+
+
+def _new_figure(width: float, height: float):
+    """A matplotlib Figure of ``width`` × ``height`` inches; a one-line error without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401  first: sys.modules["matplotlib"] = None must fail here
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise GpumlpError(MISSING) from None
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg whatever matplotlib.get_backend() says
+    return fig
+
+
+def _save(fig, out) -> Path:
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png", dpi=DPI)
+    except OSError as e:
+        raise GpumlpError(f"cannot write {out}: {e.strerror or e}; choose another output path") from None
+    return out
+
+
+# ---------------------------------------------------------------- training curves
+
+
+def read_metrics(path) -> list[dict]:
+    """The epochs of a ``<name>.metrics.jsonl`` file (one JSON object per line, blank lines
+    skipped), each checked to have a numeric ``epoch`` and ``train_loss``, and ``val_loss`` and
+    ``val_accuracy`` numeric or null."""
+    path = Path(path)
+    if not path.is_file():
+        raise GpumlpError(f"metrics file {path} not found; pass the .metrics.jsonl a training run wrote")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GpumlpError(f"cannot read metrics file {path} ({e})") from None
+    epochs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise GpumlpError(f"{path}, line {number}: not valid JSON ({e}); is it a .metrics.jsonl file?") from None
+        if not isinstance(row, dict):
+            raise GpumlpError(f"{path}, line {number}: expected a JSON object per epoch, got {type(row).__name__}")
+        for key in METRICS_KEYS:
+            value = row.get(key)
+            if value is None and key in OPTIONAL:
+                continue
+            if key not in row:
+                raise GpumlpError(f"{path}, line {number}: no {key!r}; is it a .metrics.jsonl file?")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GpumlpError(f"{path}, line {number}: {key} is {value!r}, expected a number")
+        epochs.append(row)
+    if not epochs:
+        raise GpumlpError(f"metrics file {path} is empty: no epochs to plot")
+    return epochs
+
+
+def run_name(path) -> str:
+    """``runs/relu.metrics.jsonl`` → ``relu``: the legend label of a run."""
+    return Path(path).name.removesuffix(".jsonl").removesuffix(".metrics")
+
+
+def _series(epochs: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """(epochs, values) of ``key`` where it is not null."""
+    pairs = [(e["epoch"], scale * e[key]) for e in epochs if e.get(key) is not None]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def plot_runs(metrics_files: list[Path], out: Path) -> Path:
+    """Loss (train solid, validation dashed) and validation accuracy (%) per epoch of one or more
+    runs, overlaid in one colour per run, saved as a PNG at ``out``."""
+    if not metrics_files:
+        raise GpumlpError("no metrics files given: pass one or more <name>.metrics.jsonl")
+    runs = [(run_name(p), read_metrics(p)) for p in metrics_files]
+    fig = _new_figure(11, 4.4)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for (name, epochs), colour in zip(runs, colours):
+        ax_loss.plot(*_series(epochs, "train_loss"), "-", color=colour, label=f"{name} train")
+        x, v = _series(epochs, "val_loss")
+        if x:
+            ax_loss.plot(x, v, "--", color=colour, label=f"{name} validation")
+        x, v = _series(epochs, "val_accuracy", 100.0)
+        if x:
+            ax_acc.plot(x, v, "-", color=colour, marker="o", markersize=3, label=name)
+    losses = [v for _, e in runs for k in ("train_loss", "val_loss") for v in _series(e, k)[1]]
+    if losses and min(losses) > 0:
+        ax_loss.set_yscale("log")  # losses fall by orders of magnitude; a log axis shows the late epochs
+    ax_loss.set(title="loss per epoch", xlabel="epoch", ylabel="mean loss")
+    ax_acc.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+    if not ax_acc.lines:
+        ax_acc.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_acc.transAxes)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, which="major", alpha=0.4)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"gpumlp training: {', '.join(name for name, _ in runs)}")
+    return _save(fig, out)
+
+
+# ---------------------------------------------------------------- test reports
+
+
+def plot_confusion(report: dict, out: Path) -> Path:
+    """Heat map of ``report["confusion"]`` (from ``report.test_report``), counts in the cells, saved
+    as a PNG at ``out``. The colour scale is logarithmic so that single mistakes show beside a
+    diagonal of hundreds; empty cells stay white."""
+    from matplotlib.colors import LogNorm
+
+    cm = np.asarray(report["confusion"])  # (10, 10) rows true, columns predicted
+    fig = _new_figure(7.2, 6.2)
+    ax = fig.subplots()
+    shown = np.ma.masked_equal(cm, 0)  # zeros have no logarithm: left blank
+    image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(int(cm.max()), 2)))
+    fig.colorbar(image, ax=ax, label="images (log scale)")
+    for t in range(cm.shape[0]):
+        for p in range(cm.shape[1]):
+            if cm[t, p]:
+                dark = cm[t, p] > math.sqrt(max(int(cm.max()), 1))  # upper half of the log scale
+                ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")  # fmt: skip
+    ticks = range(cm.shape[0])
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted digit", ylabel="true digit")
+    ax.set_title(f"confusion matrix: {100 * report['accuracy']:.2f}% of {report['n']} test images correct")
+    return _save(fig, out)
+
+
+def plot_mistakes(report: dict, X: np.ndarray, out: Path, cols: int = 5) -> Path:
+    """The most confident mistakes of ``report`` as 28×28 grayscale images, ``cols`` per row, each
+    titled "true t / pred p (c%)". X: the host images (n, 784) in [0, 1] the report was made on."""
+    X = np.asarray(X)
+    mistakes = report["mistakes"]
+    if X.ndim != 2 or X.shape[1] != 784:
+        raise GpumlpError(f"expected host images of shape (n, 784), got {X.shape}")
+    if mistakes and max(m["index"] for m in mistakes) >= len(X):
+        raise GpumlpError(f"the report names image {max(m['index'] for m in mistakes)}, but X has {len(X)}")
+    if cols < 1:
+        raise GpumlpError(f"cols must be at least 1 (got {cols})")
+    cols = min(cols, max(len(mistakes), 1))
+    rows = max(math.ceil(len(mistakes) / cols), 1)
+    fig = _new_figure(1.9 * cols, 2.1 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, m in zip(axes, mistakes):
+        ax.imshow(X[m["index"]].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"true {m['true']} / pred {m['predicted']} ({100 * m['confidence']:.1f}%)", fontsize=9)
+    if not mistakes:
+        axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0].transAxes)
+    conf = report.get("confidence", "confidence")
+    fig.suptitle(f"the {len(mistakes)} most confident mistakes ({conf} of the predicted digit)")
+    return _save(fig, out)

@@ -1,0 +1,161 @@
+"""Reading a digit from an image file the way MNIST was made, and asking a network what it is.
+
+MNIST's digits were size-normalised to fit a 20×20 box (keeping the aspect ratio, anti-aliased)
+and placed in a 28×28 field so that their centre of mass sits at the centre. ``to_mnist`` does
+the same to any photo or drawing, so a network trained on MNIST sees what it was trained on:
+
+    load_image(path)   file → (h, w) grey levels in [0, 1] on the host (needs Pillow)
+    to_mnist(gray)     (h, w) → (784,) bright ink on black, 20×20 box, centre of mass at (14, 14)
+    predict_images     [(784,), …] → one batched forward pass → digit, top 3, probabilities
+
+Everything here runs on the host with numpy; only ``predict_images`` touches the model's device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp.errors import ConfigError, GpumlpError
+
+PILLOW_HINT = "reading images needs Pillow: pip install 'gpumlp[images]'"
+INK_THRESHOLD = 0.1  # after inversion and background removal, a pixel above this is ink
+MIN_CONTRAST = 0.1  # an image whose grey levels span less than this has no digit in it
+BOX, FIELD = 20, 28  # MNIST: the digit fits a 20×20 box inside the 28×28 field
+RAMP = " .:-=+*#%@"  # ascii_preview, from no ink to full ink
+
+
+def _pillow():
+    """The PIL.Image module, imported only when an image is read (Pillow is an optional extra)."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise GpumlpError(PILLOW_HINT) from None
+    return Image, ImageOps
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """A PNG, JPEG, BMP, … of any size → (h, w) float64 grey levels in [0, 1] (host), 1 = white.
+
+    Transparent pixels are composited onto white, as a viewer shows them; JPEG EXIF rotation is
+    applied. Raises ``GpumlpError`` for a missing file, a folder, a non-image or a blank image.
+    """
+    Image, ImageOps = _pillow()
+    path = Path(path)
+    if path.is_dir():
+        raise GpumlpError(f"{path} is a directory, not an image; give image files (PNG, JPEG, BMP, …)")
+    if not path.exists():
+        raise GpumlpError(f"image {path} not found; check the path")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
+            if im.mode.startswith("I"):  # 16- or 32-bit grey levels
+                gray = np.asarray(im, dtype=np.float64) / 65535.0
+            elif "A" in im.mode or "transparency" in im.info:
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                gray = np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
+            else:
+                gray = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise GpumlpError(f"{path} is not an image Pillow can read ({reason}); use PNG, JPEG or BMP") from None
+    gray = np.clip(gray, 0.0, 1.0)  # (h, w)
+    if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
+        raise GpumlpError(f"{path}: no ink found (the image is one flat colour); draw a digit on it")
+    return gray
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of an area-averaging resize along one axis: each output pixel is the
+    mean of the input it covers, partial pixels weighted by overlap. Rows sum to 1."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)  # (n_out + 1,) output edges in input pixels
+    j = np.arange(n_in)  # (n_in,)
+    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)  # (n_out, n_in)
+    return np.clip(overlap, 0.0, None) * (n_out / n_in)
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
+
+    Inverts when the border is light (ink must be bright on black), removes the background level
+    and stretches the ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the
+    aspect ratio (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
+    """
+    g = np.asarray(gray)
+    if g.ndim != 2:
+        raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
+    g = g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64)  # (h, w)
+    border = np.concatenate([g[0, :], g[-1, :], g[:, 0], g[:, -1]])  # the outer frame
+    if np.median(border) > 0.5:  # light background: dark ink on paper
+        g, border = 1.0 - g, 1.0 - border
+    g = np.clip(g - np.median(border), 0.0, None)  # background → 0
+    peak = g.max() if g.size else 0.0
+    if peak < MIN_CONTRAST:
+        raise GpumlpError("no ink found: the image is one flat colour; draw a digit on it")
+    g /= peak  # the strongest ink → 1, as in MNIST
+    rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
+    crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = _area_matrix(h, nh) @ crop @ _area_matrix(w, nw).T  # (nh, nw), fits 20×20
+    mass = small.sum()
+    cy = (small.sum(axis=1) @ np.arange(nh)) / mass  # centre of mass, row index
+    cx = (small.sum(axis=0) @ np.arange(nw)) / mass  # centre of mass, column index
+    # Shift by whole pixels (as MNIST did), never pushing ink out of the field.
+    oy = int(np.clip(round(FIELD / 2 - cy), 0, FIELD - nh))
+    ox = int(np.clip(round(FIELD / 2 - cx), 0, FIELD - nw))
+    out = np.zeros((FIELD, FIELD), dtype=np.float32)  # (28, 28)
+    out[oy : oy + nh, ox : ox + nw] = np.clip(small, 0.0, 1.0)
+    return out.reshape(-1)  # (784,)
+
+
+def load_digit(path: str | os.PathLike) -> np.ndarray:
+    """An image file → (784,) MNIST-style input: ``to_mnist(load_image(path))``, errors naming the file."""
+    gray = load_image(path)
+    try:
+        return to_mnist(gray)
+    except GpumlpError as e:
+        raise GpumlpError(f"{path}: {e}") from None
+
+
+def ascii_preview(x784, pool: int = 1) -> str:
+    """What the network saw, as text: (784,) host pixels in [0, 1] → 28 lines (``pool=2``: 14
+    lines of 2×2 means). Each cell is two characters wide so the digit keeps its shape."""
+    if pool not in (1, 2):
+        raise ConfigError(f"ascii_preview pool must be 1 or 2, got {pool}")
+    img = np.asarray(x784, dtype=np.float64).reshape(FIELD, FIELD)  # (28, 28)
+    n = FIELD // pool
+    img = img.reshape(n, pool, n, pool).mean(axis=(1, 3))  # (n, n)
+    idx = np.clip((img * len(RAMP)).astype(int), 0, len(RAMP) - 1)  # (n, n) index into RAMP
+    chars = np.array(list(RAMP))[idx]
+    return "\n".join("".join(c + c for c in row) for row in chars)
+
+
+def predict_images(model, images) -> list[dict]:
+    """Classify MNIST-style inputs with one batched forward pass.
+
+    ``images``: a list of host arrays of 784 pixels in [0, 1] (``to_mnist`` outputs or MNIST rows).
+    Returns per image ``{"digit", "top3": [[digit, p], …], "probabilities": [p0, …, p9]}``. For a
+    ce network the probabilities are its softmax; an mse network's outputs are independent
+    sigmoids, so they are divided by their sum to add up to 1 (a ranking, not a calibrated law).
+    """
+    if len(images) == 0:
+        return []
+    X = np.stack([np.asarray(x, dtype=np.float64).reshape(-1) for x in images])  # (n, 784) host
+    if X.shape[1] != model.sizes[0]:
+        raise ConfigError(f"expected images of {model.sizes[0]} pixels, got {X.shape[1]}")
+    A = model.be.to_numpy(model.predict_proba(X)).astype(np.float64)  # (n, 10); host → device → host, once
+    P = A / np.maximum(A.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)  # (n, 10) rows sum to 1
+    order = np.argsort(-P, axis=1, kind="stable")  # (n, 10) most probable first
+    return [
+        {
+            "digit": int(o[0]),
+            "top3": [[int(d), float(p[d])] for d in o[:3]],
+            "probabilities": [float(v) for v in p],
+        }
+        for p, o in zip(P, order)
+    ]
