@@ -76,9 +76,14 @@ def train_cli(
         typer.Option(help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped."),
     ] = None,
     save_every: Annotated[int, typer.Option(help="Also save the checkpoint every K epochs (0: only at the end).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")] = False,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per epoch and one at the end, on stdout.")
+    ] = "text",
 ):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
     from gpumlp.checkpoint import read_metadata
+    from gpumlp.display import TrainDisplay, choose_mode
     from gpumlp.train import TrainConfig, TrainingInterrupted, resume_config, run
 
     options = dict(
@@ -86,6 +91,7 @@ def train_cli(
         batch_size=batch_size, lr=lr, train_size=train_size, val_size=val_size,
         test_size=test_size, seed=seed, dtype=dtype, device=device,
     )  # fmt: skip
+    show = None
     try:
         if save_every < 0:
             raise GpumlpError(f"--save-every must be 0 or more (got {save_every})")
@@ -94,39 +100,30 @@ def train_cli(
         else:  # the checkpoint's configuration, with the options given on this command line
             given = {k: v for k, v in options.items() if _given(ctx, "layers" if k == "sizes" else k)}
             cfg = resume_config(read_metadata(resume).get("config", {}), given)
+        show = TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(log_format, quiet))
         result = run(
-            cfg, data_dir=data_dir, save=save, log=typer.echo, on_epoch=_print_epoch(cfg.epochs),
-            resume=resume, save_every=save_every,
+            cfg, data_dir=data_dir, save=save, log=show.log, on_epoch=show.epoch, resume=resume,
+            save_every=save_every, on_progress=show.progress if show.mode == "bar" else None,
         )  # fmt: skip
     except GpumlpError as e:
+        if show is not None:
+            show.close()
         raise _fail(str(e)) from None
     except TrainingInterrupted as e:
+        show.close()
         if e.checkpoint is None:
             typer.echo("interrupted before the first epoch ended: nothing to save", err=True)
         else:
             typer.echo(f"interrupted: saved epoch {e.epochs_done} to {e.checkpoint}; resume with", err=True)
             typer.echo(f"  {e.resume_command}", err=True)
         raise typer.Exit(130) from None
-    if result.test_accuracy is not None:
-        typer.echo(f"test accuracy {100 * result.test_accuracy:.2f}% ({cfg.test_size} images)")
-    if result.checkpoint is not None:
-        typer.echo(f"saved {result.checkpoint}")
+    show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the option was typed on the command line (not left at its default)."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
-
-
-def _print_epoch(total: int):
-    width = len(str(total))
-
-    def show(s) -> None:
-        val = f"  val acc {100 * s.val_accuracy:6.2f}%" if s.val_accuracy is not None else ""
-        typer.echo(f"epoch {s.epoch:>{width}}/{total}  loss {s.train_loss:.4f}{val}  {s.seconds:.2f}s")
-
-    return show
 
 
 @app.command("test")

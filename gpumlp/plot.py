@@ -113,6 +113,7 @@ def plot_runs(metrics_files: list[Path], out: Path) -> Path:
     losses = [v for _, e in runs for k in ("train_loss", "val_loss") for v in _series(e, k)[1]]
     if losses and min(losses) > 0:
         ax_loss.set_yscale("log")  # losses fall by orders of magnitude; a log axis shows the late epochs
+        _plain_log_labels(ax_loss.yaxis)
     ax_loss.set(title="loss per epoch", xlabel="epoch", ylabel="mean loss")
     ax_acc.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
     if not ax_acc.lines:
@@ -122,8 +123,21 @@ def plot_runs(metrics_files: list[Path], out: Path) -> Path:
         ax.grid(True, which="major", alpha=0.4)
         if ax.lines:
             ax.legend(fontsize="small")
-    fig.suptitle(f"gpumlp training: {', '.join(name for name, _ in runs)}")
+    names = ", ".join(name for name, _ in runs) if len(runs) <= 3 else f"{len(runs)} runs"
+    fig.suptitle(f"gpumlp training: {names}")
     return _save(fig, out)
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis 0.04, 0.1, 0.3 instead of 4×10⁻², 10⁻¹, 3×10⁻¹ (same ticks as matplotlib's)."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class Plain(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""  # keep matplotlib's choice of ticks
+
+    axis.set_major_formatter(Plain())
+    axis.set_minor_formatter(Plain(labelOnlyBase=False))
 
 
 # ---------------------------------------------------------------- test reports
@@ -133,10 +147,10 @@ def plot_confusion(report: dict, out: Path) -> Path:
     """Heat map of ``report["confusion"]`` (from ``report.test_report``), counts in the cells, saved
     as a PNG at ``out``. The colour scale is logarithmic so that single mistakes show beside a
     diagonal of hundreds; empty cells stay white."""
+    cm = np.asarray(report["confusion"])  # (10, 10) rows true, columns predicted
+    fig = _new_figure(7.2, 6.2)  # first: without matplotlib, this is the error to give
     from matplotlib.colors import LogNorm
 
-    cm = np.asarray(report["confusion"])  # (10, 10) rows true, columns predicted
-    fig = _new_figure(7.2, 6.2)
     ax = fig.subplots()
     shown = np.ma.masked_equal(cm, 0)  # zeros have no logarithm: left blank
     image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(int(cm.max()), 2)))
@@ -166,13 +180,15 @@ def plot_mistakes(report: dict, X: np.ndarray, out: Path, cols: int = 5) -> Path
         raise GpumlpError(f"cols must be at least 1 (got {cols})")
     cols = min(cols, max(len(mistakes), 1))
     rows = max(math.ceil(len(mistakes) / cols), 1)
-    fig = _new_figure(1.9 * cols, 2.1 * rows + 0.5)
+    fig = _new_figure(2.0 * cols, 2.25 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.set_axis_off()
     for ax, m in zip(axes, mistakes):
         ax.imshow(X[m["index"]].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"true {m['true']} / pred {m['predicted']} ({100 * m['confidence']:.1f}%)", fontsize=9)
+        ax.set_title(f"true {m['true']} / pred {m['predicted']} ({100 * m['confidence']:.2f}%)", fontsize=9)
+        ax.text(0.5, -0.03, f"image {m['index']}", transform=ax.transAxes, ha="center", va="top", fontsize=8,
+                color="0.4")  # fmt: skip
     if not mistakes:
         axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0].transAxes)
     conf = report.get("confidence", "confidence")

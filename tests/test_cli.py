@@ -108,7 +108,9 @@ def test_train_then_test_report_the_same_accuracy(tmp_path, mnist_dir):
     ckpt = tmp_path / "ref.npz"
     trained = runner.invoke(cli.app, ["train", "--epochs", "1", "--data-dir", str(mnist_dir), "--save", str(ckpt)])
     assert trained.exit_code == 0, trained.output
-    assert re.search(r"epoch 1/1  loss \d\.\d{4}  val acc +\d+\.\d\d%  \d+\.\d\ds", trained.output)
+    assert re.search(
+        r"epoch 1/1  loss \d\.\d{4}  val loss \d\.\d{4}  val acc +\d+\.\d\d%  lr 3  \d+\.\d\ds", trained.output
+    )
     assert f"saved {ckpt}" in trained.output
     acc = re.search(r"test accuracy (\d+\.\d\d)% \(10000 images\)", trained.output).group(1)
     assert float(acc) >= 90.0

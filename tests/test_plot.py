@@ -1,0 +1,159 @@
+"""Pictures: real PNG files of the right size that are not blank, one-line errors for bad metrics
+files, and the install hint when matplotlib is missing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from gpumlp import plot, report
+from gpumlp.checkpoint import load
+from gpumlp.errors import GpumlpError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path: Path, width: int, height: int) -> np.ndarray:
+    """A real PNG of ``width`` × ``height`` pixels with something drawn on it; returns its pixels."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert 5_000 < len(data) < 200_000
+    pixels = matplotlib.image.imread(path)  # (height, width, 4) RGBA in [0, 1]
+    assert pixels.shape[:2] == (height, width)
+    assert pixels[..., :3].std() > 0.05  # not a blank page
+    return pixels
+
+
+def write_metrics(path: Path, epochs: int = 5, validation: bool = True) -> Path:
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append(
+            {"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e if validation else None,
+             "val_accuracy": 0.9 + 0.01 * e if validation else None, "lr": 0.1, "seconds": 1.0,
+             "images_per_s": 50_000.0}
+        )  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_report(mnist):
+    """The shipped network's report on the 10000 real test images, and those images."""
+    _, _, X_test, y_test = mnist
+    model, _ = load(SHIPPED)
+    return report.test_report(model, X_test, y_test, n_mistakes=10), X_test
+
+
+def test_plot_runs_overlays_several_runs(tmp_path):
+    files = [write_metrics(tmp_path / "a.metrics.jsonl"), write_metrics(tmp_path / "b.metrics.jsonl", epochs=3)]
+    out = plot.plot_runs(files, tmp_path / "curves.png")
+    assert out == tmp_path / "curves.png"
+    check_png(out, 11 * plot.DPI, round(4.4 * plot.DPI))
+
+
+def test_plot_runs_without_validation_still_draws_the_loss(tmp_path):
+    f = write_metrics(tmp_path / "noval.metrics.jsonl", validation=False)
+    check_png(plot.plot_runs([f], tmp_path / "sub" / "curves.png"), 11 * plot.DPI, round(4.4 * plot.DPI))
+
+
+def test_run_name_is_the_file_stem_without_metrics():
+    assert plot.run_name(Path("runs/784-100-10-relu-ce.metrics.jsonl")) == "784-100-10-relu-ce"
+    assert plot.run_name("x.jsonl") == "x"
+
+
+def test_plot_confusion(tmp_path, real_report):
+    r, _ = real_report
+    check_png(plot.plot_confusion(r, tmp_path / "confusion.png"), round(7.2 * plot.DPI), round(6.2 * plot.DPI))
+
+
+def test_plot_mistakes(tmp_path, real_report):
+    r, X = real_report
+    pixels = check_png(plot.plot_mistakes(r, X, tmp_path / "mistakes.png"), 10 * plot.DPI, 5 * plot.DPI)
+    assert pixels[..., :3].min() < 0.1  # black ink of the digits (gray_r: 1.0 → black)
+    one_row = plot.plot_mistakes(r, X, tmp_path / "row.png", cols=10)
+    check_png(one_row, 20 * plot.DPI, round(2.75 * plot.DPI))
+
+
+def test_plot_mistakes_with_no_mistakes_says_so(tmp_path, real_report):
+    r, X = real_report
+    out = plot.plot_mistakes(dict(r, mistakes=[]), X, tmp_path / "none.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("X", "fragment"),
+    [(np.zeros((10, 28, 28)), r"shape \(n, 784\)"), (np.zeros((5, 784)), "the report names image")],
+)
+def test_plot_mistakes_checks_its_images(tmp_path, real_report, X, fragment):
+    r, _ = real_report
+    with pytest.raises(GpumlpError, match=fragment):
+        plot.plot_mistakes(r, X, tmp_path / "m.png")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "is empty: no epochs to plot"),
+        ("\n  \n", "is empty: no epochs to plot"),
+        ('{"epoch": 1, "train_loss": 0.5}\nnot json\n', "line 2: not valid JSON"),
+        ("[1, 2]\n", "line 1: expected a JSON object per epoch, got list"),
+        ('{"epoch": 1, "train_loss": 0.5}\n{"epoch": 2}\n', "line 2: no 'train_loss'"),
+        ('{"epoch": 1, "train_loss": "low"}\n', "line 1: train_loss is 'low', expected a number"),
+        ('{"epoch": true, "train_loss": 0.1}\n', "line 1: epoch is True, expected a number"),
+        ('{"epoch": 1, "train_loss": 0.1, "val_accuracy": "95%"}\n', "line 1: val_accuracy is '95%'"),
+    ],
+)
+def test_malformed_metrics_files_are_one_line_errors(tmp_path, content, fragment):
+    f = tmp_path / "bad.metrics.jsonl"
+    f.write_text(content)
+    with pytest.raises(GpumlpError, match=fragment) as e:
+        plot.plot_runs([f], tmp_path / "out.png")
+    assert "\n" not in str(e.value) and str(f) in str(e.value)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_missing_or_unreadable_metrics_files(tmp_path):
+    for path, fragment in [
+        (tmp_path / "nope.metrics.jsonl", "not found"),
+        (tmp_path, "not found"),  # a folder
+    ]:
+        with pytest.raises(GpumlpError, match=fragment) as e:
+            plot.plot_runs([path], tmp_path / "out.png")
+        assert "\n" not in str(e.value)
+    (tmp_path / "latin1.metrics.jsonl").write_bytes(b"\xff\xfe")
+    with pytest.raises(GpumlpError, match="cannot read metrics file"):
+        plot.plot_runs([tmp_path / "latin1.metrics.jsonl"], tmp_path / "out.png")
+    with pytest.raises(GpumlpError, match="no metrics files given"):
+        plot.plot_runs([], tmp_path / "out.png")
+
+
+def test_unwritable_output_is_one_line_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    f = write_metrics(tmp_path / "a.metrics.jsonl")
+    with pytest.raises(GpumlpError, match="cannot write") as e:
+        plot.plot_runs([f], tmp_path / "a_file" / "curves.png")  # a file where a folder should be
+    assert "\n" not in str(e.value)
+
+
+def test_without_matplotlib_every_plot_names_the_extra(tmp_path, monkeypatch, real_report):
+    # As if matplotlib were not installed: importing it, or any part of it, raises ImportError.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r, X = real_report
+    f = write_metrics(tmp_path / "a.metrics.jsonl")
+    for draw in (
+        lambda: plot.plot_runs([f], tmp_path / "c.png"),
+        lambda: plot.plot_confusion(r, tmp_path / "m.png"),
+        lambda: plot.plot_mistakes(r, X, tmp_path / "x.png"),
+    ):
+        with pytest.raises(GpumlpError) as e:
+            draw()
+        assert str(e.value) == "plotting needs matplotlib: pip install 'gpumlp[plot]'"
+    assert not list(tmp_path.glob("*.png"))
