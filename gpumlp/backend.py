@@ -119,3 +119,45 @@ def get_backend(device: str | Backend = "cpu") -> Backend:
     except BackendUnavailable as e:
         return Backend("cpu", np, None, note=f"auto chose cpu: {e}")
     return Backend(be.name, be.xp, be.device_id, note=f"auto chose {be.name}")
+
+
+def describe_devices() -> dict:
+    """What ``gpumlp devices`` reports: numpy and its BLAS, CuPy and CUDA, every GPU or why there
+    is none, and what ``--device auto`` would choose. Imports CuPy (only here and for ``cuda``)."""
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    info = {
+        "numpy": np.__version__,
+        "blas": " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or "unknown",
+        "cupy": None,
+        "gpus": [],
+        "reason": None,
+    }
+    try:
+        cp = importlib.import_module("cupy")
+    except ImportError:
+        info["reason"] = f"CuPy is not installed: {INSTALL_HINT}"
+    else:
+        info["cupy"] = {"version": cp.__version__}
+        try:
+            info["cupy"]["cuda_runtime"] = _cuda_version(cp.cuda.runtime.runtimeGetVersion())
+            for i in range(cp.cuda.runtime.getDeviceCount()):
+                p = cp.cuda.runtime.getDeviceProperties(i)
+                name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+                info["gpus"].append(
+                    {
+                        "device": f"cuda:{i}",
+                        "name": name,
+                        "memory_gib": round(p["totalGlobalMem"] / 2**30, 1),
+                        "compute_capability": f"{p['major']}.{p['minor']}",
+                    }
+                )
+        except Exception as e:  # no driver, no device: CuPy's reason, one line
+            info["reason"] = " ".join(str(e).split()) or type(e).__name__
+        if not info["gpus"] and info["reason"] is None:
+            info["reason"] = "the CUDA runtime reports no GPU"
+    info["auto"] = info["gpus"][0]["device"] if info["gpus"] else "cpu"
+    return info
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"  # 12040 → "12.4"

@@ -222,6 +222,33 @@ def _info_rows(d: dict) -> list[tuple[str, str]]:
     return rows
 
 
+@app.command("devices")
+def devices_cli(
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+):
+    """numpy and its BLAS, CuPy and CUDA, every GPU, and what --device auto would choose."""
+    import json
+
+    from gpumlp.backend import describe_devices
+
+    d = describe_devices()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"numpy          {d['numpy']} ({d['blas']})")
+    cupy = d["cupy"]
+    typer.echo(
+        f"cupy           {cupy['version']} (CUDA {cupy.get('cuda_runtime', '?')})"
+        if cupy
+        else "cupy           not installed"
+    )
+    for g in d["gpus"]:
+        typer.echo(f"{g['device']:<15}{g['name']}, {g['memory_gib']} GiB, compute capability {g['compute_capability']}")
+    if not d["gpus"]:
+        typer.echo(f"gpus           none usable: {d['reason']}")
+    typer.echo(f"--device auto  {d['auto']}")
+
+
 def main() -> None:
     """Entry point: run the app, turning option errors into one line and exit code 2."""
     args = sys.argv[1:] or ["--help"]

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backend import CPU, get_backend, parse_device
+from gpumlp.backend import CPU, describe_devices, get_backend, parse_device
 from gpumlp.errors import BackendUnavailable
 
 
@@ -35,7 +35,14 @@ def fake_cupy(n_devices: int | None) -> types.ModuleType:
         def use(self):
             cp.current = self.id
 
-    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count), Device=Device)
+    def properties(i):
+        return {"name": f"Fake GPU {i}".encode(), "totalGlobalMem": 80 * 2**30, "major": 9, "minor": 0}
+
+    runtime = types.SimpleNamespace(
+        getDeviceCount=get_device_count, runtimeGetVersion=lambda: 12040, getDeviceProperties=properties
+    )
+    cp.cuda = types.SimpleNamespace(runtime=runtime, Device=Device)
+    cp.__version__ = "14.0.0"
     return cp
 
 
@@ -125,3 +132,27 @@ def test_importing_gpumlp_and_cpu_training_never_import_cupy(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.npz")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_devices_lists_every_gpu_and_the_auto_choice(monkeypatch):
+    from typer.testing import CliRunner
+
+    from gpumlp import cli
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
+    d = describe_devices()
+    assert d["cupy"] == {"version": "14.0.0", "cuda_runtime": "12.4"} and d["auto"] == "cuda:0"
+    assert d["gpus"][1] == {"device": "cuda:1", "name": "Fake GPU 1", "memory_gib": 80.0, "compute_capability": "9.0"}
+    out = CliRunner().invoke(cli.app, ["devices"]).output
+    assert "cuda:1         Fake GPU 1, 80.0 GiB, compute capability 9.0" in out and "--device auto  cuda:0" in out
+    assert d["numpy"] == np.__version__ and d["blas"]
+
+
+@pytest.mark.parametrize(
+    "cupy,reason",
+    [(None, "CuPy is not installed: pip install 'gpumlp[cuda12]'"), ("no-driver", "cudaErrorInsufficientDriver")],
+)
+def test_devices_says_why_there_is_no_gpu(monkeypatch, cupy, reason):
+    monkeypatch.setitem(sys.modules, "cupy", None if cupy is None else fake_cupy(None))
+    d = describe_devices()
+    assert d["gpus"] == [] and reason in d["reason"] and d["auto"] == "cpu"
