@@ -19,7 +19,7 @@ from gpumlp.errors import GpumlpError
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # gpumlp --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     help="A from-scratch multilayer perceptron for MNIST, on numpy (CPU) or CuPy (CUDA GPU).",
 )

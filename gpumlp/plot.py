@@ -116,13 +116,14 @@ def plot_runs(metrics_files: list[Path], out: Path) -> Path:
         _plain_log_labels(ax_loss.yaxis)
     ax_loss.set(title="loss per epoch", xlabel="epoch", ylabel="mean loss")
     ax_acc.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
-    if not ax_acc.lines:
-        ax_acc.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_acc.transAxes)
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs 1, 2, 3, not 1.5
         ax.grid(True, which="major", alpha=0.4)
         if ax.lines:
             ax.legend(fontsize="small")
+    if not ax_acc.lines:
+        ax_acc.set(xticks=[], yticks=[])
+        ax_acc.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_acc.transAxes)
     names = ", ".join(name for name, _ in runs) if len(runs) <= 3 else f"{len(runs)} runs"
     fig.suptitle(f"gpumlp training: {names}")
     return _save(fig, out)
@@ -180,7 +181,7 @@ def plot_mistakes(report: dict, X: np.ndarray, out: Path, cols: int = 5) -> Path
         raise GpumlpError(f"cols must be at least 1 (got {cols})")
     cols = min(cols, max(len(mistakes), 1))
     rows = max(math.ceil(len(mistakes) / cols), 1)
-    fig = _new_figure(2.0 * cols, 2.25 * rows + 0.5)
+    fig = _new_figure(max(2.0 * cols, 8.0), 2.25 * rows + 0.5)  # at least as wide as the title
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -191,6 +192,8 @@ def plot_mistakes(report: dict, X: np.ndarray, out: Path, cols: int = 5) -> Path
                 color="0.4")  # fmt: skip
     if not mistakes:
         axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0].transAxes)
-    conf = report.get("confidence", "confidence")
-    fig.suptitle(f"the {len(mistakes)} most confident mistakes ({conf} of the predicted digit)")
+    else:
+        conf = report.get("confidence", "confidence")
+        what = "the most confident mistake" if len(mistakes) == 1 else f"the {len(mistakes)} most confident mistakes"
+        fig.suptitle(f"{what} ({conf} of the predicted digit)")
     return _save(fig, out)

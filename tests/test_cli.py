@@ -258,3 +258,12 @@ def test_bad_mnist_files_are_one_line_exit_2(tmp_path, mnist_dir, monkeypatch, c
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert fragment in err and "Traceback" not in err and "epoch" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_shell_completion_is_available():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "gpumlp"), "--show-completion", "bash"],
+        capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "SHELL": "/bin/bash"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "_gpumlp_completion" in out.stdout and "complete" in out.stdout
