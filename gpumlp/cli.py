@@ -132,25 +132,63 @@ def test_cli(
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     test_size: Annotated[int, typer.Option(help="Test images, from the start of the test file.")] = 10_000,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole report as one JSON object, for scripts.")
+    ] = False,
+    mistakes: Annotated[int, typer.Option(help="How many of the most confident mistakes to list.")] = 10,
+    plot_dir: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also save confusion.png and mistakes.png in this folder (needs matplotlib)."),
+    ] = None,
 ):
-    """Accuracy of a saved network on the MNIST test set."""
+    """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
+    import json
+
     from gpumlp import checkpoint as ckpt
     from gpumlp.backend import get_backend
     from gpumlp.data import load_mnist, split
-    from gpumlp.train import evaluate
+    from gpumlp.report import format_report, test_report
 
     try:
         be = get_backend(device)  # first: a device that cannot work is the first thing to say
         if be.note:
-            typer.echo(be.note)
-        model, meta = ckpt.load(checkpoint, device=be)
+            typer.echo(be.note, err=as_json)  # --json keeps stdout one JSON document
+        model, _ = ckpt.load(checkpoint, device=be)
         data = load_mnist(data_dir)
         _, _, (X, y) = split(*data, 0, 0, test_size)
-        acc = evaluate(model, X, y)
+        report = test_report(model, X, y, n_mistakes=mistakes)
+        saved = []
+        if plot_dir is not None:
+            from gpumlp.plot import plot_confusion, plot_mistakes
+
+            saved = [plot_confusion(report, plot_dir / "confusion.png"),
+                     plot_mistakes(report, X, plot_dir / "mistakes.png")]  # fmt: skip
     except GpumlpError as e:
         raise _fail(str(e)) from None
-    typer.echo(f"{checkpoint}: {model}")
-    typer.echo(f"test accuracy {100 * acc:.2f}% ({len(X)} images)")
+    if as_json:
+        typer.echo(json.dumps(dict(report, checkpoint=str(checkpoint), model=repr(model)), indent=2))
+    else:
+        typer.echo(f"{checkpoint}: {model}")
+        typer.echo(format_report(report))
+    for path in saved:
+        typer.echo(f"saved {path}", err=as_json)
+
+
+@app.command("plot")
+def plot_cli(
+    runs: Annotated[
+        list[Path], typer.Argument(help="One or more <name>.metrics.jsonl files written by training runs.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("curves.png"),
+):
+    """Loss and validation accuracy per epoch of one or more training runs, overlaid, as a PNG."""
+    from gpumlp.plot import plot_runs
+
+    try:
+        path = plot_runs(runs, out)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"saved {path}")
 
 
 @app.command("convert")

@@ -110,14 +110,19 @@ test_report.__test__ = False  # its name starts with "test": stop pytest collect
 def format_report(report: dict) -> str:
     """``test_report``'s dict as aligned plain text: accuracy, per-digit scores, the confusion
     matrix and the most confident mistakes."""
-    lines = [f"test accuracy {100 * report['accuracy']:.2f}% ({report['correct']}/{report['n']} images)", ""]
+    n, correct = report["n"], report["correct"]
+    lines = [
+        f"test accuracy {100 * report['accuracy']:.2f}% ({n} images)",
+        f"{correct} correct, {n - correct} wrong",
+        "",
+    ]
     lines.append(f"{'digit':>5}  {'precision':>9}  {'recall':>9}  {'F1':>9}  {'support':>7}")
     for c in report["classes"]:
         lines.append(
             f"{c['digit']:>5}  {c['precision']:>9.4f}  {c['recall']:>9.4f}  {c['f1']:>9.4f}  {c['support']:>7}"
         )
     m = report["macro"]
-    lines.append(f"{'macro':>5}  {m['precision']:>9.4f}  {m['recall']:>9.4f}  {m['f1']:>9.4f}  {report['n']:>7}")
+    lines.append(f"{'macro':>5}  {m['precision']:>9.4f}  {m['recall']:>9.4f}  {m['f1']:>9.4f}  {n:>7}")
 
     cm = report["confusion"]
     width = max(5, *(len(str(v)) + 1 for row in cm for v in row))
@@ -132,7 +137,8 @@ def format_report(report: dict) -> str:
     if not mistakes:
         lines.append("no mistakes")
     else:
-        lines.append(f"{len(mistakes)} most confident mistakes (confidence: {report['confidence']})")
+        what = "most confident mistake" if len(mistakes) == 1 else f"{len(mistakes)} most confident mistakes"
+        lines.append(f"{what} (confidence: {report['confidence']})")
         lines.append(f"{'index':>6}  {'true':>4}  {'predicted':>9}  {'confidence':>10}")
         for e in mistakes:
             lines.append(f"{e['index']:>6}  {e['true']:>4}  {e['predicted']:>9}  {100 * e['confidence']:>9.2f}%")

@@ -267,3 +267,26 @@ def test_shell_completion_is_available():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "_gpumlp_completion" in out.stdout and "complete" in out.stdout
+
+
+def test_test_report_json_plots_and_plot_command(tmp_path, mnist_dir, monkeypatch, capsys):
+    import json
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+    as_json = runner.invoke(cli.app, ["test", str(shipped), "--data-dir", str(mnist_dir), "--json", "--mistakes", "3"])
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert report["accuracy"] == 0.98 and len(report["mistakes"]) == 3 and len(report["confusion"]) == 10
+    text = runner.invoke(cli.app, ["test", str(shipped), "--data-dir", str(mnist_dir), "--plot", str(tmp_path / "p")])
+    assert "true \\ pred" in text.output and "most confident mistakes" in text.output
+    for name in ("confusion.png", "mistakes.png"):
+        png = (tmp_path / "p" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    args = ["train", "--epochs", "2", "--train-size", "1000", "--val-size", "200", "--test-size", "0"]
+    assert (
+        runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(tmp_path / "r.npz")]).exit_code == 0
+    )
+    plotted = runner.invoke(cli.app, ["plot", str(tmp_path / "r.metrics.jsonl"), "--out", str(tmp_path / "c.png")])
+    assert plotted.exit_code == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run_main(monkeypatch, capsys, "plot", str(tmp_path / "missing.metrics.jsonl"))
+    assert code == 2 and err.count("\n") == 1
