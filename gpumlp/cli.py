@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gpumlp.errors import GpumlpError
+from gpumlp.errors import ConfigError, GpumlpError
 
 # typer re-exports BadParameter from the click it runs on (click itself, or the copy vendored in
 # recent typer); its base class is that click's UsageError, shared by every bad-option error.
@@ -258,6 +258,67 @@ def _info_rows(d: dict) -> list[tuple[str, str]]:
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
     rows.append(("trained on", f"{d.get('device')}, {d.get('created')}, {versions}"))
     return rows
+
+
+@app.command("predict")
+def predict_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    images: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="IMAGE",
+            help="Image files (PNG, JPEG, BMP, …), one digit each, any size, dark on light or light on dark.",
+        ),
+    ] = None,
+    index: Annotated[
+        list[int] | None, typer.Option("--index", metavar="N", help="Also predict MNIST test image N (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
+    device: DeviceOpt = "cpu",
+    data_dir: DataDirOpt = None,
+):
+    """Which digit is in each image: prediction, top-3 probabilities and the 28×28 input the network saw."""
+    import json
+
+    from gpumlp import checkpoint as ckpt
+    from gpumlp.backend import get_backend
+    from gpumlp.predict import ascii_preview, load_digit, predict_images
+
+    if not images and not index:
+        raise _fail("give one or more image files, or --index N for an MNIST test image (see gpumlp predict --help)")
+    try:
+        be = get_backend(device)
+        if be.note:
+            typer.echo(be.note, err=True)
+        model, _ = ckpt.load(checkpoint, device=be)
+        sources = [(str(p), None) for p in images or []]
+        inputs = [load_digit(p) for p in images or []]  # (784,) each, host
+        if index:
+            from gpumlp.data import load_mnist
+
+            _, _, X_test, y_test = load_mnist(data_dir)
+            for n in index:
+                if not 0 <= n < len(X_test):
+                    raise ConfigError(f"--index {n} is out of range: the MNIST test images are 0 to {len(X_test) - 1}")
+                sources.append((f"mnist-test[{n}]", int(y_test[n])))
+                inputs.append(X_test[n])
+        results = predict_images(model, inputs)  # one batch, one transfer each way
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    kind = "softmax" if model.loss == "ce" else "sigmoid outputs divided by their sum"
+    if as_json:
+        rows = [dict(source=s, label=y, **r) for (s, y), r in zip(sources, results)]
+        typer.echo(json.dumps({"checkpoint": str(checkpoint), "probabilities": kind, "predictions": rows}, indent=2))
+        return
+    if model.loss != "ce":
+        typer.echo(f"({model}: probabilities are {kind})")
+    for (source, label), r, x in zip(sources, results, inputs):
+        top = ", ".join(f"{d} {100 * p:.1f}%" for d, p in r["top3"])
+        truth = "" if label is None else f" (label {label})"
+        typer.echo(f"{source}: {r['digit']}{truth}   top 3: {top}")
+        if preview:
+            typer.echo(ascii_preview(x))
 
 
 @app.command("devices")

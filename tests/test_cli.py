@@ -290,3 +290,24 @@ def test_test_report_json_plots_and_plot_command(tmp_path, mnist_dir, monkeypatc
     assert plotted.exit_code == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_main(monkeypatch, capsys, "plot", str(tmp_path / "missing.metrics.jsonl"))
     assert code == 2 and err.count("\n") == 1
+
+
+def test_predict_images_and_mnist_index(tmp_path, mnist_dir, monkeypatch, capsys):
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = str(root / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz")
+    seven = str(root / "docs" / "digits" / "seven.png")
+    out = runner.invoke(cli.app, ["predict", shipped, seven, "--index", "0", "--json", "--data-dir", str(mnist_dir)])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)["predictions"]
+    assert [(r["source"], r["digit"], r["label"]) for r in rows] == [(seven, 7, None), ("mnist-test[0]", 7, 7)]
+    text = runner.invoke(cli.app, ["predict", shipped, seven])
+    assert text.exit_code == 0 and f"{seven}: 7   top 3: 7 " in text.output
+    assert len(text.output.splitlines()) == 1 + 28 and "@" in text.output  # the ASCII preview
+    for args, fragment in (([], "give one or more image files"), (["--index", "10000"], "out of range")):
+        code, _, err = run_main(monkeypatch, capsys, "predict", shipped, *args, "--data-dir", str(mnist_dir))
+        assert code == 2 and err.count("\n") == 1 and fragment in err
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, _, err = run_main(monkeypatch, capsys, "predict", shipped, str(tmp_path / "notes.txt"))
+    assert code == 2 and "not an image" in err and err.count("\n") == 1
