@@ -1,29 +1,39 @@
-"""gpumlp: a from-scratch multilayer perceptron for MNIST on numpy (CPU) or CuPy (CUDA GPU)."""
+"""gpumlp: a from-scratch multilayer perceptron for MNIST on numpy (CPU) or CuPy (CUDA GPU).
+
+The public names below are imported on first use, so ``gpumlp --help`` and other commands that
+need no arrays start without importing numpy.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from gpumlp.backend import Backend, get_backend
-from gpumlp.checkpoint import load, save
-from gpumlp.data import load_mnist, read_idx
-from gpumlp.errors import BackendUnavailable, CheckpointError, ConfigError, DataError, GpumlpError
-from gpumlp.model import MLP
-from gpumlp.train import TrainConfig, evaluate, fit, run
+_EXPORTS = {
+    "Backend": "gpumlp.backend",
+    "get_backend": "gpumlp.backend",
+    "load": "gpumlp.checkpoint",
+    "save": "gpumlp.checkpoint",
+    "load_mnist": "gpumlp.data",
+    "read_idx": "gpumlp.data",
+    "BackendUnavailable": "gpumlp.errors",
+    "CheckpointError": "gpumlp.errors",
+    "ConfigError": "gpumlp.errors",
+    "DataError": "gpumlp.errors",
+    "GpumlpError": "gpumlp.errors",
+    "MLP": "gpumlp.model",
+    "TrainConfig": "gpumlp.train",
+    "evaluate": "gpumlp.train",
+    "fit": "gpumlp.train",
+    "run": "gpumlp.train",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "MLP",
-    "Backend",
-    "BackendUnavailable",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "GpumlpError",
-    "TrainConfig",
-    "evaluate",
-    "fit",
-    "get_backend",
-    "load",
-    "load_mnist",
-    "read_idx",
-    "run",
-    "save",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gpumlp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

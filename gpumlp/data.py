@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -233,13 +234,46 @@ def _load_verified(path: Path, sha256: str) -> np.ndarray:
     return parse_idx(data, str(path))
 
 
+def decoded_cache_path(paths: dict[str, Path]) -> Path:
+    """Where the decoded arrays of these four files are kept: named after their paths, sizes and
+    modification times, so a changed, replaced or moved file never matches an old cache."""
+    stamp = [(name, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for name, p in sorted(paths.items())]
+    key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:20]
+    return default_cache_dir().parent / "decoded" / f"mnist-{key}.npz"
+
+
+def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The four arrays (uint8): from the decoded cache when the source files are unchanged since
+    they were verified, else decompressed, verified by SHA-256 and parsed, then cached."""
+    cache = decoded_cache_path(paths)
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in MNIST_FILES}
+        if all(arrays[name].dtype == np.uint8 for name in arrays):
+            return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # no cache yet, or a damaged one: decode again
+    arrays = {name: _load_verified(paths[name], sha) for name, sha in MNIST_FILES.items()}
+    try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".mnist.", suffix=".tmp", dir=cache.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, cache)
+    except OSError:
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+    return arrays
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True):
     """``(X_train, y_train, X_test, y_test)`` on the host, verified by SHA-256.
 
-    Images are float32 in [0, 1] of shape (60000, 784) and (10000, 784); labels are uint8.
+    Images are float32 in [0, 1] of shape (60000, 784) and (10000, 784); labels are uint8. The
+    decoded arrays are cached (``~/.cache/gpumlp/decoded``) for files verified before and unchanged since.
     """
     paths = locate_mnist(data_dir, download=download)
-    arrays = {name: _load_verified(paths[name], sha) for name, sha in MNIST_FILES.items()}
+    arrays = _load_decoded(paths)
     X_train = images_to_float(arrays["train-images-idx3-ubyte"])
     X_test = images_to_float(arrays["t10k-images-idx3-ubyte"])
     y_train, y_test = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]
@@ -254,7 +288,7 @@ def images_to_float(images: np.ndarray) -> np.ndarray:
         raise DataError(f"expected uint8 pixels (IDX type 0x08), got {images.dtype}")
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"expected 28×28 images, got an array of shape {images.shape}")
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+    return np.divide(images.reshape(len(images), -1), np.float32(255), dtype=np.float32)  # one pass, exact
 
 
 def check_pair(X: np.ndarray, y: np.ndarray, what: str) -> None:

@@ -53,6 +53,18 @@ def use_fake_device(monkeypatch) -> None:
     monkeypatch.setattr(gpumlp.model, "get_backend", lambda d="cpu": FAKE if d == "fake" else original(d))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never write into the user's ~/.cache: the decoded-MNIST cache goes to a temporary folder."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST folder from $GPUMLP_DATA_DIR (CI sets it to ../shared/mnist)."""

@@ -311,3 +311,21 @@ def test_predict_images_and_mnist_index(tmp_path, mnist_dir, monkeypatch, capsys
     (tmp_path / "notes.txt").write_text("not an image")
     code, _, err = run_main(monkeypatch, capsys, "predict", shipped, str(tmp_path / "notes.txt"))
     assert code == 2 and "not an image" in err and err.count("\n") == 1
+
+
+def test_help_imports_neither_numpy_nor_cupy():
+    """`gpumlp --help` stays light: the package's names are imported on first use."""
+    code = (
+        "import sys\n"
+        "from gpumlp import cli\n"
+        "sys.argv = ['gpumlp', '--help']\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "heavy = [m for m in ('numpy', 'cupy', 'matplotlib', 'PIL') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("HEAVY []")

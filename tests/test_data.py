@@ -658,3 +658,25 @@ def test_download_refuses_plain_http_to_other_hosts(tmp_path):
     with pytest.raises(data.DataError, match="refused .only https"):
         data.download_file(NAME, files[NAME], tmp_path / "d", mirrors=["http://example.com/mnist/"], progress=False)
     assert not any((tmp_path / "d").iterdir())
+
+
+def test_decoded_cache_is_used_only_while_the_sources_are_unchanged(tmp_path, real_dir, monkeypatch):
+    """After a first verified load, later loads read the decoded cache (no decompression, no
+    SHA-256); touching a source file makes gpumlp verify and decode it again."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in data.MNIST_FILES:
+        found = data.find_file(name, [Path(real_dir)])
+        (folder / found.name).write_bytes(found.read_bytes())
+    first = data.load_mnist(folder, download=False)
+    cache = data.decoded_cache_path(data.locate_mnist(folder, download=False))
+    assert cache.is_file() and cache.parent == tmp_path / "xdg-cache" / "gpumlp" / "decoded"
+    verified = []
+    real_verify = data._load_verified
+    monkeypatch.setattr(data, "_load_verified", lambda p, sha: verified.append(p) or real_verify(p, sha))
+    second = data.load_mnist(folder, download=False)
+    assert verified == [] and all(np.array_equal(a, b) for a, b in zip(first, second))
+    labels = next(folder.glob("t10k-labels*"))
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    data.load_mnist(folder, download=False)
+    assert len(verified) == 4  # a changed stamp: all four verified again, then cached anew
