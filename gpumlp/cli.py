@@ -321,6 +321,33 @@ def predict_cli(
             typer.echo(ascii_preview(x))
 
 
+@app.command("bench")
+def bench_cli(
+    device: DeviceOpt = "cpu",
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed runs per configuration after one warm-up; the median counts.")
+    ] = 5,
+    data_dir: DataDirOpt = None,
+    extras: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure, in fresh processes, a training run's peak memory, --help and load_mnist() times."
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+):
+    """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
+    import json
+
+    from gpumlp.bench import format_bench, run_bench
+
+    try:
+        result = run_bench(device, repeats, data_dir=data_dir, extras=extras)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+
+
 @app.command("devices")
 def devices_cli(
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,

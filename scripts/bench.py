@@ -1,0 +1,112 @@
+"""Training speed of gpumlp over its benchmark matrix (gpumlp/bench.py), optionally beside PyTorch.
+
+    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench.py                    # the table
+    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench.py --compare torch    # and PyTorch, row by row
+    python scripts/bench.py --rows 1-5 --no-extras --json                      # the Rust rows only, as JSON
+
+With ``--compare torch`` each configuration is timed in PyTorch (scripts/bench_torch.py) right
+after gpumlp's timing of it, so both see the same load on a shared machine, and the ratio of
+their images/s is printed per row with its geometric mean over the Rust table's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+from gpumlp.bench import CONFIGS, RUST_ROWS, format_bench, run_bench, table
+
+TORCH_HINT = "pip install torch==2.13.0"
+
+
+def parse_rows(spec: str | None) -> list[int]:
+    """``"1-5,7"`` → [0, 1, 2, 3, 4, 6] (1-based, as the table numbers them)."""
+    if not spec:
+        return list(range(len(CONFIGS)))
+    rows = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        rows += range(int(lo) - 1, int(hi or lo))
+    if not all(0 <= i < len(CONFIGS) for i in rows):
+        raise SystemExit(f"--rows: rows are 1 to {len(CONFIGS)} (got {spec})")
+    return rows
+
+
+def load_torch_bench():
+    """scripts/bench_torch.py as a module, or exit with the install hint when torch is missing."""
+    if importlib.util.find_spec("torch") is None:
+        raise SystemExit(f"--compare torch needs PyTorch, which is not installed: {TORCH_HINT}")
+    spec = importlib.util.spec_from_file_location("bench_torch", Path(__file__).with_name("bench_torch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def comparison(result: dict, torch_result: dict, indices: list[int]) -> dict:
+    """images/s of gpumlp ÷ PyTorch per row, and their geometric mean over the Rust rows present."""
+    rows = [
+        {"name": g["name"], "rust_row": i < RUST_ROWS, "ratio": g["images_per_s"] / t["images_per_s"]}
+        for i, g, t in zip(indices, result["rows"], torch_result["rows"])
+    ]
+    rust = [r["ratio"] for r in rows if r["rust_row"]]
+    geomean = math.exp(sum(map(math.log, rust)) / len(rust)) if rust else None
+    return {"rows": rows, "geomean_rust_rows": geomean, "n_rust_rows": len(rust)}
+
+
+def format_comparison(result: dict, torch_result: dict, comp: dict) -> str:
+    head = "# config batch gpumlp_images/s torch_images/s gpumlp/torch gpumlp_GFLOP/s torch_GFLOP/s".split()
+    body = [
+        [str(k), g["name"], str(g["batch_size"]), f"{g['images_per_s']:,.0f}", f"{t['images_per_s']:,.0f}",
+         f"{c['ratio']:.2f}×", f"{g['gflops']:.2f}", f"{t['gflops']:.2f}"]
+        for k, (g, t, c) in enumerate(zip(result["rows"], torch_result["rows"], comp["rows"]), 1)
+    ]  # fmt: skip
+    g = comp["geomean_rust_rows"]
+    tail = f"geometric mean of gpumlp/PyTorch over the {comp['n_rust_rows']} Rust rows (batch 10): "
+    return "\n".join(table(head, body) + [tail + (f"{g:.2f}×" if g else "n/a (none selected)")])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per row after one warm-up (default: 5)")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $GPUMLP_DATA_DIR or the cache)")
+    p.add_argument("--rows", default=None, help="rows to run, 1-based, e.g. 1-5 or 2,6 (default: all)")
+    p.add_argument("--no-extras", action="store_true", help="skip peak memory, --help and load_mnist times")
+    p.add_argument("--compare", choices=["torch"], help="also time each row in PyTorch and print the ratios")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    a = p.parse_args(argv)
+    if a.repeats < 1:
+        p.error("--repeats must be at least 1")
+    indices = parse_rows(a.rows)
+    configs = [CONFIGS[i] for i in indices]
+    after_row, torch_result = None, None
+    if a.compare == "torch":
+        bt = load_torch_bench()
+        torch_device = bt.torch.device(a.device if a.device.startswith("cuda") else "cpu")
+        data = bt.bench_data(a.data_dir, max(c.images for c in configs))
+        torch_result = bt.start_result(torch_device, a.repeats, data[2])
+
+        def after_row(cfg, row):
+            bt.add_row(torch_result, bt.time_config(cfg, torch_device, data[0], data[1], a.repeats))
+
+    result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, after_row=after_row)
+    if torch_result is None:
+        print(json.dumps(result, indent=2) if a.json else format_bench(result))
+        return
+    comp = comparison(result, torch_result, indices)
+    if a.json:
+        print(json.dumps({"gpumlp": result, "torch": torch_result, "comparison": comp}, indent=2))
+        return
+    print(format_bench(result))
+    print()
+    print(bt.format_torch(torch_result))
+    print()
+    print(format_comparison(result, torch_result, comp))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

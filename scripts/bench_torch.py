@@ -1,0 +1,197 @@
+"""The configurations of ``gpumlp.bench`` trained with PyTorch, timed the same way, for comparison.
+
+    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench_torch.py            # CPU, and CUDA when present
+    python scripts/bench_torch.py --device cpu --json
+
+Same architectures, losses (½‖σ(z) − y‖² per image for mse, softmax cross-entropy for ce, both
+batch means), plain SGD, batch sizes, images and epochs as gpumlp's rows, in an idiomatic PyTorch
+loop: ``nn.Sequential`` of ``nn.Linear`` and activations, ``loss.backward()``, ``optimizer.step()``,
+``zero_grad(set_to_none=True)``. The training set is put on the device once and each epoch's
+batches are gathered from a ``torch.randperm`` permutation, like gpumlp (no DataLoader, whose
+per-batch collation would dominate at batch 10). The loss is summed on the device and read once
+per epoch. ``torch.set_num_threads`` is left at its default (reported). Same warm-up, repeats,
+median, and a device synchronisation before every clock read. Needs ``pip install torch``;
+gpumlp itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from gpumlp.bench import CONFIGS, EPOCH_IMAGES, BenchConfig, bench_data, efficiency, flops_per_image
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, work, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``work`` after one warm-up, synchronised before each clock read."""
+    work()
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        work()
+        synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def sgemm_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Median GFLOP/s of an (n, n) @ (n, n) float32 ``torch.matmul`` (PyTorch's own BLAS / cuBLAS)."""
+    A, B = (torch.randn(n, n, device=device) for _ in range(2))
+    single = min(timed(device, lambda: A @ B, 1))
+    calls = max(1, int(0.05 / max(single, 1e-9)))
+
+    def work():
+        for _ in range(calls):
+            A @ B
+
+    return 2 * n**3 * calls / statistics.median(timed(device, work, repeats)) / 1e9
+
+
+def network(cfg: BenchConfig) -> nn.Sequential:
+    """Linear layers with the hidden activation between them; a final Sigmoid for mse (ce's
+    softmax lives in the loss)."""
+    act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]
+    layers = []
+    for l, (n_in, n_out) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if l < len(cfg.sizes) - 2:
+            layers.append(act())
+    if cfg.loss == "mse":
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """gpumlp's mse: ½‖a − y‖² per image, averaged over the batch (nn.MSELoss would also divide by 10)."""
+    return 0.5 * nn.functional.mse_loss(A, Y, reduction="sum") / A.shape[0]
+
+
+def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
+    """One row, as ``gpumlp.bench.time_config``: ``cfg.epochs`` epochs over the first ``cfg.images`` images."""
+    n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size
+    torch.manual_seed(0)
+    net = network(cfg).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    X_dev = torch.from_numpy(np.ascontiguousarray(X[:n], dtype=np.float32)).to(device)  # (n, 784), once
+    labels = torch.from_numpy(y[:n].astype(np.int64)).to(device)  # (n,)
+    if cfg.loss == "mse":
+        targets, loss_fn = nn.functional.one_hot(labels, cfg.sizes[-1]).float(), half_sse_mean  # (n, 10)
+    else:
+        targets, loss_fn = labels, nn.CrossEntropyLoss()
+
+    def work():
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, device=device)
+            total = torch.zeros((), device=device)
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                loss = loss_fn(net(X_dev[idx]), targets[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            float(total)  # the epoch's one read of a device value, as gpumlp's fit
+
+    seconds = timed(device, work, repeats)
+    timed_images, median = n * cfg.epochs, statistics.median(seconds)
+    return {
+        "name": cfg.name,
+        "batch_size": cfg.batch_size,
+        "images": n,
+        "epochs": cfg.epochs,
+        "seconds": seconds,
+        "images_per_s": timed_images / median,
+        "images_per_s_range": [timed_images / max(seconds), timed_images / min(seconds)],
+        "s_per_epoch": EPOCH_IMAGES * median / timed_images,
+        "gflops": timed_images * flops_per_image(cfg.sizes) / median / 1e9,
+    }
+
+
+def torch_info(device: torch.device) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),  # the default: never set here
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_torch_bench(device="cpu", repeats: int = 5, configs=None, data_dir=None, data=None) -> dict:
+    """The matrix on one torch device, as one JSON-ready dict (``data``: ``bench_data``'s result, to share)."""
+    device = torch.device(device)
+    configs = CONFIGS if configs is None else tuple(configs)
+    X, y, source = data if data is not None else bench_data(data_dir, max(c.images for c in configs))
+    result = start_result(device, repeats, source)
+    for cfg in configs:
+        add_row(result, time_config(cfg, device, X, y, repeats))
+    return result
+
+
+def start_result(device: torch.device, repeats: int, source: str, sgemm_n: int = 2048) -> dict:
+    """A result without rows: the header and torch's own sgemm rate."""
+    sgemm = sgemm_gflops(device, sgemm_n, repeats)
+    return {"info": torch_info(device), "data": source, "repeats": repeats, "sgemm": {"n": sgemm_n, "gflops": sgemm}}
+
+
+def add_row(result: dict, row: dict) -> dict:
+    row["efficiency"] = efficiency(row["gflops"], result["sgemm"]["gflops"])  # against torch's own sgemm
+    result.setdefault("rows", []).append(row)
+    return row
+
+
+def format_torch(result: dict) -> str:
+    i, s = result["info"], result["sgemm"]
+    lines = [
+        f"PyTorch {i['torch']} on {i['device']}{' (' + i['gpu'] + ')' if 'gpu' in i else ''}: "
+        f"{i['threads']} threads (default), MKL {i['mkl']}, oneDNN {i['mkldnn']}; data {result['data']}",
+        f"torch sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s",
+        f"{'#':>2}  {'config':<26}{'batch':>6}{'images/s':>11}{'(min–max)':>20}{'s/epoch':>9}{'GFLOP/s':>9}{'eff.':>7}",
+    ]
+    for k, r in enumerate(result["rows"], 1):
+        lo, hi = r["images_per_s_range"]
+        lines.append(
+            f"{k:>2}  {r['name']:<26}{r['batch_size']:>6}{r['images_per_s']:>11,.0f}{f'{lo:,.0f}–{hi:,.0f}':>20}"
+            f"{r['s_per_epoch']:>9.3f}{r['gflops']:>9.2f}{100 * r['efficiency']:>6.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when available)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args(argv)
+    devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    data = bench_data(a.data_dir, max(c.images for c in CONFIGS))
+    results = [run_torch_bench(d, a.repeats, data=data) for d in devices]
+    command = shlex.join([sys.executable, *sys.argv])
+    if a.json:
+        print(json.dumps({"command": command, "results": results}, indent=2))
+    else:
+        print(f"$ {command}")
+        print("\n\n".join(format_torch(r) for r in results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The benchmark harness: its arithmetic, the shape of its report, and that it runs on every backend.
+
+No timing is asserted: the machine is shared and its speed varies by ±30% from minute to minute.
+PyTorch is optional; only the test of the PyTorch script needs it (skipped without it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import use_fake_device
+
+from gpumlp.bench import (
+    CONFIGS,
+    RUST_ROWS,
+    BenchConfig,
+    bench_data,
+    efficiency,
+    flops_per_image,
+    format_bench,
+    process_costs,
+    run_bench,
+    sgemm_gflops,
+)
+from gpumlp.model import MLP
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+TINY = BenchConfig("tiny", (784, 8, 10), "sigmoid", "mse", 3.0, 10, 200)
+ROW_KEYS = {"name", "sizes", "batch_size", "images", "epochs", "seconds", "images_per_s", "s_per_epoch", "gflops"}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_per_image_by_hand():
+    # 784-16-16-10: products 784·16 = 12544, 16·16 = 256, 16·10 = 160, in all 12960.
+    # forward 2·12960 = 25920; backward 4·12960 − 2·12544 (no gradient w.r.t. the pixels) = 26752
+    assert flops_per_image((784, 16, 16, 10)) == 25920 + 26752 == 52672
+    # one layer: forward 2·a·b, backward dW only, 2·a·b
+    assert flops_per_image((784, 10)) == 4 * 784 * 10
+
+
+def test_efficiency_is_gflops_over_sgemm():
+    assert efficiency(50.0, 200.0) == 0.25
+    assert efficiency(50.0, None) is None
+
+
+def test_configs_are_the_issue_matrix():
+    assert [c.sizes for c in CONFIGS[:RUST_ROWS]] == [
+        (784, 16, 16, 10), (784, 16, 16, 10), (784, 10), (784, 100, 50, 10), (784, 300, 100, 50, 10)
+    ]  # fmt: skip
+    assert all((c.activation, c.loss, c.lr, c.batch_size) == ("sigmoid", "mse", 3.0, 10) for c in CONFIGS[:RUST_ROWS])
+    assert CONFIGS[0].images == 10_000  # the first Rust row trains on 10000 images
+    big = [(c.sizes, c.batch_size, c.activation, c.loss, c.lr) for c in CONFIGS[RUST_ROWS:]]
+    assert big == [
+        ((784, 100, 10), 128, "relu", "ce", 0.1),
+        ((784, 800, 10), 128, "relu", "ce", 0.1),
+        ((784, 1024, 1024, 10), 256, "relu", "ce", 0.1),
+    ]
+    for c in CONFIGS:
+        MLP(c.sizes, c.activation, c.loss)  # every row is a network gpumlp builds
+
+
+def check_result(result: dict) -> None:
+    result = json.loads(json.dumps(result))  # JSON-ready: no numpy or device values
+    assert {"command", "date", "machine", "data", "repeats", "sgemm", "rows", "process"} <= set(result)
+    assert {"cpu", "cores", "numpy", "blas", "device"} <= set(result["machine"])
+    sgemm = result["sgemm"]["gflops"]
+    assert sgemm > 0
+    (row,) = result["rows"]
+    assert ROW_KEYS <= set(row)
+    assert row["images"] == 200 and len(row["seconds"]) == result["repeats"] == 1
+    assert all(row[k] > 0 for k in ("images_per_s", "s_per_epoch", "gflops"))
+    assert row["gflops"] == pytest.approx(row["images_per_s"] * flops_per_image(TINY.sizes) / 1e9)
+    assert row["efficiency"] == pytest.approx(row["gflops"] / sgemm)
+    assert "tiny" in format_bench(result)
+
+
+def test_runs_on_a_tiny_configuration(mnist_dir):
+    result = run_bench("cpu", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=64)
+    check_result(result)
+    assert result["data"] == "MNIST training images"
+    assert result["process"] is None
+
+
+def test_runs_on_the_strict_fake_device_crossing_only_through_the_backend(monkeypatch, mnist_dir):
+    """The fake device refuses any host/device mix, so running at all proves the harness moves data
+    only with be.asarray; and it reads nothing back itself: the only device → host transfers are
+    fit's one per epoch (warm-up and one timed run)."""
+    from fake_device import counters
+
+    use_fake_device(monkeypatch)
+    counters.reset()
+    result = run_bench("fake", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=32)
+    check_result(result)
+    assert result["machine"]["device"] == "fake"
+    assert counters.to_host == 2
+    assert counters.syncs >= 4  # before and after each timed call
+
+
+def test_sgemm_on_numpy_is_positive():
+    assert sgemm_gflops(MLP((784, 10)).be, n=64, repeats=2) > 0
+
+
+def test_random_data_when_mnist_is_missing(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPUMLP_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    X, y, source = bench_data(tmp_path / "none", n=50)
+    assert X.shape == (50, 784) and str(X.dtype) == "float32" and y.shape == (50,)
+    assert source.startswith("random")
+
+
+def test_process_costs_in_fresh_processes(mnist_dir):
+    small = ("--epochs", "1", "--train-size", "500", "--val-size", "0", "--test-size", "100")
+    costs = process_costs(mnist_dir, train_args=small)
+    assert "--train-size 500" in costs["train_command"] and "<tmp>" in costs["train_command"]
+    assert costs["train_peak_rss_mib"] > 10  # at least an interpreter with numpy
+    assert costs["help_seconds"] > 0 and costs["load_mnist_seconds"] > 0
+
+
+def test_script_rows_and_comparison():
+    script = load_script("bench")
+    assert script.parse_rows("1-3,8") == [0, 1, 2, 7]
+    assert script.parse_rows(None) == list(range(len(CONFIGS)))
+    with pytest.raises(SystemExit):
+        script.parse_rows("0-2")
+    mine = {"rows": [{"name": c.name, "batch_size": 10, "images_per_s": 200.0, "gflops": 1.0} for c in CONFIGS[:6]]}
+    theirs = {"rows": [{"name": c.name, "batch_size": 10, "images_per_s": r, "gflops": 1.0} for c, r in
+                       zip(CONFIGS[:6], (100.0, 400.0, 100.0, 100.0, 100.0, 1.0))]}  # fmt: skip
+    comp = script.comparison(mine, theirs, list(range(6)))
+    assert [r["ratio"] for r in comp["rows"]] == [2.0, 0.5, 2.0, 2.0, 2.0, 200.0]
+    assert comp["geomean_rust_rows"] == pytest.approx(math.exp((4 * math.log(2) + math.log(0.5)) / 5))
+    assert "geometric mean" in script.format_comparison(mine, theirs, comp)
+
+
+def test_compare_torch_without_torch_names_the_install(monkeypatch):
+    script = load_script("bench")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(SystemExit, match="pip install torch"):
+        script.load_torch_bench()
+
+
+def test_gpumlp_bench_never_imports_torch():
+    source = (Path(__file__).resolve().parents[1] / "gpumlp" / "bench.py").read_text()
+    assert "import torch" not in source
+
+
+def test_torch_script_on_a_tiny_configuration(mnist):
+    pytest.importorskip("torch")
+    bt = load_script("bench_torch")
+    X, y = mnist[0][:400], mnist[1][:400]
+    for cfg in (TINY, BenchConfig("tiny-ce", (784, 8, 10), "relu", "ce", 0.1, 32, 200)):
+        result = bt.start_result(bt.torch.device("cpu"), 1, "MNIST", sgemm_n=64)
+        row = bt.add_row(result, bt.time_config(cfg, bt.torch.device("cpu"), X, y, repeats=1))
+        assert row["images"] == (200 if cfg.batch_size == 10 else 192)
+        assert all(row[k] > 0 for k in ("images_per_s", "s_per_epoch", "gflops", "efficiency"))
+        assert result["info"]["threads"] >= 1
+        json.dumps(result)
+        assert cfg.name in bt.format_torch(result)
