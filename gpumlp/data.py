@@ -36,7 +36,6 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
-N_TRAIN_FILE, N_TEST_FILE = 60_000, 10_000
 
 # IDX type codes (the third byte of the magic number) → big-endian numpy dtype
 IDX_DTYPES = {

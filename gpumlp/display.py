@@ -16,8 +16,6 @@ from dataclasses import asdict
 
 import typer
 
-MODES = ("bar", "plain", "json")
-
 
 def choose_mode(log_format: str, quiet: bool, isatty: bool | None = None) -> str:
     if log_format not in ("text", "json"):
