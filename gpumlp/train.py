@@ -7,6 +7,7 @@ comes out; nothing inside the batch loop reads a device value.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -188,23 +189,13 @@ def fit(
     rng = shuffle_rng(seed, state.rng_state)
     opt = SGD(lr)
     last_complete = model.theta.copy()  # device copy: the parameters Ctrl-C rolls back to
-    n_batches = -(-n // batch_size)
-    progress_every = max(1, n_batches // 50) if on_progress is not None else n_batches + 1
+    progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         t0 = time.perf_counter()
         try:
             perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
-            total = xp.zeros((), dtype=dtype)  # summed loss, accumulated on the device
-            for start in range(0, n, batch_size):
-                idx = perm[start : start + batch_size]  # (b,) a view, no copy
-                Xb = X.take(idx, axis=0)  # (b, 784)
-                Yb = Y.take(idx, axis=0)  # (b, 10)
-                total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on
-                # numpy a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
-                opt.step(model.theta, model.grad)
-                done = start // batch_size + 1
-                if done % progress_every == 0:  # a sync point, only for a progress display: ~50 per epoch
-                    on_progress(epoch, done, n_batches, float(be.to_numpy(total)) / min(n, done * batch_size))
+            report = functools.partial(on_progress, epoch) if on_progress is not None else None
+            total = _train_epoch(model, opt, X, Y, perm, batch_size, progress_every, report)
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
             loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
@@ -225,6 +216,27 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
     return state.history
+
+
+def _train_epoch(model: MLP, opt: SGD, X, Y, perm, batch_size: int, progress_every: int, report=None):
+    """One pass of mini-batch SGD over the device arrays X (n, 784), Y (n, 10) in the order of the
+    device permutation ``perm`` (n,). Returns the summed loss as a device scalar: no sync, except
+    ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches when given."""
+    be, xp = model.be, model.be.xp
+    n = X.shape[0]
+    n_batches = -(-n // batch_size)
+    total = xp.zeros((), dtype=model.theta.dtype)  # summed loss, accumulated on the device
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]  # (b,) a view, no copy
+        Xb = X.take(idx, axis=0)  # (b, 784)
+        Yb = Y.take(idx, axis=0)  # (b, 10)
+        total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on numpy
+        # a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
+        opt.step(model.theta, model.grad)
+        done = start // batch_size + 1
+        if report is not None and done % progress_every == 0:  # a sync point, for a progress display only
+            report(done, n_batches, float(be.to_numpy(total)) / min(n, done * batch_size))
+    return total
 
 
 @dataclass
