@@ -253,6 +253,7 @@ def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
     arrays = {name: _load_verified(paths[name], sha) for name, sha in MNIST_FILES.items()}
+    tmp = None
     try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".mnist.", suffix=".tmp", dir=cache.parent)
@@ -260,7 +261,7 @@ def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
             np.savez(f, **arrays)
         os.replace(tmp, cache)
     except OSError:
-        if "tmp" in locals() and os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return arrays
 
