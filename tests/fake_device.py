@@ -139,6 +139,10 @@ for _name, _op in {
     "truediv": np.true_divide,
     "matmul": np.matmul,
     "pow": np.power,
+    "xor": np.bitwise_xor,
+    "and": np.bitwise_and,
+    "rshift": np.right_shift,
+    "lshift": np.left_shift,
 }.items():
     _f, _r, _i = _binary(_op)
     setattr(FakeArray, f"__{_name}__", _f)
@@ -179,6 +183,16 @@ def _matmul(a, b, out=None):
     return out
 
 
+def _binary_out(f):
+    def op(a, b, out=None):
+        if out is None:
+            return _wrap(f(_unwrap(a), _unwrap(b)))
+        f(_unwrap(a), _unwrap(b), out=_unwrap(out))
+        return out
+
+    return op
+
+
 def _need_device(*arrays):
     for a in arrays:
         if not isinstance(a, FakeArray):
@@ -201,18 +215,26 @@ xp.__dict__.update(
     synchronize=_synchronize,
     tanh=_unary(np.tanh),
     exp=_unary(np.exp),
+    sqrt=_unary(np.sqrt),
     log=_unary(np.log),
     maximum=lambda a, b: _wrap(np.maximum(_unwrap(a), _unwrap(b))),
+    minimum=lambda a, b: _wrap(np.minimum(_unwrap(a), _unwrap(b))),
+    multiply=_binary_out(np.multiply),
+    divide=_binary_out(np.divide),
+    add=_binary_out(np.add),
     matmul=_matmul,
     vdot=_vdot,
     stack=lambda arrays: _wrap(np.stack([_unwrap(_need_device(a) or a) for a in arrays])),
     argmax=lambda a, axis=None: (_need_device(a), _wrap(np.argmax(a._a, axis=axis)))[1],
     eye=lambda n, dtype=None: FakeArray(np.eye(n, dtype=dtype)),
     zeros=lambda shape, dtype=None: FakeArray(np.zeros(shape, dtype=dtype)),
+    arange=lambda *args, dtype=None: FakeArray(np.arange(*args, dtype=dtype)),
     zeros_like=lambda a: (_need_device(a), FakeArray(np.zeros_like(a._a)))[1],
     float32=np.float32,
     float64=np.float64,
     int64=np.int64,
+    int32=np.int32,
+    uint32=np.uint32,
 )
 
 FAKE = Backend("fake", xp)
