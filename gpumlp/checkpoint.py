@@ -2,7 +2,9 @@
 
 ``.npz``: the parameter arrays ``W0, b0, W1, b1, …`` as trained, plus ``metadata``, UTF-8 JSON in
 a uint8 array, so ``numpy.load(path, allow_pickle=False)`` reads everything with numpy alone.
-``.json``: the same metadata with ``params`` as nested lists of exact decimal floats. The format
+``.json``: the same metadata with ``params`` as nested lists of exact decimal floats. A run's
+training state (optimiser buffers, the best epoch's weights), flat vectors shaped like all the
+parameters together, goes beside them: npz arrays ``state.NAME``, JSON ``state_arrays``. The format
 follows the file extension. Writes are atomic: a temporary file in the same folder, fsynced,
 then renamed over the target.
 """
@@ -108,21 +110,26 @@ def _version() -> str:
     return __version__
 
 
-def save(path: str | os.PathLike, model: MLP, **metadata) -> Path:
-    """Write ``model`` (from host copies of its parameters) and metadata to ``.npz`` or ``.json``."""
+def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, **metadata) -> Path:
+    """Write ``model`` (from host copies of its parameters) and metadata to ``.npz`` or ``.json``;
+    ``state_arrays``: a run's training state, ``{name: (n_params,) array}`` on the host or device."""
     path = Path(path)
     suffix = _suffix(path)
     meta = build_metadata(model, **metadata)
     host = {k: model.be.to_numpy(v) for k, v in model.params.items()}  # device → host, once
-    for k, v in host.items():
+    state = {k: np.asarray(model.be.to_numpy(v)) for k, v in (state_arrays or {}).items()}
+    for k, v in {**host, **state}.items():
         if not np.all(np.isfinite(v)):
             raise CheckpointError(f"refusing to save {path}: {k} contains NaN or Inf (training diverged?)")
     if suffix == ".npz":
         blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        _atomic_write(path, lambda f: np.savez(f, metadata=blob, **host))
+        arrays = {**host, **{f"state.{k}": v for k, v in state.items()}}
+        _atomic_write(path, lambda f: np.savez(f, metadata=blob, **arrays))
     else:
         # float32 → Python float is exact, and repr round-trips a float64, so loading is bit-exact.
         doc = dict(meta, params={k: v.tolist() for k, v in host.items()})
+        if state:
+            doc["state_arrays"] = {k: v.tolist() for k, v in state.items()}
         _atomic_write(path, lambda f: f.write(json.dumps(doc).encode("utf-8")))
     return path
 
@@ -166,6 +173,8 @@ def _read(path: Path) -> tuple[dict, dict]:
             meta = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise CheckpointError(f"{path}: its metadata is not a JSON object")
+            state = [k for k in arrays if k.startswith("state.")]
+            meta["state_arrays"] = {k.removeprefix("state."): arrays.pop(k) for k in state}
             return meta, arrays
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, more than any gpumlp network")
@@ -243,7 +252,30 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
             raise CheckpointError(f"{path}: {key} contains NaN or Inf")
         host[key] = arr
     model.theta[...] = model.be.asarray(flatten(host), dtype=dtype)  # host → device, once
+    meta["state_arrays"] = _check_state(path, meta.get("state_arrays"), model)
     return model, meta
+
+
+def _check_state(path: Path, raw, model: MLP) -> dict[str, np.ndarray]:
+    """A checkpoint's training-state vectors, each checked like a parameter: (n_params,), finite."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: state_arrays is not an object of arrays")
+    dtype, state = DTYPES[model.dtype], {}
+    for key, value in raw.items():
+        if isinstance(value, np.ndarray) and value.dtype != dtype:
+            raise CheckpointError(f"{path}: state {key} is {value.dtype}, the metadata says {model.dtype}")
+        try:
+            arr = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: state {key} is not an array of numbers") from None
+        if arr.shape != (model.n_params,):
+            raise CheckpointError(f"{path}: state {key} has shape {arr.shape}, the network needs ({model.n_params},)")
+        if not np.all(np.isfinite(arr)):
+            raise CheckpointError(f"{path}: state {key} contains NaN or Inf")
+        state[key] = arr
+    return state
 
 
 def describe(path: str | os.PathLike) -> dict:
@@ -262,12 +294,24 @@ def describe(path: str | os.PathLike) -> dict:
         "last_val_accuracy": vals[-1][0] if vals else None,
         "seconds": sum(e.get("seconds", 0) for e in history),
     }
+    state = {k: list(v.shape) for k, v in meta.pop("state_arrays", {}).items()}  # shapes: JSON-ready
     return dict(meta, path=str(path), file_format=path.suffix.lower()[1:], bytes=path.stat().st_size,
-                n_params=model.n_params, history_summary=summary)  # fmt: skip
+                n_params=model.n_params, history_summary=summary, state_arrays=state)  # fmt: skip
 
 
 # Metadata that ``save`` derives from the model itself; everything else carries over in a conversion.
-_DERIVED = ("format", "version", "sizes", "activation", "loss", "init", "dtype", "input_divisor", "params")
+_DERIVED = (
+    "format",
+    "version",
+    "sizes",
+    "activation",
+    "loss",
+    "init",
+    "dtype",
+    "input_divisor",
+    "params",
+    "state_arrays",
+)
 
 
 def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpumlp") -> MLP:
@@ -277,7 +321,7 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
         raise CheckpointError(f"unknown --to {to!r}: choose gpumlp, rust or nielsen")
     model, meta = load(source)
     if to == "gpumlp":
-        save(target, model, **{k: v for k, v in meta.items() if k not in _DERIVED})
+        save(target, model, meta.get("state_arrays"), **{k: v for k, v in meta.items() if k not in _DERIVED})
     else:
         if Path(target).suffix.lower() != ".json":
             raise CheckpointError(f"{target}: the {to} format is JSON; name the file .json")

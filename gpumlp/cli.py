@@ -54,8 +54,8 @@ def train_cli(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per SGD step; the loss is their mean.")] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate η of SGD.")] = 3.0,
+    batch_size: Annotated[int, typer.Option(help="Images per step; the loss is their mean.")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate η (the peak, with a schedule).")] = 3.0,
     train_size: Annotated[int, typer.Option(help="Training images, from the start of the training file.")] = 50_000,
     val_size: Annotated[
         int, typer.Option(help="Validation images, right after the training images (0: none).")
@@ -63,6 +63,63 @@ def train_cli(
     test_size: Annotated[int, typer.Option(help="Test images, from the start of the test file (0: no test).")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the batch order.")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy "
+            "in 15 min on 2 cores): a bundle of the options here; options you give override it.",
+            rich_help_panel="Recipe",
+        ),
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, nesterov or adam.", rich_help_panel="Recipe")] = "sgd",
+    momentum: Annotated[float, typer.Option(help="μ of momentum and nesterov.", rich_help_panel="Recipe")] = 0.9,
+    beta1: Annotated[float, typer.Option(help="Adam's β₁.", rich_help_panel="Recipe")] = 0.9,
+    beta2: Annotated[float, typer.Option(help="Adam's β₂.", rich_help_panel="Recipe")] = 0.999,
+    eps: Annotated[float, typer.Option(help="Adam's ε.", rich_help_panel="Recipe")] = 1e-8,
+    weight_decay: Annotated[
+        float, typer.Option(help="L2 penalty λ: the loss gains ½λΣ‖W‖² (weights only).", rich_help_panel="Recipe")
+    ] = 0.0,
+    dropout: Annotated[
+        float, typer.Option(help="Probability of dropping each hidden unit while training.", rich_help_panel="Recipe")
+    ] = 0.0,
+    max_norm: Annotated[
+        float, typer.Option(help="Cap on each unit's incoming weight norm (0: off).", rich_help_panel="Recipe")
+    ] = 0.0,
+    schedule: Annotated[
+        str,
+        typer.Option(help="Learning rate per epoch: constant, step or cosine.", rich_help_panel="Recipe"),
+    ] = "constant",
+    warmup: Annotated[int, typer.Option(help="Epochs of linear lr warm-up first.", rich_help_panel="Recipe")] = 0,
+    step_size: Annotated[int, typer.Option(help="step schedule: epochs per decay.", rich_help_panel="Recipe")] = 10,
+    gamma: Annotated[float, typer.Option(help="step schedule: the decay factor.", rich_help_panel="Recipe")] = 0.1,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Early stopping: stop after K epochs without a better validation score and keep the best "
+            "epoch's weights (0: off).",
+            rich_help_panel="Recipe",
+        ),
+    ] = 0,
+    monitor: Annotated[
+        str, typer.Option(help="What early stopping watches: accuracy or loss.", rich_help_panel="Recipe")
+    ] = "accuracy",
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Distort training digits: none, shift, affine, elastic, or a list such as affine,elastic.",
+            rich_help_panel="Augmentation",
+        ),
+    ] = "none",
+    shift: Annotated[float, typer.Option(help="Max translation, pixels.", rich_help_panel="Augmentation")] = 2.0,
+    rotate: Annotated[float, typer.Option(help="Max rotation, degrees.", rich_help_panel="Augmentation")] = 10.0,
+    scale: Annotated[float, typer.Option(help="Max relative scaling.", rich_help_panel="Augmentation")] = 0.1,
+    shear: Annotated[float, typer.Option(help="Max shear.", rich_help_panel="Augmentation")] = 0.1,
+    elastic_alpha: Annotated[
+        float, typer.Option(help="Elastic distortion intensity, pixels.", rich_help_panel="Augmentation")
+    ] = 34.0,
+    elastic_sigma: Annotated[
+        float, typer.Option(help="Elastic distortion smoothness, pixels.", rich_help_panel="Augmentation")
+    ] = 4.0,
     data_dir: DataDirOpt = None,
     save: Annotated[
         Path | None,
@@ -84,21 +141,28 @@ def train_cli(
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
     from gpumlp.checkpoint import read_metadata
     from gpumlp.display import TrainDisplay, choose_mode
-    from gpumlp.train import TrainConfig, TrainingInterrupted, resume_config, run
+    from gpumlp.presets import preset_config
+    from gpumlp.train import TrainingInterrupted, resume_config, run
 
     options = dict(
         sizes=layers, activation=activation, loss=loss, init=init, epochs=epochs,
         batch_size=batch_size, lr=lr, train_size=train_size, val_size=val_size,
-        test_size=test_size, seed=seed, dtype=dtype, device=device,
+        test_size=test_size, seed=seed, dtype=dtype, device=device, optimizer=optimizer,
+        momentum=momentum, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        dropout=dropout, max_norm=max_norm, schedule=schedule, warmup=warmup, step_size=step_size,
+        gamma=gamma, patience=patience, monitor=monitor, augment=augment, shift=shift, rotate=rotate,
+        scale=scale, shear=shear, elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma,
     )  # fmt: skip
+    given = {k: v for k, v in options.items() if _given(ctx, "layers" if k == "sizes" else k)}
     show = None
     try:
         if save_every < 0:
             raise GpumlpError(f"--save-every must be 0 or more (got {save_every})")
         if resume is None:
-            cfg = TrainConfig(**options)
+            cfg = preset_config(preset, **(given if preset else options))
+        elif preset is not None:
+            raise GpumlpError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
         else:  # the checkpoint's configuration, with the options given on this command line
-            given = {k: v for k, v in options.items() if _given(ctx, "layers" if k == "sizes" else k)}
             cfg = resume_config(read_metadata(resume).get("config", {}), given)
         show = TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(log_format, quiet))
         result = run(

@@ -291,39 +291,68 @@ class MLP:
     def forward(self, X) -> tuple[list, object]:
         """``([A0 = X, A1, …, AL], Z_L)``: each layer's activations (n, n_l) and the output
         pre-activation (n, 10), all on the device. X must already be on the device."""
-        xp, W, b, f = self.be.xp, self._W, self._b, self._act.f
-        As = [X]  # A0: (n, 784)
-        for l in range(self.n_layers - 1):
-            As.append(f(xp, As[l] @ W[l] + b[l]))  # A{l+1} = f(A{l} W{l} + b{l})
-        Z = As[-1] @ W[-1] + b[-1]  # (n, 10) output pre-activation Z_L
-        As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
+        As, _, Z = self._forward(X)
         return As, Z
 
-    def backward(self, As: list, dZ) -> dict:
+    def _forward(self, X, masks=None) -> tuple[list, list, object]:
+        """``(As, Hs, Z_L)``. With ``masks`` (inverted dropout, training only: one (n, n_l)
+        multiplier per hidden layer, 0 where a unit is dropped and 1/(1−p) where kept), Hs holds
+        each hidden layer's output f(Z) and As what the next layer sees, H ⊙ M; without, Hs is As."""
+        xp, W, b, f = self.be.xp, self._W, self._b, self._act.f
+        As = [X]  # A0: (n, 784)
+        Hs = As if masks is None else [X]
+        for l in range(self.n_layers - 1):
+            H = f(xp, As[l] @ W[l] + b[l])  # A{l+1} = f(A{l} W{l} + b{l})
+            if masks is not None:
+                Hs.append(H)
+                H = H * masks[l]  # (n, n_{l+1}) A{l+1} = H ⊙ M: E[A] = H, as without dropout
+            As.append(H)
+        Z = As[-1] @ W[-1] + b[-1]  # (n, 10) output pre-activation Z_L
+        As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
+        return As, Hs, Z
+
+    def backward(self, As: list, dZ, masks=None, Hs=None) -> dict:
         """Gradients of the mean loss, ``{dW0, db0, …}`` shaped like ``params``, on the device.
 
         ``As`` is ``forward``'s list for the batch and ``dZ`` (n, 10) the gradient of the mean loss
-        w.r.t. the output pre-activation Z_L. The result is ``self.grads``: views into the flat
-        buffer ``self.grad``, overwritten by the next call (copy them to keep them).
+        w.r.t. the output pre-activation Z_L (with dropout, also ``_forward``'s ``masks`` and ``Hs``).
+        The result is ``self.grads``: views into the flat buffer ``self.grad``, overwritten by the
+        next call (copy them to keep them).
         """
-        W = self._W
+        W, Hs = self._W, As if Hs is None else Hs
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
             self.be.xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
             dZ.sum(axis=0, out=self._db[l])  # (n_out,)     db{l} = Σ_batch dZ
             if l > 0:  # the input layer needs no gradient w.r.t. the pixels
                 dA = dZ @ W[l].T  # (n, n_in)
-                # forward:  A{l} = f(Z{l})
-                dZ = dA * self._act.grad(self.be.xp, As[l])  # (n, n_in)
+                if masks is not None:
+                    # forward:  A{l} = H{l} ⊙ M{l}
+                    dA *= masks[l - 1]  # dH{l} = dA{l} ⊙ M{l}: dropped units pass no gradient
+                # forward:  H{l} = f(Z{l})
+                dZ = dA * self._act.grad(self.be.xp, Hs[l])  # (n, n_in)
         return self.grads
 
-    def batch_loss_and_grads(self, X, Y):
+    def batch_loss_and_grads(self, X, Y, masks=None):
         """Summed loss of a device batch X (n, 784), Y one-hot (n, 10), as a device scalar (no
-        sync); fills ``self.grads`` with the gradients of the *mean* loss."""
-        As, Z = self.forward(X)
+        sync); fills ``self.grads`` with the gradients of the *mean* loss. ``masks``: dropout's
+        (see ``dropout_masks``), or None."""
+        As, Hs, Z = self._forward(X, masks)
         total, delta = self._loss.total_and_delta(self.be.xp, Z, As[-1], Y)
-        self.backward(As, delta / X.shape[0])  # d mean / d Z_L = delta / n
+        self.backward(As, delta / X.shape[0], masks, Hs)  # d mean / d Z_L = delta / n
         return total
+
+    def dropout_masks(self, rng, p: float, n: int, *coords: int) -> list:
+        """Inverted-dropout multipliers for a batch of n: per hidden layer (n, n_l) on the device,
+        0 with probability p and 1/(1−p) otherwise, from the device generator ``rng``
+        (``gpumlp.rng.DeviceRNG``) at ``coords`` (epoch, batch), so every device draws the same."""
+        dtype = DTYPES[self.dtype]
+        masks = []
+        for l, size in enumerate(self.sizes[1:-1]):
+            M = rng.keep_mask((n, size), p, *coords, l).astype(dtype)  # (n, size) 1 kept, 0 dropped
+            M *= dtype(1 / (1 - p))
+            masks.append(M)
+        return masks
 
     def loss_sum(self, X, Y):
         """``(summed loss, outputs A_L)`` of a device batch X (n, 784), Y one-hot (n, 10); no sync."""

@@ -1,16 +1,172 @@
-"""Update rules. Each optimiser updates the model's parameters in place, on the device."""
+"""Update rules, their state, learning-rate schedules and the max-norm constraint.
+
+Every optimiser updates the flat parameter vector ``theta`` (n_params,) in place from the flat
+gradient ``grad`` (n_params,) of the mean batch loss, on the device, with a handful of whole-buffer
+operations per step and no host sync. Its state (velocity, moments) lives in buffers of the same
+layout, which ``state()`` hands over for checkpoints and ``load_state()`` takes back for exact resume.
+
+Weight decay is L2 regularisation: the loss gains ½·λ·Σ‖W‖² over the weight matrices (not the
+biases), so each dW gains λ·W before the update rule sees it.
+"""
 
 from __future__ import annotations
 
+import math
 
-class SGD:
-    """Plain mini-batch gradient descent: ``W ← W − lr · dW`` for every parameter."""
+from gpumlp.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+class Optimizer:
+    """The common part: weight decay, the step counter and the state buffers."""
+
+    name = "sgd"
+    buffers: tuple[str, ...] = ()  # names of the state buffers, each shaped like theta
+
+    def __init__(self, model, weight_decay: float = 0.0, **hyper):
+        self.be, self.xp = model.be, model.be.xp
+        self.theta, self.grad = model.theta, model.grad  # (n_params,) device, updated in place
+        self._W, self._dW = model._W, model._dW  # views of theta and grad: the weight matrices
+        self.weight_decay = float(weight_decay)
+        self.hyper = {k: float(v) for k, v in hyper.items()}
+        self.t = 0  # steps taken
+        self.state_buffers = {name: self.xp.zeros_like(self.theta) for name in self.buffers}
+        self._tmp = self.xp.zeros_like(self.theta) if self.buffers else None  # scratch, no per-step allocation
+
+    def step(self, lr: float) -> None:
+        """One update of ``theta`` from ``grad`` with learning rate ``lr``; on the device, no sync."""
+        if self.weight_decay:
+            for W, dW in zip(self._W, self._dW):
+                dW += self.weight_decay * W  # (n_in, n_out)  d/dW ½λ‖W‖² = λW
+        self.t += 1
+        self._update(float(lr))
+
+    def _update(self, lr: float) -> None:
+        self.theta -= lr * self.grad  # θ ← θ − η g
+
+    def state(self) -> tuple[dict, dict]:
+        """``(JSON-ready description, {name: device buffer})``, for a checkpoint."""
+        meta = {"name": self.name, "weight_decay": self.weight_decay, "hyper": self.hyper, "t": self.t}
+        return meta, self.state_buffers
+
+    def load_state(self, meta: dict, arrays: dict) -> None:
+        """Continue from a checkpoint's optimiser state: ``arrays`` are host arrays shaped like theta."""
+        if meta.get("name") != self.name:
+            raise ConfigError(
+                f"the checkpoint was trained with --optimizer {meta.get('name')}, not {self.name}; "
+                "a resumed run keeps its optimiser"
+            )
+        missing = set(self.buffers) - set(arrays)
+        if missing:
+            raise ConfigError(f"the checkpoint lacks the {self.name} optimiser's state {sorted(missing)}")
+        self.t = int(meta.get("t", 0))
+        for name in self.buffers:
+            self.state_buffers[name][...] = self.be.asarray(arrays[name], dtype=self.theta.dtype)  # host → device
+
+
+class SGD(Optimizer):
+    """Plain mini-batch gradient descent: θ ← θ − η g."""
 
     name = "sgd"
 
-    def __init__(self, lr: float):
-        self.lr = float(lr)
 
-    def step(self, theta, grad) -> None:
-        """Update the flat parameter vector ``theta`` (n_params,) in place from ``grad``, on the device."""
-        theta -= self.lr * grad  # one operation for every W and b; no host sync
+class Momentum(Optimizer):
+    """Heavy-ball momentum (PyTorch's form): v ← μ v + g;  θ ← θ − η v."""
+
+    name = "momentum"
+    buffers = ("velocity",)
+
+    def _update(self, lr: float) -> None:
+        v, tmp = self.state_buffers["velocity"], self._tmp
+        v *= self.hyper["momentum"]
+        v += self.grad  # v ← μ v + g
+        self.xp.multiply(v, lr, out=tmp)
+        self.theta -= tmp  # θ ← θ − η v
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum (Sutskever et al. 2013, PyTorch's form): v ← μ v + g;  θ ← θ − η (g + μ v)."""
+
+    name = "nesterov"
+
+    def _update(self, lr: float) -> None:
+        v, tmp, mu = self.state_buffers["velocity"], self._tmp, self.hyper["momentum"]
+        v *= mu
+        v += self.grad  # v ← μ v + g
+        self.xp.multiply(v, mu, out=tmp)
+        tmp += self.grad  # the look-ahead gradient g + μ v
+        tmp *= lr
+        self.theta -= tmp  # θ ← θ − η (g + μ v)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015):  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
+    θ ← θ − η m̂ / (√v̂ + ε)  with the bias corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)."""
+
+    name = "adam"
+    buffers = ("m", "v")
+
+    def _update(self, lr: float) -> None:
+        b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["eps"]
+        m, v, tmp, g, xp = self.state_buffers["m"], self.state_buffers["v"], self._tmp, self.grad, self.xp
+        m *= b1
+        xp.multiply(g, 1 - b1, out=tmp)
+        m += tmp  # m ← β₁ m + (1 − β₁) g
+        v *= b2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp  # v ← β₂ v + (1 − β₂) g²
+        # The bias corrections folded into two host scalars, so the device does one pass:
+        # η m̂ / (√v̂ + ε) = η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε √(1−β₂ᵗ))
+        c2 = math.sqrt(1 - b2**self.t)
+        xp.sqrt(v, out=tmp)
+        tmp += eps * c2
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr * c2 / (1 - b1**self.t)
+        self.theta -= tmp
+
+
+_CLASSES = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}
+
+
+def make_optimizer(name: str, model, *, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Optimizer:
+    """The optimiser ``name`` for ``model``'s flat parameter and gradient buffers."""
+    if name not in _CLASSES:
+        raise ConfigError(f"unknown --optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    hyper = {
+        "sgd": {},
+        "momentum": {"momentum": momentum},
+        "nesterov": {"momentum": momentum},
+        "adam": {"beta1": beta1, "beta2": beta2, "eps": eps},
+    }[name]
+    return _CLASSES[name](model, weight_decay=weight_decay, **hyper)
+
+
+def apply_max_norm(model, max_norm: float) -> None:
+    """Rescale each unit's incoming weight vector (a column of W, (n_in,)) to norm ≤ ``max_norm``
+    (Srebro & Shraibman 2005; with dropout, Srivastava et al. 2014). On the device, no sync."""
+    xp = model.be.xp
+    for W in model._W:
+        norms = xp.sqrt((W * W).sum(axis=0))  # (n_out,) ‖W[:, j]‖
+        W *= xp.minimum(1.0, max_norm / xp.maximum(norms, 1e-12))  # (n_in, n_out): each column scaled
+
+
+def lr_at(epoch: int, *, lr: float, epochs: int, schedule: str, warmup: int, step_size: int, gamma: float) -> float:
+    """The learning rate of ``epoch`` (1-based) under ``schedule`` after ``warmup`` epochs.
+
+    constant: η.  step: η·γ^⌊(e − w − 1)/step_size⌋.  cosine: ½η(1 + cos(π (e − w − 1)/(E − w))),
+    from η in the first epoch after warm-up towards 0 (never 0: the last epoch still learns).
+    Warm-up epochs e ≤ w ramp linearly: η·e/(w + 1).
+    """
+    if epoch <= warmup:
+        return lr * epoch / (warmup + 1)
+    k = epoch - warmup - 1  # epochs since warm-up ended
+    if schedule == "constant":
+        return lr
+    if schedule == "step":
+        return lr * gamma ** (k // step_size)
+    if schedule == "cosine":
+        return 0.5 * lr * (1 + math.cos(math.pi * k / max(epochs - warmup, 1)))
+    raise ConfigError(f"unknown --schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import checkpoint
+from gpumlp.augment import AugmentConfig, Augmenter, parse_kinds
 from gpumlp.data import MNIST_FILES, load_mnist, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.model import DTYPES, MLP, parse_sizes
-from gpumlp.optim import SGD
+from gpumlp.optim import OPTIMIZERS, SCHEDULES, Optimizer, apply_max_norm, lr_at, make_optimizer
+from gpumlp.rng import DeviceRNG
 
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
 
@@ -40,12 +42,40 @@ class TrainConfig:
     train_size: int = 50_000  # images from the start of the training file
     val_size: int = 10_000  # images right after them, for validation after each epoch
     test_size: int = 10_000  # images from the start of the test file, read once at the end
-    seed: int = 0  # initial weights and epoch permutations
+    seed: int = 0  # initial weights, epoch permutations, dropout masks and augmentation
     dtype: str = "float32"  # float32 or float64
     device: str = "cpu"  # auto, cpu, cuda or cuda:N
+    # -- the update rule
+    optimizer: str = "sgd"  # sgd, momentum, nesterov or adam
+    momentum: float = 0.9  # μ of momentum and nesterov
+    beta1: float = 0.9  # Adam's decay of the first moment
+    beta2: float = 0.999  # Adam's decay of the second moment
+    eps: float = 1e-8  # Adam's ε
+    # -- regularisation
+    weight_decay: float = 0.0  # L2: the loss gains ½λΣ‖W‖² (weights, not biases)
+    dropout: float = 0.0  # probability of dropping each hidden unit in training (inverted dropout)
+    max_norm: float = 0.0  # cap on each unit's incoming weight-vector norm after every step; 0: off
+    # -- learning-rate schedule, per epoch
+    schedule: str = "constant"  # constant, step (×gamma every step_size epochs) or cosine (to 0)
+    warmup: int = 0  # epochs of linear warm-up before the schedule starts
+    step_size: int = 10  # epochs between the step schedule's decays
+    gamma: float = 0.1  # the step schedule's decay factor
+    # -- early stopping
+    patience: int = 0  # stop after this many epochs without a better validation score; 0: off
+    monitor: str = "accuracy"  # the validation score early stopping watches: accuracy or loss
+    # -- augmentation of training batches (never of validation or test images)
+    augment: str = "none"  # none, shift, affine, elastic, or a comma list such as affine,elastic
+    shift: float = 2.0  # max translation, pixels
+    rotate: float = 10.0  # max rotation, degrees
+    scale: float = 0.1  # max relative scaling
+    shear: float = 0.1  # max shear
+    elastic_alpha: float = 34.0  # elastic displacement intensity, pixels (Simard et al. 2003)
+    elastic_sigma: float = 4.0  # elastic smoothness, pixels
+    preset: str | None = None  # the preset these options started from, for the record
 
     def __post_init__(self):
         self.sizes = parse_sizes(self.sizes)
+        self._check_recipe()
         for name in ("epochs", "batch_size", "train_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -62,10 +92,50 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
+    def _check_recipe(self):
+        for name, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("monitor", MONITORS)):
+            if getattr(self, name) not in options:
+                raise ConfigError(f"unknown --{name} {getattr(self, name)!r}: choose one of {', '.join(options)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), e.g. 0.5 (got {self.dropout})")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), e.g. 0.9 (got {self.momentum})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1) (got {getattr(self, name)})")
+        for name in ("eps", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be positive (got {getattr(self, name)})")
+        for name in ("weight_decay", "max_norm", "warmup", "patience"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
+        if self.step_size < 1:
+            raise ConfigError(f"--step-size must be at least 1 epoch (got {self.step_size})")
+        if self.patience and not self.val_size:
+            raise ConfigError("--patience needs validation images: give --val-size above 0, or --patience 0")
+        self.augment = ",".join(parse_kinds(self.augment)) or "none"
+        self.augment_config()  # checks the strengths
+
+    def augment_config(self) -> AugmentConfig:
+        return _augment_config(self.recipe())
+
+    def recipe(self) -> dict:
+        """The options ``fit`` takes beyond epochs, batch size, lr and seed."""
+        return {k: getattr(self, k) for k in RECIPE}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sizes"] = list(self.sizes)
         return d
+
+
+MONITORS = ("accuracy", "loss")
+# TrainConfig fields that fit() takes as its recipe.
+RECIPE = (
+    "optimizer", "momentum", "beta1", "beta2", "eps", "weight_decay", "dropout", "max_norm", "schedule",
+    "warmup", "step_size", "gamma", "patience", "monitor", "augment", "shift", "rotate", "scale", "shear",
+    "elastic_alpha", "elastic_sigma",
+)  # fmt: skip
 
 
 @dataclass
@@ -82,21 +152,36 @@ class EpochStats:
 
 @dataclass
 class TrainState:
-    """Where a run stands after its last completed epoch: enough to continue it exactly."""
+    """Where a run stands after its last completed epoch: enough to continue it exactly.
+
+    ``optimizer`` and ``arrays`` carry what a checkpoint holds beyond the parameters: the
+    optimiser's description and its state buffers, and early stopping's best weights (device
+    arrays during a run, host arrays when loaded), each a flat (n_params,) vector.
+    """
 
     epochs_done: int = 0
     rng_state: dict | None = None  # the permutation generator's bit_generator.state; None: fresh
     history: list[EpochStats] = field(default_factory=list)
+    optimizer: dict | None = None  # Optimizer.state()'s description; None: fresh
+    best_epoch: int | None = None  # early stopping: the epoch with the best validation score so far
+    best_score: float | None = None  # that score (accuracy, or loss)
+    stopped_epoch: int | None = None  # the epoch early stopping ended the run after; None: it did not
+    weights_epoch: int | None = None  # the epoch whose weights the model holds (the best, once restored)
+    arrays: dict = field(default_factory=dict)  # "optimizer.NAME", "best_theta", "last_theta"
 
     def to_dict(self) -> dict:
-        return {"epochs_done": self.epochs_done, "rng_state": self.rng_state}
+        keys = ("epochs_done", "rng_state", "best_epoch", "best_score", "stopped_epoch", "weights_epoch")
+        return {k: getattr(self, k) for k in keys}
 
     @classmethod
     def from_metadata(cls, meta: dict) -> TrainState:
         try:
             history = [EpochStats(**e) for e in meta.get("history", [])]
             state = meta["train_state"]
-            return cls(int(state["epochs_done"]), dict(state["rng_state"]), history)
+            extra = {k: state.get(k) for k in ("best_epoch", "best_score", "stopped_epoch", "weights_epoch")}
+            optimizer = meta.get("optimizer") or {"name": "sgd"}
+            return cls(int(state["epochs_done"]), dict(state["rng_state"]), history, dict(optimizer),
+                       **extra, arrays=dict(meta.get("state_arrays") or {}))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"the checkpoint has no usable training state to resume from ({e})") from None
 
@@ -150,6 +235,9 @@ class TrainingDiverged(GpumlpError):
         self.epoch = epoch
 
 
+DEFAULT_RECIPE = {k: TrainConfig.__dataclass_fields__[k].default for k in RECIPE}
+
+
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
 def fit(
     model: MLP,
@@ -165,19 +253,33 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     state: TrainState | None = None,
     on_progress: Callable[[int, int, int, float], None] | None = None,
+    **recipe,
 ) -> list[EpochStats]:
-    """Mini-batch SGD on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
+    """Mini-batch training on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
     ``epochs`` epochs in all; returns the per-epoch history.
 
+    ``recipe``: any of ``TrainConfig``'s optimiser, regularisation, schedule, early-stopping and
+    augmentation options (``RECIPE``); the rest keep their defaults (plain SGD, constant lr).
     ``state`` (updated after every epoch) continues an earlier run exactly. A last partial batch
     is trained on (mean over its real size). On Ctrl-C, or when an epoch ends with NaN or Inf in its
-    loss or parameters (``TrainingDiverged``), the parameters are rolled back to the end of the last
-    completed epoch, so ``model`` and ``state`` agree, and the exception is re-raised.
+    loss or parameters (``TrainingDiverged``), the parameters and optimiser state are rolled back to
+    the end of the last completed epoch, so ``model`` and ``state`` agree, and the exception is
+    re-raised. With ``patience``, training stops after that many epochs without a better validation
+    score and the model ends with the best epoch's weights (``state.weights_epoch``).
 
     ``on_progress(epoch, batches_done, n_batches, running_loss)``, for a progress display, is
     called about 50 times an epoch; each call reads the running loss from the device.
     """
+    unknown = set(recipe) - set(RECIPE)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {sorted(unknown)}")
+    r = {**DEFAULT_RECIPE, **recipe}
     state = state if state is not None else TrainState()
+    if state.stopped_epoch:
+        raise ConfigError(
+            f"this run was stopped early after epoch {state.stopped_epoch} (best epoch {state.best_epoch}); "
+            "start a new run to train further"
+        )
     be, xp = model.be, model.be.xp
     dtype = DTYPES[model.dtype]
     X = model.inputs(X_train)  # (n, 784) on the device for the whole run
@@ -185,58 +287,168 @@ def fit(
     has_val = X_val is not None and len(X_val) > 0
     if has_val:
         X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)  # evaluate's predict rescales
+    elif r["patience"]:
+        raise ConfigError("--patience needs validation images: give --val-size above 0, or --patience 0")
     n = X.shape[0]
     rng = shuffle_rng(seed, state.rng_state)
-    opt = SGD(lr)
-    last_complete = model.theta.copy()  # device copy: the parameters Ctrl-C rolls back to
+    opt = make_optimizer(r["optimizer"], model, momentum=r["momentum"], beta1=r["beta1"], beta2=r["beta2"],
+                         eps=r["eps"], weight_decay=r["weight_decay"])  # fmt: skip
+    best_theta = _continue(model, opt, state, r["patience"])
+    step = _make_step(model, opt, r, seed)
+    last_complete = _Snapshot(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
+        lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
+                     step_size=r["step_size"], gamma=r["gamma"])  # fmt: skip
         t0 = time.perf_counter()
         try:
             perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
             report = functools.partial(on_progress, epoch) if on_progress is not None else None
-            total = _train_epoch(model, opt, X, Y, perm, batch_size, progress_every, report)
+            total = _train_epoch(be, step, X, Y, perm, batch_size, lr_e, epoch, progress_every, report)
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
             loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
             if not (np.isfinite(loss_sum) and np.isfinite(param_sum)):
-                raise TrainingDiverged(epoch, float(loss_sum) / n, lr)
+                raise TrainingDiverged(epoch, float(loss_sum) / n, lr_e)
             train_loss = float(loss_sum) / n
             train_seconds = time.perf_counter() - t0  # synchronised by the read above
             val_loss, val_acc = evaluate_loss(model, X_val, y_val) if has_val else (None, None)
             be.synchronize()
         except (KeyboardInterrupt, TrainingDiverged):
-            model.theta[...] = last_complete  # device → device: back to the last complete epoch
+            last_complete.restore()  # device → device: back to the last complete epoch
             raise
-        last_complete[...] = model.theta
+        last_complete.take()
         seconds = time.perf_counter() - t0
-        stats = EpochStats(epoch, train_loss, val_acc, seconds, float(lr), int(batch_size), val_loss, n / train_seconds)
-        state.epochs_done, state.rng_state = epoch, rng.bit_generator.state
+        stats = EpochStats(
+            epoch, train_loss, val_acc, seconds, float(lr_e), int(batch_size), val_loss, n / train_seconds
+        )
+        state.epochs_done, state.rng_state, state.weights_epoch = epoch, rng.bit_generator.state, epoch
         state.history.append(stats)
+        if r["patience"]:
+            score = val_acc if r["monitor"] == "accuracy" else -val_loss  # higher is better
+            if state.best_score is None or score > state.best_score:
+                state.best_epoch, state.best_score = epoch, score
+                best_theta[...] = model.theta  # device → device
+            elif epoch - state.best_epoch >= r["patience"]:
+                state.stopped_epoch = epoch
+        state.optimizer, buffers = opt.state()
+        state.arrays = {f"optimizer.{k}": v for k, v in buffers.items()}
+        if best_theta is not None:
+            state.arrays["best_theta"] = best_theta
         if on_epoch is not None:
             on_epoch(stats)
+        if state.stopped_epoch:
+            break
+    if best_theta is not None and state.best_epoch is not None and state.best_epoch != state.epochs_done:
+        # End on the best epoch's weights; keep the last epoch's for an exact resume.
+        state.arrays = {k: v for k, v in state.arrays.items() if k != "best_theta"}
+        state.arrays["last_theta"] = model.theta.copy()
+        model.theta[...] = best_theta
+        state.weights_epoch = state.best_epoch
     return state.history
 
 
-def _train_epoch(model: MLP, opt: SGD, X, Y, perm, batch_size: int, progress_every: int, report=None):
-    """One pass of mini-batch SGD over the device arrays X (n, 784), Y (n, 10) in the order of the
-    device permutation ``perm`` (n,). Returns the summed loss as a device scalar: no sync, except
-    ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches when given."""
-    be, xp = model.be, model.be.xp
+def _continue(model: MLP, opt: Optimizer, state: TrainState, patience: int):
+    """Load a resumed run's optimiser state and early-stopping weights onto the device; returns
+    the device buffer that tracks the best epoch's weights (None without early stopping)."""
+    be, arrays = model.be, state.arrays
+    if state.epochs_done and state.optimizer is not None:
+        prefix = "optimizer."
+        opt.load_state(state.optimizer, {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+    if not patience:
+        return None
+    best = model.theta.copy()
+    if "last_theta" in arrays:  # the model holds the best epoch's weights; training goes on from the last's
+        model.theta[...] = be.asarray(arrays["last_theta"], dtype=model.theta.dtype)
+    elif "best_theta" in arrays:
+        best[...] = be.asarray(arrays["best_theta"], dtype=model.theta.dtype)
+    return best
+
+
+class _Snapshot:
+    """Device copies of the parameters and optimiser state at the end of the last complete epoch."""
+
+    def __init__(self, model: MLP, opt: Optimizer):
+        self.opt = opt
+        self.live = [model.theta, *opt.state_buffers.values()]
+        self.copies = [a.copy() for a in self.live]
+        self.t = opt.t
+
+    def take(self) -> None:
+        for copy, live in zip(self.copies, self.live):
+            copy[...] = live
+        self.t = self.opt.t
+
+    def restore(self) -> None:
+        for copy, live in zip(self.copies, self.live):
+            live[...] = copy
+        self.opt.t = self.t
+
+
+def _augment_config(r: dict) -> AugmentConfig:
+    kinds = () if r["augment"] == "none" else parse_kinds(r["augment"])
+    return AugmentConfig(kinds, r["shift"], r["rotate"], r["scale"], r["shear"], r["elastic_alpha"], r["elastic_sigma"])
+
+
+def _make_step(model: MLP, opt: Optimizer, r: dict, seed: int) -> Callable:
+    """``step(Xb, Yb, lr, epoch, batch) -> summed loss``: one training step on a device batch,
+    with the recipe's augmentation, dropout and max-norm; no sync."""
+    p, max_norm = r["dropout"], r["max_norm"]
+    drop_rng = DeviceRNG(model.be, seed, "dropout") if p else None
+    aug = _augment_config(r)
+    augmenter = Augmenter(model.be, aug, seed, DTYPES[model.dtype]) if aug.kinds else None
+
+    def step(Xb, Yb, lr: float, epoch: int, batch: int):
+        if augmenter is not None:
+            Xb = augmenter(Xb, epoch, batch)  # (b, 784) new random distortions of this batch
+        masks = model.dropout_masks(drop_rng, p, Xb.shape[0], epoch, batch) if p else None
+        total = model.batch_loss_and_grads(Xb, Yb, masks)  # fills model.grad
+        opt.step(lr)
+        if max_norm:
+            apply_max_norm(model, max_norm)
+        return total
+
+    return step
+
+
+def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, progress_every: int, report=None):
+    """One pass over the device arrays X (n, 784), Y (n, 10) in the order of the device permutation
+    ``perm`` (n,), one ``step`` per batch. Returns the summed loss as a device scalar: no sync,
+    except ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches."""
     n = X.shape[0]
     n_batches = -(-n // batch_size)
-    total = xp.zeros((), dtype=model.theta.dtype)  # summed loss, accumulated on the device
-    for start in range(0, n, batch_size):
+    total = be.xp.zeros((), dtype=X.dtype)  # summed loss, accumulated on the device
+    for batch, start in enumerate(range(0, n, batch_size)):
         idx = perm[start : start + batch_size]  # (b,) a view, no copy
         Xb = X.take(idx, axis=0)  # (b, 784)
         Yb = Y.take(idx, axis=0)  # (b, 10)
-        total = total + model.batch_loss_and_grads(Xb, Yb)  # fills model.grad; not +=: on numpy
-        # a scalar sum skips a 0-d array write, ~2 µs of a ~70 µs batch-10 step
-        opt.step(model.theta, model.grad)
-        done = start // batch_size + 1
-        if report is not None and done % progress_every == 0:  # a sync point, for a progress display only
-            report(done, n_batches, float(be.to_numpy(total)) / min(n, done * batch_size))
+        total = total + step(Xb, Yb, lr, epoch, batch)  # not +=: on numpy a scalar sum skips a 0-d
+        # array write, ~2 µs of a ~70 µs batch-10 step
+        if report is not None and (batch + 1) % progress_every == 0:  # a sync point, for a progress display only
+            report(batch + 1, n_batches, float(be.to_numpy(total)) / min(n, (batch + 1) * batch_size))
     return total
+
+
+def describe_recipe(cfg: TrainConfig) -> str:
+    """``"adam lr 0.001 (cosine, 2 warm-up epochs), dropout 0.5, augment elastic"``: the options in use."""
+    sched = [cfg.schedule] if cfg.schedule != "constant" else []
+    if cfg.warmup:
+        sched.append(f"{cfg.warmup} warm-up epochs")
+    parts = [f"{cfg.optimizer} lr {cfg.lr:g}" + (f" ({', '.join(sched)})" if sched else "")]
+    for name, value in (("weight decay", cfg.weight_decay), ("dropout", cfg.dropout), ("max-norm", cfg.max_norm)):
+        if value:
+            parts.append(f"{name} {value:g}")
+    if cfg.augment != "none":
+        parts.append(f"augment {cfg.augment}")
+    if cfg.patience:
+        parts.append(f"early stopping on val {cfg.monitor} (patience {cfg.patience})")
+    return ", ".join(parts)
+
+
+def _score(score: float | None, monitor: str) -> str:
+    if score is None:
+        return "none"
+    return f"{100 * score:.2f}%" if monitor == "accuracy" else f"loss {-score:.4f}"
 
 
 @dataclass
@@ -261,12 +473,13 @@ def metrics_path(checkpoint_path: Path) -> Path:
 
 
 def default_checkpoint(cfg: TrainConfig) -> Path:
-    """``checkpoints/784-16-16-10-sigmoid-mse.npz`` for the reference network."""
-    return Path("checkpoints") / f"{'-'.join(map(str, cfg.sizes))}-{cfg.activation}-{cfg.loss}.npz"
+    """``checkpoints/784-16-16-10-sigmoid-mse.npz`` for the reference network; presets prefix their name."""
+    prefix = f"{cfg.preset}-" if cfg.preset else ""
+    return Path("checkpoints") / f"{prefix}{'-'.join(map(str, cfg.sizes))}-{cfg.activation}-{cfg.loss}.npz"
 
 
 # Options a resumed run must keep: they define the network, its data and its random streams.
-FIXED_ON_RESUME = ("sizes", "activation", "loss", "init", "dtype", "train_size", "val_size", "seed")
+FIXED_ON_RESUME = ("sizes", "activation", "loss", "init", "dtype", "train_size", "val_size", "seed", "optimizer")
 
 
 def resume_config(saved: dict, overrides: dict) -> TrainConfig:
@@ -321,14 +534,14 @@ def run(
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     log(
         f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), {start}"
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}"
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_recipe(cfg)}"
     )
 
     def write(test_accuracy=None):
         if path is not None:
             checkpoint.save(
-                path, model, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
-                train_state=state.to_dict(), optimizer={"name": "sgd", "state": {}}, mnist_sha256=MNIST_FILES,
+                path, model, state.arrays, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
+                train_state=state.to_dict(), optimizer=state.optimizer, mnist_sha256=MNIST_FILES,
                 test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0,
             )  # fmt: skip
 
@@ -343,7 +556,7 @@ def run(
         if save_every and stats.epoch % save_every == 0 and stats.epoch < cfg.epochs:
             write()
 
-    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
@@ -359,6 +572,15 @@ def run(
             write()
         command = f"gpumlp train --resume {path} --epochs {cfg.epochs}" if path and state.epochs_done else ""
         raise TrainingInterrupted(path if state.epochs_done else None, state.epochs_done, command) from None
+    if state.weights_epoch is not None and state.weights_epoch != state.epochs_done:
+        what = "stopped early" if state.stopped_epoch else "finished"
+        log(f"{what} after epoch {state.epochs_done}; kept the weights of epoch {state.weights_epoch}, "
+            f"the best validation {cfg.monitor} ({_score(state.best_score, cfg.monitor)})")  # fmt: skip
+    elif state.stopped_epoch:
+        log(
+            f"stopped early after epoch {state.epochs_done}: "
+            f"no better validation {cfg.monitor} in {cfg.patience} epochs"
+        )
     test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
     write(test_acc)
     return RunResult(model, state.history, test_acc, path)
