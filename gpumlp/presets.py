@@ -18,21 +18,24 @@ PRESETS: dict[str, dict] = {
     ),
     # The shortest time to ≥ 98% test accuracy on a 2-core CPU: one wide ReLU layer, softmax and
     # cross-entropy, Nesterov momentum at a large batch, and a cosine schedule that ends each run
-    # at a small learning rate.
+    # at a small learning rate. Validation accuracy after 3 epochs, seeds 0/1/2: 98.07/98.11/98.14%
+    # (μ 0.9 and lr 0.3: 98.07/98.18/97.91%; 784-256-10 needs 4 epochs for the same).
     "fast": dict(
         sizes=(784, 512, 10),
         activation="relu",
         loss="ce",
         optimizer="nesterov",
-        momentum=0.9,
+        momentum=0.95,
         batch_size=128,
-        lr=0.1,
-        epochs=4,
+        lr=0.15,
+        epochs=3,
         schedule="cosine",
     ),
     # The highest MLP-only accuracy within 15 minutes on a 2-core CPU: two wide ReLU layers with
     # dropout and max-norm (Srivastava et al. 2014), trained on distorted digits (random affine
     # maps and elastic distortions, Simard et al. 2003), Nesterov momentum and a cosine schedule.
+    # 784-800-800-10 trains at about 6,300 images/s here with these options: 90 epochs of 50000
+    # images take about 12 minutes, leaving room for validation and a busy machine.
     "best": dict(
         sizes=(784, 800, 800, 10),
         activation="relu",
@@ -41,10 +44,10 @@ PRESETS: dict[str, dict] = {
         momentum=0.9,
         batch_size=128,
         lr=0.05,
-        epochs=60,
+        epochs=90,
         schedule="cosine",
         warmup=1,
-        dropout=0.5,
+        dropout=0.25,
         max_norm=4.0,
         augment="affine,elastic",
     ),

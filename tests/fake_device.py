@@ -238,3 +238,25 @@ xp.__dict__.update(
 )
 
 FAKE = Backend("fake", xp)
+
+
+# ---------------------------------------------------------------- added for gpumlp.augment
+
+
+def _clip(a, lo, hi, out=None):
+    _need_device(a)
+    if out is None:
+        return _wrap(np.clip(a._a, _unwrap(lo), _unwrap(hi)))
+    np.clip(a._a, _unwrap(lo), _unwrap(hi), out=_unwrap(out))
+    return out
+
+
+def _empty(shape, dtype=None):
+    """Uninitialised, as on a GPU: floats are NaN here, so reading an unwritten element shows."""
+    a = np.empty(shape, dtype=dtype)
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    return FakeArray(a)
+
+
+xp.__dict__.update(floor=_unary(np.floor), cos=_unary(np.cos), sin=_unary(np.sin), clip=_clip, empty=_empty)
