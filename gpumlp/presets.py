@@ -32,10 +32,12 @@ PRESETS: dict[str, dict] = {
         schedule="cosine",
     ),
     # The highest MLP-only accuracy within 15 minutes on a 2-core CPU: two wide ReLU layers with
-    # dropout and max-norm (Srivastava et al. 2014), trained on distorted digits (random affine
+    # light dropout and max-norm (Srivastava et al. 2014), trained on distorted digits (random affine
     # maps and elastic distortions, Simard et al. 2003), Nesterov momentum and a cosine schedule.
-    # 784-800-800-10 trains at about 6,300 images/s here with these options: 90 epochs of 50000
-    # images take about 12 minutes, leaving room for validation and a busy machine.
+    # Chosen on validation accuracy after 30-epoch trials (seed 0): dropout 0.25 with σ 4 distortions
+    # 98.93%, dropout 0.1 with σ 6 (smoother, milder) 99.15%, elastic alone 99.14%, 784-800-10 98.92%;
+    # the same as 90 epochs (dropout 0.25, σ 4) reached 99.16%. 784-800-800-10 trains at about
+    # 6,300 images/s here with these options, so 90 epochs of 50000 images take about 12 minutes.
     "best": dict(
         sizes=(784, 800, 800, 10),
         activation="relu",
@@ -47,9 +49,10 @@ PRESETS: dict[str, dict] = {
         epochs=90,
         schedule="cosine",
         warmup=1,
-        dropout=0.25,
+        dropout=0.1,
         max_norm=4.0,
         augment="affine,elastic",
+        elastic_sigma=6.0,
     ),
 }
 
@@ -63,6 +66,6 @@ def preset_options(name: str) -> dict:
 
 def preset_config(name: str | None, **overrides):
     """A ``TrainConfig`` from preset ``name`` (None: the defaults) with ``overrides`` on top."""
-    from gpumlp.train import TrainConfig
+    from gpumlp.config import TrainConfig
 
     return TrainConfig(**{**(preset_options(name) if name else {}), **overrides})

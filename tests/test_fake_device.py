@@ -106,3 +106,39 @@ def test_full_run_save_load_and_resume_on_the_fake(tmp_path, mnist_dir):
     full = run(TrainConfig(epochs=4, device="fake", **SMALL), mnist_dir, tmp_path / "full.npz", log=quiet)
     resumed = run(TrainConfig(epochs=4, device="fake", **SMALL), mnist_dir, log=quiet, resume=tmp_path / "f.npz")
     np.testing.assert_array_equal(FAKE.to_numpy(resumed.model.theta), FAKE.to_numpy(full.model.theta))
+
+
+RECIPE = dict(optimizer="adam", weight_decay=1e-4, dropout=0.3, max_norm=3.0, schedule="cosine", warmup=1,
+              patience=2, augment="affine,elastic")  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_every_recipe_option_on_the_fake_equals_numpy_bit_for_bit(optimizer):
+    """Optimiser state, weight decay, dropout masks, max-norm, schedule, early stopping and
+    augmentation: all on the device, and identical to numpy's."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((400, 784)), rng.integers(0, 10, 400)
+    thetas = {}
+    for device in ("cpu", "fake"):
+        m = MLP((784, 16, 12, 10), "relu", "ce", seed=1, device=device, dtype="float64")
+        fit(m, X, y, epochs=3, batch_size=20, lr=0.01, seed=2, X_val=X[:50], y_val=y[:50],
+            **dict(RECIPE, optimizer=optimizer))  # fmt: skip
+        thetas[device] = m.be.to_numpy(m.theta)
+    np.testing.assert_array_equal(thetas["fake"], thetas["cpu"])
+
+
+def test_the_recipe_adds_no_transfer_to_the_batch_loop():
+    """With every option on, each epoch still moves one permutation in, two reads out, one sync."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((400, 784)), rng.integers(0, 10, 400)
+    per_epoch = {}
+    for batch_size in (100, 10):  # 4 and 40 batches per epoch
+        counts = []
+        for epochs in (1, 3):
+            m = MLP((784, 8, 10), "relu", "ce", device="fake")
+            counters.reset()
+            fit(m, X, y, epochs=epochs, batch_size=batch_size, lr=0.01, seed=0, X_val=X[:40], y_val=y[:40],
+                **dict(RECIPE, patience=5))  # fmt: skip
+            counts.append((counters.to_device, counters.to_host, counters.syncs))
+        per_epoch[batch_size] = tuple((t - o) // 2 for o, t in zip(*counts))
+    assert per_epoch[100] == per_epoch[10] == (1, 2, 1)
