@@ -47,6 +47,20 @@ class BenchConfig:
     batch_size: int
     images: int  # the training set: the first `images` training images
     epochs: int = 1  # fit epochs over them per timing
+    recipe: tuple[tuple[str, object], ...] = ()  # fit's optimiser/regularisation/augmentation options
+
+
+def _preset(name: str, images: int) -> BenchConfig:
+    """A preset's network, batch size and recipe (its first epoch's learning rate; the schedule
+    does not change the cost)."""
+    from gpumlp.config import RECIPE
+    from gpumlp.presets import preset_options
+
+    o = preset_options(name)
+    recipe = tuple((k, o[k]) for k in RECIPE if k in o)
+    sizes = tuple(o["sizes"])
+    label = f"preset {name} ({'-'.join(map(str, sizes))})"
+    return BenchConfig(label, sizes, o["activation"], o["loss"], o["lr"], o["batch_size"], images, 1, recipe)
 
 
 def _rust(name: str, sizes: tuple[int, ...], images: int = 20_000, epochs: int = 1) -> BenchConfig:
@@ -64,6 +78,10 @@ CONFIGS = (
     BenchConfig("784-100-10", (784, 100, 10), "relu", "ce", 0.1, 128, 20_480),
     BenchConfig("784-800-10", (784, 800, 10), "relu", "ce", 0.1, 128, 10_240),
     BenchConfig("784-1024-1024-10", (784, 1024, 1024, 10), "relu", "ce", 0.1, 256, 5_120),
+    # The presets of `gpumlp train --preset` (seed is the first Rust row), with their optimiser,
+    # dropout, max-norm and augmentation.
+    _preset("fast", 12_800),
+    _preset("best", 2_560),
 )
 
 
@@ -128,7 +146,7 @@ def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
     y_dev = be.asarray(y[:n])  # (n,) labels, also moved once
 
     def work():
-        fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0)
+        fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0, **dict(cfg.recipe))
 
     seconds = timed(be, work, repeats)
     timed_images = n * cfg.epochs
@@ -136,6 +154,7 @@ def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
     return {
         **asdict(cfg),
         "sizes": list(cfg.sizes),
+        "recipe": dict(cfg.recipe),
         "images": n,
         "images_timed": timed_images,
         "seconds": seconds,

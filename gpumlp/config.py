@@ -23,8 +23,8 @@ class TrainConfig:
     loss: str = "mse"  # mse: sigmoid outputs + ½‖a−y‖²; ce: softmax + cross-entropy
     init: str | None = None  # normal, lecun, he, xavier; None: the activation's default
     epochs: int = 30  # passes over the training images
-    batch_size: int = 10  # images per SGD step (mean loss over the batch)
-    lr: float = 3.0  # SGD learning rate η
+    batch_size: int = 10  # images per step (mean loss over the batch)
+    lr: float = 3.0  # learning rate η (the peak, with a schedule)
     train_size: int = 50_000  # images from the start of the training file
     val_size: int = 10_000  # images right after them, for validation after each epoch
     test_size: int = 10_000  # images from the start of the test file, read once at the end

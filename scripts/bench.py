@@ -49,9 +49,10 @@ def load_torch_bench():
 def comparison(result: dict, torch_result: dict, indices: list[int]) -> dict:
     """images/s of gpumlp ÷ PyTorch per row, and their geometric mean over the Rust rows present."""
     rows = [
-        {"name": g["name"], "rust_row": i < RUST_ROWS, "ratio": g["images_per_s"] / t["images_per_s"]}
+        {"name": g["name"], "rust_row": i < RUST_ROWS,
+         "ratio": g["images_per_s"] / t["images_per_s"] if t.get("images_per_s") else None}
         for i, g, t in zip(indices, result["rows"], torch_result["rows"])
-    ]
+    ]  # fmt: skip
     rust = [r["ratio"] for r in rows if r["rust_row"]]
     geomean = math.exp(sum(map(math.log, rust)) / len(rust)) if rust else None
     return {"rows": rows, "geomean_rust_rows": geomean, "n_rust_rows": len(rust)}
@@ -60,8 +61,10 @@ def comparison(result: dict, torch_result: dict, indices: list[int]) -> dict:
 def format_comparison(result: dict, torch_result: dict, comp: dict) -> str:
     head = "# config batch gpumlp_images/s torch_images/s gpumlp/torch gpumlp_GFLOP/s torch_GFLOP/s".split()
     body = [
-        [str(k), g["name"], str(g["batch_size"]), f"{g['images_per_s']:,.0f}", f"{t['images_per_s']:,.0f}",
-         f"{c['ratio']:.2f}×", f"{g['gflops']:.2f}", f"{t['gflops']:.2f}"]
+        [str(k), g["name"], str(g["batch_size"]), f"{g['images_per_s']:,.0f}",
+         f"{t['images_per_s']:,.0f}" if t.get("images_per_s") else "n/a",
+         f"{c['ratio']:.2f}×" if c["ratio"] else "n/a", f"{g['gflops']:.2f}",
+         f"{t['gflops']:.2f}" if t.get("gflops") else "n/a"]
         for k, (g, t, c) in enumerate(zip(result["rows"], torch_result["rows"], comp["rows"]), 1)
     ]  # fmt: skip
     g = comp["geomean_rust_rows"]

@@ -65,14 +65,28 @@ def network(cfg: BenchConfig) -> nn.Sequential:
     """Linear layers with the hidden activation between them; a final Sigmoid for mse (ce's
     softmax lives in the loss)."""
     act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]
+    dropout = dict(cfg.recipe).get("dropout", 0.0)
     layers = []
     for l, (n_in, n_out) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if l < len(cfg.sizes) - 2:
             layers.append(act())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
     if cfg.loss == "mse":
         layers.append(nn.Sigmoid())
     return nn.Sequential(*layers)
+
+
+def optimizer(cfg: BenchConfig, net: nn.Module) -> torch.optim.Optimizer:
+    """The row's update rule in torch.optim (weight decay there also reaches the biases: the same cost)."""
+    r = dict(cfg.recipe)
+    name, wd = r.get("optimizer", "sgd"), r.get("weight_decay", 0.0)
+    if name == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(r.get("beta1", 0.9), r.get("beta2", 0.999)),
+                                eps=r.get("eps", 1e-8), weight_decay=wd)  # fmt: skip
+    momentum = r.get("momentum", 0.9) if name in ("momentum", "nesterov") else 0.0
+    return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd)
 
 
 def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -83,9 +97,15 @@ def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
 def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
     """One row, as ``gpumlp.bench.time_config``: ``cfg.epochs`` epochs over the first ``cfg.images`` images."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size
+    recipe = dict(cfg.recipe)
+    if recipe.get("augment", "none") != "none":  # no PyTorch equivalent without torchvision
+        return {"name": cfg.name, "batch_size": cfg.batch_size, "images": n, "epochs": cfg.epochs,
+                "images_per_s": None, "skipped": "augmentation: no equivalent in PyTorch alone"}  # fmt: skip
     torch.manual_seed(0)
     net = network(cfg).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    opt = optimizer(cfg, net)
+    max_norm = recipe.get("max_norm", 0.0)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
     X_dev = torch.from_numpy(np.ascontiguousarray(X[:n], dtype=np.float32)).to(device)  # (n, 784), once
     labels = torch.from_numpy(y[:n].astype(np.int64)).to(device)  # (n,)
     if cfg.loss == "mse":
@@ -103,6 +123,10 @@ def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.nda
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if max_norm:  # each unit's incoming weights: a row of nn.Linear's (out, in) weight
+                    with torch.no_grad():
+                        for lin in linears:
+                            lin.weight.copy_(torch.renorm(lin.weight, 2, 0, max_norm))
                 total += loss.detach()
             float(total)  # the epoch's one read of a device value, as gpumlp's fit
 
@@ -153,7 +177,8 @@ def start_result(device: torch.device, repeats: int, source: str, sgemm_n: int =
 
 
 def add_row(result: dict, row: dict) -> dict:
-    row["efficiency"] = efficiency(row["gflops"], result["sgemm"]["gflops"])  # against torch's own sgemm
+    if row.get("gflops") is not None:
+        row["efficiency"] = efficiency(row["gflops"], result["sgemm"]["gflops"])  # against torch's own sgemm
     result.setdefault("rows", []).append(row)
     return row
 

@@ -27,6 +27,7 @@ from gpumlp.bench import (
     sgemm_gflops,
 )
 from gpumlp.model import MLP
+from gpumlp.presets import PRESETS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TINY = BenchConfig("tiny", (784, 8, 10), "sigmoid", "mse", 3.0, 10, 200)
@@ -59,12 +60,19 @@ def test_configs_are_the_issue_matrix():
     ]  # fmt: skip
     assert all((c.activation, c.loss, c.lr, c.batch_size) == ("sigmoid", "mse", 3.0, 10) for c in CONFIGS[:RUST_ROWS])
     assert CONFIGS[0].images == 10_000  # the first Rust row trains on 10000 images
-    big = [(c.sizes, c.batch_size, c.activation, c.loss, c.lr) for c in CONFIGS[RUST_ROWS:]]
+    big = [(c.sizes, c.batch_size, c.activation, c.loss, c.lr) for c in CONFIGS[RUST_ROWS : RUST_ROWS + 3]]
     assert big == [
         ((784, 100, 10), 128, "relu", "ce", 0.1),
         ((784, 800, 10), 128, "relu", "ce", 0.1),
         ((784, 1024, 1024, 10), 256, "relu", "ce", 0.1),
     ]
+    presets = {c.name: c for c in CONFIGS[RUST_ROWS + 3 :]}
+    for name in ("fast", "best"):
+        (c,) = [c for label, c in presets.items() if label.startswith(f"preset {name} ")]
+        options = PRESETS[name]
+        assert (c.sizes, c.batch_size, c.lr) == (options["sizes"], options["batch_size"], options["lr"])
+        assert all(options[k] == v for k, v in c.recipe)  # the preset's optimiser, dropout, augmentation…
+        assert dict(c.recipe)["optimizer"] == options["optimizer"]
     for c in CONFIGS:
         MLP(c.sizes, c.activation, c.loss)  # every row is a network gpumlp builds
 
