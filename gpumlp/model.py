@@ -50,11 +50,11 @@ def sigmoid_grad(xp, A):
 
 
 def relu(xp, Z):
-    return xp.maximum(Z, 0)
+    return xp.maximum(Z, 0, out=Z)  # in place on the temporary Z, which the caller never sees
 
 
 def relu_grad(xp, A):
-    return (A > 0).astype(A.dtype)  # 1 where z > 0, 0 elsewhere (0 at z = 0)
+    return A > 0  # 1 where z > 0, 0 elsewhere (0 at z = 0); a boolean mask multiplies as 0/1
 
 
 def tanh(xp, Z):
@@ -302,7 +302,9 @@ class MLP:
         As = [X]  # A0: (n, 784)
         Hs = As if masks is None else [X]
         for l in range(self.n_layers - 1):
-            H = f(xp, As[l] @ W[l] + b[l])  # A{l+1} = f(A{l} W{l} + b{l})
+            Z = As[l] @ W[l]  # (n, n_{l+1})
+            Z += b[l]  # in place: one temporary less
+            H = f(xp, Z)  # A{l+1} = f(A{l} W{l} + b{l})
             if masks is not None:
                 Hs.append(H)
                 H = H * masks[l]  # (n, n_{l+1}) A{l+1} = H ⊙ M: E[A] = H, as without dropout

@@ -192,6 +192,9 @@ def format_torch(result: dict) -> str:
         f"{'#':>2}  {'config':<26}{'batch':>6}{'images/s':>11}{'(min–max)':>20}{'s/epoch':>9}{'GFLOP/s':>9}{'eff.':>7}",
     ]
     for k, r in enumerate(result["rows"], 1):
+        if r.get("images_per_s") is None:
+            lines.append(f"{k:>2}  {r['name']:<26}{r['batch_size']:>6}  skipped: {r['skipped']}")
+            continue
         lo, hi = r["images_per_s_range"]
         lines.append(
             f"{k:>2}  {r['name']:<26}{r['batch_size']:>6}{r['images_per_s']:>11,.0f}{f'{lo:,.0f}–{hi:,.0f}':>20}"

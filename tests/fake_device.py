@@ -217,7 +217,7 @@ xp.__dict__.update(
     exp=_unary(np.exp),
     sqrt=_unary(np.sqrt),
     log=_unary(np.log),
-    maximum=lambda a, b: _wrap(np.maximum(_unwrap(a), _unwrap(b))),
+    maximum=_binary_out(np.maximum),
     minimum=lambda a, b: _wrap(np.minimum(_unwrap(a), _unwrap(b))),
     multiply=_binary_out(np.multiply),
     divide=_binary_out(np.divide),

@@ -174,3 +174,16 @@ def test_torch_script_on_a_tiny_configuration(mnist):
         assert result["info"]["threads"] >= 1
         json.dumps(result)
         assert cfg.name in bt.format_torch(result)
+    recipe = (("optimizer", "nesterov"), ("momentum", 0.9), ("dropout", 0.2), ("max_norm", 1.0))
+    cfg = BenchConfig("tiny-recipe", (784, 8, 10), "relu", "ce", 0.1, 32, 200, 1, recipe)
+    row = bt.time_config(cfg, bt.torch.device("cpu"), X, y, repeats=1)
+    assert row["images_per_s"] > 0
+    net = bt.network(cfg)
+    assert any(isinstance(m, bt.nn.Dropout) and m.p == 0.2 for m in net)
+    opt = bt.optimizer(cfg, net)
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    augmented = BenchConfig("tiny-augment", (784, 8, 10), "relu", "ce", 0.1, 32, 200, 1, (("augment", "elastic"),))
+    result = bt.start_result(bt.torch.device("cpu"), 1, "MNIST", sgemm_n=64)
+    row = bt.add_row(result, bt.time_config(augmented, bt.torch.device("cpu"), X, y, repeats=1))
+    assert row["images_per_s"] is None and "augmentation" in row["skipped"]
+    assert "skipped" in bt.format_torch(result)
