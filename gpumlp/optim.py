@@ -64,7 +64,10 @@ class Optimizer:
             )
         missing = set(self.buffers) - set(arrays)
         if missing:
-            raise ConfigError(f"the checkpoint lacks the {self.name} optimiser's state {sorted(missing)}")
+            raise ConfigError(
+                f"the checkpoint lacks the {self.name} optimiser's state {sorted(missing)}, so its run cannot "
+                "continue exactly; start a new run (the network itself loads and tests as it is)"
+            )
         self.t = int(meta.get("t", 0))
         for name in self.buffers:
             self.state_buffers[name][...] = self.be.asarray(arrays[name], dtype=self.theta.dtype)  # host → device
