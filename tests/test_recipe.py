@@ -39,7 +39,7 @@ def test_dropout_masks_keep_the_expectation(device):
     other = [m.be.to_numpy(M) for M in m.dropout_masks(rng, 0.3, 1000, 1, 3)]
     np.testing.assert_array_equal(masks[0], again[0])  # a pure function of (seed, epoch, batch, layer)
     assert (masks[0] != other[0]).mean() > 0.3
-    assert (masks[0] != masks[1][:, :200].repeat(2, axis=1)[:, :300]).any()
+    assert (masks[0][:, :200] != masks[1]).mean() > 0.3  # each layer draws its own mask
 
 
 def test_dropout_gradients_match_finite_differences():
@@ -202,7 +202,7 @@ def test_preset_through_the_cli_keeps_explicit_options(tmp_path, mnist_dir):
         fast["optimizer"],
         fast["batch_size"],
     )
-    assert "nesterov" in res.output or fast["optimizer"] in res.output
+    assert f"{fast['optimizer']} lr 0.02 (cosine)" in res.output  # the log line names the recipe in use
 
 
 def test_fast_preset_reaches_98_percent_on_real_mnist(mnist_dir):
