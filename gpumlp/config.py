@@ -98,12 +98,9 @@ class TrainConfig:
         if self.step_size < 1:
             raise ConfigError(f"--step-size must be at least 1 epoch (got {self.step_size})")
         if self.patience and not self.val_size:
-            raise ConfigError("--patience needs validation images: give --val-size above 0, or --patience 0")
+            raise ConfigError(PATIENCE_NEEDS_VAL)
         self.augment = ",".join(parse_kinds(self.augment)) or "none"
-        self.augment_config()  # checks the strengths
-
-    def augment_config(self) -> AugmentConfig:
-        return augment_config(self.recipe())
+        augment_config(self.recipe())  # checks the strengths
 
     def recipe(self) -> dict:
         """The options ``fit`` takes beyond epochs, batch size, lr and seed."""
@@ -116,6 +113,7 @@ class TrainConfig:
 
 
 MONITORS = ("accuracy", "loss")
+PATIENCE_NEEDS_VAL = "--patience needs validation images: give --val-size above 0, or --patience 0"
 # TrainConfig fields that fit() takes as its recipe.
 RECIPE = (
     "optimizer", "momentum", "beta1", "beta2", "eps", "weight_decay", "dropout", "max_norm", "schedule",

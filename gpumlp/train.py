@@ -22,6 +22,7 @@ from gpumlp.augment import Augmenter
 from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-exported for callers)
     DEFAULT_RECIPE,
     FIXED_ON_RESUME,
+    PATIENCE_NEEDS_VAL,
     RECIPE,
     TrainConfig,
     augment_config,
@@ -185,7 +186,7 @@ def fit(
     if has_val:
         X_val, y_val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)  # evaluate's predict rescales
     elif r["patience"]:
-        raise ConfigError("--patience needs validation images: give --val-size above 0, or --patience 0")
+        raise ConfigError(PATIENCE_NEEDS_VAL)
     n = X.shape[0]
     rng = shuffle_rng(seed, state.rng_state)
     opt = make_optimizer(r["optimizer"], model, momentum=r["momentum"], beta1=r["beta1"], beta2=r["beta2"],
@@ -230,7 +231,7 @@ def fit(
                 state.stopped_epoch = epoch
         state.optimizer, buffers = opt.state()
         state.arrays = {f"optimizer.{k}": v for k, v in buffers.items()}
-        if best_theta is not None:
+        if best_theta is not None and state.best_epoch != epoch:  # else it is the model itself
             state.arrays["best_theta"] = best_theta
         if on_epoch is not None:
             on_epoch(stats)
@@ -238,7 +239,7 @@ def fit(
             break
     if best_theta is not None and state.best_epoch is not None and state.best_epoch != state.epochs_done:
         # End on the best epoch's weights; keep the last epoch's for an exact resume.
-        state.arrays = {k: v for k, v in state.arrays.items() if k != "best_theta"}
+        state.arrays.pop("best_theta", None)  # the model holds them now
         state.arrays["last_theta"] = model.theta.copy()
         model.theta[...] = best_theta
         state.weights_epoch = state.best_epoch
