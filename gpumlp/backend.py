@@ -48,6 +48,32 @@ class Backend:
             return np.asarray(a)
         return self.xp.asnumpy(a)
 
+    def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
+        """C ← α·A·B + β·C in place on this device (A (m, k), B (k, n), C (m, n); ``.T`` views are
+        fine) and returns C: one BLAS call, numpy's (``gpumlp.blas``) or cuBLAS, where ``matmul``
+        could only write A·B somewhere first. Same result either way, up to rounding."""
+        if self.xp is np:
+            from gpumlp import blas
+
+            if blas.gemm(A, B, C, alpha, beta):
+                return C
+        elif self.is_cuda:
+            from cupy import cublas
+
+            return cublas.gemm("N", "N", A, B, out=C, alpha=alpha, beta=beta)
+        elif hasattr(self.xp, "gemm"):
+            return self.xp.gemm(A, B, C, alpha, beta)  # a test backend (tests/fake_device.py)
+        # The same in two steps, for a BLAS gpumlp cannot reach.
+        if beta == 0:
+            self.xp.matmul(A, B, out=C)
+            if alpha != 1:
+                C *= alpha
+        else:
+            if beta != 1:
+                C *= beta
+            C += alpha * (A @ B)
+        return C
+
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
         if self.is_cuda:

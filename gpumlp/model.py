@@ -313,35 +313,42 @@ class MLP:
         As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
         return As, Hs, Z
 
-    def backward(self, As: list, dZ, masks=None, Hs=None) -> dict:
+    def backward(self, As: list, dZ, masks=None, Hs=None, fused=None) -> dict:
         """Gradients of the mean loss, ``{dW0, db0, …}`` shaped like ``params``, on the device.
 
         ``As`` is ``forward``'s list for the batch and ``dZ`` (n, 10) the gradient of the mean loss
         w.r.t. the output pre-activation Z_L (with dropout, also ``_forward``'s ``masks`` and ``Hs``).
         The result is ``self.grads``: views into the flat buffer ``self.grad``, overwritten by the
         next call (copy them to keep them).
+
+        ``fused`` ({layer: (α, β)}, from ``Optimizer.fused_update``) hands the optimiser's step of
+        those weight matrices to this pass: W{l} ← β·W{l} + α·A{l}ᵀ dZ, one BLAS product, so their
+        dW is never written (it keeps its old value) and their W changes here, after its last use.
         """
-        W, Hs = self._W, As if Hs is None else Hs
+        W, Hs, fused, xp = self._W, As if Hs is None else Hs, fused or {}, self.be.xp
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
-            self.be.xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
+            dA = dZ @ W[l].T if l > 0 else None  # (n, n_in)  dA{l} = dZ W{l}ᵀ (the input layer needs none)
+            if l in fused:  # SGD: W{l} ← (1 − ηλ) W{l} − η A{l}ᵀ dZ, with (α, β) = (−η, 1 − ηλ)
+                self.be.gemm(As[l].T, dZ, W[l], *fused[l])
+            else:
+                xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
             dZ.sum(axis=0, out=self._db[l])  # (n_out,)     db{l} = Σ_batch dZ
-            if l > 0:  # the input layer needs no gradient w.r.t. the pixels
-                dA = dZ @ W[l].T  # (n, n_in)
+            if l > 0:
                 if masks is not None:
                     # forward:  A{l} = H{l} ⊙ M{l}
                     dA *= masks[l - 1]  # dH{l} = dA{l} ⊙ M{l}: dropped units pass no gradient
                 # forward:  H{l} = f(Z{l})
-                dZ = dA * self._act.grad(self.be.xp, Hs[l])  # (n, n_in)
+                dZ = dA * self._act.grad(xp, Hs[l])  # (n, n_in)
         return self.grads
 
-    def batch_loss_and_grads(self, X, Y, masks=None):
+    def batch_loss_and_grads(self, X, Y, masks=None, fused=None):
         """Summed loss of a device batch X (n, 784), Y one-hot (n, 10), as a device scalar (no
         sync); fills ``self.grads`` with the gradients of the *mean* loss. ``masks``: dropout's
-        (see ``dropout_masks``), or None."""
+        (see ``dropout_masks``), or None; ``fused``: see ``backward``."""
         As, Hs, Z = self._forward(X, masks)
         total, delta = self._loss.total_and_delta(self.be.xp, Z, As[-1], Y)
-        self.backward(As, delta / X.shape[0], masks, Hs)  # d mean / d Z_L = delta / n
+        self.backward(As, delta / X.shape[0], masks, Hs, fused)  # d mean / d Z_L = delta / n
         return total
 
     def dropout_masks(self, rng, p: float, n: int, *coords: int) -> list:

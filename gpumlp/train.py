@@ -190,7 +190,7 @@ def fit(
     n = X.shape[0]
     rng = shuffle_rng(seed, state.rng_state)
     opt = make_optimizer(r["optimizer"], model, momentum=r["momentum"], beta1=r["beta1"], beta2=r["beta2"],
-                         eps=r["eps"], weight_decay=r["weight_decay"])  # fmt: skip
+                         eps=r["eps"], weight_decay=r["weight_decay"], fuse=True)  # fmt: skip
     best_theta = _continue(model, opt, state, r["patience"])
     step = _make_step(model, opt, r, seed)
     last_complete = _Snapshot(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
@@ -295,7 +295,8 @@ def _make_step(model: MLP, opt: Optimizer, r: dict, seed: int) -> Callable:
         if augmenter is not None:
             Xb = augmenter(Xb, epoch, batch)  # (b, 784) new random distortions of this batch
         masks = model.dropout_masks(drop_rng, p, Xb.shape[0], epoch, batch) if p else None
-        total = model.batch_loss_and_grads(Xb, Yb, masks)  # fills model.grad
+        # Fills model.grad, and for SGD already steps the big weight matrices (Optimizer.fused_update).
+        total = model.batch_loss_and_grads(Xb, Yb, masks, opt.fused_update(lr))
         opt.step(lr)
         if max_norm:
             apply_max_norm(model, max_norm)

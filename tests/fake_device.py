@@ -204,6 +204,15 @@ def _vdot(a, b):
     return _wrap(np.vdot(a._a, b._a))
 
 
+def _gemm(a, b, c, alpha, beta):
+    """C ← αAB + βC: on a GPU one cuBLAS call; here the CPU backend's, on the arrays underneath."""
+    _need_device(a, b, c)
+    from gpumlp.backend import CPU
+
+    CPU.gemm(a._a, b._a, c._a, alpha, beta)
+    return c
+
+
 def _synchronize():
     counters.syncs += 1
 
@@ -223,6 +232,7 @@ xp.__dict__.update(
     divide=_binary_out(np.divide),
     add=_binary_out(np.add),
     matmul=_matmul,
+    gemm=_gemm,
     vdot=_vdot,
     stack=lambda arrays: _wrap(np.stack([_unwrap(_need_device(a) or a) for a in arrays])),
     argmax=lambda a, axis=None: (_need_device(a), _wrap(np.argmax(a._a, axis=axis)))[1],

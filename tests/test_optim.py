@@ -11,7 +11,7 @@ import pytest
 from gpumlp.backend import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
-from gpumlp.optim import OPTIMIZERS, apply_max_norm, lr_at, make_optimizer
+from gpumlp.optim import FUSE_MIN_WEIGHTS, OPTIMIZERS, apply_max_norm, lr_at, make_optimizer
 from gpumlp.train import fit
 
 
@@ -148,3 +148,60 @@ def test_schedules():
     assert [lr_at(e, schedule="cosine", **warm) for e in (1, 2, 3, 4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     with pytest.raises(ConfigError, match="unknown --schedule"):
         lr_at(1, schedule="linear", **kw)
+
+
+# ---------------------------------------------------------------- SGD's step fused into backward
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("sizes", [(784, 96, 10), (784, 20, 30, 10)])
+def test_fused_sgd_takes_the_same_steps_as_the_plain_update(sizes, weight_decay, monkeypatch):
+    """backward's W ← (1 − ηλ)W − η·AᵀdZ (one BLAS product, no dW) against dW, then θ ← θ − η(g + λW),
+    for every layer fused (threshold 0) and for the big first layer only (the default threshold)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((300, 784)), rng.integers(0, 10, 300)
+    for threshold in (0, FUSE_MIN_WEIGHTS):
+        monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", threshold)
+        thetas = []
+        for fuse in (False, True):
+            m = MLP(sizes, "relu", "ce", seed=3)
+            opt = make_optimizer("sgd", m, weight_decay=weight_decay, fuse=fuse)
+            expected = [l for l, W in enumerate(m._W) if fuse and W.size >= threshold]
+            assert opt.fused == tuple(expected)
+            for start in range(0, 300, 30):
+                Xb, Yb = m.inputs(X[start : start + 30]), m.one_hot(y[start : start + 30])
+                m.batch_loss_and_grads(Xb, Yb, None, opt.fused_update(0.1))
+                opt.step(0.1)
+            thetas.append(m.theta.copy())
+        assert not np.array_equal(thetas[1], MLP(sizes, "relu", "ce", seed=3).theta)  # it trained
+        np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_spans_cover_everything_but_the_fused_matrices(monkeypatch):
+    """The plain update after a fused backward touches each other parameter once and no fused W."""
+    monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 300)
+    m = MLP((784, 20, 30, 10), "relu", "ce")  # W sizes 15680, 600, 300: all fused, every b not
+    opt = make_optimizer("sgd", m, fuse=True)
+    assert opt.fused == (0, 1, 2)
+    m.grad[...] = 1.0
+    before = m.theta.copy()
+    opt.step(1.0)
+    moved = m.theta != before
+    for l in range(3):
+        assert not moved[_slice(m, m._W[l])].any()
+        np.testing.assert_array_equal(m._b[l], before[_slice(m, m._b[l])] - 1)
+    assert moved.sum() == sum(b.size for b in m._b)
+
+
+def _slice(m, view) -> slice:
+    """Where the parameter view ``view`` lies in the flat ``m.theta``."""
+    start = (view.__array_interface__["data"][0] - m.theta.__array_interface__["data"][0]) // m.theta.itemsize
+    return slice(start, start + view.size)
+
+
+def test_only_sgd_fuses():
+    m = MLP((784, 96, 10), "relu", "ce")
+    for name in OPTIMIZERS:
+        opt = make_optimizer(name, m, fuse=True)
+        assert (opt.fused == (0,)) == (name == "sgd")
+        assert opt.fused_update(0.1) == ({0: (-0.1, 1.0)} if name == "sgd" else {})

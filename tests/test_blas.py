@@ -1,0 +1,69 @@
+"""C ← αAB + βC through numpy's own BLAS (gpumlp.blas) and every backend's ``gemm``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpumlp import blas
+from gpumlp.backend import get_backend
+
+LAYOUTS = {
+    "A B": lambda A, B: (A, B),
+    "Aᵀ view": lambda A, B: (np.ascontiguousarray(A.T).T, B),  # what backward passes: As[l].T
+    "Bᵀ view": lambda A, B: (A, np.ascontiguousarray(B.T).T),
+    "strided A": lambda A, B: (np.repeat(A, 2, axis=1)[:, ::2], B),  # neither C nor F: numpy's way
+}
+
+
+def numpy_blas_is_openblas() -> bool:
+    return "openblas" in np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+
+
+@pytest.mark.skipif(not numpy_blas_is_openblas(), reason="numpy here is not built on its bundled OpenBLAS")
+def test_numpys_bundled_openblas_is_reached():
+    assert blas.available()
+    A, B, C = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32), np.ones((2, 4), np.float32)
+    assert blas.gemm(A, B, C, 2.0, 1.0) and (C == 7).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.1, 1.0), (0.5, 0.9), (2.0, -1.0)])
+@pytest.mark.parametrize("device", ["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_gemm_is_alpha_a_b_plus_beta_c_in_place(device, dtype, layout, alpha, beta):
+    if device == "fake":
+        from fake_device import FAKE as be
+    else:
+        be = get_backend(device)
+    rng = np.random.default_rng(0)
+    A, B = LAYOUTS[layout](rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype))
+    C0 = rng.standard_normal((7, 3)).astype(dtype)
+    expected = alpha * (A.astype(np.float64) @ B.astype(np.float64)) + beta * C0
+    C = be.asarray(C0.copy())
+    out = be.gemm(be.asarray(A), be.asarray(B), C, alpha, beta)
+    assert out is C
+    np.testing.assert_allclose(be.to_numpy(C), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_numpys_blas_gemm_falls_back_to_numpy(monkeypatch):
+    """Another BLAS build: blas.gemm declines and Backend.gemm computes the same with matmul."""
+    monkeypatch.setattr(blas, "_routines", {})
+    assert not blas.available()
+    rng = np.random.default_rng(1)
+    A, B, C = rng.random((4, 6), np.float32), rng.random((6, 2), np.float32), rng.random((4, 2), np.float32)
+    assert not blas.gemm(A, B, C.copy(), 1.0, 0.0)
+    for alpha, beta in ((1.0, 0.0), (-0.3, 0.0), (-0.3, 1.0), (0.7, 0.5)):
+        out = C.copy()
+        get_backend("cpu").gemm(A, B, out, alpha, beta)
+        np.testing.assert_allclose(out, alpha * (A @ B) + beta * C, rtol=1e-6)
+
+
+def test_gemm_declines_what_it_cannot_hand_to_blas():
+    A, B = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    assert not blas.gemm(A, B, np.ones((4, 2), np.float32).T, 1.0, 0.0)  # C not C-contiguous
+    assert not blas.gemm(A.astype(np.float64), B, np.ones((2, 4), np.float32), 1.0, 0.0)  # mixed dtypes
+    assert not blas.gemm(A.astype(np.float16), B.astype(np.float16), np.ones((2, 4), np.float16), 1.0, 0.0)
+    if blas.available():
+        with pytest.raises(ValueError, match="shapes"):
+            blas.gemm(A, B, np.ones((2, 5), np.float32), 1.0, 0.0)
