@@ -45,6 +45,15 @@ def sigmoid(xp, Z):
     return T
 
 
+def sigmoid_(xp, Z):
+    # The same, overwriting Z: for a hidden layer, whose Z is a temporary nobody else sees.
+    Z *= 0.5
+    xp.tanh(Z, out=Z)
+    Z *= 0.5
+    Z += 0.5
+    return Z
+
+
 def sigmoid_grad(xp, A):
     return A * (1 - A)  # σ'(z) = σ(z) (1 - σ(z))
 
@@ -58,7 +67,7 @@ def relu_grad(xp, A):
 
 
 def tanh(xp, Z):
-    return xp.tanh(Z)
+    return xp.tanh(Z, out=Z)  # in place on the temporary Z
 
 
 def tanh_grad(xp, A):
@@ -67,13 +76,13 @@ def tanh_grad(xp, A):
 
 @dataclass(frozen=True)
 class Activation:
-    f: Callable  # (xp, Z) -> A
+    f: Callable  # (xp, Z) -> A; may overwrite Z, a temporary of the forward pass
     grad: Callable  # (xp, A) -> f'(Z), from the output A = f(Z)
     default_init: str
 
 
 ACTIVATIONS = {
-    "sigmoid": Activation(sigmoid, sigmoid_grad, "xavier"),
+    "sigmoid": Activation(sigmoid_, sigmoid_grad, "xavier"),
     "relu": Activation(relu, relu_grad, "he"),
     "tanh": Activation(tanh, tanh_grad, "xavier"),
 }
@@ -339,7 +348,8 @@ class MLP:
                     # forward:  A{l} = H{l} ⊙ M{l}
                     dA *= masks[l - 1]  # dH{l} = dA{l} ⊙ M{l}: dropped units pass no gradient
                 # forward:  H{l} = f(Z{l})
-                dZ = dA * self._act.grad(xp, Hs[l])  # (n, n_in)
+                dA *= self._act.grad(xp, Hs[l])  # dZ{l} = dA{l} ⊙ f'(Z{l}), in dA's buffer
+                dZ = dA  # (n, n_in)
         return self.grads
 
     def batch_loss_and_grads(self, X, Y, masks=None, fused=None):
