@@ -137,9 +137,26 @@ def bench_data(data_dir=None, n: int = 20_000) -> tuple[np.ndarray, np.ndarray, 
         return X, y, f"random pixels and labels (MNIST not found: {str(e).split(';')[0]})"
 
 
-def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
-    """One table row: ``fit`` for ``cfg.epochs`` epochs over the first ``cfg.images`` images, timed
-    ``repeats`` times after a warm-up. X (N, 784) and y (N,) are host arrays."""
+def timed_pair(a: tuple[Callable, Callable], b: tuple[Callable, Callable], repeats: int) -> tuple[list, list]:
+    """Seconds of ``repeats`` calls each of two ``(synchronize, work)`` pairs, alternating a, b, a,
+    b, … after one warm-up of each, so that both see the same load on a shared machine."""
+    for sync, work in (a, b):
+        work()
+        sync()
+    seconds = ([], [])
+    for _ in range(repeats):
+        for (sync, work), out in zip((a, b), seconds):
+            sync()
+            t0 = time.perf_counter()
+            work()
+            sync()
+            out.append(time.perf_counter() - t0)
+    return seconds
+
+
+def prepare_config(cfg: BenchConfig, be: Backend, X, y) -> tuple[Callable[[], None], int]:
+    """``(work, n)``: ``work()`` runs ``fit`` for ``cfg.epochs`` epochs over the first n images
+    (whole batches of the first ``cfg.images``) of the host arrays X (N, 784), y (N,)."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size  # whole batches only
     model = MLP(cfg.sizes, cfg.activation, cfg.loss, seed=0, device=be)
     X_dev = model.inputs(X[:n])  # (n, 784) on the device once, so no transfer of it is timed
@@ -148,7 +165,11 @@ def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
     def work():
         fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0, **dict(cfg.recipe))
 
-    seconds = timed(be, work, repeats)
+    return work, n
+
+
+def row_result(cfg: BenchConfig, n: int, seconds: list[float]) -> dict:
+    """One table row from the timings of ``cfg.epochs`` epochs over n images."""
     timed_images = n * cfg.epochs
     median = statistics.median(seconds)
     return {
@@ -164,6 +185,13 @@ def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
         "flops_per_image": flops_per_image(cfg.sizes),
         "gflops": timed_images * flops_per_image(cfg.sizes) / median / 1e9,
     }
+
+
+def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
+    """One table row: ``fit`` for ``cfg.epochs`` epochs over the first ``cfg.images`` images, timed
+    ``repeats`` times after a warm-up. X (N, 784) and y (N,) are host arrays."""
+    work, n = prepare_config(cfg, be, X, y)
+    return row_result(cfg, n, timed(be, work, repeats))
 
 
 def machine_info(be: Backend) -> dict:
@@ -249,22 +277,28 @@ def run_bench(
     data_dir=None,
     extras: bool = True,
     sgemm_n: int = 2048,
-    after_row: Callable[[BenchConfig, dict], None] | None = None,
+    beside: Callable[[BenchConfig], tuple[Callable, Callable, Callable] | None] | None = None,
 ) -> dict:
     """The whole benchmark as one JSON-ready dict. ``configs`` defaults to ``CONFIGS``; ``extras``
-    adds ``process_costs``; ``after_row(cfg, row)`` runs after each row (e.g. another framework's
-    timing of the same configuration, interleaved so both see the same machine load)."""
+    adds ``process_costs``. ``beside(cfg)`` may return another framework's ``(synchronize, work,
+    done)`` for the same configuration: its timings then alternate with gpumlp's (``timed_pair``)
+    and ``done(seconds)`` receives its own; None skips it for that row."""
     configs = CONFIGS if configs is None else tuple(configs)
     be = MLP((784, 10), device=device).be  # the backend MLP(device=…) resolves, as training would
     X, y, source = bench_data(data_dir, max(c.images for c in configs))
     sgemm = sgemm_gflops(be, sgemm_n, repeats)
     rows = []
     for cfg in configs:
-        row = time_config(cfg, be, X, y, repeats)
+        work, n = prepare_config(cfg, be, X, y)
+        other = beside(cfg) if beside is not None else None
+        if other is None:
+            seconds = timed(be, work, repeats)
+        else:
+            seconds, other_seconds = timed_pair((be.synchronize, work), other[:2], repeats)
+            other[2](other_seconds)
+        row = row_result(cfg, n, seconds)
         row["efficiency"] = efficiency(row["gflops"], sgemm)
         rows.append(row)
-        if after_row is not None:
-            after_row(cfg, row)
     return {
         "command": command_line(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

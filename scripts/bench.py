@@ -4,9 +4,10 @@
     GPUMLP_DATA_DIR=../shared/mnist python scripts/bench.py --compare torch    # and PyTorch, row by row
     python scripts/bench.py --rows 1-5 --no-extras --json                      # the Rust rows only, as JSON
 
-With ``--compare torch`` each configuration is timed in PyTorch (scripts/bench_torch.py) right
-after gpumlp's timing of it, so both see the same load on a shared machine, and the ratio of
-their images/s is printed per row with its geometric mean over the Rust table's rows.
+With ``--compare torch`` each configuration is also timed in PyTorch (scripts/bench_torch.py),
+its runs alternating with gpumlp's (gpumlp, PyTorch, gpumlp, … after one warm-up of each) so both
+see the same load on a shared machine, and the ratio of their median images/s is printed per row
+with its geometric mean over the Rust table's rows.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def comparison(result: dict, torch_result: dict, indices: list[int]) -> dict:
          "ratio": g["images_per_s"] / t["images_per_s"] if t.get("images_per_s") else None}
         for i, g, t in zip(indices, result["rows"], torch_result["rows"])
     ]  # fmt: skip
-    rust = [r["ratio"] for r in rows if r["rust_row"]]
+    rust = [r["ratio"] for r in rows if r["rust_row"] and r["ratio"]]
     geomean = math.exp(sum(map(math.log, rust)) / len(rust)) if rust else None
     return {"rows": rows, "geomean_rust_rows": geomean, "n_rust_rows": len(rust)}
 
@@ -68,7 +69,8 @@ def format_comparison(result: dict, torch_result: dict, comp: dict) -> str:
         for k, (g, t, c) in enumerate(zip(result["rows"], torch_result["rows"], comp["rows"]), 1)
     ]  # fmt: skip
     g = comp["geomean_rust_rows"]
-    tail = f"geometric mean of gpumlp/PyTorch over the {comp['n_rust_rows']} Rust rows (batch 10): "
+    tail = "each row: gpumlp's and PyTorch's runs alternate (after one warm-up each); ratio of their medians\n"
+    tail += f"geometric mean of gpumlp/PyTorch over the {comp['n_rust_rows']} Rust rows (batch 10): "
     return "\n".join(table(head, body) + [tail + (f"{g:.2f}×" if g else "n/a (none selected)")])
 
 
@@ -86,17 +88,23 @@ def main(argv=None) -> None:
         p.error("--repeats must be at least 1")
     indices = parse_rows(a.rows)
     configs = [CONFIGS[i] for i in indices]
-    after_row, torch_result = None, None
+    beside, torch_result = None, None
     if a.compare == "torch":
         bt = load_torch_bench()
         torch_device = bt.torch.device(a.device if a.device.startswith("cuda") else "cpu")
         data = bt.bench_data(a.data_dir, max(c.images for c in configs))
         torch_result = bt.start_result(torch_device, a.repeats, data[2])
 
-        def after_row(cfg, row):
-            bt.add_row(torch_result, bt.time_config(cfg, torch_device, data[0], data[1], a.repeats))
+        def beside(cfg):
+            """PyTorch's run of the row, timed in alternation with gpumlp's (or recorded as skipped)."""
+            work, n = bt.prepare_config(cfg, torch_device, data[0], data[1])
+            if work is None:
+                bt.add_row(torch_result, bt.row_result(cfg, n, None))
+                return None
+            done = lambda seconds: bt.add_row(torch_result, bt.row_result(cfg, n, seconds))  # noqa: E731
+            return (lambda: bt.synchronize(torch_device)), work, done
 
-    result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, after_row=after_row)
+    result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, beside=beside)
     if torch_result is None:
         print(json.dumps(result, indent=2) if a.json else format_bench(result))
         return

@@ -94,13 +94,13 @@ def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return 0.5 * nn.functional.mse_loss(A, Y, reduction="sum") / A.shape[0]
 
 
-def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
-    """One row, as ``gpumlp.bench.time_config``: ``cfg.epochs`` epochs over the first ``cfg.images`` images."""
+def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray):
+    """``(work, n)`` as ``gpumlp.bench.prepare_config``: ``cfg.epochs`` epochs over the first n images;
+    or ``(None, n)`` for a configuration PyTorch alone cannot run (see ``skipped``)."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size
     recipe = dict(cfg.recipe)
-    if recipe.get("augment", "none") != "none":  # no PyTorch equivalent without torchvision
-        return {"name": cfg.name, "batch_size": cfg.batch_size, "images": n, "epochs": cfg.epochs,
-                "images_per_s": None, "skipped": "augmentation: no equivalent in PyTorch alone"}  # fmt: skip
+    if skipped(cfg):
+        return None, n
     torch.manual_seed(0)
     net = network(cfg).to(device)
     opt = optimizer(cfg, net)
@@ -130,19 +130,36 @@ def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.nda
                 total += loss.detach()
             float(total)  # the epoch's one read of a device value, as gpumlp's fit
 
-    seconds = timed(device, work, repeats)
+    return work, n
+
+
+def skipped(cfg: BenchConfig) -> str | None:
+    """Why PyTorch alone cannot run ``cfg``, or None."""
+    if dict(cfg.recipe).get("augment", "none") != "none":  # no PyTorch equivalent without torchvision
+        return "augmentation: no equivalent in PyTorch alone"
+    return None
+
+
+def row_result(cfg: BenchConfig, n: int, seconds: list[float] | None) -> dict:
+    """One row from the timings of ``cfg.epochs`` epochs over n images (None: skipped)."""
+    row = {"name": cfg.name, "batch_size": cfg.batch_size, "images": n, "epochs": cfg.epochs}
+    if seconds is None:
+        return {**row, "images_per_s": None, "skipped": skipped(cfg)}
     timed_images, median = n * cfg.epochs, statistics.median(seconds)
     return {
-        "name": cfg.name,
-        "batch_size": cfg.batch_size,
-        "images": n,
-        "epochs": cfg.epochs,
+        **row,
         "seconds": seconds,
         "images_per_s": timed_images / median,
         "images_per_s_range": [timed_images / max(seconds), timed_images / min(seconds)],
         "s_per_epoch": EPOCH_IMAGES * median / timed_images,
         "gflops": timed_images * flops_per_image(cfg.sizes) / median / 1e9,
     }
+
+
+def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
+    """One row, as ``gpumlp.bench.time_config``, timed on its own."""
+    work, n = prepare_config(cfg, device, X, y)
+    return row_result(cfg, n, None if work is None else timed(device, work, repeats))
 
 
 def torch_info(device: torch.device) -> dict:

@@ -25,6 +25,7 @@ from gpumlp.bench import (
     process_costs,
     run_bench,
     sgemm_gflops,
+    timed_pair,
 )
 from gpumlp.model import MLP
 from gpumlp.presets import PRESETS
@@ -187,3 +188,28 @@ def test_torch_script_on_a_tiny_configuration(mnist):
     row = bt.add_row(result, bt.time_config(augmented, bt.torch.device("cpu"), X, y, repeats=1))
     assert row["images_per_s"] is None and "augmentation" in row["skipped"]
     assert "skipped" in bt.format_torch(result)
+
+
+def test_timed_pair_alternates_after_one_warm_up_each():
+    calls = []
+    a = (lambda: calls.append("sync a"), lambda: calls.append("a"))
+    b = (lambda: calls.append("sync b"), lambda: calls.append("b"))
+    sa, sb = timed_pair(a, b, 3)
+    assert len(sa) == len(sb) == 3 and all(t >= 0 for t in sa + sb)
+    runs = [c for c in calls if not c.startswith("sync")]
+    assert runs == ["a", "b"] * 4  # warm-ups, then a, b, a, b, …
+    assert calls[:4] == ["a", "sync a", "b", "sync b"]
+
+
+def test_compare_torch_alternates_the_two_frameworks_row_by_row(monkeypatch, capsys, mnist_dir):
+    """scripts/bench.py --compare torch end to end on two small rows: ratios of interleaved timings."""
+    pytest.importorskip("torch")
+    script = load_script("bench")
+    small = (TINY, BenchConfig("tiny-augment", (784, 8, 10), "relu", "ce", 0.1, 32, 200, 1, (("augment", "shift"),)))
+    monkeypatch.setattr(script, "CONFIGS", small)
+    script.main(["--compare", "torch", "--repeats", "2", "--no-extras", "--json", "--data-dir", str(mnist_dir)])
+    out = json.loads(capsys.readouterr().out)
+    g, t = out["gpumlp"]["rows"], out["torch"]["rows"]
+    assert [len(g[0]["seconds"]), len(t[0]["seconds"])] == [2, 2]
+    assert out["comparison"]["rows"][0]["ratio"] == pytest.approx(g[0]["images_per_s"] / t[0]["images_per_s"])
+    assert t[1]["images_per_s"] is None and out["comparison"]["rows"][1]["ratio"] is None
