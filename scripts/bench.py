@@ -5,9 +5,9 @@
     python scripts/bench.py --rows 1-5 --no-extras --json                      # the Rust rows only, as JSON
 
 With ``--compare torch`` each configuration is also timed in PyTorch (scripts/bench_torch.py),
-its runs alternating with gpumlp's (gpumlp, PyTorch, gpumlp, … after one warm-up of each) so both
-see the same load on a shared machine, and the ratio of their median images/s is printed per row
-with its geometric mean over the Rust table's rows.
+its runs alternating with gpumlp's (gpumlp, PyTorch, gpumlp, …, each timed run right after an
+untimed one of the same framework) so both see the same load on a shared machine, and the ratio
+of their median images/s is printed per row with its geometric mean over the Rust table's rows.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def format_comparison(result: dict, torch_result: dict, comp: dict) -> str:
         for k, (g, t, c) in enumerate(zip(result["rows"], torch_result["rows"], comp["rows"]), 1)
     ]  # fmt: skip
     g = comp["geomean_rust_rows"]
-    tail = "each row: gpumlp's and PyTorch's runs alternate (after one warm-up each); ratio of their medians\n"
+    tail = "each row: gpumlp's and PyTorch's runs alternate, each timed run after an untimed one; ratio of medians\n"
     tail += f"geometric mean of gpumlp/PyTorch over the {comp['n_rust_rows']} Rust rows (batch 10): "
     return "\n".join(table(head, body) + [tail + (f"{g:.2f}×" if g else "n/a (none selected)")])
 

@@ -190,15 +190,15 @@ def test_torch_script_on_a_tiny_configuration(mnist):
     assert "skipped" in bt.format_torch(result)
 
 
-def test_timed_pair_alternates_after_one_warm_up_each():
+def test_timed_pair_alternates_each_timed_run_after_a_warm_up():
     calls = []
     a = (lambda: calls.append("sync a"), lambda: calls.append("a"))
     b = (lambda: calls.append("sync b"), lambda: calls.append("b"))
     sa, sb = timed_pair(a, b, 3)
     assert len(sa) == len(sb) == 3 and all(t >= 0 for t in sa + sb)
     runs = [c for c in calls if not c.startswith("sync")]
-    assert runs == ["a", "b"] * 4  # warm-ups, then a, b, a, b, …
-    assert calls[:4] == ["a", "sync a", "b", "sync b"]
+    assert runs == ["a", "a", "b", "b"] * 3  # each timed run after an untimed one of the same work
+    assert calls[:5] == ["a", "sync a", "a", "sync a", "b"]
 
 
 def test_compare_torch_alternates_the_two_frameworks_row_by_row(monkeypatch, capsys, mnist_dir):
