@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from gpumlp.errors import ConfigError
+from gpumlp.model import const
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -105,9 +106,10 @@ class SGD(Optimizer):
     def _update(self, lr: float) -> None:
         # θ ← θ − η g, scaling g in place: a step consumes the gradient (backward rewrites all of
         # it), and no (n_params,) temporary is allocated, about a quarter of a big step's update.
+        xp, eta = self.xp, const(self.xp, self.theta.dtype, lr)  # (see model.const)
         for theta, grad in self._rest:  # all of theta in one span when nothing is fused
-            grad *= lr
-            theta -= grad
+            xp.multiply(grad, eta, out=grad)  # η g
+            xp.subtract(theta, grad, out=theta)  # θ ← θ − η g
 
 
 class Momentum(Optimizer):

@@ -231,6 +231,8 @@ xp.__dict__.update(
     multiply=_binary_out(np.multiply),
     divide=_binary_out(np.divide),
     add=_binary_out(np.add),
+    subtract=_binary_out(np.subtract),
+    greater=_binary_out(np.greater),
     matmul=_matmul,
     gemm=_gemm,
     vdot=_vdot,
