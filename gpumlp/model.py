@@ -18,13 +18,12 @@ skips about 3 µs of dispatch per call, a third of a whole batch-10 training ste
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from gpumlp.backend import Backend, get_backend
+from gpumlp.backend import Backend, const, get_backend
 from gpumlp.errors import ConfigError
 
 N_INPUTS, N_CLASSES = 784, 10
@@ -35,25 +34,6 @@ INITS = ("normal", "lecun", "he", "xavier")
 # ---------------------------------------------------------------- activations
 # Each derivative is written in terms of the activation's *output* A = f(Z), which the forward
 # pass keeps anyway, so backward needs no stored Z.
-
-
-def const(xp, dtype, value):
-    """``value`` for an operation on ``dtype`` arrays of ``xp``: on numpy a 0-d array, made once.
-
-    The hot loop writes ``xp.multiply(Z, const(xp, Z.dtype, 0.5), out=Z)`` where ``Z *= 0.5``
-    would read better: numpy converts a Python number on every operation and dispatches the
-    operator, ~1 µs together, against ~0.6 µs for the whole multiply of a (10, 16) array; a
-    batch-10 step has about twenty such operations. CuPy takes Python numbers as kernel arguments
-    at no cost (and a 0-d array would live on one GPU only), so every other backend gets ``value``.
-    """
-    return _numpy_const(np.dtype(dtype), value) if xp is np else value
-
-
-@functools.lru_cache(maxsize=512)  # a few per dtype, and one per learning rate and last-batch size
-def _numpy_const(dtype: np.dtype, value: float) -> np.ndarray:
-    c = np.zeros((), dtype=dtype)
-    c[...] = value  # stays a 0-d array (arithmetic on one would give a numpy scalar, slower again)
-    return c
 
 
 def sigmoid(xp, Z):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 from gpumlp.errors import ConfigError
-from gpumlp.model import const
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -31,6 +30,7 @@ class Optimizer:
     name = "sgd"
     buffers: tuple[str, ...] = ()  # names of the state buffers, each shaped like theta
     fusable = False  # whether the step of a weight matrix can be one product in backward (SGD)
+    scratch = False  # whether the rule needs a scratch buffer shaped like theta (Adam)
 
     def __init__(self, model, weight_decay: float = 0.0, fuse: bool = False, **hyper):
         self.be, self.xp = model.be, model.be.xp
@@ -40,7 +40,7 @@ class Optimizer:
         self.hyper = {k: float(v) for k, v in hyper.items()}
         self.t = 0  # steps taken
         self.state_buffers = {name: self.xp.zeros_like(self.theta) for name in self.buffers}
-        self._tmp = self.xp.zeros_like(self.theta) if self.buffers else None  # scratch, no per-step allocation
+        self._tmp = self.xp.zeros_like(self.theta) if self.scratch else None  # no per-step allocation
         # With ``fuse``, backward steps the big weight matrices itself (``fused_update``) and
         # ``step`` updates the rest: ``_rest`` holds the (theta, grad) spans between them.
         big = [l for l, W in enumerate(self._W) if W.size >= FUSE_MIN_WEIGHTS]
@@ -59,7 +59,7 @@ class Optimizer:
         if self.weight_decay:
             for l, (W, dW) in enumerate(zip(self._W, self._dW)):
                 if l not in self.fused:  # (a fused layer's decay is in its β)
-                    dW += self.weight_decay * W  # (n_in, n_out)  d/dW ½λ‖W‖² = λW
+                    self.be.axpby(self.weight_decay, W, 1.0, dW)  # (n_in, n_out) dW += λW = d/dW ½λ‖W‖²
         self.t += 1
         self._update(float(lr))
 
@@ -106,10 +106,8 @@ class SGD(Optimizer):
     def _update(self, lr: float) -> None:
         # θ ← θ − η g, scaling g in place: a step consumes the gradient (backward rewrites all of
         # it), and no (n_params,) temporary is allocated, about a quarter of a big step's update.
-        xp, eta = self.xp, const(self.xp, self.theta.dtype, lr)  # (see model.const)
         for theta, grad in self._rest:  # all of theta in one span when nothing is fused
-            xp.multiply(grad, eta, out=grad)  # η g
-            xp.subtract(theta, grad, out=theta)  # θ ← θ − η g
+            self.be.axpby(-lr, grad, 1.0, theta)  # θ ← θ − η g
 
 
 class Momentum(Optimizer):
@@ -119,11 +117,9 @@ class Momentum(Optimizer):
     buffers = ("velocity",)
 
     def _update(self, lr: float) -> None:
-        v, tmp = self.state_buffers["velocity"], self._tmp
-        v *= self.hyper["momentum"]
-        v += self.grad  # v ← μ v + g
-        self.xp.multiply(v, lr, out=tmp)
-        self.theta -= tmp  # θ ← θ − η v
+        v = self.state_buffers["velocity"]
+        self.be.axpby(1.0, self.grad, self.hyper["momentum"], v)  # v ← μ v + g
+        self.be.axpby(-lr, v, 1.0, self.theta)  # θ ← θ − η v
 
 
 class Nesterov(Momentum):
@@ -132,13 +128,10 @@ class Nesterov(Momentum):
     name = "nesterov"
 
     def _update(self, lr: float) -> None:
-        v, tmp, mu, g = self.state_buffers["velocity"], self._tmp, self.hyper["momentum"], self.grad
-        v *= mu
-        v += g  # v ← μ v + g
-        self.xp.multiply(v, mu, out=tmp)
-        g += tmp  # the look-ahead gradient g + μ v, in g's buffer
-        g *= lr
-        self.theta -= g  # θ ← θ − η (g + μ v)
+        v, mu, g, axpby = self.state_buffers["velocity"], self.hyper["momentum"], self.grad, self.be.axpby
+        axpby(1.0, g, mu, v)  # v ← μ v + g
+        axpby(-lr, g, 1.0, self.theta)  # θ ← θ − η (g + μ v), in two passes that need no temporary
+        axpby(-lr * mu, v, 1.0, self.theta)
 
 
 class Adam(Optimizer):
@@ -147,6 +140,7 @@ class Adam(Optimizer):
 
     name = "adam"
     buffers = ("m", "v")
+    scratch = True
 
     def _update(self, lr: float) -> None:
         b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["eps"]

@@ -213,6 +213,15 @@ def _gemm(a, b, c, alpha, beta):
     return c
 
 
+def _axpby(alpha, x, beta, y):
+    """y ← αx + βy: on a GPU elementwise kernels; here the CPU backend's, on the arrays underneath."""
+    _need_device(x, y)
+    from gpumlp.backend import CPU
+
+    CPU.axpby(alpha, x._a, beta, y._a)
+    return y
+
+
 def _synchronize():
     counters.syncs += 1
 
@@ -235,6 +244,7 @@ xp.__dict__.update(
     greater=_binary_out(np.greater),
     matmul=_matmul,
     gemm=_gemm,
+    axpby=_axpby,
     vdot=_vdot,
     stack=lambda arrays: _wrap(np.stack([_unwrap(_need_device(a) or a) for a in arrays])),
     argmax=lambda a, axis=None: (_need_device(a), _wrap(np.argmax(a._a, axis=axis)))[1],

@@ -67,3 +67,37 @@ def test_gemm_declines_what_it_cannot_hand_to_blas():
     if blas.available():
         with pytest.raises(ValueError, match="shapes"):
             blas.gemm(A, B, np.ones((2, 5), np.float32), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 1.0), (-0.1, 1.0), (1.0, 0.9), (-0.05, 0.95)])
+@pytest.mark.parametrize("size", [5, 1 << 18])  # below and above AXPBY_BLAS_MIN: numpy's operators, then BLAS
+@pytest.mark.parametrize("device", ["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_axpby_is_alpha_x_plus_beta_y_in_place(device, size, dtype, alpha, beta):
+    if device == "fake":
+        from fake_device import FAKE as be
+    else:
+        be = get_backend(device)
+    rng = np.random.default_rng(2)
+    x, y0 = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    X, Y = be.asarray(x), be.asarray(y0.copy())
+    assert be.axpby(alpha, X, beta, Y) is Y
+    np.testing.assert_allclose(be.to_numpy(Y), alpha * x.astype(np.float64) + beta * y0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(be.to_numpy(X), x)  # x is left alone
+
+
+def test_axpby_without_numpys_blas_falls_back_to_numpy(monkeypatch):
+    monkeypatch.setattr(blas, "_routines", {})
+    x, y = np.arange(1 << 18, dtype=np.float32), np.ones(1 << 18, np.float32)
+    assert not blas.axpby(2.0, x, 1.0, y.copy())
+    get_backend("cpu").axpby(2.0, x, 0.5, y)
+    np.testing.assert_array_equal(y, 2 * np.arange(1 << 18, dtype=np.float32) + 0.5)
+
+
+def test_axpby_declines_what_it_cannot_hand_to_blas():
+    x, y = np.ones(8, np.float32), np.ones(8, np.float32)
+    assert not blas.axpby(1.0, x[::2], 1.0, y[:4])  # strided
+    assert not blas.axpby(1.0, x.astype(np.float64), 1.0, y)  # mixed dtypes
+    if blas.available():
+        with pytest.raises(ValueError, match="shapes"):
+            blas.axpby(1.0, x, 1.0, np.ones(9, np.float32))
