@@ -144,22 +144,24 @@ class Adam(Optimizer):
 
     def _update(self, lr: float) -> None:
         b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["eps"]
-        m, v, tmp, g, xp = self.state_buffers["m"], self.state_buffers["v"], self._tmp, self.grad, self.xp
-        m *= b1
-        xp.multiply(g, 1 - b1, out=tmp)
-        m += tmp  # m ← β₁ m + (1 − β₁) g
-        v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v += tmp  # v ← β₂ v + (1 − β₂) g²
+        m, v, tmp, g, xp, axpby = (
+            self.state_buffers["m"],
+            self.state_buffers["v"],
+            self._tmp,
+            self.grad,
+            self.xp,
+            self.be.axpby,
+        )
+        axpby(1 - b1, g, b1, m)  # m ← β₁ m + (1 − β₁) g
+        xp.multiply(g, g, out=g)  # g², in g's buffer (a step consumes the gradient)
+        axpby(1 - b2, g, b2, v)  # v ← β₂ v + (1 − β₂) g²
         # The bias corrections folded into two host scalars, so the device does one pass:
         # η m̂ / (√v̂ + ε) = η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε √(1−β₂ᵗ))
         c2 = math.sqrt(1 - b2**self.t)
         xp.sqrt(v, out=tmp)
         tmp += eps * c2
         xp.divide(m, tmp, out=tmp)
-        tmp *= lr * c2 / (1 - b1**self.t)
-        self.theta -= tmp
+        axpby(-lr * c2 / (1 - b1**self.t), tmp, 1.0, self.theta)
 
 
 _CLASSES = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}

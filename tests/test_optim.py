@@ -207,7 +207,7 @@ def test_only_sgd_fuses():
         assert opt.fused_update(0.1) == ({0: (-0.1, 1.0)} if name == "sgd" else {})
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
 def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
     """Long buffers are updated by one BLAS axpby per term, short ones by numpy's operators: the
     same rule either way (784-200-10: 159,010 parameters, above the BLAS threshold)."""
@@ -217,7 +217,8 @@ def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
     for threshold in (1 << 30, 0):  # numpy everywhere, BLAS everywhere
         monkeypatch.setattr("gpumlp.backend.AXPBY_BLAS_MIN", threshold)
         m = MLP((784, 200, 10), "relu", "ce", seed=3)
-        fit(m, X, y, epochs=2, batch_size=20, lr=0.05, seed=1, optimizer=name, weight_decay=1e-3)
+        fit(m, X, y, epochs=2, batch_size=20, lr=0.05 if name != "adam" else 1e-3, seed=1, optimizer=name,
+            weight_decay=1e-3)  # fmt: skip
         thetas.append(m.theta.copy())
     np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-4, atol=1e-6)
     assert not np.array_equal(thetas[0], MLP((784, 200, 10), "relu", "ce", seed=3).theta)
