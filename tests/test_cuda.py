@@ -91,8 +91,12 @@ def test_cpu_train_and_test_never_import_cupy_even_when_installed(tmp_path, mnis
 
 
 @pytest.mark.gpu
-def test_gpu_training_agrees_with_cpu():
-    """Same seed, same batches: after 300 float64 SGD steps the GPU's parameters match the CPU's."""
+@pytest.mark.parametrize("fuse_all", [False, True])
+def test_gpu_training_agrees_with_cpu(fuse_all, monkeypatch):
+    """Same seed, same batches: after 300 float64 SGD steps the GPU's parameters match the CPU's;
+    with ``fuse_all`` every weight matrix takes its step inside backward (cuBLAS gemm with β = 1)."""
+    if fuse_all:
+        monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 0)
     rng = np.random.default_rng(0)
     X, y = rng.random((600, 784)), rng.integers(0, 10, 600)
     thetas = {}
