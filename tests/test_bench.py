@@ -213,3 +213,22 @@ def test_compare_torch_alternates_the_two_frameworks_row_by_row(monkeypatch, cap
     assert [len(g[0]["seconds"]), len(t[0]["seconds"])] == [2, 2]
     assert out["comparison"]["rows"][0]["ratio"] == pytest.approx(g[0]["images_per_s"] / t[0]["images_per_s"])
     assert t[1]["images_per_s"] is None and out["comparison"]["rows"][1]["ratio"] is None
+
+
+def test_gpumlp_bench_command_prints_the_table_and_json(monkeypatch, mnist_dir):
+    """`gpumlp bench` through typer's CliRunner on one tiny row: the table, then --json."""
+    from typer.testing import CliRunner
+
+    import gpumlp.bench
+    from gpumlp import cli
+
+    monkeypatch.setattr(gpumlp.bench, "CONFIGS", (TINY,))
+    args = ["bench", "--no-extras", "--repeats", "1", "--data-dir", str(mnist_dir)]
+    out = CliRunner().invoke(cli.app, args)
+    assert out.exit_code == 0, out.output
+    assert "tiny" in out.output and "sgemm" in out.output and "efficiency" in out.output
+    out = CliRunner().invoke(cli.app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert [r["name"] for r in result["rows"]] == ["tiny"] and result["rows"][0]["images_per_s"] > 0
+    assert result["process"] is None
