@@ -187,13 +187,6 @@ def row_result(cfg: BenchConfig, n: int, seconds: list[float]) -> dict:
     }
 
 
-def time_config(cfg: BenchConfig, be: Backend, X, y, repeats: int) -> dict:
-    """One table row: ``fit`` for ``cfg.epochs`` epochs over the first ``cfg.images`` images, timed
-    ``repeats`` times after a warm-up. X (N, 784) and y (N,) are host arrays."""
-    work, n = prepare_config(cfg, be, X, y)
-    return row_result(cfg, n, timed(be, work, repeats))
-
-
 def machine_info(be: Backend) -> dict:
     """CPU model and cores, Python, numpy and its BLAS, thread settings, load and the device."""
     cpu = "unknown"

@@ -157,7 +157,7 @@ def row_result(cfg: BenchConfig, n: int, seconds: list[float] | None) -> dict:
 
 
 def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
-    """One row, as ``gpumlp.bench.time_config``, timed on its own."""
+    """One row, as a row of ``gpumlp.bench.run_bench``, timed on its own (after one warm-up)."""
     work, n = prepare_config(cfg, device, X, y)
     return row_result(cfg, n, None if work is None else timed(device, work, repeats))
 
