@@ -119,7 +119,7 @@ def const(xp, dtype, value):
     batch-10 step has about twenty such operations. CuPy takes Python numbers as kernel arguments
     at no cost (and a 0-d array would live on one GPU only), so every other backend gets ``value``.
     """
-    return _numpy_const(np.dtype(dtype), value) if xp is np else value
+    return _numpy_const(dtype, value) if xp is np else value  # dtype: an array's .dtype
 
 
 @functools.lru_cache(maxsize=512)  # a few per dtype, and one per learning rate and last-batch size
