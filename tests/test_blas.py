@@ -16,6 +16,15 @@ LAYOUTS = {
 }
 
 
+def backend(device: str):
+    """The backend under test: numpy, the strict fake device (tests/fake_device.py) or CuPy."""
+    if device == "fake":
+        from fake_device import FAKE
+
+        return FAKE
+    return get_backend(device)
+
+
 def numpy_blas_is_openblas() -> bool:
     return "openblas" in np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
 
@@ -32,10 +41,7 @@ def test_numpys_bundled_openblas_is_reached():
 @pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.1, 1.0), (0.5, 0.9), (2.0, -1.0)])
 @pytest.mark.parametrize("device", ["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_gemm_is_alpha_a_b_plus_beta_c_in_place(device, dtype, layout, alpha, beta):
-    if device == "fake":
-        from fake_device import FAKE as be
-    else:
-        be = get_backend(device)
+    be = backend(device)
     rng = np.random.default_rng(0)
     A, B = LAYOUTS[layout](rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype))
     C0 = rng.standard_normal((7, 3)).astype(dtype)
@@ -74,10 +80,7 @@ def test_gemm_declines_what_it_cannot_hand_to_blas():
 @pytest.mark.parametrize("size", [5, 1 << 18])  # below and above AXPBY_BLAS_MIN: numpy's operators, then BLAS
 @pytest.mark.parametrize("device", ["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_axpby_is_alpha_x_plus_beta_y_in_place(device, size, dtype, alpha, beta):
-    if device == "fake":
-        from fake_device import FAKE as be
-    else:
-        be = get_backend(device)
+    be = backend(device)
     rng = np.random.default_rng(2)
     x, y0 = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
     X, Y = be.asarray(x), be.asarray(y0.copy())
