@@ -52,6 +52,32 @@ def test_gemm_is_alpha_a_b_plus_beta_c_in_place(device, dtype, layout, alpha, be
     np.testing.assert_allclose(be.to_numpy(C), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not blas.available(), reason="numpy's BLAS is out of reach here")
+def test_gemm_finds_each_operand_where_it_starts():
+    """Operands as training passes them: views into the middle of a bigger buffer (a batch of a
+    gathered chunk, a layer's W inside theta), read-only ones (a memory-mapped dataset), and a
+    product over k = 0 (C ← βC): each is read at its own address."""
+    rng = np.random.default_rng(3)
+    big = rng.standard_normal((40, 5)).astype(np.float32)
+    A = big[17:24]  # (7, 5), starts 17 rows in
+    theta = rng.standard_normal(100).astype(np.float32)
+    B = theta[31:46].reshape(5, 3)  # (5, 3) at offset 31
+    B.flags.writeable = False
+    C0 = rng.standard_normal((11, 3)).astype(np.float32)
+    C = C0.copy()[4:11]  # C-contiguous view at offset 4 rows
+    C_start = C.copy()
+    assert blas.gemm(A, B, C, -0.5, 2.0)
+    np.testing.assert_allclose(C, 2 * C_start - 0.5 * (A.astype(np.float64) @ B), rtol=1e-5, atol=1e-5)
+    assert blas.gemm(A.T[:0].T, B[:0], C, 1.0, 3.0)  # k = 0: no product, C is scaled
+    np.testing.assert_allclose(C, 3 * (2 * C_start - 0.5 * (A.astype(np.float64) @ B)), rtol=1e-5, atol=1e-5)
+    x = theta[50:60].copy()
+    x.flags.writeable = False
+    y = theta[60:70]
+    y_start = y.copy()
+    assert blas.axpby(2.0, x, 1.0, y)
+    np.testing.assert_allclose(y, y_start + 2 * x, rtol=1e-6)
+
+
 def test_without_numpys_blas_gemm_falls_back_to_numpy(monkeypatch):
     """Another BLAS build: blas.gemm declines and Backend.gemm computes the same with matmul."""
     monkeypatch.setattr(blas, "_routines", {})
