@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,49 @@ def test_gpumlp_bench_command_prints_the_table_and_json(monkeypatch, mnist_dir):
     result = json.loads(out.output)
     assert [r["name"] for r in result["rows"]] == ["tiny"] and result["rows"][0]["images_per_s"] > 0
     assert result["process"] is None
+
+
+def load_products(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it takes parse_rows from scripts/bench.py beside it
+    return load_script("products")
+
+
+def test_products_are_the_flops_the_bench_counts(monkeypatch):
+    """scripts/products.py lists each product of a step; their FLOPs are exactly the bench's
+    per-image count times the batch, and the fused ones are those the optimiser fuses."""
+    products = load_products(monkeypatch)
+    for cfg in CONFIGS:
+        listed = products.step_products(cfg)
+        assert sum(2 * m * k * n for _, m, k, n, _ in listed) == cfg.batch_size * flops_per_image(cfg.sizes)
+        n_layers = len(cfg.sizes) - 1
+        assert len(listed) == 3 * n_layers - 1  # forward and weight gradient per layer, dA but the first
+    rust5 = products.step_products(CONFIGS[4])  # 784-300-100-50-10: only W0 (235,200 weights) is fused
+    assert [(m, k, n) for name, m, k, n, _ in rust5 if name.startswith("forward")][0] == (10, 784, 300)
+    assert [name for name, *_, fused in rust5 if fused] == ["A0ᵀ·dZ into W (SGD step)"]
+    fast = next(c for c in CONFIGS if c.name.startswith("preset fast"))
+    assert not any(fused for *_, fused in products.step_products(fast))  # Nesterov needs dW itself
+
+
+def test_products_script_prints_each_rows_products(monkeypatch, capsys):
+    products = load_products(monkeypatch)
+    products.main(["--rows", "3", "--no-torch", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "3  784-10, batch 10" in out and "torch" not in out  # --no-torch: numpy's column only
+    lines = [line.split() for line in out.splitlines()]
+    listed = [cols for cols in lines if any(re.fullmatch(r"\d+×\d+×\d+", c) for c in cols)]
+    assert [cols[-3] for cols in listed] == ["10×784×10", "784×10×10"]  # forward, then A0ᵀ·dZ
+    assert all(float(cols[-2]) > 0 and float(cols[-1]) > 0 for cols in listed)  # µs, GFLOP/s
+    step = next(cols for cols in lines if cols[:2] == ["all", "products"])
+    assert float(step[-1]) == pytest.approx(sum(float(cols[-2]) for cols in listed), abs=0.11)
+
+
+def test_products_script_times_pytorch_beside_numpy(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    products = load_products(monkeypatch)
+    products.main(["--rows", "3", "--rounds", "1"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    listed = [cols for cols in lines if any(re.fullmatch(r"\d+×\d+×\d+", c) for c in cols)]
+    assert len(listed) == 2
+    for cols in listed:  # numpy µs, GFLOP/s, torch µs, GFLOP/s, numpy ÷ torch time
+        numpy_us, torch_us, ratio = float(cols[-5]), float(cols[-3]), float(cols[-1])
+        assert ratio == pytest.approx(numpy_us / torch_us, rel=0.05, abs=0.01)
