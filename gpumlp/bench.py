@@ -34,7 +34,14 @@ from gpumlp.train import fit
 
 EPOCH_IMAGES = 50_000  # s/epoch is reported for the Rust project's 50000-image epoch
 RUST_ROWS = 5  # the first five configurations are the rows of the Rust README's results table
-ENV_SHOWN = ("GPUMLP_DATA_DIR", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32")
+ENV_SHOWN = (
+    "GPUMLP_DATA_DIR",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "GPUMLP_BLAS",
+    "CUPY_TF32",
+)
 
 
 @dataclass(frozen=True)
@@ -111,16 +118,18 @@ def timed(be: Backend, work: Callable[[], object], repeats: int) -> list[float]:
 
 
 def sgemm_gflops(be: Backend, n: int = 2048, repeats: int = 5) -> float:
-    """Median GFLOP/s of an (n, n) @ (n, n) float32 product on ``be`` (numpy's BLAS, cuBLAS on CUDA)."""
+    """Median GFLOP/s of an (n, n) @ (n, n) float32 product on ``be``, through the function training
+    multiplies with (numpy's BLAS, or Intel MKL where installed; cuBLAS on CUDA)."""
     rng = np.random.default_rng(0)  # drawn on the host, moved once
     A = be.asarray(rng.standard_normal((n, n), dtype=np.float32))  # (n, n) on the device
     B = be.asarray(rng.standard_normal((n, n), dtype=np.float32))  # (n, n)
-    single = min(timed(be, lambda: be.xp.matmul(A, B), 1))
+    matmul = be.matmul_function()
+    single = min(timed(be, lambda: matmul(A, B), 1))
     calls = max(1, int(0.05 / max(single, 1e-9)))  # at least ~50 ms per timing: a GPU product takes < 1 ms
 
     def work():
         for _ in range(calls):
-            be.xp.matmul(A, B)
+            matmul(A, B)
 
     return 2 * n**3 * calls / statistics.median(timed(be, work, repeats)) / 1e9
 
@@ -203,10 +212,14 @@ def machine_info(be: Backend) -> dict:
         "numpy": np.__version__,
         "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
         "blas_config": blas.get("openblas configuration"),
-        "threads_env": {k: os.environ[k] for k in ENV_SHOWN[1:4] if k in os.environ},
+        "threads_env": {k: os.environ[k] for k in ENV_SHOWN[1:5] if k in os.environ},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": be.name + (f" ({be.note})" if be.note else ""),
     }
+    if not be.is_cuda:
+        from gpumlp import blas as gpumlp_blas
+
+        info["training_blas"] = gpumlp_blas.describe()
     if be.is_cuda:
         props = be.xp.cuda.runtime.getDeviceProperties(be.device_id)
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -320,6 +333,7 @@ def format_bench(result: dict) -> str:
         f"cpu {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), Python {m['python']}",
         f"numpy {m['numpy']}, BLAS {m['blas']} ({m['blas_config'] or '?'}), threads env {m['threads_env'] or 'unset'}",
         f"device {m['device']}" + (f" ({m['gpu']}, CuPy {m['cupy']})" if "gpu" in m else ""),
+        *([f"training calls {m['training_blas']}"] if m.get("training_blas") else []),
         f"data {result['data']}",
         f"sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s (median of {result['repeats']})",
         f"each row: median of {result['repeats']} timed gpumlp.fit calls (after 1 warm-up) over its first `images` "

@@ -1,5 +1,6 @@
-"""numpy's own BLAS, for two operations numpy does not expose: C ← α·A·B + β·C and y ← α·x + β·y.
+"""The BLAS under gpumlp's CPU training: numpy's own, or Intel MKL when installed.
 
+Two operations numpy does not expose: C ← α·A·B + β·C and y ← α·x + β·y.
 ``numpy.matmul`` always computes C = A·B into fresh or zeroed memory, but the BLAS routine under
 it (``sgemm``) takes α and β. With β = 1 and α = −η the plain SGD step of a weight matrix,
 W ← W − η·Aᵀ·dZ, is *one* product that never writes the gradient dW at all: for 784-800-10 at
@@ -7,11 +8,21 @@ batch 128 that removes three passes over 2.5 MB (write dW, scale it, subtract it
 step. Likewise ``y += a * x`` is two single-threaded numpy passes and a temporary, where BLAS's
 ``axpby`` is one pass on every core: the optimisers' whole-buffer updates.
 
-numpy's wheels bundle OpenBLAS (64-bit integers, ``scipy_`` symbol prefix); this module finds that
-library, the one numpy already loaded, and calls ``cblas_?gemm`` and ``cblas_?axpby`` in it through
-ctypes, after checking each on a small example against numpy. Where it cannot (another BLAS build,
-a platform we do not know), ``gemm``/``axpby`` answer False and the caller computes the same thing
-with numpy (see ``Backend.gemm`` and ``Backend.axpby``).
+Two libraries can serve them (``GPUMLP_BLAS`` picks: ``auto``, the default, ``mkl`` or ``numpy``):
+
+- **numpy's own.** numpy's wheels bundle OpenBLAS (64-bit integers, ``scipy_`` symbol prefix); this
+  module finds the library numpy already loaded and calls ``cblas_?gemm`` / ``cblas_?axpby`` there.
+  The products of forward and backward stay with ``numpy.matmul``, which calls the same library.
+- **Intel MKL**, from ``pip install 'gpumlp[mkl]'`` (the ``mkl`` wheel's ``libmkl_rt``), taken by
+  ``auto`` when installed. On the dev machine its products are up to 2× faster than OpenBLAS's
+  (a 10×784×300 first layer: 44 against 89 µs; the large networks' 1.1–1.5×: see
+  ``scripts/products.py``), so then every product with m·n·k ≥ ``MKL_MIN_MNK`` goes through it as
+  well (``Backend.matmul``). Smaller ones stay with numpy's matmul: a ctypes call costs ~5 µs, and
+  OpenBLAS runs such products on one thread in ~1–3 µs.
+
+Each routine is checked once on a small example against numpy before it is used. Where neither
+library is reachable (another BLAS build, a platform we do not know), ``gemm``/``axpby`` answer
+False and the caller computes the same thing with numpy (see ``Backend.gemm`` and ``Backend.axpby``).
 """
 
 from __future__ import annotations
@@ -19,13 +30,22 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import sys
+import sysconfig
 
 import numpy as np
 
+from gpumlp.errors import ConfigError
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-_PREFIXES = ("scipy_cblas_", "cblas_")  # with the suffix "64_": ILP64 builds (numpy ≥ 2.0, and 1.2x) only
+# Each library's 64-bit-integer (ILP64) CBLAS entry points, "{}" standing for e.g. "sgemm"
+_NUMPY_SYMBOLS = ("scipy_cblas_{}64_", "cblas_{}64_")  # numpy ≥ 2.0 (and 1.2x) wheels' OpenBLAS
+_MKL_SYMBOLS = ("cblas_{}_64",)  # MKL's ILP64 CBLAS, in libmkl_rt
+CHOICES = ("auto", "mkl", "numpy")
+MKL_MIN_MNK = 1 << 19  # products this big go to MKL: where OpenBLAS, too, starts a second thread
 _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double))
 _routines: dict | None = None  # {(name, dtype): ctypes function}, found on first use
+_name = ""  # which library they are in: "mkl", "numpy" or "" (none)
 
 
 def _library_paths() -> list[str]:
@@ -35,13 +55,24 @@ def _library_paths() -> list[str]:
     return sorted(p for pattern in patterns for p in glob.glob(pattern))
 
 
-def _bind(lib, prefix: str) -> dict:
-    """``{("gemm" | "axpby", dtype): function}`` with ctypes signatures, or {} if a symbol is missing."""
+def _mkl_paths() -> list[str]:
+    """Where the ``mkl`` wheel puts ``libmkl_rt``: the environment's lib/ (Library/bin on Windows),
+    or the user base's for ``pip install --user``."""
+    roots = {sys.prefix, sysconfig.get_paths()["data"], sysconfig.get_config_var("userbase") or ""}
+    patterns = [
+        os.path.join(r, d, n) for r in roots if r for d, n in (("lib", "libmkl_rt.so*"), ("Library/bin", "mkl_rt*.dll"))
+    ]
+    return sorted(p for pattern in patterns for p in glob.glob(pattern))
+
+
+def _bind(lib, symbol: str) -> dict:
+    """``{("gemm" | "axpby", dtype): function}`` with ctypes signatures, or {} if a symbol is missing.
+    ``symbol`` names them: ``symbol.format("sgemm")`` → e.g. ``scipy_cblas_sgemm64_``."""
     i64, vp, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     found = {}
     for dtype, letter, real in _DTYPES:
-        gemm = getattr(lib, f"{prefix}{letter}gemm64_", None)
-        axpby = getattr(lib, f"{prefix}{letter}axpby64_", None)
+        gemm = getattr(lib, symbol.format(f"{letter}gemm"), None)
+        axpby = getattr(lib, symbol.format(f"{letter}axpby"), None)
         if gemm is None or axpby is None:
             return {}
         # order, transA, transB, m, n, k, α, A, lda, B, ldb, β, C, ldc
@@ -52,18 +83,37 @@ def _bind(lib, prefix: str) -> dict:
     return found
 
 
-def _find() -> dict:
-    """The routines of numpy's bundled OpenBLAS, checked on small examples; {} if out of reach."""
-    for path in _library_paths():
+def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
+    """The routines of the first library among ``paths`` that has them and computes them right
+    on small examples; {} if none does."""
+    for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix in _PREFIXES:
-            found = _bind(lib, prefix)
+        for symbol in symbols:
+            found = _bind(lib, symbol)
             if found and _agrees(found):
                 return found
     return {}
+
+
+def _choose() -> tuple[str, dict]:
+    """``(name, routines)`` of the library ``GPUMLP_BLAS`` asks for: ``auto`` takes MKL if it is
+    installed, else numpy's; ``("", {})`` if the one chosen is out of reach."""
+    choice = os.environ.get("GPUMLP_BLAS", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ConfigError(f"GPUMLP_BLAS={choice!r} is not a BLAS gpumlp knows: use {', '.join(CHOICES)} (or unset it)")
+    if choice in ("auto", "mkl"):
+        mkl = _find(_mkl_paths(), _MKL_SYMBOLS)
+        if mkl:
+            return "mkl", mkl
+        if choice == "mkl":
+            raise ConfigError(
+                "GPUMLP_BLAS=mkl but Intel MKL is not installed: pip install 'gpumlp[mkl]' (or unset GPUMLP_BLAS)"
+            )
+    found = _find(_library_paths(), _NUMPY_SYMBOLS)
+    return ("numpy" if found else ""), found
 
 
 def _agrees(routines: dict) -> bool:
@@ -84,9 +134,9 @@ def _agrees(routines: dict) -> bool:
 
 
 def _get() -> dict:
-    global _routines
+    global _routines, _name
     if _routines is None:
-        _routines = _find()
+        _name, _routines = _choose()
     return _routines
 
 
@@ -100,8 +150,31 @@ def _address(M: np.ndarray) -> int:
 
 
 def available() -> bool:
-    """Whether ``gemm`` and ``axpby`` reach numpy's BLAS on this installation."""
+    """Whether ``gemm`` and ``axpby`` reach a BLAS on this installation."""
     return bool(_get())
+
+
+def name() -> str:
+    """The library ``gemm`` and ``axpby`` call: ``"mkl"``, ``"numpy"`` (numpy's own OpenBLAS), or
+    ``""`` when they fall back to numpy operations."""
+    _get()
+    return _name if _routines else ""
+
+
+def describe() -> str:
+    """One line on what gpumlp's CPU training calls, for ``gpumlp devices`` and the benchmark."""
+    return {
+        "mkl": f"Intel MKL (GPUMLP_BLAS={os.environ.get('GPUMLP_BLAS', 'auto')}): products of m·n·k ≥ {MKL_MIN_MNK:,}, "
+        "SGD steps and updates; smaller products numpy.matmul",
+        "numpy": "numpy's own BLAS: numpy.matmul, and SGD steps and updates through its gemm and axpby",
+        "": "numpy.matmul and numpy operations (numpy's BLAS is out of reach for gemm and axpby)",
+    }[name()]
+
+
+def serves_products() -> bool:
+    """Whether the big products of forward and backward should go through ``gemm`` too: when it
+    reaches a faster BLAS than the one under ``numpy.matmul`` (MKL)."""
+    return name() == "mkl"
 
 
 def _operand(M: np.ndarray):
@@ -114,7 +187,7 @@ def _operand(M: np.ndarray):
 
 
 def gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray, alpha: float, beta: float) -> bool:
-    """C ← α·A·B + β·C in place through numpy's BLAS, for A (m, k), B (k, n), C (m, n) of one float
+    """C ← α·A·B + β·C in place through the BLAS, for A (m, k), B (k, n), C (m, n) of one float
     dtype, A and B C- or F-contiguous (a ``.T`` view is fine), C C-contiguous. Returns False, having
     done nothing, when the BLAS is out of reach or the arrays do not qualify."""
     return _gemm(_routines if _routines is not None else _get(), A, B, C, alpha, beta)
@@ -135,7 +208,7 @@ def _gemm(routines: dict, A, B, C, alpha: float, beta: float) -> bool:
 
 
 def axpby(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> bool:
-    """y ← α·x + β·y in place through numpy's BLAS, for x and y C-contiguous arrays of one shape and
+    """y ← α·x + β·y in place through the BLAS, for x and y C-contiguous arrays of one shape and
     float dtype. Returns False, having done nothing, when the BLAS is out of reach or they do not
     qualify."""
     return _axpby(_routines if _routines is not None else _get(), alpha, x, beta, y)

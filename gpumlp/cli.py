@@ -416,16 +416,20 @@ def bench_cli(
 def devices_cli(
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
 ):
-    """numpy and its BLAS, CuPy and CUDA, every GPU, and what --device auto would choose."""
+    """numpy and its BLAS (Intel MKL if installed), CuPy and CUDA, every GPU, and what --device auto would choose."""
     import json
 
     from gpumlp.backend import describe_devices
 
-    d = describe_devices()
+    try:
+        d = describe_devices()
+    except GpumlpError as e:  # GPUMLP_BLAS names no library gpumlp knows
+        raise _fail(str(e)) from None
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
     typer.echo(f"numpy          {d['numpy']} ({d['blas']})")
+    typer.echo(f"cpu training   {d['cpu_blas']}")
     cupy = d["cupy"]
     typer.echo(
         f"cupy           {cupy['version']} (CUDA {cupy.get('cuda_runtime', '?')})"

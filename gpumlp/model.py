@@ -250,6 +250,8 @@ class MLP:
         L = range(self.n_layers)
         self._W, self._b = [self.params[f"W{l}"] for l in L], [self.params[f"b{l}"] for l in L]
         self._dW, self._db = [self.grads[f"dW{l}"] for l in L], [self.grads[f"db{l}"] for l in L]
+        # Every product of forward and backward: xp.matmul, or one that hands the big ones to MKL.
+        self._matmul = self.be.matmul_function()
 
     @property
     def n_layers(self) -> int:
@@ -309,18 +311,18 @@ class MLP:
         """``(As, Hs, Z_L)``. With ``masks`` (inverted dropout, training only: one (n, n_l)
         multiplier per hidden layer, 0 where a unit is dropped and 1/(1−p) where kept), Hs holds
         each hidden layer's output f(Z) and As what the next layer sees, H ⊙ M; without, Hs is As."""
-        xp, W, b, f = self.be.xp, self._W, self._b, self._act.f
+        mm, xp, W, b, f = self._matmul, self.be.xp, self._W, self._b, self._act.f
         As = [X]  # A0: (n, 784)
         Hs = As if masks is None else [X]
         for l in range(self.n_layers - 1):
-            Z = As[l] @ W[l]  # (n, n_{l+1})
+            Z = mm(As[l], W[l])  # (n, n_{l+1}) A{l} @ W{l}
             xp.add(Z, b[l], out=Z)  # + b{l}, in place: one temporary less
             H = f(xp, Z)  # A{l+1} = f(A{l} W{l} + b{l})
             if masks is not None:
                 Hs.append(H)
                 H = H * masks[l]  # (n, n_{l+1}) A{l+1} = H ⊙ M: E[A] = H, as without dropout
             As.append(H)
-        Z = As[-1] @ W[-1]
+        Z = mm(As[-1], W[-1])
         xp.add(Z, b[-1], out=Z)  # (n, 10) output pre-activation Z_L
         As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
         return As, Hs, Z
@@ -337,14 +339,14 @@ class MLP:
         those weight matrices to this pass: W{l} ← β·W{l} + α·A{l}ᵀ dZ, one BLAS product, so their
         dW is never written (it keeps its old value) and their W changes here, after its last use.
         """
-        W, Hs, fused, xp = self._W, As if Hs is None else Hs, fused or {}, self.be.xp
+        mm, W, Hs, fused, xp = self._matmul, self._W, As if Hs is None else Hs, fused or {}, self.be.xp
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
-            dA = dZ @ W[l].T if l > 0 else None  # (n, n_in)  dA{l} = dZ W{l}ᵀ (the input layer needs none)
+            dA = mm(dZ, W[l].T) if l > 0 else None  # (n, n_in)  dA{l} = dZ W{l}ᵀ (the input layer needs none)
             if l in fused:  # SGD: W{l} ← (1 − ηλ) W{l} − η A{l}ᵀ dZ, with (α, β) = (−η, 1 − ηλ)
                 self.be.gemm(As[l].T, dZ, W[l], *fused[l])
             else:
-                xp.matmul(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
+                mm(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
             dZ.sum(axis=0, out=self._db[l])  # (n_out,)     db{l} = Σ_batch dZ
             if l > 0:
                 if masks is not None:

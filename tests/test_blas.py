@@ -7,6 +7,7 @@ import pytest
 
 from gpumlp import blas
 from gpumlp.backend import get_backend
+from gpumlp.errors import ConfigError
 
 LAYOUTS = {
     "A B": lambda A, B: (A, B),
@@ -130,3 +131,121 @@ def test_axpby_declines_what_it_cannot_hand_to_blas():
     if blas.available():
         with pytest.raises(ValueError, match="shapes"):
             blas.axpby(1.0, x, 1.0, np.ones(9, np.float32))
+
+
+# ---------------------------------------------------------------- which BLAS: numpy's own or Intel MKL
+
+
+def mkl_installed() -> bool:
+    return bool(blas._mkl_paths())
+
+
+def use_blas(monkeypatch, choice: str) -> None:
+    """Make gpumlp.blas choose again, as a fresh process with GPUMLP_BLAS=choice would."""
+    monkeypatch.setenv("GPUMLP_BLAS", choice)
+    monkeypatch.setattr(blas, "_routines", None)
+    monkeypatch.setattr(blas, "_name", "")
+
+
+LIBRARIES = [
+    pytest.param("numpy", marks=pytest.mark.skipif(not numpy_blas_is_openblas(), reason="numpy has no OpenBLAS")),
+    pytest.param("mkl", marks=pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")),
+]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_library_computes_gemm_and_axpby(monkeypatch, library, dtype):
+    use_blas(monkeypatch, library)
+    assert blas.name() == library and blas.serves_products() == (library == "mkl")
+    rng = np.random.default_rng(4)
+    for layout in LAYOUTS:
+        A, B = LAYOUTS[layout](rng.standard_normal((9, 6)).astype(dtype), rng.standard_normal((6, 4)).astype(dtype))
+        C0 = rng.standard_normal((9, 4)).astype(dtype)
+        C = C0.copy()
+        if blas.gemm(A, B, C, -0.25, 0.5):
+            np.testing.assert_allclose(C, 0.5 * C0 - 0.25 * (A.astype(np.float64) @ B), rtol=1e-5, atol=1e-5)
+        else:
+            assert layout == "strided A"  # the one layout BLAS cannot take
+    x, y0 = rng.standard_normal(1000).astype(dtype), rng.standard_normal(1000).astype(dtype)
+    y = y0.copy()
+    assert blas.axpby(3.0, x, -1.0, y)
+    np.testing.assert_allclose(y, 3.0 * x.astype(np.float64) - y0, rtol=1e-5, atol=1e-5)
+
+
+def test_gpumlp_blas_picks_the_library(monkeypatch):
+    monkeypatch.setattr(blas, "_mkl_paths", lambda: [])  # as on a machine without the mkl wheel
+    use_blas(monkeypatch, "auto")
+    assert blas.name() == ("numpy" if numpy_blas_is_openblas() else "")
+    assert not blas.serves_products()
+    use_blas(monkeypatch, "NumPy ")  # case and spaces do not matter
+    assert blas.name() == ("numpy" if numpy_blas_is_openblas() else "")
+    use_blas(monkeypatch, "mkl")
+    with pytest.raises(
+        ConfigError, match=r"GPUMLP_BLAS=mkl but Intel MKL is not installed: pip install 'gpumlp\[mkl\]'"
+    ):
+        blas.name()
+    use_blas(monkeypatch, "openblas")
+    with pytest.raises(ConfigError, match="GPUMLP_BLAS='openblas' is not a BLAS gpumlp knows: use auto, mkl, numpy"):
+        blas.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)), 1.0, 0.0)
+
+
+@pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")
+def test_auto_takes_mkl_when_installed(monkeypatch):
+    use_blas(monkeypatch, "auto")
+    assert blas.name() == "mkl" and blas.serves_products()
+    use_blas(monkeypatch, "numpy")
+    assert blas.name() == "numpy" and not blas.serves_products()
+
+
+def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
+    """With a BLAS that serves products (MKL), forward and backward's products of m·n·k ≥
+    MKL_MIN_MNK go through blas.gemm (α = 1, β = 0, into ``out`` when given), smaller ones and
+    any gemm declines through numpy. Checked with a recording gemm, so it runs without MKL."""
+    calls = []
+
+    def recording_gemm(A, B, C, alpha, beta):
+        calls.append((A.shape, B.shape, alpha, beta))
+        np.matmul(A, B, out=C)
+        return True
+
+    monkeypatch.setattr(blas, "serves_products", lambda: True)
+    monkeypatch.setattr(blas, "gemm", recording_gemm)
+    mm = get_backend("cpu").matmul_function()
+    assert mm is not np.matmul
+    rng = np.random.default_rng(5)
+    A, W = rng.random((128, 784), np.float32), rng.random((784, 100), np.float32)  # 10,035,200 ≥ 524,288
+    np.testing.assert_array_equal(mm(A, W), A @ W)
+    out = np.empty((784, 100), np.float32)
+    assert mm(A.T, A[:, :100], out=out) is out  # a weight gradient Aᵀ·dZ into dW
+    np.testing.assert_array_equal(out, A.T @ A[:, :100])
+    assert calls == [((128, 784), (784, 100), 1.0, 0.0), ((784, 128), (128, 100), 1.0, 0.0)]
+    small = rng.random((10, 16), np.float32), rng.random((16, 16), np.float32)
+    np.testing.assert_array_equal(mm(*small), small[0] @ small[1])
+    assert len(calls) == 2  # 10·16·16: numpy's matmul
+    monkeypatch.setattr(blas, "gemm", lambda *args: False)  # e.g. mixed dtypes: numpy computes it
+    np.testing.assert_array_equal(mm(A, W), A @ W)
+
+
+def test_matmul_function_is_plain_matmul_without_mkl(monkeypatch):
+    monkeypatch.setattr(blas, "serves_products", lambda: False)
+    assert get_backend("cpu").matmul_function() is np.matmul  # nothing between numpy and its BLAS
+
+
+@pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")
+def test_training_with_mkl_matches_numpys_blas(monkeypatch):
+    """The same network trained through MKL's products and numpy's: equal up to float32 rounding."""
+    from gpumlp.model import MLP
+    from gpumlp.train import fit
+
+    rng = np.random.default_rng(6)
+    X, y = rng.random((400, 784), np.float32), rng.integers(0, 10, 400)
+    thetas = []
+    for library in ("numpy", "mkl"):
+        use_blas(monkeypatch, library)
+        model = MLP((784, 300, 10), "sigmoid", "mse", seed=1)
+        assert (model._matmul is np.matmul) == (library == "numpy")
+        fit(model, X, y, epochs=2, batch_size=10, lr=1.0, seed=0)
+        thetas.append(model.theta.copy())
+    assert np.abs(thetas[0] - thetas[1]).max() < 1e-4
+    assert not np.array_equal(thetas[0], thetas[1])  # it did go through another library
