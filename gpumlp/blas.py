@@ -98,22 +98,40 @@ def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
     return {}
 
 
-def _choose() -> tuple[str, dict]:
-    """``(name, routines)`` of the library ``GPUMLP_BLAS`` asks for: ``auto`` takes MKL if it is
-    installed, else numpy's; ``("", {})`` if the one chosen is out of reach."""
-    choice = os.environ.get("GPUMLP_BLAS", "auto").strip().lower() or "auto"
+def _choose(choice: str | None = None) -> tuple[str, dict]:
+    """``(name, routines)`` of the library ``choice`` (default: ``GPUMLP_BLAS``) asks for: ``auto``
+    takes MKL if it is installed, else numpy's; ``("", {})`` if the one chosen is out of reach."""
+    choice = (os.environ.get("GPUMLP_BLAS", "auto") if choice is None else choice).strip().lower() or "auto"
     if choice not in CHOICES:
         raise ConfigError(f"GPUMLP_BLAS={choice!r} is not a BLAS gpumlp knows: use {', '.join(CHOICES)} (or unset it)")
     if choice in ("auto", "mkl"):
-        mkl = _find(_mkl_paths(), _MKL_SYMBOLS)
+        mkl = _cached("mkl", lambda: _find(_mkl_paths(), _MKL_SYMBOLS))
         if mkl:
             return "mkl", mkl
         if choice == "mkl":
             raise ConfigError(
                 "GPUMLP_BLAS=mkl but Intel MKL is not installed: pip install 'gpumlp[mkl]' (or unset GPUMLP_BLAS)"
             )
-    found = _find(_library_paths(), _NUMPY_SYMBOLS)
+    found = _cached("numpy", lambda: _find(_library_paths(), _NUMPY_SYMBOLS))
     return ("numpy" if found else ""), found
+
+
+_libraries: dict[str, dict] = {}  # what _find gave for each library: looked for once per process
+
+
+def _cached(library: str, find) -> dict:
+    if library not in _libraries:
+        _libraries[library] = find()
+    return _libraries[library]
+
+
+def select(choice: str) -> str:
+    """From now on call the library ``choice`` ("auto", "mkl" or "numpy") picks, as ``GPUMLP_BLAS``
+    would at start-up, and return its name (see ``name``). For comparing the two in one process
+    (scripts/bench_blas.py); a model keeps the products' function it chose when it was made."""
+    global _routines, _name
+    _name, _routines = _choose(choice)
+    return name()
 
 
 def _agrees(routines: dict) -> bool:

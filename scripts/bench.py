@@ -22,6 +22,11 @@ from pathlib import Path
 from gpumlp.bench import CONFIGS, RUST_ROWS, format_bench, run_bench, table
 
 TORCH_HINT = "pip install torch==2.13.0"
+MKL_NOTE = (
+    "note: gpumlp trained through Intel MKL here, whose OpenMP threads and PyTorch's share this process "
+    "and take turns badly on few cores; for gpumlp/PyTorch ratios run with GPUMLP_BLAS=numpy "
+    "(scripts/bench_blas.py compares the two BLAS)"
+)
 
 
 def parse_rows(spec: str | None) -> list[int]:
@@ -117,6 +122,8 @@ def main(argv=None) -> None:
     print(bt.format_torch(torch_result))
     print()
     print(format_comparison(result, torch_result, comp))
+    if "Intel MKL" in result["machine"].get("training_blas", ""):
+        print(MKL_NOTE)
 
 
 if __name__ == "__main__":

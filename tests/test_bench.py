@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 from conftest import use_fake_device
 
+from gpumlp import blas
 from gpumlp.bench import (
     CONFIGS,
     RUST_ROWS,
@@ -279,3 +281,35 @@ def test_products_script_times_pytorch_beside_numpy(monkeypatch, capsys):
     for cols in listed:  # numpy µs, GFLOP/s, torch µs, GFLOP/s, numpy ÷ torch time
         numpy_us, torch_us, ratio = float(cols[-5]), float(cols[-3]), float(cols[-1])
         assert ratio == pytest.approx(numpy_us / torch_us, rel=0.05, abs=0.01)
+
+
+def test_bench_blas_without_mkl_names_the_install(monkeypatch, mnist_dir):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    script = load_script("bench_blas")
+    monkeypatch.setattr(blas, "_mkl_paths", lambda: [])
+    monkeypatch.setattr(blas, "_libraries", {})
+    monkeypatch.setattr(blas, "_routines", None)
+    with pytest.raises(SystemExit, match=r"pip install 'gpumlp\[mkl\]'"):
+        script.main(["--rows", "3", "--data-dir", str(mnist_dir)])
+
+
+@pytest.mark.skipif(not blas._mkl_paths(), reason="pip install 'gpumlp[mkl]'")
+def test_bench_blas_alternates_the_two_libraries(monkeypatch, mnist_dir, capsys):
+    """scripts/bench_blas.py on a tiny row: each library's model trains through its own library."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    script = load_script("bench_blas")
+    big = BenchConfig("big", (784, 700, 10), "relu", "ce", 0.1, 128, 256)  # 128·784·700: MKL's
+    monkeypatch.setattr(script, "CONFIGS", (TINY, big))
+    seen = []
+    real = blas.select
+    monkeypatch.setattr(blas, "select", lambda choice: seen.append(choice) or real(choice))
+    result = script.compare([0, 1], repeats=2, data_dir=mnist_dir)
+    assert [r["name"] for r in result["rows"]] == ["tiny", "big"]
+    assert all(r["numpy"] > 0 and r["mkl"] > 0 and r["ratio"] > 0 for r in result["rows"])
+    ratios = [r["ratio"] for r in result["rows"]]  # both count as Rust rows: they are rows 1 and 2 here
+    assert result["geomean_rust_rows"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
+    timed = seen[1:-1]  # after the first check, before the restore: per row, the two models, then the runs
+    assert timed[:2] == ["numpy", "mkl"] and timed[2:10] == ["numpy", "numpy", "mkl", "mkl"] * 2
+    assert seen[-1] == os.environ.get("GPUMLP_BLAS", "auto")  # the process's own choice restored
+    out = script.format_compare(result)
+    assert "MKL/numpy's" in out and "geometric mean" in out

@@ -145,6 +145,7 @@ def use_blas(monkeypatch, choice: str) -> None:
     monkeypatch.setenv("GPUMLP_BLAS", choice)
     monkeypatch.setattr(blas, "_routines", None)
     monkeypatch.setattr(blas, "_name", "")
+    monkeypatch.setattr(blas, "_libraries", {})  # and looks for the libraries again
 
 
 LIBRARIES = [
@@ -196,6 +197,15 @@ def test_auto_takes_mkl_when_installed(monkeypatch):
     assert blas.name() == "mkl" and blas.serves_products()
     use_blas(monkeypatch, "numpy")
     assert blas.name() == "numpy" and not blas.serves_products()
+    assert blas.select("mkl") == "mkl" and blas.serves_products()  # switched within the process
+    assert blas.select("numpy") == "numpy" and not blas.serves_products()
+
+
+def test_select_switches_and_checks_the_choice(monkeypatch):
+    use_blas(monkeypatch, "numpy")
+    assert blas.select("numpy") == ("numpy" if numpy_blas_is_openblas() else "")
+    with pytest.raises(ConfigError, match="'blis' is not a BLAS gpumlp knows"):
+        blas.select("blis")
 
 
 def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
@@ -224,7 +234,7 @@ def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
     np.testing.assert_array_equal(mm(*small), small[0] @ small[1])
     assert len(calls) == 2  # 10·16·16: numpy's matmul
     monkeypatch.setattr(blas, "gemm", lambda *args: False)  # e.g. mixed dtypes: numpy computes it
-    np.testing.assert_array_equal(mm(A, W), A @ W)
+    np.testing.assert_array_equal(get_backend("cpu").matmul_function()(A, W), A @ W)
 
 
 def test_matmul_function_is_plain_matmul_without_mkl(monkeypatch):
