@@ -63,11 +63,11 @@ class Backend:
             if blas.serves_products():
 
                 def matmul(A, B, out=None, gemm=blas.gemm, big=blas.MKL_MIN_MNK):
-                    if A.shape[0] * A.shape[1] * B.shape[1] >= big:
+                    if A.shape[0] * A.shape[1] * B.shape[1] >= big and (out is None or not _overlap(out, A, B)):
                         C = np.empty((A.shape[0], B.shape[1]), A.dtype) if out is None else out
                         if gemm(A, B, C, 1.0, 0.0):
                             return C
-                    return np.matmul(A, B, out=out)
+                    return np.matmul(A, B, out=out)  # numpy also copes with an out that overlaps A or B
 
                 return matmul
         return self.xp.matmul
@@ -128,6 +128,11 @@ class Backend:
 
 
 CPU = Backend("cpu", np)
+
+
+def _overlap(out, A, B) -> bool:
+    """Whether ``out`` may share memory with A or B: gemm would overwrite C while still reading them."""
+    return np.may_share_memory(out, A) or np.may_share_memory(out, B)
 
 
 def const(xp, dtype, value):

@@ -212,7 +212,7 @@ def machine_info(be: Backend) -> dict:
         "numpy": np.__version__,
         "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
         "blas_config": blas.get("openblas configuration"),
-        "threads_env": {k: os.environ[k] for k in ENV_SHOWN[1:5] if k in os.environ},
+        "threads_env": {k: os.environ[k] for k in ENV_SHOWN[1:4] if k in os.environ},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": be.name + (f" ({be.note})" if be.note else ""),
     }

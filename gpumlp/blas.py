@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import site
 import sys
 import sysconfig
 
@@ -41,11 +42,17 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # Each library's 64-bit-integer (ILP64) CBLAS entry points, "{}" standing for e.g. "sgemm"
 _NUMPY_SYMBOLS = ("scipy_cblas_{}64_", "cblas_{}64_")  # numpy ≥ 2.0 (and 1.2x) wheels' OpenBLAS
 _MKL_SYMBOLS = ("cblas_{}_64",)  # MKL's ILP64 CBLAS, in libmkl_rt
+# (folder, libmkl_rt, what it loads on its first call with MKL's default Intel threading layer)
+_MKL_LAYOUTS = (
+    ("lib", "libmkl_rt.so*", ("libmkl_core.so*", "libmkl_intel_thread.so*", "libiomp5.so")),
+    ("Library/bin", "mkl_rt*.dll", ("mkl_core*.dll", "mkl_intel_thread*.dll", "libiomp5md.dll")),
+)
 CHOICES = ("auto", "mkl", "numpy")
 MKL_MIN_MNK = 1 << 19  # products this big go to MKL: where OpenBLAS, too, starts a second thread
 _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double))
 _routines: dict | None = None  # {(name, dtype): ctypes function}, found on first use
 _name = ""  # which library they are in: "mkl", "numpy" or "" (none)
+_choice = "auto"  # the GPUMLP_BLAS value (or select's choice) that picked it
 
 
 def _library_paths() -> list[str]:
@@ -56,13 +63,22 @@ def _library_paths() -> list[str]:
 
 
 def _mkl_paths() -> list[str]:
-    """Where the ``mkl`` wheel puts ``libmkl_rt``: the environment's lib/ (Library/bin on Windows),
-    or the user base's for ``pip install --user``."""
-    roots = {sys.prefix, sysconfig.get_paths()["data"], sysconfig.get_config_var("userbase") or ""}
-    patterns = [
-        os.path.join(r, d, n) for r in roots if r for d, n in (("lib", "libmkl_rt.so*"), ("Library/bin", "mkl_rt*.dll"))
-    ]
-    return sorted(p for pattern in patterns for p in glob.glob(pattern))
+    """``libmkl_rt`` where the ``mkl`` wheel puts it, the environment's own first: its lib/ (Library/bin
+    on Windows), then the user base's for ``pip install --user`` when user site-packages are on.
+    Only a complete install counts: libmkl_rt loads MKL's other libraries on its first call, and one
+    missing there ends the process (MKL's "FATAL ERROR: Cannot load libmkl_core", or the loader's
+    "undefined symbol: omp_get_num_procs" without Intel OpenMP) instead of raising anything."""
+    roots = [sys.prefix, sysconfig.get_paths()["data"]]
+    if site.ENABLE_USER_SITE and sysconfig.get_config_var("userbase"):
+        roots.append(sysconfig.get_config_var("userbase"))
+    found = []
+    for root in dict.fromkeys(roots):  # in order, each once
+        for folder, rt, needed in _MKL_LAYOUTS:
+            for path in sorted(glob.glob(os.path.join(root, folder, rt))):
+                here = os.path.dirname(path)
+                if all(glob.glob(os.path.join(here, n)) for n in needed) and path not in found:
+                    found.append(path)
+    return found
 
 
 def _bind(lib, symbol: str) -> dict:
@@ -101,18 +117,22 @@ def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
 def _choose(choice: str | None = None) -> tuple[str, dict]:
     """``(name, routines)`` of the library ``choice`` (default: ``GPUMLP_BLAS``) asks for: ``auto``
     takes MKL if it is installed, else numpy's; ``("", {})`` if the one chosen is out of reach."""
+    global _choice
     choice = (os.environ.get("GPUMLP_BLAS", "auto") if choice is None else choice).strip().lower() or "auto"
     if choice not in CHOICES:
         raise ConfigError(f"GPUMLP_BLAS={choice!r} is not a BLAS gpumlp knows: use {', '.join(CHOICES)} (or unset it)")
     if choice in ("auto", "mkl"):
         mkl = _cached("mkl", lambda: _find(_mkl_paths(), _MKL_SYMBOLS))
         if mkl:
+            _choice = choice
             return "mkl", mkl
         if choice == "mkl":
             raise ConfigError(
-                "GPUMLP_BLAS=mkl but Intel MKL is not installed: pip install 'gpumlp[mkl]' (or unset GPUMLP_BLAS)"
+                "GPUMLP_BLAS=mkl but Intel MKL is not installed, or incomplete: pip install 'gpumlp[mkl]' "
+                "(or unset GPUMLP_BLAS)"
             )
     found = _cached("numpy", lambda: _find(_library_paths(), _NUMPY_SYMBOLS))
+    _choice = choice
     return ("numpy" if found else ""), found
 
 
@@ -125,10 +145,12 @@ def _cached(library: str, find) -> dict:
     return _libraries[library]
 
 
-def select(choice: str) -> str:
-    """From now on call the library ``choice`` ("auto", "mkl" or "numpy") picks, as ``GPUMLP_BLAS``
-    would at start-up, and return its name (see ``name``). For comparing the two in one process
-    (scripts/bench_blas.py); a model keeps the products' function it chose when it was made."""
+def select(choice: str | None = None) -> str:
+    """From now on call the library ``choice`` ("auto", "mkl" or "numpy"; None: ``GPUMLP_BLAS``'s)
+    picks, and return its name (see ``name``). For comparing the two in one process
+    (scripts/bench_blas.py). A model made under MKL keeps MKL's product function, whose big
+    products then go through whichever library is selected; one made under numpy's BLAS keeps
+    ``numpy.matmul``."""
     global _routines, _name
     _name, _routines = _choose(choice)
     return name()
@@ -182,7 +204,7 @@ def name() -> str:
 def describe() -> str:
     """One line on what gpumlp's CPU training calls, for ``gpumlp devices`` and the benchmark."""
     return {
-        "mkl": f"Intel MKL (GPUMLP_BLAS={os.environ.get('GPUMLP_BLAS', 'auto')}): products of m·n·k ≥ {MKL_MIN_MNK:,}, "
+        "mkl": f"Intel MKL (GPUMLP_BLAS={_choice}): products of m·n·k ≥ {MKL_MIN_MNK:,}, "
         "SGD steps and updates; smaller products numpy.matmul",
         "numpy": "numpy's own BLAS: numpy.matmul, and SGD steps and updates through its gemm and axpby",
         "": "numpy.matmul and numpy operations (numpy's BLAS is out of reach for gemm and axpby)",

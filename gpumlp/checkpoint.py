@@ -100,10 +100,6 @@ def build_metadata(model: MLP, **extra) -> dict:
     if model.be.is_cuda:
         meta["versions"]["cupy"] = model.be.xp.__version__
         meta["cupy_tf32"] = os.environ.get("CUPY_TF32")  # left as the user set it; TF32 changes float32 matmuls
-    elif model.be.xp is np:
-        from gpumlp import blas
-
-        meta["blas"] = blas.name() or "none"  # "numpy" (its own BLAS) or "mkl": they round differently
     meta.update(extra)
     return meta
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import checkpoint
+from gpumlp import blas, checkpoint
 from gpumlp.augment import Augmenter
 from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-exported for callers)
     DEFAULT_RECIPE,
@@ -397,12 +397,15 @@ def run(
         f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}"
     )
 
+    # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
+    trained_with = {"blas": blas.name() or "none"} if model.be.xp is np else {}
+
     def write(test_accuracy=None):
         if path is not None:
             checkpoint.save(
                 path, model, state.arrays, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
                 train_state=state.to_dict(), optimizer=state.optimizer, mnist_sha256=MNIST_FILES,
-                test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0,
+                test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0, **trained_with,
             )  # fmt: skip
 
     metrics = None if path is None else metrics_path(path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 
@@ -31,6 +30,7 @@ from gpumlp.errors import GpumlpError
 def compare(indices: list[int], repeats: int = 5, data_dir=None) -> dict:
     """``{"command", "rows": [{name, batch_size, numpy, mkl, ratio}, …], "geomean_rust_rows"}``,
     images/s of each library per row; raises GpumlpError without MKL."""
+    blas.name()  # GPUMLP_BLAS, checked before anything runs (it is restored at the end)
     blas.select("mkl")  # fails with the install command when MKL is missing
     configs = [CONFIGS[i] for i in indices]
     X, y, source = bench_data(data_dir, max(c.images for c in configs))
@@ -49,7 +49,7 @@ def compare(indices: list[int], repeats: int = 5, data_dir=None) -> dict:
                  "ratio": statistics.median(numpy_s) / statistics.median(mkl_s)}
             )  # fmt: skip
     finally:
-        blas.select(os.environ.get("GPUMLP_BLAS", "auto"))  # what this process would use otherwise
+        blas.select()  # what GPUMLP_BLAS picks, as before
     rust = [r["ratio"] for r in rows if r["rust_row"]]
     return {
         "command": command_line(),

@@ -28,6 +28,7 @@ import time
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
+from gpumlp import blas
 from gpumlp.backend import CPU
 from gpumlp.bench import CONFIGS
 from gpumlp.model import MLP
@@ -95,6 +96,7 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
     if with_torch and importlib.util.find_spec("torch") is not None:
         import torch
     rng = np.random.default_rng(0)
+    blas.select("numpy")  # the numpy column is numpy's own BLAS, also where Intel MKL is installed
     products = {r: step_products(CONFIGS[r - 1]) for r in rows}
     # The two libraries take turns, row by row, `rounds` times, half a second apart, and each
     # product's median counts: each library's idle worker threads spin for a while after a call
@@ -114,8 +116,8 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
                 time.sleep(0.5)
     numpy_s = {r: [statistics.median(v) for v in numpy_s[r]] for r in rows}
     torch_s = {r: [statistics.median(v) for v in torch_s[r]] for r in rows} if torch is not None else {}
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    lines = [f"numpy {np.__version__}, BLAS {blas['name']} {blas.get('version', '')}"]
+    built = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    lines = [f"numpy {np.__version__}, BLAS {built['name']} {built.get('version', '')}"]
     if torch is not None:
         lines[0] += (
             f"; PyTorch {torch.__version__}, {torch.get_num_threads()} threads, MKL {torch.backends.mkl.is_available()}"
@@ -136,6 +138,7 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
         if torch is not None:
             total += f" {'':8} {sum(torch_s[r]) * 1e6:9.1f} {'':8} {sum(numpy_s[r]) / sum(torch_s[r]):17.2f}"
         lines.append(total)
+    blas.select()  # back to what GPUMLP_BLAS picks for this process
     return "\n".join(lines)
 
 

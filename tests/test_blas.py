@@ -183,7 +183,7 @@ def test_gpumlp_blas_picks_the_library(monkeypatch):
     assert blas.name() == ("numpy" if numpy_blas_is_openblas() else "")
     use_blas(monkeypatch, "mkl")
     with pytest.raises(
-        ConfigError, match=r"GPUMLP_BLAS=mkl but Intel MKL is not installed: pip install 'gpumlp\[mkl\]'"
+        ConfigError, match=r"GPUMLP_BLAS=mkl but Intel MKL is not installed, or incomplete: pip install 'gpumlp\[mkl\]'"
     ):
         blas.name()
     use_blas(monkeypatch, "openblas")
@@ -233,6 +233,10 @@ def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
     small = rng.random((10, 16), np.float32), rng.random((16, 16), np.float32)
     np.testing.assert_array_equal(mm(*small), small[0] @ small[1])
     assert len(calls) == 2  # 10·16·16: numpy's matmul
+    aliased = rng.random((784, 784), np.float32)
+    expected = aliased @ aliased[:, :100]
+    np.testing.assert_allclose(mm(aliased, aliased[:, :100].copy(), out=aliased[:, :100]), expected, rtol=1e-5)
+    assert len(calls) == 2  # out overlaps an input: numpy's matmul, which copes, not gemm, which would not
     monkeypatch.setattr(blas, "gemm", lambda *args: False)  # e.g. mixed dtypes: numpy computes it
     np.testing.assert_array_equal(get_backend("cpu").matmul_function()(A, W), A @ W)
 
@@ -259,3 +263,25 @@ def test_training_with_mkl_matches_numpys_blas(monkeypatch):
         thetas.append(model.theta.copy())
     assert np.abs(thetas[0] - thetas[1]).max() < 1e-4
     assert not np.array_equal(thetas[0], thetas[1])  # it did go through another library
+
+
+def test_only_a_complete_mkl_counts(monkeypatch, tmp_path):
+    """libmkl_rt loads MKL's other libraries on its first call and ends the process when one is
+    missing, so a folder with libmkl_rt but not its core, threading layer and Intel OpenMP is skipped
+    (the files are only looked at here, never loaded)."""
+    import site
+    import sys
+    import sysconfig
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {"data": str(tmp_path)})
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)
+    (lib / "libmkl_rt.so.3").touch()
+    assert blas._mkl_paths() == []
+    (lib / "libmkl_core.so.3").touch()
+    (lib / "libmkl_intel_thread.so.3").touch()
+    assert blas._mkl_paths() == []  # no Intel OpenMP (pip install mkl --no-deps)
+    (lib / "libiomp5.so").touch()
+    assert blas._mkl_paths() == [str(lib / "libmkl_rt.so.3")]

@@ -154,3 +154,12 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, mnist_dir):
     with pytest.raises(GpumlpError, match="diverged in epoch 1 .* nothing saved"):
         run(cfg, mnist_dir, tmp_path / "x.npz", log=quiet)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_training_run_records_the_blas_it_trained_through(tmp_path, mnist_dir, monkeypatch):
+    from gpumlp import blas
+
+    monkeypatch.setenv("GPUMLP_BLAS", "numpy")  # numpy's own, as a fresh process with this setting
+    monkeypatch.setattr(blas, "_routines", None)
+    run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
+    assert checkpoint.read_metadata(tmp_path / "m.npz")["blas"] == (blas.name() or "none") == "numpy"
