@@ -53,6 +53,7 @@ _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "
 _routines: dict | None = None  # {(name, dtype): ctypes function}, found on first use
 _name = ""  # which library they are in: "mkl", "numpy" or "" (none)
 _choice = "auto"  # the GPUMLP_BLAS value (or select's choice) that picked it
+_libraries: dict[str, dict] = {}  # what _find gave for each library: looked for once per process
 
 
 def _library_paths() -> list[str]:
@@ -121,10 +122,10 @@ def _choose(choice: str | None = None) -> tuple[str, dict]:
     choice = (os.environ.get("GPUMLP_BLAS", "auto") if choice is None else choice).strip().lower() or "auto"
     if choice not in CHOICES:
         raise ConfigError(f"GPUMLP_BLAS={choice!r} is not a BLAS gpumlp knows: use {', '.join(CHOICES)} (or unset it)")
+    _choice = choice
     if choice in ("auto", "mkl"):
         mkl = _cached("mkl", lambda: _find(_mkl_paths(), _MKL_SYMBOLS))
         if mkl:
-            _choice = choice
             return "mkl", mkl
         if choice == "mkl":
             raise ConfigError(
@@ -132,11 +133,7 @@ def _choose(choice: str | None = None) -> tuple[str, dict]:
                 "(or unset GPUMLP_BLAS)"
             )
     found = _cached("numpy", lambda: _find(_library_paths(), _NUMPY_SYMBOLS))
-    _choice = choice
     return ("numpy" if found else ""), found
-
-
-_libraries: dict[str, dict] = {}  # what _find gave for each library: looked for once per process
 
 
 def _cached(library: str, find) -> dict:
@@ -174,9 +171,8 @@ def _agrees(routines: dict) -> bool:
 
 
 def _get() -> dict:
-    global _routines, _name
     if _routines is None:
-        _name, _routines = _choose()
+        select()  # GPUMLP_BLAS's choice, on first use
     return _routines
 
 
