@@ -9,9 +9,47 @@ import numpy as np
 import pytest
 
 from gpumlp.backend import get_backend
-from gpumlp.errors import BackendUnavailable
+from gpumlp.data import default_cache_dir, locate_mnist
+from gpumlp.errors import BackendUnavailable, GpumlpError
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "mnist"
+DATA_FIXTURES = {"mnist_dir", "mnist"}  # the fixtures that need the real MNIST files
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--data-dir",
+        default=None,
+        help="Folder with the MNIST files (as gpumlp's --data-dir); else $GPUMLP_DATA_DIR, else gpumlp's cache folder.",
+    )
+
+
+def pytest_configure(config):
+    # Where the user's data is, read before _private_cache points XDG_CACHE_HOME at a temporary folder.
+    # Relative paths are resolved once, here: some tests change the working directory.
+    given = config.getoption("--data-dir") or os.environ.get("GPUMLP_DATA_DIR")
+    config._gpumlp_data_dir = Path(given).expanduser().resolve() if given else None
+    config._gpumlp_user_cache = default_cache_dir()
+    config._gpumlp_mnist = None
+
+
+def _find_mnist(config) -> Path:
+    """The folder holding the four MNIST files: --data-dir, else $GPUMLP_DATA_DIR, else gpumlp's
+    cache folder (~/.cache/gpumlp/mnist) — downloaded there once, through gpumlp's verified
+    download, when missing. Without data and without network, one message ends the session."""
+    folder = config._gpumlp_data_dir or config._gpumlp_user_cache
+    try:
+        paths = locate_mnist(folder, download=True)
+    except GpumlpError as e:
+        pytest.exit(
+            f"gpumlp's tests need the MNIST files and could not get them: {e}. Put the four MNIST files "
+            f"(.gz or raw IDX) in {config._gpumlp_user_cache}, or pass --data-dir DIR / set GPUMLP_DATA_DIR.",
+            returncode=3,
+        )
+    found = {p.parent for p in paths.values()}
+    if len(found) != 1:  # e.g. some files in --data-dir, others in the cache: tests expect one folder
+        folders = ", ".join(map(str, sorted(found)))
+        pytest.exit(f"the MNIST files are split between {folders}: put all four in one folder", returncode=3)
+    return found.pop()
 
 
 def _cuda_reason() -> str | None:
@@ -24,6 +62,10 @@ def _cuda_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
+    if any(DATA_FIXTURES & set(getattr(item, "fixturenames", ())) for item in items):
+        config._gpumlp_mnist = _find_mnist(config)
+        # gpumlp itself (CLI runs, subprocesses) finds the same folder, whatever the working directory
+        os.environ["GPUMLP_DATA_DIR"] = str(config._gpumlp_mnist)
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
@@ -66,12 +108,9 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The real MNIST folder from $GPUMLP_DATA_DIR (CI sets it to ../shared/mnist)."""
-    d = os.environ.get("GPUMLP_DATA_DIR")
-    if not d:
-        pytest.fail("GPUMLP_DATA_DIR is not set: point it at the MNIST folder (e.g. ../shared/mnist)")
-    return Path(d)
+def mnist_dir(request) -> Path:
+    """The real MNIST folder, found the way ``gpumlp`` finds it (see ``_find_mnist``), absolute."""
+    return request.config._gpumlp_mnist
 
 
 @pytest.fixture(scope="session")

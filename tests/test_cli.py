@@ -278,9 +278,12 @@ def test_bad_mnist_files_are_one_line_exit_2(tmp_path, mnist_dir, monkeypatch, c
 
 
 def test_shell_completion_is_available():
+    # typer detects the user's shell from the process tree, which under pytest is python; its own
+    # switch for tests makes --show-completion take the shell's name instead
+    env = {**__import__("os").environ, "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "gpumlp"), "--show-completion", "bash"],
-        capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "SHELL": "/bin/bash"},
+        capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "_gpumlp_completion" in out.stdout and "complete" in out.stdout

@@ -1,9 +1,9 @@
 """Tests for gpumlp.data: IDX parsing, conversion, splits, locating, downloading, real MNIST.
 
 Every file these tests read is written by the tests themselves, except in the real-MNIST tests,
-which read the folder named by ``$GPUMLP_DATA_DIR`` (CI sets it). Downloads go only to an HTTP
-server on 127.0.0.1 that the tests start; ``$XDG_CACHE_HOME`` points into ``tmp_path`` for every
-test, so the real cache is never read or written.
+which read the folder conftest.py finds as gpumlp does (--data-dir, $GPUMLP_DATA_DIR, the cache).
+Downloads go only to an HTTP server on 127.0.0.1 that the tests start; ``$XDG_CACHE_HOME`` points
+into ``tmp_path`` for every test, so the real cache is never read or written.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import pytest
 
 from gpumlp import data
 from gpumlp.errors import ConfigError, DataError
-
-REAL_DATA_DIR = os.environ.get("GPUMLP_DATA_DIR")  # read before the autouse fixture clears it
 
 
 @pytest.fixture(autouse=True)
@@ -613,11 +611,9 @@ def test_download_protocol_errors_fall_through_to_next_mirror(server, tmp_path, 
 
 
 @pytest.fixture
-def real_dir() -> str:
-    """The real MNIST folder; like the rest of the suite, a missing GPUMLP_DATA_DIR is a failure."""
-    if not REAL_DATA_DIR:
-        pytest.fail("GPUMLP_DATA_DIR is not set: point it at the MNIST folder (e.g. ../shared/mnist)")
-    return REAL_DATA_DIR
+def real_dir(mnist_dir) -> str:
+    """The real MNIST folder, found by conftest.py the way gpumlp finds it."""
+    return str(mnist_dir)
 
 
 def test_load_mnist_real(monkeypatch, real_dir):
