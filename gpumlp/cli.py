@@ -67,7 +67,7 @@ def train_cli(
         str | None,
         typer.Option(
             help="seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy "
-            "in 15 min on 2 cores): a bundle of the options here; options you give override it.",
+            "in 10–11 min on 2 cores): a bundle of the options here; options you give override it.",
             rich_help_panel="Recipe",
         ),
     ] = None,

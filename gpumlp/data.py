@@ -302,8 +302,8 @@ def check_pair(X: np.ndarray, y: np.ndarray, what: str) -> None:
 
 
 def split(X_train, y_train, X_test, y_test, train_size: int, val_size: int, test_size: int):
-    """The Rust project's splits: training images from the start of the training file, validation
-    images right after them (never overlapping), test images from the start of the test file."""
+    """Training images from the start of the training file, validation images right after them
+    (never overlapping), test images from the start of the test file."""
     if train_size + val_size > len(X_train):
         raise ConfigError(
             f"--train-size {train_size} + --val-size {val_size} = {train_size + val_size} exceeds "

@@ -1,7 +1,7 @@
 """A PNG grid of augmented MNIST digits: the originals, then one row per kind of augmentation.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/augment_samples.py              # docs/augment.png
-    python scripts/augment_samples.py out.png --count 12 --seed 3 --data-dir ../shared/mnist
+    python scripts/augment_samples.py              # docs/augment.png
+    python scripts/augment_samples.py out.png --count 12 --seed 3 --data-dir ~/mnist
 
 Default strengths (gpumlp.augment.AugmentConfig); each row draws its own random transforms.
 """

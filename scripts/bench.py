@@ -1,7 +1,7 @@
 """Training speed of gpumlp over its benchmark matrix (gpumlp/bench.py), optionally beside PyTorch.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench.py                    # the table
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench.py --compare torch    # and PyTorch, row by row
+    python scripts/bench.py                    # the table
+    python scripts/bench.py --compare torch    # and PyTorch, row by row
     python scripts/bench.py --rows 1-5 --no-extras --json                      # the Rust rows only, as JSON
 
 With ``--compare torch`` each configuration is also timed in PyTorch (scripts/bench_torch.py),

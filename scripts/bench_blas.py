@@ -1,7 +1,7 @@
 """gpumlp's training speed through numpy's own BLAS and through Intel MKL, side by side.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench_blas.py              # every row
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench_blas.py --rows 5-9
+    python scripts/bench_blas.py              # every row
+    python scripts/bench_blas.py --rows 5-9
 
 Needs ``pip install 'gpumlp[mkl]'``. Each row of ``gpumlp bench`` is trained by two models made in
 this one process, one while numpy's BLAS is selected (``gpumlp.blas.select``; products through

@@ -1,6 +1,6 @@
 """The configurations of ``gpumlp.bench`` trained with PyTorch, timed the same way, for comparison.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/bench_torch.py            # CPU, and CUDA when present
+    python scripts/bench_torch.py            # CPU, and CUDA when present
     python scripts/bench_torch.py --device cpu --json
 
 Same architectures, losses (½‖σ(z) − y‖² per image for mse, softmax cross-entropy for ce, both

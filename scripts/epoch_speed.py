@@ -1,6 +1,6 @@
 """Images/s of one training epoch of a network on real MNIST, epoch by epoch, and their median.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/epoch_speed.py            # reference network
+    python scripts/epoch_speed.py            # reference network
     python scripts/epoch_speed.py --layers 784,100,10 --batch-size 128 --epochs 5 --device cuda
 
 Training only (no validation); each epoch is timed with the device synchronised (see fit).

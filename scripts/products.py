@@ -101,7 +101,7 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
     # The two libraries take turns, row by row, `rounds` times, half a second apart, and each
     # product's median counts: each library's idle worker threads spin for a while after a call
     # (OpenBLAS's up to ~0.1 s) and take a core from the other's next product (alternating product
-    # by product measured PyTorch 2-4× slower than alone), and this shared machine's speed drifts
+    # by product measured PyTorch 2-4× slower than alone), and a shared machine's speed drifts
     # over tens of seconds, which one pass of each after the other would read as a difference.
     numpy_s = {r: [[] for _ in products[r]] for r in rows}
     torch_s = {r: [[] for _ in products[r]] for r in rows}

@@ -1,4 +1,4 @@
-"""Reproduce the project's results table on this machine: the Rust rows, then each preset over seeds.
+"""Reproduce the results table on the machine it runs on: the Rust rows, then each preset over seeds.
 
 What it runs, in order:
 
@@ -20,10 +20,10 @@ How long: on this project's 2-core CPU the Rust rows take ~15 s, ``seed`` and ``
 a minute per seed, and ``best`` about 15 minutes per seed, so the default run (3 seeds) takes
 about 50 minutes. Progress goes to stderr; stdout carries only the markdown.
 
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/reproduce.py --json docs/results.json --out docs/results.md
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/reproduce.py --presets fast --seeds 0 --no-rust-rows
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/reproduce.py --device cuda --save-dir checkpoints/reproduce
-    GPUMLP_DATA_DIR=../shared/mnist python scripts/reproduce.py --smoke     # seconds; checks the script only
+    python scripts/reproduce.py --json docs/results.json --out docs/results.md
+    python scripts/reproduce.py --presets fast --seeds 0 --no-rust-rows
+    python scripts/reproduce.py --device cuda --save-dir checkpoints/reproduce
+    python scripts/reproduce.py --smoke     # seconds; checks the script only
 
 ``--smoke`` shrinks every run (2000 training images, 1 epoch, a small ``best`` network, tiny Rust
 rows) so the whole script finishes in seconds; its output is labelled "SMOKE RUN: not results".

@@ -6,8 +6,8 @@ configurations (no validation set, so the timed part is training only), tests ea
 ``--test-size`` images and on the first 1000 of them (the Rust comparison), and prints the
 accuracy, the training time, the throughput and the speed-up over the Rust times.
 
-    GPUMLP_DATA_DIR=/work/shared/mnist python scripts/rust_rows.py --markdown
-    GPUMLP_DATA_DIR=/work/shared/mnist python scripts/rust_rows.py --markdown --init normal
+    python scripts/rust_rows.py --markdown
+    python scripts/rust_rows.py --markdown --init normal
 
 ``--init normal`` draws weights and biases from N(0, 1) as the Rust project did; the default is
 gpumlp's choice for sigmoid (Xavier/Glorot normal, zero biases).
