@@ -27,7 +27,7 @@ _EXPORTS = {
     "AugmentConfig": "gpumlp.augment",
     "Augmenter": "gpumlp.augment",
     "make_optimizer": "gpumlp.optim",
-    "evaluate": "gpumlp.train",
+    "evaluate": "gpumlp.evaluation",
     "fit": "gpumlp.train",
     "run": "gpumlp.train",
 }

@@ -1,7 +1,7 @@
 """The full test report of a trained network: accuracy, per-class scores, confusion matrix and the
 most confident mistakes, as a JSON-able dict and as plain text.
 
-The forward pass runs on the model's device in chunks, like ``train.evaluate``; each chunk sends
+The forward pass runs on the model's device in chunks (``evaluation.outputs``); each chunk sends
 back only its predicted labels and their confidences (one transfer per chunk, never per image).
 Everything else is counted on the host from those two vectors.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpumlp import train
 from gpumlp.errors import ConfigError
+from gpumlp.evaluation import outputs
 from gpumlp.model import MLP, N_CLASSES
 
 CONFIDENCE = {"ce": "softmax probability", "mse": "sigmoid output"}
@@ -22,10 +22,8 @@ def predictions(model: MLP, X) -> tuple[np.ndarray, np.ndarray]:
     (n, 784) on the host or the device. A confidence is the output activation of the predicted
     class: the softmax probability for ``ce``, the sigmoid output for ``mse``."""
     be, xp = model.be, model.be.xp
-    X = be.asarray(X)
     preds, confs = [], []
-    for start in range(0, X.shape[0], train.EVAL_CHUNK):
-        P = model.predict_proba(X[start : start + train.EVAL_CHUNK, :])  # (chunk, 10) on the device
+    for P, _, _ in outputs(model, X):  # P (chunk, 10) on the device
         pred = xp.argmax(P, axis=1)  # (chunk,) exactly what model.predict and evaluate use
         # Labels 0–9 are exact in any float dtype, so both vectors travel in one array: one
         # device → host transfer per chunk (a sync point).
@@ -65,7 +63,7 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10) -> dict:
     """Everything about ``model`` on images X (n, 784) in [0, 1] (host or device) and host labels
     y (n,), as a JSON-able dict:
 
-    - ``n``, ``correct``, ``accuracy`` (correct / n, exactly what ``train.evaluate`` returns);
+    - ``n``, ``correct``, ``accuracy`` (correct / n, exactly what ``evaluation.evaluate`` returns);
     - ``classes``: per digit 0–9, ``precision``, ``recall``, ``f1`` and ``support`` (images of that
       digit); a score whose denominator is 0 (a digit never predicted, or absent) is 0;
     - ``macro``: the unweighted means of precision, recall and F1 over all 10 digits;
@@ -93,7 +91,7 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10) -> dict:
     return {
         "n": len(y),
         "correct": correct,
-        "accuracy": correct / max(len(y), 1),  # the same division as train.evaluate
+        "accuracy": correct / max(len(y), 1),  # the same division as evaluation.evaluate
         "classes": classes,
         "macro": {k: float(np.mean([c[k] for c in classes])) for k in ("precision", "recall", "f1")},
         "confusion": cm.tolist(),

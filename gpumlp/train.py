@@ -32,11 +32,11 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 )
 from gpumlp.data import MNIST_FILES, load_mnist, split
 from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
 from gpumlp.model import DTYPES, MLP
 from gpumlp.optim import Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.rng import DeviceRNG
-
-EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
+from gpumlp.stopping import EarlyStopping, Rollback, TrainingDiverged
 
 
 @dataclass
@@ -96,46 +96,6 @@ def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
     return rng
 
 
-def evaluate(model: MLP, X, y) -> float:
-    """Accuracy in [0, 1] of ``model`` on images X (n, 784) and labels y (n,), host or device.
-
-    Counts correct answers on the device and reads one number back (a sync point).
-    """
-    be, xp = model.be, model.be.xp
-    X, y = be.asarray(X), be.asarray(y)
-    correct = xp.zeros((), dtype=xp.int64)
-    for start in range(0, X.shape[0], EVAL_CHUNK):
-        pred = model.predict(X[start : start + EVAL_CHUNK, :])  # (chunk,) on the device
-        correct += (pred == y[start : start + EVAL_CHUNK]).sum()
-    return int(be.to_numpy(correct)) / max(X.shape[0], 1)
-
-
-def evaluate_loss(model: MLP, X, y) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` of ``model`` on images X (n, 784) and labels y (n,), host or device.
-
-    Both are summed on the device and read back together: one transfer (a sync point).
-    """
-    be, xp = model.be, model.be.xp
-    X, y = be.asarray(X), be.asarray(y)
-    loss, correct = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.float64)
-    for start in range(0, X.shape[0], EVAL_CHUNK):
-        yc = y[start : start + EVAL_CHUNK]
-        total, A = model.loss_sum(model.inputs(X[start : start + EVAL_CHUNK, :]), model.one_hot(yc))
-        loss = loss + total
-        correct = correct + (xp.argmax(A, axis=1) == yc).sum()
-    loss_sum, n_correct = be.to_numpy(xp.stack([loss, correct]))
-    n = max(X.shape[0], 1)
-    return float(loss_sum) / n, float(n_correct) / n
-
-
-class TrainingDiverged(GpumlpError):
-    """NaN or Inf in an epoch's loss or parameters; the model is back at the last finite epoch."""
-
-    def __init__(self, epoch: int, loss: float, lr: float):
-        super().__init__(f"training diverged in epoch {epoch} (loss {loss}): try a lower --lr than {lr}")
-        self.epoch = epoch
-
-
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
 def fit(
     model: MLP,
@@ -191,9 +151,13 @@ def fit(
     rng = shuffle_rng(seed, state.rng_state)
     opt = make_optimizer(r["optimizer"], model, momentum=r["momentum"], beta1=r["beta1"], beta2=r["beta2"],
                          eps=r["eps"], weight_decay=r["weight_decay"], fuse=True)  # fmt: skip
-    best_theta = _continue(model, opt, state, r["patience"])
+    if state.epochs_done and state.optimizer is not None:  # a resumed run: the optimiser's buffers
+        prefix = "optimizer."
+        buffers = {k[len(prefix) :]: v for k, v in state.arrays.items() if k.startswith(prefix)}
+        opt.load_state(state.optimizer, buffers)
+    stopping = EarlyStopping(model, state, r["patience"], r["monitor"]) if r["patience"] else None
     step = _make_step(model, opt, r, seed)
-    last_complete = _Snapshot(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
+    last_complete = Rollback(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
@@ -206,8 +170,7 @@ def fit(
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
             loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
-            if not (np.isfinite(loss_sum) and np.isfinite(param_sum)):
-                raise TrainingDiverged(epoch, float(loss_sum) / n, lr_e)
+            Rollback.check_finite(loss_sum, param_sum, epoch, n, lr_e)
             train_loss = float(loss_sum) / n
             train_seconds = time.perf_counter() - t0  # synchronised by the read above
             val_loss, val_acc = evaluate_loss(model, X_val, y_val) if has_val else (None, None)
@@ -222,65 +185,18 @@ def fit(
         )
         state.epochs_done, state.rng_state, state.weights_epoch = epoch, rng.bit_generator.state, epoch
         state.history.append(stats)
-        if r["patience"]:
-            score = val_acc if r["monitor"] == "accuracy" else -val_loss  # higher is better
-            if state.best_score is None or score > state.best_score:
-                state.best_epoch, state.best_score = epoch, score
-                best_theta[...] = model.theta  # device → device
-            elif epoch - state.best_epoch >= r["patience"]:
-                state.stopped_epoch = epoch
+        stop = stopping.update(epoch, val_acc, val_loss) if stopping is not None else False
         state.optimizer, buffers = opt.state()
         state.arrays = {f"optimizer.{k}": v for k, v in buffers.items()}
-        if best_theta is not None and state.best_epoch != epoch:  # else it is the model itself
-            state.arrays["best_theta"] = best_theta
+        if stopping is not None:
+            state.arrays.update(stopping.state_arrays())
         if on_epoch is not None:
             on_epoch(stats)
-        if state.stopped_epoch:
+        if stop:
             break
-    if best_theta is not None and state.best_epoch is not None and state.best_epoch != state.epochs_done:
-        # End on the best epoch's weights; keep the last epoch's for an exact resume.
-        state.arrays.pop("best_theta", None)  # the model holds them now
-        state.arrays["last_theta"] = model.theta.copy()
-        model.theta[...] = best_theta
-        state.weights_epoch = state.best_epoch
+    if stopping is not None:
+        stopping.finish()
     return state.history
-
-
-def _continue(model: MLP, opt: Optimizer, state: TrainState, patience: int):
-    """Load a resumed run's optimiser state and early-stopping weights onto the device; returns
-    the device buffer that tracks the best epoch's weights (None without early stopping)."""
-    be, arrays = model.be, state.arrays
-    if state.epochs_done and state.optimizer is not None:
-        prefix = "optimizer."
-        opt.load_state(state.optimizer, {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
-    if not patience:
-        return None
-    best = model.theta.copy()
-    if "last_theta" in arrays:  # the model holds the best epoch's weights; training goes on from the last's
-        model.theta[...] = be.asarray(arrays["last_theta"], dtype=model.theta.dtype)
-    elif "best_theta" in arrays:
-        best[...] = be.asarray(arrays["best_theta"], dtype=model.theta.dtype)
-    return best
-
-
-class _Snapshot:
-    """Device copies of the parameters and optimiser state at the end of the last complete epoch."""
-
-    def __init__(self, model: MLP, opt: Optimizer):
-        self.opt = opt
-        self.live = [model.theta, *opt.state_buffers.values()]
-        self.copies = [a.copy() for a in self.live]
-        self.t = opt.t
-
-    def take(self) -> None:
-        for copy, live in zip(self.copies, self.live):
-            copy[...] = live
-        self.t = self.opt.t
-
-    def restore(self) -> None:
-        for copy, live in zip(self.copies, self.live):
-            live[...] = copy
-        self.opt.t = self.t
 
 
 GATHER_IMAGES = 8192  # images gathered at once by _train_epoch

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fake_device import FAKE, counters
 
-from gpumlp import report, train
+from gpumlp import evaluation, report
 from gpumlp.checkpoint import load
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
@@ -99,7 +99,7 @@ def test_one_device_to_host_transfer_per_chunk_never_per_image(monkeypatch):
     X, y = rigged_data()
     model = rigged("ce", FAKE)  # the strict fake device: a stray host/device mix would raise
     whole = report.test_report(model, X, y)
-    monkeypatch.setattr(train, "EVAL_CHUNK", 3)  # 10 images → chunks of 3, 3, 3, 1
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK", 3)  # 10 images → chunks of 3, 3, 3, 1
     counters.reset()
     chunked = report.test_report(model, X, y)
     assert counters.to_host == 4

@@ -1,0 +1,89 @@
+"""The small state machines the training loop calls after each epoch: early stopping, and the
+rollback to the last complete epoch when one diverges or is interrupted.
+
+Both keep their copies of the weights on the device (device → device copies, no sync).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpumlp.errors import GpumlpError
+
+
+class TrainingDiverged(GpumlpError):
+    """NaN or Inf in an epoch's loss or parameters; the model is back at the last finite epoch."""
+
+    def __init__(self, epoch: int, loss: float, lr: float):
+        super().__init__(f"training diverged in epoch {epoch} (loss {loss}): try a lower --lr than {lr}")
+        self.epoch = epoch
+
+
+class Rollback:
+    """Device copies of the parameters and optimiser state at the end of the last complete epoch:
+    ``take`` after each epoch, ``restore`` when an epoch diverges or is interrupted."""
+
+    def __init__(self, model, opt):
+        self.opt = opt
+        self.live = [model.theta, *opt.state_buffers.values()]
+        self.copies = [a.copy() for a in self.live]
+        self.t = opt.t
+
+    def take(self) -> None:
+        for copy, live in zip(self.copies, self.live):
+            copy[...] = live
+        self.t = self.opt.t
+
+    def restore(self) -> None:
+        for copy, live in zip(self.copies, self.live):
+            live[...] = copy
+        self.opt.t = self.t
+
+    @staticmethod
+    def check_finite(loss_sum: float, param_sum: float, epoch: int, n: int, lr: float) -> None:
+        """Raise ``TrainingDiverged`` when the epoch's summed loss or the parameters' sum (host
+        numbers, read once per epoch) is NaN or Inf."""
+        if not (np.isfinite(loss_sum) and np.isfinite(param_sum)):
+            raise TrainingDiverged(epoch, float(loss_sum) / n, lr)
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a better validation score, and end on the best
+    epoch's weights. Its record (best epoch and score, the epoch it stopped after, the epoch whose
+    weights the model holds) lives in the run's ``TrainState``, so a checkpoint resumes it exactly.
+
+    ``best`` is a device copy of the best epoch's parameters (n_params,)."""
+
+    def __init__(self, model, state, patience: int, monitor: str):
+        self.model, self.state, self.patience, self.monitor = model, state, patience, monitor
+        be, arrays = model.be, state.arrays
+        self.best = model.theta.copy()
+        if "last_theta" in arrays:  # the model holds the best epoch's weights; training goes on from the last's
+            model.theta[...] = be.asarray(arrays["last_theta"], dtype=model.theta.dtype)
+        elif "best_theta" in arrays:
+            self.best[...] = be.asarray(arrays["best_theta"], dtype=model.theta.dtype)
+
+    def update(self, epoch: int, val_accuracy: float, val_loss: float) -> bool:
+        """Record epoch ``epoch``'s validation score; True when training should stop now."""
+        s = self.state
+        score = val_accuracy if self.monitor == "accuracy" else -val_loss  # higher is better
+        if s.best_score is None or score > s.best_score:
+            s.best_epoch, s.best_score = epoch, score
+            self.best[...] = self.model.theta  # device → device
+        elif epoch - s.best_epoch >= self.patience:
+            s.stopped_epoch = epoch
+        return bool(s.stopped_epoch)
+
+    def state_arrays(self) -> dict:
+        """What a checkpoint must hold beyond the parameters to resume: the best weights, unless
+        they are the model's own (the last epoch was the best)."""
+        return {} if self.state.best_epoch == self.state.epochs_done else {"best_theta": self.best}
+
+    def finish(self) -> None:
+        """End on the best epoch's weights, keeping the last epoch's for an exact resume."""
+        s = self.state
+        if s.best_epoch is not None and s.best_epoch != s.epochs_done:
+            s.arrays.pop("best_theta", None)  # the model holds them now
+            s.arrays["last_theta"] = self.model.theta.copy()
+            self.model.theta[...] = self.best
+            s.weights_epoch = s.best_epoch
