@@ -3,63 +3,90 @@ its checks, the options a resumed run must keep, and the one-line summary runs p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
-
-from gpumlp.augment import AugmentConfig, parse_kinds
 from gpumlp.errors import ConfigError
-from gpumlp.model import DTYPES, parse_sizes
-from gpumlp.optim import OPTIMIZERS, SCHEDULES
+
+# numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
+# builds the train command's options from TrainConfig and should not wait for numpy.
+
+
+def option(default, help: str, panel: str | None = None, **cli):
+    """A ``TrainConfig`` field: its default, and the help text and panel of its ``gpumlp train``
+    option, declared here once (``cli.py`` builds the command's options from these fields).
+    ``cli`` may hold ``name`` (the option's name when it differs from the field's), ``flags``
+    (extra short flags) and ``cli_type``/``cli_default`` (what the command line types, e.g. "784,16,16,10")."""
+    return field(default=default, metadata={"help": help, "panel": panel, **cli})
+
+
+RECIPE_PANEL, AUGMENT_PANEL = "Recipe", "Augmentation"
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the Rust project's reference row."""
 
-    sizes: tuple[int, ...] = (784, 16, 16, 10)  # layer sizes: 784 inputs … 10 classes
-    activation: str = "sigmoid"  # hidden layers: sigmoid, relu or tanh
-    loss: str = "mse"  # mse: sigmoid outputs + ½‖a−y‖²; ce: softmax + cross-entropy
-    init: str | None = None  # normal, lecun, he, xavier; None: the activation's default
-    epochs: int = 30  # passes over the training images
-    batch_size: int = 10  # images per step (mean loss over the batch)
-    lr: float = 3.0  # learning rate η (the peak, with a schedule)
-    train_size: int = 50_000  # images from the start of the training file
-    val_size: int = 10_000  # images right after them, for validation after each epoch
-    test_size: int = 10_000  # images from the start of the test file, read once at the end
-    seed: int = 0  # initial weights, epoch permutations, dropout masks and augmentation
-    dtype: str = "float32"  # float32 or float64
-    device: str = "cpu"  # auto, cpu, cuda or cuda:N
+    sizes: tuple[int, ...] = option(
+        (784, 16, 16, 10), "Layer sizes, 784 inputs first and 10 classes last, e.g. 784,100,10 or '784 100 10'.",
+        name="layers", cli_type=str, cli_default="784,16,16,10",
+    )  # fmt: skip
+    activation: str = option("sigmoid", "Hidden activation: sigmoid, relu or tanh.")
+    loss: str = option("mse", "mse (sigmoid outputs, ½‖a−y‖²) or ce (softmax, cross-entropy).")
+    init: str | None = option(
+        None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu."
+    )
+    epochs: int = option(30, "Passes over the training images.")
+    batch_size: int = option(10, "Images per step; the loss is their mean.")
+    lr: float = option(3.0, "Learning rate η (the peak, with a schedule).")
+    train_size: int = option(50_000, "Training images, from the start of the training file.")
+    val_size: int = option(10_000, "Validation images, right after the training images (0: none).")
+    test_size: int = option(10_000, "Test images, from the start of the test file (0: no test).")
+    seed: int = option(0, "Seed of the initial weights, the batch order, dropout masks and distortions.")
+    dtype: str = option("float32", "float32 or float64.")
+    device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))
     # -- the update rule
-    optimizer: str = "sgd"  # sgd, momentum, nesterov or adam
-    momentum: float = 0.9  # μ of momentum and nesterov
-    beta1: float = 0.9  # Adam's decay of the first moment
-    beta2: float = 0.999  # Adam's decay of the second moment
-    eps: float = 1e-8  # Adam's ε
+    optimizer: str = option("sgd", "sgd, momentum, nesterov or adam.", RECIPE_PANEL)
+    momentum: float = option(0.9, "μ of momentum and nesterov.", RECIPE_PANEL)
+    beta1: float = option(0.9, "Adam's β₁ (decay of the first moment).", RECIPE_PANEL)
+    beta2: float = option(0.999, "Adam's β₂ (decay of the second moment).", RECIPE_PANEL)
+    eps: float = option(1e-8, "Adam's ε.", RECIPE_PANEL)
     # -- regularisation
-    weight_decay: float = 0.0  # L2: the loss gains ½λΣ‖W‖² (weights, not biases)
-    dropout: float = 0.0  # probability of dropping each hidden unit in training (inverted dropout)
-    max_norm: float = 0.0  # cap on each unit's incoming weight-vector norm after every step; 0: off
+    weight_decay: float = option(0.0, "L2 penalty λ: the loss gains ½λΣ‖W‖² (weights only).", RECIPE_PANEL)
+    dropout: float = option(0.0, "Probability of dropping each hidden unit while training.", RECIPE_PANEL)
+    max_norm: float = option(0.0, "Cap on each unit's incoming weight norm after every step (0: off).", RECIPE_PANEL)
     # -- learning-rate schedule, per epoch
-    schedule: str = "constant"  # constant, step (×gamma every step_size epochs) or cosine (to 0)
-    warmup: int = 0  # epochs of linear warm-up before the schedule starts
-    step_size: int = 10  # epochs between the step schedule's decays
-    gamma: float = 0.1  # the step schedule's decay factor
+    schedule: str = option("constant", "Learning rate per epoch: constant, step or cosine (to 0).", RECIPE_PANEL)
+    warmup: int = option(0, "Epochs of linear lr warm-up first.", RECIPE_PANEL)
+    step_size: int = option(10, "step schedule: epochs per decay.", RECIPE_PANEL)
+    gamma: float = option(0.1, "step schedule: the decay factor.", RECIPE_PANEL)
     # -- early stopping
-    patience: int = 0  # stop after this many epochs without a better validation score; 0: off
-    monitor: str = "accuracy"  # the validation score early stopping watches: accuracy or loss
+    patience: int = option(
+        0, "Early stopping: stop after K epochs without a better validation score and keep the best epoch's "
+        "weights (0: off).", RECIPE_PANEL,
+    )  # fmt: skip
+    monitor: str = option("accuracy", "What early stopping watches: accuracy or loss.", RECIPE_PANEL)
     # -- augmentation of training batches (never of validation or test images)
-    augment: str = "none"  # none, shift, affine, elastic, or a comma list such as affine,elastic
-    shift: float = 2.0  # max translation, pixels
-    rotate: float = 10.0  # max rotation, degrees
-    scale: float = 0.1  # max relative scaling
-    shear: float = 0.1  # max shear
-    elastic_alpha: float = 34.0  # elastic displacement intensity, pixels (Simard et al. 2003)
-    elastic_sigma: float = 4.0  # elastic smoothness, pixels
-    preset: str | None = None  # the preset these options started from, for the record
+    augment: str = option(
+        "none",
+        "Distort training digits: none, shift, affine, elastic, or a list such as affine,elastic.",
+        AUGMENT_PANEL,
+    )
+    shift: float = option(2.0, "Max translation, pixels.", AUGMENT_PANEL)
+    rotate: float = option(10.0, "Max rotation, degrees.", AUGMENT_PANEL)
+    scale: float = option(0.1, "Max relative scaling.", AUGMENT_PANEL)
+    shear: float = option(0.1, "Max shear.", AUGMENT_PANEL)
+    elastic_alpha: float = option(34.0, "Elastic distortion intensity, pixels (Simard et al. 2003).", AUGMENT_PANEL)
+    elastic_sigma: float = option(4.0, "Elastic distortion smoothness, pixels.", AUGMENT_PANEL)
+    preset: str | None = option(
+        None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
+        "10–11 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
+    )  # fmt: skip
 
     def __post_init__(self):
+        from gpumlp.model import DTYPES, parse_sizes
+
         self.sizes = parse_sizes(self.sizes)
         self._check_recipe()
         for name in ("epochs", "batch_size", "train_size"):
@@ -68,7 +95,7 @@ class TrainConfig:
         for name in ("val_size", "test_size", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
-        if not np.isfinite(self.lr) or self.lr <= 0:
+        if not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive finite number, e.g. 3.0 (got {self.lr})")
         if self.batch_size > self.train_size:
             raise ConfigError(
@@ -79,6 +106,9 @@ class TrainConfig:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
     def _check_recipe(self):
+        from gpumlp.augment import parse_kinds
+        from gpumlp.optim import OPTIMIZERS, SCHEDULES
+
         for name, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("monitor", MONITORS)):
             if getattr(self, name) not in options:
                 raise ConfigError(f"unknown --{name} {getattr(self, name)!r}: choose one of {', '.join(options)}")
@@ -114,19 +144,19 @@ class TrainConfig:
 
 MONITORS = ("accuracy", "loss")
 PATIENCE_NEEDS_VAL = "--patience needs validation images: give --val-size above 0, or --patience 0"
-# TrainConfig fields that fit() takes as its recipe.
-RECIPE = (
-    "optimizer", "momentum", "beta1", "beta2", "eps", "weight_decay", "dropout", "max_norm", "schedule",
-    "warmup", "step_size", "gamma", "patience", "monitor", "augment", "shift", "rotate", "scale", "shear",
-    "elastic_alpha", "elastic_sigma",
-)  # fmt: skip
+# TrainConfig fields that fit() takes as its recipe: the options of the recipe and augmentation panels.
+RECIPE = tuple(
+    f.name for f in fields(TrainConfig) if f.metadata["panel"] in (RECIPE_PANEL, AUGMENT_PANEL) and f.name != "preset"
+)
 
 
 DEFAULT_RECIPE = {k: TrainConfig.__dataclass_fields__[k].default for k in RECIPE}
 
 
-def augment_config(r: dict) -> AugmentConfig:
+def augment_config(r: dict):
     """The augmentation options of a recipe (``TrainConfig.recipe()``) as an ``AugmentConfig``."""
+    from gpumlp.augment import AugmentConfig, parse_kinds
+
     kinds = () if r["augment"] == "none" else parse_kinds(r["augment"])
     return AugmentConfig(kinds, r["shift"], r["rotate"], r["scale"], r["shear"], r["elastic_alpha"], r["elastic_sigma"])
 
