@@ -131,13 +131,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{d:>{len(head)}}" + "".join(f"{v:>{width}}" for v in row))
 
     mistakes = report["mistakes"]
-    lines.append("")
-    if not mistakes:
-        lines.append("no mistakes")
-    else:
-        what = "most confident mistake" if len(mistakes) == 1 else f"{len(mistakes)} most confident mistakes"
-        lines.append(f"{what} (confidence: {report['confidence']})")
-        lines.append(f"{'index':>6}  {'true':>4}  {'predicted':>9}  {'confidence':>10}")
-        for e in mistakes:
-            lines.append(f"{e['index']:>6}  {e['true']:>4}  {e['predicted']:>9}  {100 * e['confidence']:>9.2f}%")
+    if not mistakes:  # none asked for (--mistakes 0), or none made: the counts above say which
+        return "\n".join(lines + (["", "no mistakes"] if n == correct else []))
+    what = "most confident mistake" if len(mistakes) == 1 else f"{len(mistakes)} most confident mistakes"
+    lines += ["", f"{what} (confidence: {report['confidence']})"]
+    lines.append(f"{'index':>6}  {'true':>4}  {'predicted':>9}  {'confidence':>10}")
+    for e in mistakes:
+        lines.append(f"{e['index']:>6}  {e['true']:>4}  {e['predicted']:>9}  {100 * e['confidence']:>9.2f}%")
     return "\n".join(lines)

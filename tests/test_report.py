@@ -181,3 +181,10 @@ def test_shipped_network_on_real_mnist(mnist):
     assert all(y_test[m["index"]] == m["true"] != m["predicted"] for m in r["mistakes"])
     assert 0.97 < r["macro"]["f1"] < 0.99
     json.dumps(r, allow_nan=False)
+
+
+def test_mistakes_0_lists_none_and_never_claims_there_were_none():
+    X, y = rigged_data()
+    text = report.format_report(report.test_report(rigged("ce"), X, y, n_mistakes=0))
+    assert "no mistakes" not in text and "most confident" not in text and "4 wrong" in text
+    assert text.endswith(text.splitlines()[-1]) and not text.endswith("\n")
