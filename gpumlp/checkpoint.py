@@ -37,16 +37,15 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+def _atomic_write(path: Path, write, what: str = "a checkpoint", fix: str = "choose another --save path") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
+    ``what`` and ``fix`` word the error when the folder cannot take a file (other writers: export)."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot write a checkpoint in {folder}: {e.strerror or e}; choose another --save path"
-        ) from None
+        raise CheckpointError(f"cannot write {what} in {folder}: {e.strerror or e}; {fix}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -383,6 +383,58 @@ def devices_cli(
     typer.echo(f"--device auto  {d['auto']}")
 
 
+@app.command("export")
+def export_cli(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen .json.")
+    ],
+    target: Annotated[Path, typer.Argument(help="The .onnx file to write.")],
+):
+    """Write the network as an ONNX graph: raw pixels 0–255 in, the ten probabilities of gpumlp predict out."""
+    from gpumlp.export import export
+
+    try:
+        model, path = export(checkpoint, target)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"{checkpoint} → {path} (ONNX): {model}; input 'pixels' (batch, 784) 0–255, output 'probabilities'")
+
+
+@app.command("serve")
+def serve_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+):
+    """A page to draw digits on and watch the network's answer, and its HTTP API (POST /api/predict)."""
+    from gpumlp.serve import serve
+
+    try:
+        serve(checkpoint, host, port, on_ready=lambda message: typer.echo(message, err=True))
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:  # uvicorn has already shut down cleanly, then re-raised Ctrl-C
+        typer.echo("stopped", err=True)
+
+
+@app.command("show")
+def show_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("weights.png"),
+    units: Annotated[int, typer.Option(help="How many first-layer units to draw (at most 100).")] = 100,
+):
+    """The first layer's weights as 28×28 images: what each hidden unit looks for (needs matplotlib)."""
+    from gpumlp.checkpoint import load
+    from gpumlp.plot import plot_weights
+
+    try:
+        model, _ = load(checkpoint)
+        path = plot_weights(model, out, units)
+    except GpumlpError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"saved {path}")
+
+
 def main() -> None:
     """Entry point: run the app, turning option errors into one line and exit code 2."""
     args = sys.argv[1:] or ["--help"]

@@ -19,3 +19,7 @@ class DataError(GpumlpError):
 
 class CheckpointError(GpumlpError):
     """A checkpoint cannot be read or written."""
+
+
+class ExportError(GpumlpError):
+    """A network cannot be written in another format (ONNX), or its package is missing."""

@@ -197,3 +197,31 @@ def plot_mistakes(report: dict, X: np.ndarray, out: Path, cols: int = 5) -> Path
         what = "the most confident mistake" if len(mistakes) == 1 else f"the {len(mistakes)} most confident mistakes"
         fig.suptitle(f"{what} ({conf} of the predicted digit)")
     return _save(fig, out)
+
+
+# ---------------------------------------------------------------- what the first layer looks for
+
+
+def plot_weights(model, out: Path, units: int = 100, title: str | None = None) -> Path:
+    """The first layer's weights W0 (784, n_1) as a grid of 28×28 images, one per unit (the first
+    ``units``, at most 100), saved as a PNG at ``out``. Each image has its own symmetric colour
+    scale: red where a bright pixel excites the unit, blue where it inhibits it, white for 0."""
+    if not 1 <= units <= 100:
+        raise GpumlpError(f"--units must be between 1 and 100 (got {units})")
+    W0 = np.asarray(model.be.to_numpy(model.params["W0"]), dtype=np.float64)  # (784, n_1) device → host
+    if W0.shape[0] != 784:
+        raise GpumlpError(f"the first layer takes {W0.shape[0]} inputs, not 28×28 = 784 pixels")
+    n = min(units, W0.shape[1])
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = _new_figure(max(1.0 * cols, 4.5), 1.0 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, gridspec_kw={"wspace": 0.04, "hspace": 0.04})).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for j, ax in enumerate(axes[:n]):
+        w = W0[:, j].reshape(28, 28)
+        limit = max(float(np.abs(w).max()), 1e-12)
+        ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    shown = f"the first {n} of {W0.shape[1]} units" if n < W0.shape[1] else f"all {n} units"
+    fig.suptitle(title or f"first-layer weights of {'-'.join(map(str, model.sizes))}: {shown} (red +, blue −)")
+    return _save(fig, out)

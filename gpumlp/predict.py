@@ -4,7 +4,7 @@ MNIST's digits were size-normalised to fit a 20×20 box (keeping the aspect rati
 and placed in a 28×28 field so that their centre of mass sits at the centre. ``to_mnist`` does
 the same to any photo or drawing, so a network trained on MNIST sees what it was trained on:
 
-    load_image(path)   file → (h, w) grey levels in [0, 1] on the host (needs Pillow)
+    load_image(path)   file or its bytes → (h, w) grey levels in [0, 1] on the host (needs Pillow)
     to_mnist(gray)     (h, w) → (784,) bright ink on black, 20×20 box, centre of mass at (14, 14)
     predict_images     [(784,), …] → one batched forward pass → digit, top 3, probabilities
 
@@ -13,6 +13,7 @@ Everything here runs on the host with numpy; only ``predict_images`` touches the
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -36,20 +37,29 @@ def _pillow():
     return Image, ImageOps
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> np.ndarray:
     """A PNG, JPEG, BMP, … of any size → (h, w) float64 grey levels in [0, 1] (host), 1 = white.
 
-    Transparent pixels are composited onto white, as a viewer shows them; JPEG EXIF rotation is
-    applied. Raises ``GpumlpError`` for a missing file, a folder, a non-image or a blank image.
+    ``source``: a file's path, or the file's bytes (``gpumlp serve``: an uploaded PNG). Transparent
+    pixels are composited onto white, as a viewer shows them; JPEG EXIF rotation is applied.
+    ``max_pixels``: refuse larger images before decoding them. Raises ``GpumlpError`` for a
+    missing file, a folder, a non-image, a too large or a blank image.
     """
     Image, ImageOps = _pillow()
-    path = Path(path)
-    if path.is_dir():
-        raise GpumlpError(f"{path} is a directory, not an image; give image files (PNG, JPEG, BMP, …)")
-    if not path.exists():
-        raise GpumlpError(f"image {path} not found; check the path")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, fp = "the image data", io.BytesIO(source)
+    else:
+        path = fp = Path(source)
+        if path.is_dir():
+            raise GpumlpError(f"{path} is a directory, not an image; give image files (PNG, JPEG, BMP, …)")
+        if not path.exists():
+            raise GpumlpError(f"image {path} not found; check the path")
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:  # reads the header only
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise GpumlpError(
+                    f"{path} is {im.width}×{im.height} pixels, more than {max_pixels:,}; send a smaller image"
+                )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
             if im.mode.startswith("I"):  # 16- or 32-bit grey levels
                 gray = np.asarray(im, dtype=np.float64) / 65535.0
@@ -113,13 +123,16 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return out.reshape(-1)  # (784,)
 
 
-def load_digit(path: str | os.PathLike) -> np.ndarray:
-    """An image file → (784,) MNIST-style input: ``to_mnist(load_image(path))``, errors naming the file."""
-    gray = load_image(path)
+def load_digit(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> np.ndarray:
+    """An image file, or its bytes → (784,) MNIST-style input: ``to_mnist(load_image(source))``,
+    errors naming the file."""
+    gray = load_image(source, max_pixels)
     try:
         return to_mnist(gray)
     except GpumlpError as e:
-        raise GpumlpError(f"{path}: {e}") from None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            raise
+        raise GpumlpError(f"{source}: {e}") from None
 
 
 def ascii_preview(x784, pool: int = 1) -> str:
