@@ -1,0 +1,220 @@
+"""`gpumlp serve` (gpumlp.serve): the HTTP API through Starlette's TestClient, then a real server
+process for concurrency, a busy port and Ctrl-C. The browser test is tests/test_serve_browser.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import run_main
+from typer.testing import CliRunner
+
+import gpumlp
+from gpumlp import cli, serve
+from gpumlp.predict import load_digit
+
+pytest.importorskip("starlette", reason="the serve extra (Starlette) is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+pytest.importorskip("httpx", reason="httpx (test extra, for Starlette's TestClient) is not installed")
+Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
+from starlette.testclient import TestClient  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+
+
+def digit_png(x784, size=200, dark_on_light=True) -> bytes:
+    """An MNIST test digit as a PNG drawing: upscaled, dark ink on white like a pen on paper."""
+    img = np.asarray(x784, dtype=np.float64).reshape(28, 28)
+    img = 1.0 - img if dark_on_light else img
+    im = Image.fromarray(np.rint(img * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
+
+
+def cli_predict(png: Path) -> dict:
+    """What `gpumlp predict --json` reports for a file."""
+    result = CliRunner().invoke(cli.app, ["predict", str(CHECKPOINT), str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["predictions"][0]
+
+
+@pytest.fixture(scope="module")
+def client():
+    model, meta = gpumlp.load(CHECKPOINT)
+    with TestClient(serve.create_app(serve.Predictor(model, meta, CHECKPOINT.name))) as c:
+        yield c
+
+
+def test_page_and_model_description(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for part in ('<canvas id="board"', 'id="preview"', 'id="clear"', 'id="undo"', "/api/predict", "/api/model"):
+        assert part in page.text
+    info = client.get("/api/model").json()
+    assert info["name"] == CHECKPOINT.name and info["sizes"] == [784, 256, 10]
+    assert info["activation"] == "relu" and info["loss"] == "ce" and info["probabilities"] == "softmax"
+    assert info["test_accuracy"] == 0.98 and info["test_size"] == 10_000 and info["n_params"] == 203_530
+
+
+def test_predict_is_exactly_gpumlp_predict(client, mnist, tmp_path):
+    """The API, `gpumlp predict --json` on the same PNG, and the preprocessing's own output agree."""
+    _, _, X, y = mnist
+    for i in (0, 1, 2, 3, 4):
+        png = digit_png(X[i], size=120 + 40 * (i % 3), dark_on_light=i % 2 == 0)
+        (tmp_path / f"{i}.png").write_bytes(png)
+        answer = client.post("/api/predict", content=png, headers={"Content-Type": "image/png"})
+        assert answer.status_code == 200
+        got, want = answer.json(), cli_predict(tmp_path / f"{i}.png")
+        assert set(got) == {"digit", "probabilities", "preview"}
+        assert got["digit"] == want["digit"] == y[i]
+        assert got["probabilities"] == want["probabilities"]  # the same code on the same bytes: bit for bit
+        x = load_digit(tmp_path / f"{i}.png")
+        assert got["preview"] == np.rint(x.astype(np.float64) * 255).astype(int).tolist() and len(got["preview"]) == 784
+
+
+def assert_json_error(response, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"] and fragment in body["error"] and "\n" not in body["error"]
+
+
+def test_bad_requests_get_one_line_json_errors_and_the_server_goes_on(client, mnist):
+    _, _, X, _ = mnist
+    good = digit_png(X[0])
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(jpeg, format="JPEG")
+    blank = io.BytesIO()
+    Image.new("L", (50, 50), 255).save(blank, format="PNG")
+    huge = io.BytesIO()
+    Image.new("1", (4000, 4000), 1).save(huge, format="PNG", optimize=True)  # a few kB that decode to 16 Mpx
+    cases = [
+        (b"hello", 400, "not a PNG image"),
+        (b"", 400, "not a PNG image"),
+        (jpeg.getvalue(), 400, "not a PNG image"),
+        (good[:300], 400, "is not an image Pillow can read"),
+        (blank.getvalue(), 400, "no ink found"),
+        (huge.getvalue(), 400, "4000×4000 pixels, more than 4,194,304"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(serve.MAX_BODY), 413, "larger than 2 MB"),
+    ]
+    for body, status, fragment in cases:
+        assert_json_error(
+            client.post("/api/predict", content=body, headers={"Content-Type": "image/png"}), status, fragment
+        )
+        assert client.post("/api/predict", content=good).json()["digit"] == 7  # still serving
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        for _ in range(3):
+            yield bytes(1024 * 1024)
+
+    assert_json_error(client.post("/api/predict", content=chunks()), 413, "larger than 2 MB")
+    assert client.get("/api/predict").status_code == 405
+    assert client.post("/api/predict", content=good).json()["digit"] == 7
+
+
+def test_a_failure_inside_is_a_500_json_line_and_the_server_goes_on(mnist, monkeypatch):
+    model, meta = gpumlp.load(CHECKPOINT)
+    predictor = serve.Predictor(model, meta, "x")
+    with TestClient(serve.create_app(predictor), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(predictor, "predict_png", lambda data: 1 / 0)
+        assert_json_error(c.post("/api/predict", content=b"x"), 500, "internal error: ZeroDivisionError")
+        monkeypatch.undo()
+        assert c.post("/api/predict", content=digit_png(mnist[2][0])).json()["digit"] == 7
+
+
+def test_without_the_serve_extra_one_line_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    code, out, err = run_main(monkeypatch, capsys, "serve", str(CHECKPOINT))
+    assert code == 2 and err == "error: gpumlp serve needs Starlette and uvicorn: pip install 'gpumlp[serve]'\n"
+
+
+# ---------------------------------------------------------------- a real server process
+
+
+@contextlib.contextmanager
+def running_server(checkpoint=CHECKPOINT, *args):
+    """`gpumlp serve CHECKPOINT --port 0` in a subprocess; yields (process, base URL)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpumlp", "serve", str(checkpoint), "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        url = _wait_for_url(proc)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_url(proc, timeout=60.0) -> str:
+    deadline, seen = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()
+            seen += line
+            match = re.search(r"at (http://\S+/) \(Ctrl-C stops\)", line)
+            if match:
+                return match.group(1)
+            if not line and proc.poll() is not None:
+                break
+    raise AssertionError(f"gpumlp serve did not start: {seen}")
+
+
+def post_png(url: str, png: bytes) -> dict:
+    request = urllib.request.Request(url + "api/predict", data=png, headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_real_server_concurrent_requests_then_ctrl_c(mnist):
+    _, _, X, y = mnist
+    pngs = [digit_png(X[i], size=100 + 10 * (i % 7)) for i in range(48)]
+    with running_server() as (proc, url):
+        assert url.startswith("http://127.0.0.1:")
+        want = [post_png(url, png) for png in pngs]  # one at a time
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda png: post_png(url, png), pngs * 2))  # 16 at a time, each twice
+        assert got == want + want
+        assert sum(w["digit"] == y[i] for i, w in enumerate(want)) >= 45
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post_png(url, b"GIF89a")
+        assert e.value.code == 400 and json.loads(e.value.read())["error"].startswith("the request body is not a PNG")
+        assert post_png(url, pngs[0]) == want[0]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "stopped" and "Traceback" not in err + out
+
+
+def test_a_busy_port_is_one_line_exit_2(monkeypatch, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_main(monkeypatch, capsys, "serve", str(CHECKPOINT), "--port", str(port))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "choose another --port" in err
