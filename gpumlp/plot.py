@@ -214,7 +214,7 @@ def plot_weights(model, out: Path, units: int = 100, title: str | None = None) -
     n = min(units, W0.shape[1])
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig = _new_figure(max(1.0 * cols, 4.5), 1.0 * rows + 0.6)
+    fig = _new_figure(max(0.8 * cols, 5.0), 0.8 * rows + 0.7)
     axes = np.atleast_1d(fig.subplots(rows, cols, gridspec_kw={"wspace": 0.04, "hspace": 0.04})).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -222,6 +222,7 @@ def plot_weights(model, out: Path, units: int = 100, title: str | None = None) -
         w = W0[:, j].reshape(28, 28)
         limit = max(float(np.abs(w).max()), 1e-12)
         ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    shown = f"the first {n} of {W0.shape[1]} units" if n < W0.shape[1] else f"all {n} units"
-    fig.suptitle(title or f"first-layer weights of {'-'.join(map(str, model.sizes))}: {shown} (red +, blue −)")
+    shown = f"the first {n} of {W0.shape[1]} units" if n < W0.shape[1] else f"all {n} units" if n > 1 else "its 1 unit"
+    arch = "-".join(map(str, model.sizes))
+    fig.suptitle(title or f"first-layer weights of {arch}\n{shown} (red +, blue −)", fontsize="medium")
     return _save(fig, out)

@@ -87,7 +87,8 @@ def test_every_activation_and_loss_agrees_on_all_test_images(tmp_path, mnist, te
     target = tmp_path / "small.onnx"
     cli_export(checkpoint, target)
     assert (model.be.to_numpy(model.predict(X)) == y).mean() > 0.5, "the briefly trained network learnt nothing"
-    assert_agrees(model, target, X, pixels)
+    diff = assert_agrees(model, target, X, pixels)
+    print(f"784-24-10 {activation} {loss}: max |Δp| {diff:.2e}")
     if loss == "mse":  # the graph divides its sigmoids by their sum, as gpumlp predict reports them
         assert np.allclose(onnx_probabilities(target, pixels[:100]).sum(axis=1), 1.0, atol=1e-6)
 
@@ -104,7 +105,7 @@ def test_a_rust_json_network_exports_with_its_own_input_scaling(tmp_path, test_s
     proto = onnx.load(tmp_path / "rust.onnx")
     assert onnx.numpy_helper.to_array(proto.graph.initializer[0]) == np.float32(256)
     assert "divides them by 256" in proto.doc_string
-    assert_agrees(model, tmp_path / "rust.onnx", X, pixels)
+    print(f"Rust JSON 784-16-10: max |Δp| {assert_agrees(model, tmp_path / 'rust.onnx', X, pixels):.2e}")
 
 
 def test_the_graph_is_standard_documented_and_batch_dynamic(tmp_path, test_set):

@@ -157,3 +157,60 @@ def test_without_matplotlib_every_plot_names_the_extra(tmp_path, monkeypatch, re
             draw()
         assert str(e.value) == "plotting needs matplotlib: pip install 'gpumlp[plot]'"
     assert not list(tmp_path.glob("*.png"))
+
+
+# ---------------------------------------------------------------- gpumlp show: first-layer weights
+
+
+def test_plot_weights_draws_each_unit_upright_red_positive_blue_negative(tmp_path):
+    """One unit whose weights are +1 on the top half of the 28×28 field and −1 below: the picture
+    must be red above and blue below (a transposed reshape would split it left/right instead)."""
+    from gpumlp.model import MLP
+
+    model = MLP((784, 1, 10), "sigmoid", "mse")
+    w = np.where(np.arange(784) < 392, 1.0, -1.0)  # rows 0–13 positive, rows 14–27 negative
+    model.params["W0"][:, 0] = w
+    pixels = check_png(plot.plot_weights(model, tmp_path / "w.png"), round(5.0 * plot.DPI), round(1.5 * plot.DPI))
+    rgb = pixels[..., :3]
+    coloured = np.abs(rgb[..., 0] - rgb[..., 2]) > 0.2  # deep red or blue: the image, not the title
+    rows, cols = np.flatnonzero(coloured.any(axis=1)), np.flatnonzero(coloured.any(axis=0))
+    at = lambda fy, fx: rgb[rows[0] + int(fy * (rows[-1] - rows[0])), cols[0] + int(fx * (cols[-1] - cols[0]))]  # noqa: E731
+    for fy, fx, red in [(0.25, 0.25, True), (0.25, 0.75, True), (0.75, 0.25, False), (0.75, 0.75, False)]:
+        r, _, b = at(fy, fx)
+        assert (r > b + 0.2) if red else (b > r + 0.2), (fy, fx, r, b)
+
+
+def test_show_draws_at_most_100_units(tmp_path, monkeypatch, capsys):
+    from test_cli import run_main
+
+    code, out, err = run_main(monkeypatch, capsys, "show", str(SHIPPED), "--out", str(tmp_path / "w.png"))
+    assert code == 0 and out == f"saved {tmp_path / 'w.png'}\n"
+    data = (tmp_path / "w.png").read_bytes()
+    assert data[:8] == PNG_MAGIC
+    pixels = matplotlib.image.imread(tmp_path / "w.png")
+    assert pixels.shape[:2] == (round(8.7 * plot.DPI), round(8 * plot.DPI))  # 10 × 10 tiles of 0.8 inch
+    code, out, err = run_main(
+        monkeypatch, capsys, "show", str(SHIPPED), "--units", "9", "--out", str(tmp_path / "9.png")
+    )
+    assert code == 0 and matplotlib.image.imread(tmp_path / "9.png").shape[:2] == (
+        round(3.1 * plot.DPI),
+        round(5.0 * plot.DPI),
+    )
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--units", "0"], "--units must be between 1 and 100 (got 0)"),
+        (["--units", "101"], "--units must be between 1 and 100 (got 101)"),
+        (["--matplotlib-missing"], "plotting needs matplotlib: pip install 'gpumlp[plot]'"),
+    ],
+)
+def test_show_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
+    from test_cli import run_main
+
+    if args == ["--matplotlib-missing"]:
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+        args = []
+    code, out, err = run_main(monkeypatch, capsys, "show", str(SHIPPED), *args, "--out", str(tmp_path / "w.png"))
+    assert code == 2 and err == f"error: {fragment}\n" and not (tmp_path / "w.png").exists()
