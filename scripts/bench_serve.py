@@ -1,0 +1,79 @@
+"""Latency of `gpumlp serve`'s POST /api/predict, measured from a client on the same host.
+
+Starts `gpumlp serve CHECKPOINT --port 0`, sends 280×280 PNG drawings of MNIST test digits (the
+page's board size, dark ink on white) one at a time over a kept-alive connection, then from 8
+threads at once, and prints the median and 95th-percentile latency and the requests per second.
+
+    python scripts/bench_serve.py [CHECKPOINT] [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from gpumlp.data import load_mnist
+
+
+def drawing(x784) -> bytes:
+    img = 255 - np.rint(np.asarray(x784).reshape(28, 28) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(img).resize((280, 280), Image.Resampling.BICUBIC).convert("RGBA").save(out, format="PNG")
+    return out.getvalue()
+
+
+def timed_posts(host: str, port: int, pngs: list[bytes]) -> list[float]:
+    conn, seconds = http.client.HTTPConnection(host, port, timeout=60), []
+    for png in pngs:
+        start = time.perf_counter()
+        conn.request("POST", "/api/predict", body=png, headers={"Content-Type": "image/png"})
+        response = conn.getresponse()
+        response.read()
+        seconds.append(time.perf_counter() - start)
+        assert response.status == 200, response.status
+    conn.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", nargs="?", default="checkpoints/gpumlp-784-256-10-relu-ce.npz")
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    _, _, X, _ = load_mnist()
+    pngs = [drawing(X[i % len(X)]) for i in range(args.requests)]
+    cmd = [sys.executable, "-m", "gpumlp", "serve", args.checkpoint, "--port", "0"]
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline()
+        url = urlparse(re.search(r"(http://\S+/)", line).group(1))
+        timed_posts(url.hostname, url.port, pngs[:20])  # warm-up
+        one = np.array(timed_posts(url.hostname, url.port, pngs)) * 1000
+        print(f"{args.checkpoint}: {len(pngs)} PNGs of {np.mean([len(p) for p in pngs]) / 1024:.1f} kB, 280×280")
+        print(f"one at a time: median {np.median(one):.2f} ms, p95 {np.percentile(one, 95):.2f} ms")
+        threads = 8
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda k: timed_posts(url.hostname, url.port, pngs[k::threads]), range(threads)))
+        wall = time.perf_counter() - start
+        many = np.concatenate(parts) * 1000
+        print(f"{threads} clients at once: median {np.median(many):.2f} ms, p95 {np.percentile(many, 95):.2f} ms, "
+              f"{len(pngs) / wall:.0f} requests/s")  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()
