@@ -404,7 +404,7 @@ def export_cli(
 def serve_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
 ):
     """A page to draw digits on and watch the network's answer, and its HTTP API (POST /api/predict)."""
     from gpumlp.serve import serve

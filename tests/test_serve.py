@@ -218,3 +218,18 @@ def test_a_busy_port_is_one_line_exit_2(monkeypatch, capsys):
         code, out, err = run_main(monkeypatch, capsys, "serve", str(CHECKPOINT), "--port", str(port))
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "choose another --port" in err
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--port", "70000"], "--port"),
+        (["--host", "no such host.invalid"], "cannot listen on no such host.invalid:8000"),
+        (["--missing"], "not found"),
+    ],
+)
+def test_serve_option_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, fragment):
+    checkpoint = tmp_path / "none.npz" if args == ["--missing"] else CHECKPOINT
+    args = [] if args == ["--missing"] else args
+    code, out, err = run_main(monkeypatch, capsys, "serve", str(checkpoint), *args)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
