@@ -7,8 +7,8 @@
 Preprocessing is ``gpumlp predict``'s own code (``predict.load_digit``, ``predict_images``), so the
 page, the API and the command line give the same answer for the same image. Starlette and uvicorn
 are an optional extra (``pip install 'gpumlp[serve]'``), imported only here. Predictions run in
-worker threads; decoding runs in parallel and one lock serialises the (microseconds-long) forward
-pass. Errors are one-line JSON objects ``{"error": "..."}``; no request can stop the server.
+worker threads: up to ``DECODERS`` images are decoded in parallel, and one lock serialises the
+(sub-millisecond) forward pass. Errors are one-line JSON objects ``{"error": "..."}``; no request can stop the server.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gpumlp.errors import GpumlpError
 SERVE_HINT = "gpumlp serve needs Starlette and uvicorn: pip install 'gpumlp[serve]'"
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body; more → 413
 MAX_PIXELS = 2048 * 2048  # a PNG declaring more is refused before it is decoded (2 MB of PNG can hold 10⁹ pixels)
+DECODERS = 4  # images decoded at once (up to ~200 MB each at MAX_PIXELS); more requests wait their turn
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -84,8 +85,8 @@ def page() -> str:
 def create_app(predictor: Predictor):
     """The Starlette application serving ``predictor``."""
     _starlette()
+    import anyio.to_thread
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
@@ -107,8 +108,10 @@ def create_app(predictor: Predictor):
             body += chunk
             if len(body) > MAX_BODY:
                 return error(413, f"the image is larger than {MAX_BODY // 2**20} MB; send a smaller PNG")
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(DECODERS))  # made inside the event loop, on first use
         try:
-            result = await run_in_threadpool(predictor.predict_png, bytes(body))
+            result = await anyio.to_thread.run_sync(predictor.predict_png, bytes(body), limiter=limiter[0])
         except GpumlpError as e:
             return error(400, " ".join(str(e).split()))
         return JSONResponse(result)
@@ -116,7 +119,7 @@ def create_app(predictor: Predictor):
     async def server_error(request, exc):  # anything unforeseen: one line, and the server goes on
         return error(500, f"internal error: {type(exc).__name__}")
 
-    html, info = page(), predictor.describe()
+    html, info, limiter = page(), predictor.describe(), []
     routes = [Route("/", index), Route("/api/model", model), Route("/api/predict", predict, methods=["POST"])]
     return Starlette(routes=routes, exception_handlers={500: server_error})
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -137,6 +138,27 @@ def test_a_failure_inside_is_a_500_json_line_and_the_server_goes_on(mnist, monke
         assert_json_error(c.post("/api/predict", content=b"x"), 500, "internal error: ZeroDivisionError")
         monkeypatch.undo()
         assert c.post("/api/predict", content=digit_png(mnist[2][0])).json()["digit"] == 7
+
+
+def test_requests_run_in_parallel_up_to_the_decoder_limit(monkeypatch):
+    model, meta = gpumlp.load(CHECKPOINT)
+    predictor = serve.Predictor(model, meta, "x")
+    busy, most, lock = [0], [0], threading.Lock()
+
+    def slow(data):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.1)
+        with lock:
+            busy[0] -= 1
+        return {"digit": 0, "probabilities": [0.1] * 10, "preview": [0] * 784}
+
+    monkeypatch.setattr(predictor, "predict_png", slow)
+    with TestClient(serve.create_app(predictor)) as c, ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _: c.post("/api/predict", content=b"x").status_code, range(24)))
+    assert codes == [200] * 24
+    assert most[0] == serve.DECODERS, most[0]  # in parallel, but never more than DECODERS at once
 
 
 def test_without_the_serve_extra_one_line_exit_2(monkeypatch, capsys):
