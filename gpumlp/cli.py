@@ -383,7 +383,7 @@ def devices_cli(
     typer.echo(f"--device auto  {d['auto']}")
 
 
-@app.command("export")
+@command("export")
 def export_cli(
     checkpoint: Annotated[
         Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen .json.")
@@ -393,14 +393,11 @@ def export_cli(
     """Write the network as an ONNX graph: raw pixels 0–255 in, the ten probabilities of gpumlp predict out."""
     from gpumlp.export import export
 
-    try:
-        model, path = export(checkpoint, target)
-    except GpumlpError as e:
-        raise _fail(str(e)) from None
+    model, path = export(checkpoint, target)
     typer.echo(f"{checkpoint} → {path} (ONNX): {model}; input 'pixels' (batch, 784) 0–255, output 'probabilities'")
 
 
-@app.command("serve")
+@command("serve")
 def serve_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
@@ -411,13 +408,11 @@ def serve_cli(
 
     try:
         serve(checkpoint, host, port, on_ready=lambda message: typer.echo(message, err=True))
-    except GpumlpError as e:
-        raise _fail(str(e)) from None
     except KeyboardInterrupt:  # uvicorn has already shut down cleanly, then re-raised Ctrl-C
         typer.echo("stopped", err=True)
 
 
-@app.command("show")
+@command("show")
 def show_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("weights.png"),
@@ -427,11 +422,8 @@ def show_cli(
     from gpumlp.checkpoint import load
     from gpumlp.plot import plot_weights
 
-    try:
-        model, _ = load(checkpoint)
-        path = plot_weights(model, out, units)
-    except GpumlpError as e:
-        raise _fail(str(e)) from None
+    model, _ = load(checkpoint)
+    path = plot_weights(model, out, units)
     typer.echo(f"saved {path}")
 
 
