@@ -8,6 +8,8 @@ visible in one place. CuPy is imported only when a CUDA device is asked for.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass
@@ -26,70 +28,49 @@ INSTALL_HINT = "pip install 'gpumlp[cuda12]' (CUDA 12) or pip install 'gpumlp[cu
 
 @dataclass(frozen=True)
 class Backend:
-    """A device and its array module. ``name`` is ``"cpu"`` or ``"cuda:N"``."""
+    """A device and its array module. ``name`` is ``"cpu"`` or ``"cuda:N"``.
+
+    Written once against ``self.xp``: this class is the readable reference for every operation.
+    ``NumpyBackend`` and ``CupyBackend`` override only what they do faster (BLAS calls, fused
+    kernels, synchronisation); a test backend (``tests/fake_device.py``) overrides what it checks.
+    """
 
     name: str
     xp: ModuleType
     device_id: int | None = None  # CUDA ordinal; None on the CPU
     note: str = ""  # why ``auto`` chose this device, empty otherwise
 
+    compiles_kernels = False  # whether the first use of an operation compiles it (CuPy: NVRTC, CUB)
+    tf32 = False  # whether float32 products may round their inputs to TF32 (gpumlp never lets them)
+
     @property
     def is_cuda(self) -> bool:
         return self.device_id is not None
 
+    def activate(self):
+        """A context in which every allocation and launch goes to this device (CuPy follows the
+        thread's *current* device, not the arrays'): ``fit`` and the model enter it."""
+        return contextlib.nullcontext()
+
     def asarray(self, a, dtype=None):
         """Host (or device) array → array on this device. The only way onto the device."""
-        if self.xp is np:
-            return np.asarray(a, dtype=dtype)
-        if self.is_cuda:
-            with self.xp.cuda.Device(self.device_id):
-                return self.xp.asarray(a, dtype=dtype)
-        return self.xp.asarray(a, dtype=dtype)  # a test backend (tests/fake_device.py)
+        return self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a) -> np.ndarray:
         """Device array → host numpy array. The only way back to the host (a sync point)."""
-        if self.xp is np:
-            return np.asarray(a)
         return self.xp.asnumpy(a)
 
     def matmul_function(self):
-        """``matmul(A, B, out=None)`` for the products of forward and backward (2-D A (m, k), B (k, n)):
-        ``xp.matmul``, except on numpy with Intel MKL installed (``gpumlp.blas``), where the big
-        ones (m·n·k ≥ ``blas.MKL_MIN_MNK``) go through MKL's gemm, up to 2× faster. Chosen once, by
-        the model: without MKL the products pay nothing for the choice."""
-        if self.xp is np:
-            from gpumlp import blas
-
-            if blas.serves_products():
-
-                def matmul(A, B, out=None, gemm=blas.gemm, big=blas.MKL_MIN_MNK):
-                    if A.shape[0] * A.shape[1] * B.shape[1] >= big and (out is None or not _overlap(out, A, B)):
-                        C = np.empty((A.shape[0], B.shape[1]), A.dtype) if out is None else out
-                        if gemm(A, B, C, 1.0, 0.0):
-                            return C
-                    return np.matmul(A, B, out=out)  # numpy also copes with an out that overlaps A or B
-
-                return matmul
+        """``matmul(A, B, out=None)`` for every product of forward and backward (2-D A (m, k), B (k, n)),
+        chosen once by the model."""
         return self.xp.matmul
 
     def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
         """C ← α·A·B + β·C in place on this device (A (m, k), B (k, n), C (m, n); ``.T`` views are
-        fine) and returns C: one BLAS call, numpy's or MKL's (``gpumlp.blas``) or cuBLAS, where ``matmul``
-        could only write A·B somewhere first. Same result either way, up to rounding."""
-        if self.xp is np:
-            from gpumlp import blas
-
-            if blas.gemm(A, B, C, alpha, beta):
-                return C
-        elif self.is_cuda:
-            from cupy import cublas
-
-            return cublas.gemm("N", "N", A, B, out=C, alpha=alpha, beta=beta)
-        elif hasattr(self.xp, "gemm"):
-            return self.xp.gemm(A, B, C, alpha, beta)  # a test backend (tests/fake_device.py)
-        # The same in two steps, for a BLAS gpumlp cannot reach.
+        fine) and returns C, where ``matmul`` could only write A·B somewhere first. Here in two
+        steps; the subclasses make it one BLAS call. Same result either way, up to rounding."""
         if beta == 0:
-            self.xp.matmul(A, B, out=C)
+            self.matmul_function()(A, B, out=C)
             if alpha != 1:
                 C *= alpha
         else:
@@ -99,35 +80,108 @@ class Backend:
         return C
 
     def axpby(self, alpha: float, x, beta: float, y):
-        """y ← α·x + β·y in place (x, y contiguous, one shape) and returns y: the optimisers' update.
-        On numpy one multi-threaded BLAS pass for long vectors, where numpy's operators take two
-        single-threaded passes and a temporary."""
+        """y ← α·x + β·y in place (x, y contiguous, one shape) and returns y: the optimisers' update."""
         xp = self.xp
-        if xp is np:
-            from gpumlp import blas
-
-            if y.size >= AXPBY_BLAS_MIN and blas.axpby(alpha, x, beta, y):
-                return y
-        elif not self.is_cuda and hasattr(xp, "axpby"):
-            return xp.axpby(alpha, x, beta, y)  # a test backend (tests/fake_device.py)
         if beta != 1:
             xp.multiply(y, const(xp, y.dtype, beta), out=y)
         if alpha == 1:
             return xp.add(y, x, out=y)
         return xp.add(y, xp.multiply(x, const(xp, x.dtype, alpha)), out=y)
 
+    # -- the fused operations: several array operations here, one kernel on CuPy (gpumlp.kernels)
+
+    def bias_act(self, Z, b, act):
+        """A = f(Z + b) for a hidden layer, overwriting the temporary Z (n, n_out); b (n_out,);
+        ``act``: a ``gpumlp.model.Activation``."""
+        self.xp.add(Z, b, out=Z)
+        return act.f(self.xp, Z)
+
+    def act_grad_mul(self, dA, H, act, M=None):
+        """dZ = dA ⊙ f'(Z) from the layer's output H = f(Z), in dA's buffer (n, n_l); with dropout's
+        multiplier M (n, n_l), dA ⊙ M ⊙ f'(Z)."""
+        xp = self.xp
+        if M is not None:
+            dA *= M  # dropped units pass no gradient
+        return xp.multiply(dA, act.grad(xp, H), out=dA)
+
+    def loss_delta(self, Z, b, Y, loss, n: int):
+        """``(total, delta)`` of the output layer: Z (n, k) the product A_L−1 W_L−1 *without* its bias
+        b (k,) (a temporary, overwritten), Y (n, k) one-hot; total the summed loss (a device scalar),
+        delta (n, k) the gradient of the *mean* loss w.r.t. Z + b. ``loss``: a ``gpumlp.model.Loss``."""
+        xp = self.xp
+        xp.add(Z, b, out=Z)  # (n, k) output pre-activation Z_L
+        total, delta = loss.total_and_delta(xp, Z, loss.output(xp, Z), Y)
+        xp.divide(delta, const(xp, delta.dtype, n), out=delta)  # d mean / d Z_L = delta / n
+        return total, delta
+
+    def optimizer_step(self, opt, lr: float) -> None:
+        """One update of ``opt``'s parameters (``gpumlp.optim.Optimizer``): its own readable rule."""
+        opt.reference_step(lr)
+
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
-        if self.is_cuda:
-            self.xp.cuda.Device(self.device_id).synchronize()
-        elif self.xp is not np:
-            self.xp.synchronize()  # a test backend (tests/fake_device.py)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
 
-CPU = Backend("cpu", np)
+class NumpyBackend(Backend):
+    """numpy on the CPU: the products and long updates go straight to BLAS (numpy's or MKL)."""
+
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def matmul_function(self):
+        """``np.matmul``, except with Intel MKL installed (``gpumlp.blas``), where the big products
+        (m·n·k ≥ ``blas.MKL_MIN_MNK``) go through MKL's gemm, up to 2× faster. Without MKL the
+        products pay nothing for the choice."""
+        from gpumlp import blas
+
+        if not blas.serves_products():
+            return np.matmul
+
+        def matmul(A, B, out=None, gemm=blas.gemm, big=blas.MKL_MIN_MNK):
+            if A.shape[0] * A.shape[1] * B.shape[1] >= big and (out is None or not _overlap(out, A, B)):
+                C = np.empty((A.shape[0], B.shape[1]), A.dtype) if out is None else out
+                if gemm(A, B, C, 1.0, 0.0):
+                    return C
+            return np.matmul(A, B, out=out)  # numpy also copes with an out that overlaps A or B
+
+        return matmul
+
+    def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
+        from gpumlp import blas
+
+        if blas.gemm(A, B, C, alpha, beta):  # numpy's BLAS or MKL, one call
+            return C
+        return super().gemm(A, B, C, alpha, beta)  # a BLAS gpumlp cannot reach
+
+    def axpby(self, alpha: float, x, beta: float, y):
+        """On long vectors one multi-threaded BLAS pass, where numpy's operators take two
+        single-threaded passes and a temporary."""
+        from gpumlp import blas
+
+        if y.size >= AXPBY_BLAS_MIN and blas.axpby(alpha, x, beta, y):
+            return y
+        return super().axpby(alpha, x, beta, y)
+
+
+CPU = NumpyBackend("cpu", np)
+
+
+def on_device(f):
+    """Run ``f(model, …)`` inside ``model.be.activate()``: on cuda:N every allocation and kernel
+    goes to that GPU, whatever device the calling thread had current."""
+
+    @functools.wraps(f)
+    def wrapper(model, *args, **kwargs):
+        with model.be.activate():
+            return f(model, *args, **kwargs)
+
+    return wrapper
 
 
 def _overlap(out, A, B) -> bool:
@@ -176,6 +230,7 @@ def _import_cupy() -> ModuleType:
 
 
 def _cuda_backend(device_id: int) -> Backend:
+    """``cuda:device_id`` once CuPy, the driver, the device and the libraries answer (``gpumlp.cuda``)."""
     cp = _import_cupy()
     try:
         count = cp.cuda.runtime.getDeviceCount()
@@ -192,9 +247,10 @@ def _cuda_backend(device_id: int) -> Backend:
         raise BackendUnavailable(
             f"cuda:{device_id} does not exist: this machine has {count} {plural} (cuda:0 to cuda:{count - 1})"
         )
-    # CuPy runs every kernel on the *current* device: make the chosen one current for this thread.
-    cp.cuda.Device(device_id).use()
-    return Backend(f"cuda:{device_id}", cp, device_id)
+    # Probe what training uses (cuBLAS, NVRTC, one kernel), then make the device current.
+    from gpumlp.cuda import cuda_backend
+
+    return cuda_backend(cp, device_id)
 
 
 def get_backend(device: str | Backend = "cpu") -> Backend:
@@ -209,8 +265,8 @@ def get_backend(device: str | Backend = "cpu") -> Backend:
     try:  # auto
         be = _cuda_backend(0)
     except BackendUnavailable as e:
-        return Backend("cpu", np, None, note=f"auto chose cpu: {e}")
-    return Backend(be.name, be.xp, be.device_id, note=f"auto chose {be.name}")
+        return dataclasses.replace(CPU, note=f"auto chose cpu: {e}")
+    return dataclasses.replace(be, note=f"auto chose {be.name}")
 
 
 def describe_devices() -> dict:

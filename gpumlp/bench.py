@@ -223,7 +223,7 @@ def machine_info(be: Backend) -> dict:
     if be.is_cuda:
         props = be.xp.cuda.runtime.getDeviceProperties(be.device_id)
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        info["cupy"], info["cupy_tf32"] = be.xp.__version__, os.environ.get("CUPY_TF32")
+        info["cupy"], info["tf32"] = be.xp.__version__, be.tf32
     return info
 
 

@@ -98,7 +98,7 @@ def build_metadata(model: MLP, **extra) -> dict:
     }
     if model.be.is_cuda:
         meta["versions"]["cupy"] = model.be.xp.__version__
-        meta["cupy_tf32"] = os.environ.get("CUPY_TF32")  # left as the user set it; TF32 changes float32 matmuls
+        meta["tf32"] = model.be.tf32  # what the products ran in: gpumlp keeps float32 products float32
     meta.update(extra)
     return meta
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from gpumlp.backend import on_device
+
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
 
 
@@ -34,6 +36,7 @@ def evaluate(model, X, y) -> float:
     return evaluate_loss(model, X, y)[1]
 
 
+@on_device  # on cuda:N, the chunks' work goes to GPU N
 def evaluate_loss(model, X, y) -> tuple[float, float]:
     """``(mean loss, accuracy)`` of ``model`` on images X (n, 784) and labels y (n,), host or device.
 

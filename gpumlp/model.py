@@ -80,12 +80,14 @@ class Activation:
     f: Callable  # (xp, Z) -> A; may overwrite Z, a temporary of the forward pass
     grad: Callable  # (xp, A) -> f'(Z), from the output A = f(Z)
     default_init: str
+    cuda_f: str  # f as a CUDA C expression of x (type T), for the fused kernels (gpumlp.kernels)
+    cuda_grad: str  # f' as a CUDA C expression of the output a
 
 
 ACTIVATIONS = {
-    "sigmoid": Activation(sigmoid_, sigmoid_grad, "xavier"),
-    "relu": Activation(relu, relu_grad, "he"),
-    "tanh": Activation(tanh, tanh_grad, "xavier"),
+    "sigmoid": Activation(sigmoid_, sigmoid_grad, "xavier", "T(0.5) * tanh(T(0.5) * x) + T(0.5)", "a * (T(1) - a)"),
+    "relu": Activation(relu, relu_grad, "he", "x > T(0) ? x : T(0)", "a > T(0) ? T(1) : T(0)"),
+    "tanh": Activation(tanh, tanh_grad, "xavier", "tanh(x)", "T(1) - a * a"),
 }
 
 
@@ -118,13 +120,14 @@ def cross_entropy(xp, Z, A, Y):
 
 @dataclass(frozen=True)
 class Loss:
+    name: str  # also names its fused CUDA kernel (gpumlp.kernels.LOSSES)
     output: Callable  # (xp, Z_L) -> A_L
     total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L)
 
 
 LOSSES = {
-    "mse": Loss(sigmoid, mse),
-    "ce": Loss(softmax, cross_entropy),
+    "mse": Loss("mse", sigmoid, mse),
+    "ce": Loss("ce", softmax, cross_entropy),
 }
 
 
@@ -185,9 +188,57 @@ def param_shapes(sizes) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# Each parameter starts a multiple of ALIGN elements into the flat vector (256 bytes in float32,
+# 512 in float64), so every view is as aligned as its buffer: cuBLAS takes slower paths for
+# operands that are only 8-byte aligned. The gaps hold zeros; checkpoints store the packed values.
+ALIGN = 64
+
+
+def param_layout(sizes) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """``{"W0": (offset, (784, 16)), "b0": (12544, (16,)), …}``: where each parameter lies in the
+    flat vector, in ``param_shapes`` order, each offset a multiple of ``ALIGN``."""
+    layout, offset = {}, 0
+    for k, shape in param_shapes(sizes).items():
+        layout[k] = (offset, shape)
+        offset += -(-int(np.prod(shape)) // ALIGN) * ALIGN
+    return layout
+
+
+def flat_size(sizes) -> int:
+    """Length of the flat vector: the parameters and the gaps between them."""
+    offset, shape = list(param_layout(sizes).values())[-1]
+    return offset + int(np.prod(shape))
+
+
+def sizes_of(params: dict) -> tuple[int, ...]:
+    n = len(params) // 2
+    return (params["W0"].shape[0], *(params[f"W{l}"].shape[1] for l in range(n)))
+
+
 def flatten(params: dict) -> np.ndarray:
-    """Host parameter dict → one flat host vector in ``param_shapes`` order."""
-    return np.concatenate([np.ravel(params[k]) for k in sorted_keys(params)])
+    """Host parameter dict → one flat host vector laid out by ``param_layout`` (zeros in the gaps)."""
+    sizes = sizes_of(params)
+    flat = np.zeros(flat_size(sizes), dtype=np.result_type(*params.values()))
+    for k, (offset, shape) in param_layout(sizes).items():
+        flat[offset : offset + int(np.prod(shape))] = np.ravel(params[k])
+    return flat
+
+
+def pack(flat, sizes, xp=np):
+    """Flat vector (``flat_size``,) → the parameters back to back (n_params,), the layout of a
+    checkpoint's state vectors; on ``flat``'s device."""
+    parts = [flat[o : o + int(np.prod(shape))] for o, shape in param_layout(sizes).values()]
+    return xp.concatenate(parts)
+
+
+def unpack_into(be, dst, packed, sizes) -> None:
+    """Parameters back to back (n_params,), host or device → their places in the device flat
+    vector ``dst`` (``flat_size``,), whose gaps keep their zeros. Once per resume: one copy each."""
+    src, start = be.asarray(packed, dtype=dst.dtype), 0
+    for offset, shape in param_layout(sizes).values():
+        size = int(np.prod(shape))
+        dst[offset : offset + size] = src[start : start + size]
+        start += size
 
 
 def sorted_keys(params: dict) -> list[str]:
@@ -196,13 +247,10 @@ def sorted_keys(params: dict) -> list[str]:
 
 
 def unflatten(flat, sizes, prefix: str = "") -> dict:
-    """Flat (n_params,) array → dict of *views* ``{prefix+"W0": (784, 16), …}`` on its device."""
-    views, offset = {}, 0
-    for k, shape in param_shapes(sizes).items():
-        size = int(np.prod(shape))
-        views[prefix + k] = flat[offset : offset + size].reshape(shape)
-        offset += size
-    return views
+    """Flat (``flat_size``,) array → dict of *views* ``{prefix+"W0": (784, 16), …}`` on its device."""
+    return {
+        prefix + k: flat[o : o + int(np.prod(shape))].reshape(shape) for k, (o, shape) in param_layout(sizes).items()
+    }
 
 
 # ---------------------------------------------------------------- the network
@@ -239,13 +287,14 @@ class MLP:
         self._act = ACTIVATIONS[self.activation]
         self._loss = LOSSES[self.loss]
         host = init_params(self.sizes, self.init, np.random.default_rng(self.seed))
-        # All parameters live in one flat device buffer; ``params`` holds views into it, so an
-        # optimiser updates everything with one array operation instead of one per parameter.
-        self.theta = self.be.asarray(flatten(host), dtype=DTYPES[self.dtype])  # (n_params,)
-        self.params = unflatten(self.theta, self.sizes)
-        # Gradients get the same layout, written in place by ``backward`` (no per-step allocation).
-        self.grad = self.be.xp.zeros_like(self.theta)  # (n_params,)
-        self.grads = unflatten(self.grad, self.sizes, prefix="d")
+        with self.be.activate():  # on cuda:N, allocate there
+            # All parameters live in one flat device buffer; ``params`` holds views into it, so an
+            # optimiser updates everything with one array operation instead of one per parameter.
+            self.theta = self.be.asarray(flatten(host), dtype=DTYPES[self.dtype])  # (flat_size,)
+            self.params = unflatten(self.theta, self.sizes)
+            # Gradients get the same layout, written in place by ``backward`` (no per-step allocation).
+            self.grad = self.be.xp.zeros_like(self.theta)  # (flat_size,)
+            self.grads = unflatten(self.grad, self.sizes, prefix="d")
         # The same views as per-layer lists, for the hot loop (no key formatting per batch).
         L = range(self.n_layers)
         self._W, self._b = [self.params[f"W{l}"] for l in L], [self.params[f"b{l}"] for l in L]
@@ -294,10 +343,12 @@ class MLP:
         return X
 
     def one_hot(self, y):
-        """Integer labels (n,) → one-hot targets (n, 10) on the device."""
-        xp = self.be.xp
-        eye = xp.eye(self.sizes[-1], dtype=DTYPES[self.dtype])  # (10, 10)
-        return eye.take(self.be.asarray(y), axis=0)  # (n, 10)
+        """Integer labels (n,) → one-hot targets (n, 10) on the device. Built by comparison, not
+        ``take``: CuPy's take wraps an out-of-range index round to another class, where this gives
+        a row of zeros on every device (labels are checked where they enter, in ``fit``)."""
+        xp, y = self.be.xp, self.be.asarray(y)
+        classes = xp.arange(self.sizes[-1], dtype=y.dtype)  # (10,)
+        return (y.reshape(-1, 1) == classes).astype(DTYPES[self.dtype])  # (n, 10)
 
     # -- the math
 
@@ -307,22 +358,24 @@ class MLP:
         As, _, Z = self._forward(X)
         return As, Z
 
-    def _forward(self, X, masks=None) -> tuple[list, list, object]:
+    def _forward(self, X, masks=None, train=False) -> tuple[list, list, object]:
         """``(As, Hs, Z_L)``. With ``masks`` (inverted dropout, training only: one (n, n_l)
         multiplier per hidden layer, 0 where a unit is dropped and 1/(1−p) where kept), Hs holds
-        each hidden layer's output f(Z) and As what the next layer sees, H ⊙ M; without, Hs is As."""
-        mm, xp, W, b, f = self._matmul, self.be.xp, self._W, self._b, self._act.f
+        each hidden layer's output f(Z) and As what the next layer sees, H ⊙ M; without, Hs is As.
+        With ``train``, the output layer stops at A_L−1 W_L−1: ``Backend.loss_delta`` adds its bias."""
+        mm, xp, W, b, be = self._matmul, self.be.xp, self._W, self._b, self.be
         As = [X]  # A0: (n, 784)
         Hs = As if masks is None else [X]
         for l in range(self.n_layers - 1):
             Z = mm(As[l], W[l])  # (n, n_{l+1}) A{l} @ W{l}
-            xp.add(Z, b[l], out=Z)  # + b{l}, in place: one temporary less
-            H = f(xp, Z)  # A{l+1} = f(A{l} W{l} + b{l})
+            H = be.bias_act(Z, b[l], self._act)  # A{l+1} = f(A{l} W{l} + b{l}), in Z's buffer
             if masks is not None:
                 Hs.append(H)
                 H = H * masks[l]  # (n, n_{l+1}) A{l+1} = H ⊙ M: E[A] = H, as without dropout
             As.append(H)
-        Z = mm(As[-1], W[-1])
+        Z = mm(As[-1], W[-1])  # (n, 10)
+        if train:
+            return As, Hs, Z
         xp.add(Z, b[-1], out=Z)  # (n, 10) output pre-activation Z_L
         As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
         return As, Hs, Z
@@ -339,7 +392,7 @@ class MLP:
         those weight matrices to this pass: W{l} ← β·W{l} + α·A{l}ᵀ dZ, one BLAS product, so their
         dW is never written (it keeps its old value) and their W changes here, after its last use.
         """
-        mm, W, Hs, fused, xp = self._matmul, self._W, As if Hs is None else Hs, fused or {}, self.be.xp
+        mm, W, Hs, fused, be = self._matmul, self._W, As if Hs is None else Hs, fused or {}, self.be
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
             dA = mm(dZ, W[l].T) if l > 0 else None  # (n, n_in)  dA{l} = dZ W{l}ᵀ (the input layer needs none)
@@ -349,22 +402,18 @@ class MLP:
                 mm(As[l].T, dZ, out=self._dW[l])  # (n_in, n_out) dW{l} = A{l}ᵀ dZ
             dZ.sum(axis=0, out=self._db[l])  # (n_out,)     db{l} = Σ_batch dZ
             if l > 0:
-                if masks is not None:
-                    # forward:  A{l} = H{l} ⊙ M{l}
-                    dA *= masks[l - 1]  # dH{l} = dA{l} ⊙ M{l}: dropped units pass no gradient
-                # forward:  H{l} = f(Z{l})
-                xp.multiply(dA, self._act.grad(xp, Hs[l]), out=dA)  # dZ{l} = dA{l} ⊙ f'(Z{l}), in dA's buffer
-                dZ = dA  # (n, n_in)
+                # forward:  H{l} = f(Z{l}), and with dropout A{l} = H{l} ⊙ M{l}
+                M = masks[l - 1] if masks is not None else None
+                dZ = be.act_grad_mul(dA, Hs[l], self._act, M)  # (n, n_in) dZ{l} = dA{l} (⊙ M{l}) ⊙ f'(Z{l})
         return self.grads
 
     def batch_loss_and_grads(self, X, Y, masks=None, fused=None):
         """Summed loss of a device batch X (n, 784), Y one-hot (n, 10), as a device scalar (no
         sync); fills ``self.grads`` with the gradients of the *mean* loss. ``masks``: dropout's
         (see ``dropout_masks``), or None; ``fused``: see ``backward``."""
-        As, Hs, Z = self._forward(X, masks)
-        total, delta = self._loss.total_and_delta(self.be.xp, Z, As[-1], Y)
-        xp = self.be.xp
-        xp.divide(delta, const(xp, delta.dtype, X.shape[0]), out=delta)  # d mean / d Z_L = delta / n
+        As, Hs, Z = self._forward(X, masks, train=True)
+        # The output bias, activation, loss and its gradient: d mean / d Z_L = delta / n
+        total, delta = self.be.loss_delta(Z, self._b[-1], Y, self._loss, X.shape[0])
         self.backward(As, delta, masks, Hs, fused)
         return total
 

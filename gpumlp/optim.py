@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from gpumlp.errors import ConfigError
+from gpumlp.model import flat_size, param_layout, unpack_into
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -45,7 +48,9 @@ class Optimizer:
         # ``step`` updates the rest: ``_rest`` holds the (theta, grad) spans between them.
         big = [l for l, W in enumerate(self._W) if W.size >= FUSE_MIN_WEIGHTS]
         self.fused = tuple(big) if fuse and self.fusable else ()
+        self.sizes = getattr(model, "sizes", None)  # for the layout of θ (decay_spans); tests may pass bare buffers
         self._rest = _spans(model, self.fused)
+        self._decay = None  # decay_spans' λ vector, made on first use
 
     def fused_update(self, lr: float) -> dict:
         """``{layer: (α, β)}`` for ``MLP.backward``: the layers whose weights it updates itself,
@@ -55,13 +60,33 @@ class Optimizer:
 
     def step(self, lr: float) -> None:
         """One update of ``theta`` from ``grad`` with learning rate ``lr``; on the device, no sync.
-        ``grad`` is consumed: the update may use it as scratch."""
+        ``grad`` is consumed: the update may use it as scratch. The backend runs ``reference_step``,
+        or on CUDA the same math as one fused kernel (``gpumlp.kernels.OPTIMIZERS``)."""
+        self.t += 1
+        self.be.optimizer_step(self, float(lr))
+
+    def reference_step(self, lr: float) -> None:
+        """The readable update: weight decay added to the gradients, then the rule (``_update``)."""
         if self.weight_decay:
             for l, (W, dW) in enumerate(zip(self._W, self._dW)):
                 if l not in self.fused:  # (a fused layer's decay is in its β)
                     self.be.axpby(self.weight_decay, W, 1.0, dW)  # (n_in, n_out) dW += λW = d/dW ½λ‖W‖²
-        self.t += 1
-        self._update(float(lr))
+        self._update(lr)
+
+    def decay_spans(self) -> list[tuple]:
+        """``[(theta, grad, wd), …]`` over the spans ``step`` updates, for a fused kernel: ``wd``
+        is λ on the entries of the weight matrices (a device vector shaped like the span) and 0 on
+        the biases, or the number 0.0 without weight decay."""
+        if not self.weight_decay:
+            return [(theta, grad, 0.0) for theta, grad in self._rest]
+        if self._decay is None:
+            host = np.zeros(self.theta.size, dtype=self.theta.dtype)
+            for k, (offset, shape) in param_layout(self.sizes).items():
+                if k.startswith("W"):
+                    host[offset : offset + shape[0] * shape[1]] = self.weight_decay
+            decay = self.be.asarray(host)  # (flat_size,) host → device, once
+            self._decay = [decay[i:j] for i, j in _span_bounds(self.sizes, self.fused)]
+        return [(theta, grad, wd) for (theta, grad), wd in zip(self._rest, self._decay)]
 
     def _update(self, lr: float) -> None:
         raise NotImplementedError  # each rule below
@@ -86,7 +111,7 @@ class Optimizer:
             )
         self.t = int(meta.get("t", 0))
         for name in self.buffers:
-            self.state_buffers[name][...] = self.be.asarray(arrays[name], dtype=self.theta.dtype)  # host → device
+            unpack_into(self.be, self.state_buffers[name], arrays[name], self.sizes)  # (n_params,) → flat
 
 
 class SGD(Optimizer):
@@ -181,15 +206,20 @@ def _spans(model, skip: tuple[int, ...]) -> list[tuple]:
     leaving out the weight matrices of the layers in ``skip`` (layout W0 b0 W1 b1 …)."""
     if not skip:
         return [(model.theta, model.grad)]
-    spans, start, offset = [], 0, 0
-    for l, (W, b) in enumerate(zip(model._W, model._b)):
-        if l in skip:
+    return [(model.theta[i:j], model.grad[i:j]) for i, j in _span_bounds(model.sizes, skip)]
+
+
+def _span_bounds(sizes, skip: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``[(i, j), …]`` covering the flat vector (``model.param_layout``) except the weight matrices
+    of the layers in ``skip``; the zero gaps between parameters ride along."""
+    bounds, start = [], 0
+    for k, (offset, shape) in param_layout(sizes).items():
+        if k.startswith("W") and int(k[1:]) in skip:
             if offset > start:
-                spans.append((start, offset))
-            start = offset + W.size
-        offset += W.size + b.size
-    spans.append((start, offset))
-    return [(model.theta[i:j], model.grad[i:j]) for i, j in spans]
+                bounds.append((start, offset))
+            start = offset + shape[0] * shape[1]
+    bounds.append((start, flat_size(sizes)))
+    return bounds
 
 
 def apply_max_norm(model, max_norm: float) -> None:

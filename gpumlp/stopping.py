@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpumlp.errors import GpumlpError
+from gpumlp.model import pack, unpack_into
 
 
 class TrainingDiverged(GpumlpError):
@@ -52,16 +53,17 @@ class EarlyStopping:
     epoch's weights. Its record (best epoch and score, the epoch it stopped after, the epoch whose
     weights the model holds) lives in the run's ``TrainState``, so a checkpoint resumes it exactly.
 
-    ``best`` is a device copy of the best epoch's parameters (n_params,)."""
+    ``best`` is a device copy of the best epoch's flat parameter vector; the state arrays it hands
+    a checkpoint hold the parameters back to back (n_params,), without the alignment gaps."""
 
     def __init__(self, model, state, patience: int, monitor: str):
         self.model, self.state, self.patience, self.monitor = model, state, patience, monitor
         be, arrays = model.be, state.arrays
         self.best = model.theta.copy()
         if "last_theta" in arrays:  # the model holds the best epoch's weights; training goes on from the last's
-            model.theta[...] = be.asarray(arrays["last_theta"], dtype=model.theta.dtype)
+            unpack_into(be, model.theta, arrays["last_theta"], model.sizes)  # (n_params,) → flat
         elif "best_theta" in arrays:
-            self.best[...] = be.asarray(arrays["best_theta"], dtype=model.theta.dtype)
+            unpack_into(be, self.best, arrays["best_theta"], model.sizes)
 
     def update(self, epoch: int, val_accuracy: float, val_loss: float) -> bool:
         """Record epoch ``epoch``'s validation score; True when training should stop now."""
@@ -77,13 +79,15 @@ class EarlyStopping:
     def state_arrays(self) -> dict:
         """What a checkpoint must hold beyond the parameters to resume: the best weights, unless
         they are the model's own (the last epoch was the best)."""
-        return {} if self.state.best_epoch == self.state.epochs_done else {"best_theta": self.best}
+        if self.state.best_epoch == self.state.epochs_done:
+            return {}
+        return {"best_theta": pack(self.best, self.model.sizes, self.model.be.xp)}
 
     def finish(self) -> None:
         """End on the best epoch's weights, keeping the last epoch's for an exact resume."""
         s = self.state
         if s.best_epoch is not None and s.best_epoch != s.epochs_done:
             s.arrays.pop("best_theta", None)  # the model holds them now
-            s.arrays["last_theta"] = self.model.theta.copy()
+            s.arrays["last_theta"] = pack(self.model.theta, self.model.sizes, self.model.be.xp)
             self.model.theta[...] = self.best
             s.weights_epoch = s.best_epoch

@@ -33,7 +33,8 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 from gpumlp.data import MNIST_FILES, load_mnist, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
-from gpumlp.model import DTYPES, MLP
+from gpumlp.backend import on_device
+from gpumlp.model import DTYPES, MLP, pack
 from gpumlp.optim import Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.rng import DeviceRNG
 from gpumlp.stopping import EarlyStopping, Rollback, TrainingDiverged
@@ -97,6 +98,7 @@ def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
 
 
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
+@on_device  # on cuda:N, every allocation and kernel of the run goes to GPU N
 def fit(
     model: MLP,
     X_train: np.ndarray,
@@ -158,6 +160,8 @@ def fit(
     stopping = EarlyStopping(model, state, r["patience"], r["monitor"]) if r["patience"] else None
     step = _make_step(model, opt, r, seed)
     last_complete = Rollback(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
+    if be.compiles_kernels and state.epochs_done < epochs:  # CuPy: keep compilation out of epoch 1's time
+        _warm_up(model, step, X, Y, batch_size, lr, last_complete, (X_val, y_val) if has_val else None)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
@@ -187,7 +191,8 @@ def fit(
         state.history.append(stats)
         stop = stopping.update(epoch, val_acc, val_loss) if stopping is not None else False
         state.optimizer, buffers = opt.state()
-        state.arrays = {f"optimizer.{k}": v for k, v in buffers.items()}
+        # A checkpoint stores the parameters back to back, without the flat vector's alignment gaps.
+        state.arrays = {f"optimizer.{k}": pack(v, model.sizes, xp) for k, v in buffers.items()}
         if stopping is not None:
             state.arrays.update(stopping.state_arrays())
         if on_epoch is not None:
@@ -200,6 +205,19 @@ def fit(
 
 
 GATHER_IMAGES = 8192  # images gathered at once by _train_epoch
+
+
+def _warm_up(model: MLP, step, X, Y, batch_size: int, lr: float, rollback: Rollback, val) -> None:
+    """One training step on the first batch and the epoch's reductions, then undone (``rollback``
+    restores the parameters, optimiser state and step count): the first use of each kernel
+    compiles it (NVRTC, CUB), ~0.1–1 s that would otherwise count as epoch 1's training time."""
+    b = min(batch_size, X.shape[0])
+    total = step(X[:b], Y[:b], lr, 1, 0)
+    model.be.to_numpy(model.be.xp.stack([total, model.theta.sum()]))  # as each epoch's end does
+    if val is not None:
+        evaluate_loss(model, val[0][:b], val[1][:b])
+    rollback.restore()
+    model.be.synchronize()
 
 
 def _make_step(model: MLP, opt: Optimizer, r: dict, seed: int) -> Callable:

@@ -7,11 +7,19 @@ one to a numpy function, ``np.savez``, ``float()``, or mixing it with a host ``n
 *scalars* mix freely, as with CuPy. The module ``xp`` offers the functions gpumlp calls on device
 arrays; ``xp.asarray`` and ``xp.asnumpy`` are the only ways across, and they are counted, as are
 ``synchronize`` calls, so tests can check how often the hot loop crosses between host and device.
+
+``counters.ops`` counts array operations, each of which would be one kernel launch on a GPU (views
+and slices are free). ``FakeBackend`` is the backend subclass that drives it: like ``CupyBackend`` it
+counts each fused operation as one launch (``FAKE``), or runs the reference's separate operations
+(``FAKE_UNFUSED``, what the CUDA path launched before the fused kernels). With ``counters.strict``,
+an operation outside ``be.activate()`` raises, as it would run on the wrong GPU of a cuda:N run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,10 +35,21 @@ class Counters:
         self.reset()
 
     def reset(self):
-        self.to_device = self.to_host = self.syncs = 0
+        self.to_device = self.to_host = self.syncs = self.ops = 0
+        self.paused = self.scope = 0  # inside a fused operation; inside be.activate()
+        self.strict = False
 
 
 counters = Counters()
+
+
+def _launch():
+    """One array operation: a kernel launch on a GPU."""
+    if counters.paused:
+        return
+    counters.ops += 1
+    if counters.strict and not counters.scope:
+        raise DeviceMixError("an array operation ran outside be.activate(): on cuda:N it would run on another GPU")
 
 
 def _unwrap(x):
@@ -85,30 +104,38 @@ class FakeArray:
         return f"FakeArray(shape={self.shape}, dtype={self.dtype})"
 
     def __getitem__(self, key):
+        if any(isinstance(k, FakeArray) for k in (key if isinstance(key, tuple) else (key,))):
+            _launch()  # a gather; a slice is a view
         return _wrap(self._a[_unwrap_key(key)])
 
     def __setitem__(self, key, value):
+        _launch()
         self._a[_unwrap_key(key)] = _unwrap(value)
 
     def reshape(self, *shape):
         return FakeArray(self._a.reshape(*shape))
 
     def copy(self):
+        _launch()
         return FakeArray(self._a.copy())
 
     def astype(self, dtype):
+        _launch()
         return FakeArray(self._a.astype(dtype))
 
     def take(self, indices, axis=None):
+        _launch()
         return FakeArray(self._a.take(_unwrap(indices), axis=axis))
 
     def sum(self, axis=None, out=None, keepdims=False):
+        _launch()
         if out is not None:
             self._a.sum(axis=axis, out=_unwrap(out), keepdims=keepdims)
             return out
         return _wrap(self._a.sum(axis=axis, keepdims=keepdims))
 
     def max(self, axis=None, keepdims=False):
+        _launch()
         return _wrap(self._a.max(axis=axis, keepdims=keepdims))
 
 
@@ -120,12 +147,15 @@ def _unwrap_key(key):
 
 def _binary(op):
     def forward(self, other):
+        _launch()
         return _wrap(op(self._a, _unwrap(other)))
 
     def reverse(self, other):
+        _launch()
         return _wrap(op(_unwrap(other), self._a))
 
     def inplace(self, other):
+        _launch()
         self._a[...] = op(self._a, _unwrap(other))
         return self
 
@@ -151,7 +181,7 @@ for _name, _op in {
 for _name, _op in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater}.items():
     setattr(FakeArray, f"__{_name}__", _binary(_op)[0])
 FakeArray.__ge__ = _binary(np.greater_equal)[0]
-FakeArray.__neg__ = lambda self: FakeArray(-self._a)
+FakeArray.__neg__ = lambda self: (_launch(), FakeArray(-self._a))[1]
 FakeArray.__hash__ = None
 
 
@@ -259,7 +289,63 @@ xp.__dict__.update(
     uint32=np.uint32,
 )
 
-FAKE = Backend("fake", xp)
+
+@dataclass(frozen=True)
+class FakeBackend(Backend):
+    """The strict fake device as a backend: numpy's arithmetic under a device's rules."""
+
+    fused: bool = True  # each fused operation one launch, as on CupyBackend; else the reference's operations
+
+    def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
+        return self.xp.gemm(A, B, C, alpha, beta)  # one cuBLAS call on a GPU
+
+    def axpby(self, alpha, x, beta, y):
+        if not self.fused:
+            return super().axpby(alpha, x, beta, y)  # xp operations, as CuPy ran it before its kernel
+        return self.xp.axpby(alpha, x, beta, y)
+
+    def activate(self):
+        return _scope()
+
+    def synchronize(self) -> None:
+        self.xp.synchronize()
+
+    def bias_act(self, Z, b, act):
+        return self._as_launches(1, super().bias_act, Z, b, act)
+
+    def act_grad_mul(self, dA, H, act, M=None):
+        return self._as_launches(1, super().act_grad_mul, dA, H, act, M)
+
+    def loss_delta(self, Z, b, Y, loss, n):
+        return self._as_launches(2, super().loss_delta, Z, b, Y, loss, n)  # the row kernel and a sum
+
+    def optimizer_step(self, opt, lr):
+        return self._as_launches(len(opt.decay_spans()), super().optimizer_step, opt, lr)  # one per span
+
+    def _as_launches(self, launches: int, f, *args):
+        """``f`` computed by the reference on the fake arrays (still strict), counted as CupyBackend's kernels."""
+        if not self.fused:
+            return f(*args)
+        for _ in range(launches):
+            _launch()
+        counters.paused += 1
+        try:
+            return f(*args)
+        finally:
+            counters.paused -= 1
+
+
+@contextlib.contextmanager
+def _scope():
+    counters.scope += 1
+    try:
+        yield
+    finally:
+        counters.scope -= 1
+
+
+FAKE = FakeBackend("fake", xp)
+FAKE_UNFUSED = FakeBackend("fake", xp, fused=False)
 
 
 # ---------------------------------------------------------------- added for gpumlp.augment
@@ -281,4 +367,26 @@ def _empty(shape, dtype=None):
     return FakeArray(a)
 
 
+def _concatenate(arrays):
+    for a in arrays:
+        _need_device(a)
+    return FakeArray(np.concatenate([a._a for a in arrays]))
+
+
 xp.__dict__.update(floor=_unary(np.floor), cos=_unary(np.cos), sin=_unary(np.sin), clip=_clip, empty=_empty)
+xp.__dict__.update(concatenate=_concatenate, empty_like=lambda a: (_need_device(a), _empty(a.shape, a.dtype))[1])
+
+
+def _counted(f):
+    def op(*args, **kwargs):
+        _launch()
+        return f(*args, **kwargs)
+
+    op.__name__ = f.__name__
+    return op
+
+
+# Every function of the module is one launch (asarray and asnumpy: a copy between host and device).
+for _name, _f in list(xp.__dict__.items()):
+    if callable(_f) and not isinstance(_f, type) and not _name.startswith("_") and _name != "synchronize":
+        setattr(xp, _name, _counted(_f))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -17,8 +18,20 @@ class FakeCudaError(RuntimeError):
     pass
 
 
-def fake_cupy(n_devices: int | None) -> types.ModuleType:
-    """A stand-in ``cupy`` module: ``None`` devices means the driver is missing."""
+FAILURES = {
+    # what CuPy 14 raises when the library is missing or the launch fails, as seen without a toolkit
+    "cublas": ImportError('Failure finding "libcublasLt.so.12": No such file: libcublasLt.so.12'),
+    "nvrtc": RuntimeError('Failure finding "libnvrtc.so.12": No such file: libnvrtc.so.12'),
+    "launch": FakeCudaError(
+        "CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with an unsupported toolchain."
+    ),
+}
+
+
+def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) -> types.ModuleType:
+    """A stand-in ``cupy`` module: ``None`` devices means the driver is missing; ``fail`` names the
+    part of the probe that fails ("cublas", "nvrtc", "launch", or "wrong" for a wrong result).
+    With ``monkeypatch``, it is installed as ``cupy`` and ``cupy.cublas``."""
     cp = types.ModuleType("cupy")
 
     def get_device_count():
@@ -27,6 +40,7 @@ def fake_cupy(n_devices: int | None) -> types.ModuleType:
         return n_devices
 
     cp.current = None
+    cp.entered = []  # devices whose context was entered, in order
 
     class Device:
         def __init__(self, i):
@@ -35,14 +49,48 @@ def fake_cupy(n_devices: int | None) -> types.ModuleType:
         def use(self):
             cp.current = self.id
 
+        def __enter__(self):
+            cp.entered.append(self.id)
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
     def properties(i):
         return {"name": f"Fake GPU {i}".encode(), "totalGlobalMem": 80 * 2**30, "major": 9, "minor": 0}
 
+    def get_cublas_handle():
+        if fail == "cublas":
+            raise FAILURES["cublas"]
+        return 1234
+
+    class ElementwiseKernel:
+        def __init__(self, in_params, out_params, body, name=""):
+            self.body = body
+
+        def __call__(self, x):
+            if fail in ("nvrtc", "launch"):
+                raise FAILURES[fail]
+            return x + x + (2 if fail == "wrong" else 1)
+
+    def gemm(transa, transb, A, B, out=None, alpha=1.0, beta=0.0):
+        np.matmul(A, B, out=out)
+        return out
+
+    cublas_module = types.ModuleType("cupy.cublas")
+    cublas_module.gemm = gemm
     runtime = types.SimpleNamespace(
         getDeviceCount=get_device_count, runtimeGetVersion=lambda: 12040, getDeviceProperties=properties
     )
-    cp.cuda = types.SimpleNamespace(runtime=runtime, Device=Device)
+    cp.cuda = types.SimpleNamespace(
+        runtime=runtime, Device=Device, device=types.SimpleNamespace(get_cublas_handle=get_cublas_handle)
+    )
+    cp.ElementwiseKernel = ElementwiseKernel
+    cp.asarray, cp.asnumpy, cp.empty = np.asarray, np.asarray, np.empty
     cp.__version__ = "14.0.0"
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, "cupy", cp)
+        monkeypatch.setitem(sys.modules, "cupy.cublas", cublas_module)
     return cp
 
 
@@ -95,7 +143,7 @@ def test_cuda_with_zero_devices(monkeypatch):
 
 
 def test_cuda_n_chooses_that_gpu_and_refuses_one_beyond_the_count(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
+    fake_cupy(2, monkeypatch=monkeypatch)
     be = get_backend("cuda:1")
     assert be.name == "cuda:1" and be.device_id == 1 and be.is_cuda and be.xp is sys.modules["cupy"]
     assert sys.modules["cupy"].current == 1  # made the current device, where CuPy launches kernels
@@ -113,9 +161,53 @@ def test_auto_falls_back_to_cpu_and_says_why(monkeypatch):
 
 
 def test_auto_takes_cuda_when_usable(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(1))
+    fake_cupy(1, monkeypatch=monkeypatch)
     be = get_backend("auto")
     assert be.name == "cuda:0" and be.note == "auto chose cuda:0"
+
+
+@pytest.mark.parametrize(
+    "fail,message",
+    [
+        ("cublas", r"CuPy cannot load cuBLAS on cuda:0 \(Failure finding \"libcublasLt.so.12\".*\): install"),
+        ("nvrtc", r"CuPy cannot compile kernels on cuda:0: NVRTC is missing \(.*libnvrtc.so.12.*\); install"),
+        ("launch", r"a test kernel failed on cuda:0 \(CUDA_ERROR_UNSUPPORTED_PTX_VERSION.*\): the NVIDIA driver"),
+        ("wrong", r"cuda:0 computed a test kernel wrongly"),
+    ],
+)
+def test_choosing_cuda_probes_what_training_uses(monkeypatch, fail, message):
+    """CuPy imports and sees a GPU, but a library or the first kernel fails: one line naming the
+    fix (the cuda12/cuda13 extras bring the libraries), no traceback, and ``auto`` takes the CPU."""
+    fake_cupy(1, fail, monkeypatch)
+    with pytest.raises(BackendUnavailable, match=message) as e:
+        get_backend("cuda")
+    assert "\n" not in str(e.value)
+    if fail in ("cublas", "nvrtc"):
+        assert "pip install 'gpumlp[cuda12]'" in str(e.value) and "--device cpu" in str(e.value)
+    be = get_backend("auto")
+    assert be.name == "cpu" and be.xp is np and be.note.startswith("auto chose cpu: ")
+    assert re.search(message, be.note)
+
+
+def test_cli_reports_a_failed_probe_in_one_line_exit_2(monkeypatch):
+    from typer.testing import CliRunner
+
+    from gpumlp import cli
+
+    fake_cupy(1, "cublas", monkeypatch)
+    out = CliRunner().invoke(cli.app, ["test", "missing.npz", "--device", "cuda"])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "error: CuPy cannot load cuBLAS on cuda:0" in out.output
+
+
+def test_the_probe_runs_on_the_chosen_gpu(monkeypatch):
+    cp = fake_cupy(3, monkeypatch=monkeypatch)
+    be = get_backend("cuda:2")
+    assert cp.entered == [2] and cp.current == 2  # probed inside cuda:2's context, then made current
+    assert be.tf32 is False and be.compiles_kernels
+    with be.activate():  # the context fit and the model enter: cuda:2's
+        pass
+    assert cp.entered == [2, 2]
 
 
 def test_importing_gpumlp_and_cpu_training_never_import_cupy(tmp_path):
@@ -139,7 +231,7 @@ def test_devices_lists_every_gpu_and_the_auto_choice(monkeypatch):
 
     from gpumlp import cli
 
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(2))
+    fake_cupy(2, monkeypatch=monkeypatch)
     d = describe_devices()
     assert d["cupy"] == {"version": "14.0.0", "cuda_runtime": "12.4"} and d["auto"] == "cuda:0"
     assert d["gpus"][1] == {"device": "cuda:1", "name": "Fake GPU 1", "memory_gib": 80.0, "compute_capability": "9.0"}

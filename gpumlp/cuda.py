@@ -1,0 +1,177 @@
+"""The CuPy backend: a CUDA GPU, its probe, and the fused kernels of ``gpumlp.kernels``.
+
+Imported only when a CUDA device is asked for (``gpumlp.backend.get_backend``). Choosing a device
+runs ``probe``: the libraries training will load (cuBLAS, NVRTC) and one tiny kernel, so that a
+missing library or an unusable GPU is one line naming the fix, not a traceback in the first epoch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+
+from gpumlp import kernels
+from gpumlp.backend import INSTALL_HINT, Backend
+from gpumlp.errors import BackendUnavailable
+
+LIBRARY_FIX = (
+    f"install CuPy's CUDA libraries with {INSTALL_HINT} (they bring the ctk extra), "
+    "or put a CUDA Toolkit's lib64 on LD_LIBRARY_PATH; or use --device cpu"
+)
+_KERNELS: dict = {}  # compiled ElementwiseKernels by their source (CuPy compiles per device on first use)
+
+
+class CupyBackend(Backend):
+    """CuPy on one CUDA GPU. Every product is one cuBLAS gemm in full float32 or float64 precision
+    (never TF32: see ``tf32``); the element-wise chains of the reference are one kernel each."""
+
+    compiles_kernels = True
+    # gpumlp's one choice: float32 products are computed in float32, never rounded to TF32 (10-bit
+    # mantissa) on the tensor cores, whatever CUPY_TF32 says: results then agree with the CPU's to
+    # float32 rounding, and a checkpoint records what ran. ``select_precision`` applies it.
+    tf32 = False
+
+    def activate(self):
+        return self.xp.cuda.Device(self.device_id)
+
+    def asarray(self, a, dtype=None):
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return self.xp.asnumpy(a)
+
+    def matmul_function(self):
+        """Every product through ``gemm``: one cuBLAS call and one precision rule for all of them
+        (``cupy.matmul`` would follow CUPY_TF32 instead)."""
+        xp, gemm = self.xp, self.gemm
+
+        def matmul(A, B, out=None):
+            C = xp.empty((A.shape[0], B.shape[1]), dtype=A.dtype) if out is None else out
+            return gemm(A, B, C, 1.0, 0.0)
+
+        return matmul
+
+    def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
+        cublas = importlib.import_module("cupy.cublas")
+        return cublas.gemm("N", "N", A, B, out=C, alpha=alpha, beta=beta)
+
+    def axpby(self, alpha: float, x, beta: float, y):
+        return self._kernel(kernels.AXPBY)(x, alpha, beta, y)
+
+    def bias_act(self, Z, b, act):
+        return self._kernel(kernels.activation_kernel(kernels.BIAS_ACT, act))(b, Z)
+
+    def act_grad_mul(self, dA, H, act, M=None):
+        if M is None:
+            return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD, act))(H, dA)
+        return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD_MASKED, act))(H, M, dA)
+
+    def loss_delta(self, Z, b, Y, loss, n: int):
+        if not (Z.flags.c_contiguous and Y.flags.c_contiguous and b.flags.c_contiguous):
+            return super().loss_delta(Z, b, Y, loss, n)  # the kernel indexes rows of contiguous arrays
+        xp = self.xp
+        delta = xp.empty_like(Z)  # (n, k)
+        row = xp.empty((Z.shape[0],), dtype=Z.dtype)  # (n,) each row's loss
+        self._kernel(kernels.LOSSES[loss.name])(Z, b, Y, delta, np.int32(Z.shape[1]), 1.0 / n, row)
+        return row.sum(), delta  # (a device scalar, (n, k))
+
+    def optimizer_step(self, opt, lr: float) -> None:
+        """The weight decay and the rule of ``opt`` in one kernel per span of θ (one span unless
+        SGD steps some weight matrices inside backward)."""
+        k, h = self._kernel(kernels.OPTIMIZERS[opt.name]), opt.hyper
+        for theta, grad, wd in opt.decay_spans():
+            if opt.name == "sgd":
+                k(grad, wd, lr, theta)
+            elif opt.name in ("momentum", "nesterov"):
+                k(grad, wd, lr, h["momentum"], theta, opt.state_buffers["velocity"])
+            else:  # adam: the bias corrections folded into two host numbers, as in optim.Adam
+                c2 = math.sqrt(1 - h["beta2"] ** opt.t)
+                step = lr * c2 / (1 - h["beta1"] ** opt.t)
+                m, v = opt.state_buffers["m"], opt.state_buffers["v"]
+                k(grad, wd, h["beta1"], h["beta2"], h["eps"] * c2, step, theta, m, v)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.Device(self.device_id).synchronize()
+
+    def _kernel(self, spec: tuple[str, str, str]):
+        kernel = _KERNELS.get(spec)
+        if kernel is None:
+            name = f"gpumlp_k{len(_KERNELS)}"
+            kernel = _KERNELS[spec] = self.xp.ElementwiseKernel(*spec, name=name)
+        return kernel
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def probe(cp, device_id: int) -> None:
+    """Load and try what training uses on ``cuda:device_id``: cuBLAS (a handle and a 2×2 product),
+    NVRTC (compiling one element-wise kernel) and a launch of it; then fix the products' precision.
+    Raises ``BackendUnavailable`` naming the fix for the first that fails."""
+    where = f"cuda:{device_id}"
+    with cp.cuda.Device(device_id):
+        try:
+            cublas = importlib.import_module("cupy.cublas")
+            handle = cp.cuda.device.get_cublas_handle()
+        except Exception as e:  # ImportError "Failure finding libcublasLt.so.12", CUBLASError, …
+            raise BackendUnavailable(f"CuPy cannot load cuBLAS on {where} ({_reason(e)}): {LIBRARY_FIX}") from e
+        x = cp.asarray(np.array([1.0, 2.0], dtype=np.float32))
+        try:
+            y = cp.ElementwiseKernel(*kernels.PROBE, name="gpumlp_probe")(x)
+            got_y = cp.asnumpy(y)  # a sync point: the launch has run
+        except Exception as e:
+            if "nvrtc" in str(e).lower():  # the run-time compiler CuPy builds every kernel with
+                raise BackendUnavailable(
+                    f"CuPy cannot compile kernels on {where}: NVRTC is missing ({_reason(e)}); {LIBRARY_FIX}"
+                ) from e
+            raise BackendUnavailable(
+                f"a test kernel failed on {where} ({_reason(e)}): the NVIDIA driver may be older than the "
+                f"CUDA {_runtime(cp)} that CuPy uses (nvidia-smi shows the driver's CUDA version; install "
+                "the cupy-cudaXXx that matches it), or use --device cpu"
+            ) from e
+        try:
+            A = cp.asarray(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+            C = cp.empty((2, 2), dtype=np.float32)
+            cublas.gemm("N", "N", A, A, out=C)
+            got_C = cp.asnumpy(C)
+        except Exception as e:
+            raise BackendUnavailable(f"cuBLAS failed on {where} ({_reason(e)}): {LIBRARY_FIX}") from e
+        if not (np.array_equal(got_y, [3.0, 5.0]) and np.array_equal(got_C, [[7.0, 10.0], [15.0, 22.0]])):
+            raise BackendUnavailable(
+                f"{where} computed a test kernel wrongly ({got_y.tolist()}, {got_C.tolist()}): "
+                "check the GPU and its driver with nvidia-smi, or use --device cpu"
+            )
+        select_precision(cp, cublas, handle)
+
+
+def select_precision(cp, cublas, handle) -> None:
+    """Full float32 for every product on this device (``CupyBackend.tf32``): the cuBLAS handle's
+    math mode for ``cupy.cublas.gemm``, and CuPy's own compute type for the ``cupy.matmul`` that
+    augmentation calls (otherwise TF32 when CUPY_TF32=1)."""
+    libs = getattr(cublas, "cublas", None)  # cupy.cublas's binding of the library
+    if libs is not None and hasattr(libs, "setMathMode"):
+        libs.setMathMode(handle, getattr(libs, "CUBLAS_DEFAULT_MATH", 0))
+    try:
+        linalg = importlib.import_module("cupy._core._routines_linalg")
+        linalg.set_compute_type(np.dtype(np.float32), linalg.COMPUTE_TYPE_FP32)
+    except (ImportError, AttributeError):  # a CuPy without this (private) switch: it honours CUPY_TF32
+        pass
+
+
+def _runtime(cp) -> str:
+    try:
+        v = cp.cuda.runtime.runtimeGetVersion()
+    except Exception:
+        return "runtime"
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def cuda_backend(cp, device_id: int) -> CupyBackend:
+    """The backend of ``cuda:device_id`` after ``probe``; made the thread's current device too."""
+    probe(cp, device_id)
+    cp.cuda.Device(device_id).use()
+    return CupyBackend(f"cuda:{device_id}", cp, device_id)

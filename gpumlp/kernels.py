@@ -1,0 +1,101 @@
+"""The CUDA C of the fused element-wise kernels the CuPy backend launches (``CupyBackend``).
+
+Each kernel does in one launch what the numpy reference in ``gpumlp.backend.Backend`` and
+``gpumlp.optim`` does in several array operations; the math is the same, the rounding may differ
+in the last bit (CUDA's tanh/exp differ from numpy's, and nvcc contracts a·b + c into one fused
+multiply-add). Kept here as plain strings, so they are importable without CuPy: the tests compile
+every body with ``nvcc`` where one exists, and compare each kernel with its reference on a GPU.
+
+A kernel is ``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``: one thread per
+element (``i`` is its index), inputs read, outputs read and written. ``T`` is the array dtype.
+Activation bodies are filled in from ``Activation.cuda_f`` (of the pre-activation ``x``) and
+``Activation.cuda_grad`` (of the output ``a``) in ``gpumlp.model``.
+"""
+
+from __future__ import annotations
+
+# Z ← f(Z + b): the hidden layer's bias and activation, in place on the fresh product Z (n, n_out).
+BIAS_ACT = ("T b", "T z", "const T x = z + b; z = {f};")
+
+# dA ← dA ⊙ f'(H), or dA ⊙ M ⊙ f'(H) with dropout's multiplier M: backward through a hidden layer.
+ACT_GRAD = ("T a", "T d", "d = d * ({grad});")
+ACT_GRAD_MASKED = ("T a, T m", "T d", "d = (d * m) * ({grad});")
+
+# The output layer and the loss, one thread per row of k classes: adds the bias, applies the output
+# function, writes delta = d(mean loss)/dZ (n, k) and the row's loss; the batch's total is then one
+# sum of ``row``. Z (n, k), Y (n, k) and delta (n, k) must be C-contiguous.
+_LOSS_PARAMS = "raw T z, raw T bias, raw T y, raw T delta, int32 k, T inv_n"
+LOSS_MSE = (
+    _LOSS_PARAMS,
+    "T row",
+    """
+    T s = 0;
+    for (int j = 0; j < k; ++j) {
+        const ptrdiff_t o = (ptrdiff_t)i * k + j;
+        const T a = T(0.5) * tanh(T(0.5) * (z[o] + bias[j])) + T(0.5);  // sigmoid, no overflow
+        const T d = a - y[o];
+        s += T(0.5) * d * d;                        // ½‖a − y‖²
+        delta[o] = d * (a * (T(1) - a)) * inv_n;    // (a − y) σ'(z) / n
+    }
+    row = s;
+    """,
+)
+LOSS_CE = (
+    _LOSS_PARAMS,
+    "T row",
+    """
+    const ptrdiff_t r = (ptrdiff_t)i * k;
+    T m = z[r] + bias[0];
+    for (int j = 1; j < k; ++j) { const T v = z[r + j] + bias[j]; m = v > m ? v : m; }
+    T s = 0;
+    for (int j = 0; j < k; ++j) s += exp(z[r + j] + bias[j] - m);
+    const T lse = m + log(s);                       // log Σ exp z, shifted so exp never overflows
+    T zy = 0;
+    for (int j = 0; j < k; ++j) {
+        const T v = z[r + j] + bias[j];
+        zy += v * y[r + j];
+        delta[r + j] = (exp(v - lse) - y[r + j]) * inv_n;   // (softmax(z) − y) / n
+    }
+    row = lse - zy;                                 // −log softmax(z)_y for a one-hot y
+    """,
+)
+
+# y ← α·x + β·y: Backend.axpby.
+AXPBY = ("T x, T alpha, T beta", "T y", "y = beta * y + alpha * x;")
+
+# The optimisers. ``wd`` is λ on the weight matrices' entries and 0 on the biases (a vector shaped
+# like θ), or the number 0 without weight decay: g + wd·θ is the gradient with ½λ‖W‖² added.
+SGD = ("T g, T wd, T lr", "T p", "p = p - lr * (g + wd * p);")
+MOMENTUM = (
+    "T g, T wd, T lr, T mu",
+    "T p, T v",
+    "v = mu * v + (g + wd * p); p = p - lr * v;",
+)
+NESTEROV = (
+    "T g, T wd, T lr, T mu",
+    "T p, T v",
+    "const T ge = g + wd * p; v = mu * v + ge; p = p - lr * (ge + mu * v);",
+)
+# step = η √(1−β₂ᵗ)/(1−β₁ᵗ) and eps_c = ε √(1−β₂ᵗ): the bias corrections folded in on the host.
+ADAM = (
+    "T g, T wd, T b1, T b2, T eps_c, T step",
+    "T p, T m, T v",
+    """
+    const T ge = g + wd * p;
+    m = b1 * m + (T(1) - b1) * ge;
+    v = b2 * v + (T(1) - b2) * (ge * ge);
+    p = p - step * (m / (sqrt(v) + eps_c));
+    """,
+)
+
+OPTIMIZERS = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
+LOSSES = {"mse": LOSS_MSE, "ce": LOSS_CE}
+
+# One tiny kernel compiled (NVRTC) and launched when a CUDA device is chosen: y = 2x + 1.
+PROBE = ("T x", "T y", "y = x + x + T(1);")
+
+
+def activation_kernel(template: tuple[str, str, str], act) -> tuple[str, str, str]:
+    """``template`` with ``act``'s CUDA expressions (``gpumlp.model.Activation``) filled in."""
+    in_params, out_params, body = template
+    return in_params, out_params, body.format(f=act.cuda_f, grad=act.cuda_grad)
