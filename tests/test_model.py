@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gpumlp.errors import ConfigError
-from gpumlp.model import ACTIVATIONS, LOSSES, MLP, parse_sizes, relu_grad, sigmoid, softmax
+from gpumlp.model import ACTIVATIONS, LOSSES, MLP, flatten, parse_sizes, relu_grad, sigmoid, softmax
 
 SMALL = (784, 6, 5, 10)
 
@@ -184,3 +185,52 @@ def test_unknown_options_name_the_choices(kwargs, fragment):
 def test_wrong_input_width_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"shape \(n, 784\)"):
         MLP().predict(np.zeros((3, 783)))
+
+
+def _byte_offset(be, view, base) -> int:
+    """Where ``view`` starts in ``base``, in bytes (both device arrays of one buffer)."""
+    a, b = getattr(view, "_a", view), getattr(base, "_a", base)  # the fake device's arrays hold numpy's
+    if hasattr(a, "data") and hasattr(a.data, "ptr"):  # CuPy
+        return a.data.ptr - b.data.ptr
+    return a.__array_interface__["data"][0] - b.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes", [(784, 100, 50, 10), (784, 16, 16, 10), (784, 7, 3, 10)])
+def test_every_parameter_view_starts_256_bytes_aligned(device, sizes, dtype):
+    """cuBLAS takes slower paths for operands that are only 8-byte aligned (784-100-50-10 packed back
+    to back put W2 at byte 334,200): each parameter and gradient view starts a multiple of 256 bytes
+    into its flat buffer, and the gaps hold zeros that no update moves."""
+    m = MLP(sizes, device=device, dtype=dtype)
+    for views, base in ((m.params, m.theta), (m.grads, m.grad)):
+        offsets = [_byte_offset(m.be, v, base) for v in views.values()]
+        assert all(o % 256 == 0 for o in offsets), offsets
+    host = m.be.to_numpy(m.theta)
+    assert np.count_nonzero(host) == np.count_nonzero(flatten({k: m.be.to_numpy(v) for k, v in m.params.items()}))
+    assert host.size - m.n_params < len(m.params) * 64  # at most ALIGN − 1 elements of padding each
+
+
+def test_checkpoints_store_the_parameters_back_to_back(tmp_path):
+    """The alignment is in memory only: a checkpoint's arrays and state vectors have the packed
+    layout (n_params,), as before, and a shipped network loads and predicts as a plain numpy
+    forward pass of its arrays does."""
+    from gpumlp import checkpoint
+    from gpumlp.train import TrainState, fit
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 784)), rng.integers(0, 10, 40)
+    m = MLP((784, 100, 50, 10), "relu", "ce")
+    state = TrainState()
+    fit(m, X, y, epochs=1, batch_size=10, lr=0.01, seed=0, state=state, optimizer="adam")
+    checkpoint.save(tmp_path / "a.npz", m, state.arrays)
+    with np.load(tmp_path / "a.npz") as f:
+        assert f["state.optimizer.m"].shape == f["state.optimizer.v"].shape == (m.n_params,)
+        np.testing.assert_array_equal(f["state.optimizer.m"], state.arrays["optimizer.m"])
+        np.testing.assert_array_equal(f["W2"], m.params["W2"])
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+    net = MLP.load(shipped)
+    with np.load(shipped) as f:
+        P = {k: f[k] for k in f.files if k != "metadata"}
+    pixels = rng.random((5, 784)).astype(np.float32)
+    Z = np.maximum(pixels @ P["W0"] + P["b0"], 0) @ P["W1"] + P["b1"]
+    np.testing.assert_allclose(net.be.to_numpy(net.predict_proba(pixels)), softmax(np, Z), rtol=1e-5, atol=1e-6)

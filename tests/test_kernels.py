@@ -1,0 +1,309 @@
+"""The fused CUDA kernels (gpumlp/kernels.py) against the numpy reference they replace.
+
+Without a GPU: every kernel body is compiled, with ``nvcc`` for the device (float and double) where
+nvcc exists, and for the host with nvcc or a C++ compiler; the host build then runs the *same*
+CUDA C, element by element, inside ``CupyBackend``'s own methods (``HostCuda`` below), and the
+results must match the numpy reference to rounding. With a GPU (tests marked ``gpu``): the real
+``CupyBackend`` against the CPU, kernel by kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from gpumlp import kernels
+from gpumlp.backend import CPU, NumpyBackend
+from gpumlp.cuda import CupyBackend
+from gpumlp.model import ACTIVATIONS, LOSSES, MLP
+from gpumlp.train import fit
+
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("c++") or shutil.which("g++")
+
+
+def all_specs() -> dict[str, tuple[str, str, str]]:
+    """Every kernel CupyBackend can launch, by a C identifier."""
+    specs = {"axpby": kernels.AXPBY, "probe": kernels.PROBE}
+    specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
+    specs.update({f"opt_{k}": v for k, v in kernels.OPTIMIZERS.items()})
+    for name, act in ACTIVATIONS.items():
+        for kind, template in (
+            ("bias", kernels.BIAS_ACT),
+            ("grad", kernels.ACT_GRAD),
+            ("gradm", kernels.ACT_GRAD_MASKED),
+        ):
+            specs[f"{kind}_{name}"] = kernels.activation_kernel(template, act)
+    return specs
+
+
+def params(spec) -> list[tuple[str, str, bool, bool]]:
+    """``[(name, type, raw, is_output), …]`` of an ElementwiseKernel's parameter strings."""
+    out = []
+    for text, is_out in ((spec[0], False), (spec[1], True)):
+        for p in filter(None, (s.strip() for s in text.split(","))):
+            words = p.split()
+            out.append((words[-1], words[-2], words[0] == "raw", is_out))
+    return out
+
+
+def c_source(specs) -> str:
+    """Each body as a __host__ __device__ function of one element, a __global__ kernel calling it
+    (float and double), and an ``extern "C"`` host loop over n elements with broadcasting by modulus."""
+    lines = [
+        "#include <cmath>",
+        "#include <cstddef>",
+        "#ifndef __CUDACC__",
+        "#define __host__",
+        "#define __device__",
+        "#endif",
+        "using std::tanh; using std::exp; using std::log; using std::sqrt;",
+    ]
+    for name, spec in specs.items():
+        ps = params(spec)
+        decl = []
+        for p, t, raw, is_out in ps:
+            ctype = "int" if t == "int32" else "T"
+            decl.append(f"{ctype} *{p}" if raw else (f"{ctype} &{p}" if is_out else f"const {ctype} {p}"))
+        lines.append(
+            f"template <typename T> __host__ __device__ inline void op_{name}(ptrdiff_t i, {', '.join(decl)}) {{"
+        )
+        lines.append(spec[2])
+        lines.append("}")
+        args_decl, call = [], []
+        for p, t, raw, _ in ps:
+            if t == "int32":
+                args_decl.append(f"int {p}")
+                call.append(p)
+            elif raw:
+                args_decl.append(f"T *{p}")
+                call.append(p)
+            else:
+                args_decl.append(f"T *p_{p}, long m_{p}")
+                call.append(f"p_{p}[i % m_{p}]")
+        sig, body_call = ", ".join(args_decl), ", ".join(call)
+        lines.append("#ifdef __CUDACC__")
+        lines.append(f"template <typename T> __global__ void dev_{name}(long n, {sig}) {{")
+        lines.append(
+            f"  ptrdiff_t i = blockIdx.x * (ptrdiff_t)blockDim.x + threadIdx.x; if (i < n) op_{name}<T>(i, {body_call}); }}"
+        )
+        for T in ("float", "double"):
+            lines.append(f"template __global__ void dev_{name}<{T}>(long n, {sig.replace('T ', T + ' ')});")
+        lines.append("#endif")
+        host_sig = sig.replace("T ", "double ")
+        lines.append(f'extern "C" void host_{name}(long n, {host_sig}) {{')
+        lines.append(f"  typedef double T; for (ptrdiff_t i = 0; i < n; ++i) op_{name}<T>(i, {body_call}); }}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def host_library(tmp_path_factory):
+    """The kernels built into a shared library (nvcc where present, else the C++ compiler)."""
+    if NVCC is None and CXX is None:
+        pytest.skip("neither nvcc nor a C++ compiler is installed")
+    d = tmp_path_factory.mktemp("kernels")
+    src = d / ("kernels.cu" if NVCC else "kernels.cpp")
+    src.write_text(c_source(all_specs()))
+    lib = d / "libkernels.so"
+    if NVCC:
+        cmd = [NVCC, "-shared", "-Xcompiler", "-fPIC", "-O2", "-o", str(lib), str(src)]
+    else:
+        cmd = [CXX, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_every_kernel_compiles_for_the_gpu_with_nvcc(tmp_path):
+    """The CUDA C of every kernel, as __global__ functions in float and double, through nvcc's
+    device compiler (for the oldest architecture it targets by default): a syntax or type error in a
+    kernel body fails here, not at NVRTC time on someone's GPU."""
+    src = tmp_path / "k.cu"
+    src.write_text(c_source(all_specs()))
+    out = subprocess.run(
+        [NVCC, "-c", "-o", str(tmp_path / "k.o"), str(src)], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stderr.count("warning") == 0, out.stderr[-4000:]
+
+
+class HostKernel:
+    """``cupy.ElementwiseKernel``'s call semantics (inputs then outputs, scalars and trailing-axis
+    broadcasting) over the host build of the same CUDA C, in float64."""
+
+    library = None
+
+    def __init__(self, in_params, out_params, body, name=""):
+        spec = (in_params, out_params, body)
+        self.name = next(k for k, v in all_specs().items() if v == spec)
+        self.params = params(spec)
+
+    def __call__(self, *args):
+        assert len(args) == len(self.params), "outputs are always passed in gpumlp"
+        arrays = [a for a, (_, t, raw, _) in zip(args, self.params) if not raw and isinstance(a, np.ndarray)]
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        n = int(np.prod(shape))
+        c_args, keep = [ctypes.c_long(n)], []
+        for a, (_, t, raw, _) in zip(args, self.params):
+            if t == "int32":
+                c_args.append(ctypes.c_int(int(a)))
+                continue
+            a = np.asarray(a, dtype=np.float64) if not isinstance(a, np.ndarray) else a
+            assert a.dtype == np.float64 and a.flags.c_contiguous
+            keep.append(a)
+            c_args.append(a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+            if not raw:
+                assert a.size in (1, n) or shape[-a.ndim :] == a.shape, "trailing-axis broadcasting only"
+                c_args.append(ctypes.c_long(max(a.size, 1)))
+        getattr(self.library, f"host_{self.name}")(*c_args)
+        return args[-1]
+
+
+class _HostXP(types.ModuleType):
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+class HostCuda(CupyBackend):
+    """CupyBackend's own fused methods, its kernels run on the host; products and transfers numpy's."""
+
+    compiles_kernels = False
+    asarray, to_numpy, matmul_function, gemm = (NumpyBackend.asarray, NumpyBackend.to_numpy,
+                                                 NumpyBackend.matmul_function, NumpyBackend.gemm)  # fmt: skip
+
+    def activate(self):
+        return CPU.activate()
+
+    def synchronize(self):
+        pass
+
+
+@pytest.fixture
+def host_cuda(host_library, monkeypatch):
+    HostKernel.library = host_library
+    xp = _HostXP("host_xp")
+    xp.ElementwiseKernel = HostKernel
+    monkeypatch.setattr("gpumlp.cuda._KERNELS", {})
+    return HostCuda("hostcuda", xp)
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_bias_and_activation_kernels_match_numpy(host_cuda, name):
+    act = ACTIVATIONS[name]
+    Z, b = rand(6, 5) * 4, rand(5, seed=1)
+    np.testing.assert_allclose(
+        host_cuda.bias_act(Z.copy(), b, act), CPU.bias_act(Z.copy(), b, act), rtol=1e-13, atol=1e-15
+    )
+    H, dA, M = CPU.bias_act(Z.copy(), b, act), rand(6, 5, seed=2), (rand(6, 5, seed=3) > 0) * 2.0
+    for mask in (None, M):
+        got = host_cuda.act_grad_mul(dA.copy(), H, act, mask)
+        np.testing.assert_allclose(got, CPU.act_grad_mul(dA.copy(), H, act, mask), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_loss_kernels_match_numpy(host_cuda, name):
+    """The output layer's bias, function, loss and delta in one kernel per row, huge logits included."""
+    Z, b = rand(7, 10) * 3, rand(10, seed=1)
+    Z[0, 3] = 800.0  # exp would overflow without the shift
+    Y = np.eye(10)[np.random.default_rng(2).integers(0, 10, 7)]
+    total, delta = host_cuda.loss_delta(Z.copy(), b, Y, LOSSES[name], 7)
+    ref_total, ref_delta = CPU.loss_delta(Z.copy(), b, Y, LOSSES[name], 7)
+    assert np.isfinite(total) and total == pytest.approx(float(ref_total), rel=1e-13)
+    np.testing.assert_allclose(delta, ref_delta, rtol=1e-12, atol=1e-15)
+
+
+def test_axpby_kernel_matches_numpy(host_cuda):
+    x, y = rand(300), rand(300, seed=1)
+    np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_training_through_the_kernels_matches_numpy(host_cuda, optimizer, weight_decay, monkeypatch):
+    """Whole float64 runs: every fused operation of CupyBackend (activations, loss, optimiser with
+    weight decay, SGD's spans around weight matrices fused into backward) in its host build, against
+    the numpy reference. Same math; only the order of a few roundings differs."""
+    monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 200)  # W0, W1 of SGD fused, W2 not
+    rng = np.random.default_rng(0)
+    X, y = rng.random((120, 784)), rng.integers(0, 10, 120)
+    thetas, losses = {}, {}
+    for be in (CPU, host_cuda):
+        for activation, loss in (("sigmoid", "mse"), ("relu", "ce")):
+            m = MLP((784, 16, 12, 10), activation, loss, seed=1, device=be, dtype="float64")
+            h = fit(m, X, y, epochs=2, batch_size=10, lr=0.05, seed=2, X_val=X[:20], y_val=y[:20],
+                    optimizer=optimizer, weight_decay=weight_decay)  # fmt: skip
+            thetas[be.name, activation] = m.theta.copy()
+            losses[be.name, activation] = [e.train_loss for e in h]
+    for activation in ("sigmoid", "relu"):
+        np.testing.assert_allclose(thetas["hostcuda", activation], thetas["cpu", activation], rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(losses["hostcuda", activation], losses["cpu", activation], rtol=1e-10)
+        assert not np.array_equal(thetas["cpu", activation], MLP((784, 16, 12, 10), activation, seed=1).theta)
+
+
+def test_the_source_names_every_parameter_it_uses():
+    """A cheap guard on the templates: each body uses each of its parameters."""
+    for name, spec in all_specs().items():
+        for p, *_ in params(spec):
+            assert re.search(rf"\b{p}\b", spec[2]), (name, p)
+
+
+# ---------------------------------------------------------------- on a real GPU
+
+
+@pytest.fixture
+def gpu():
+    from gpumlp.backend import get_backend
+
+    return get_backend("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_kernels_match_numpy_one_by_one(gpu, dtype):
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    d = np.dtype(dtype)
+    Z, b, dA = rand(64, 16).astype(d) * 3, rand(16, seed=1).astype(d), rand(64, 16, seed=2).astype(d)
+    M = ((rand(64, 16, seed=3) > 0) * 2.0).astype(d)
+    for act in ACTIVATIONS.values():
+        got = gpu.to_numpy(gpu.bias_act(gpu.asarray(Z), gpu.asarray(b), act))
+        np.testing.assert_allclose(got, CPU.bias_act(Z.copy(), b, act), **tol)
+        H = CPU.bias_act(Z.copy(), b, act)
+        for mask in (None, M):
+            dev_mask = None if mask is None else gpu.asarray(mask)
+            got = gpu.to_numpy(gpu.act_grad_mul(gpu.asarray(dA), gpu.asarray(H), act, dev_mask))
+            np.testing.assert_allclose(got, CPU.act_grad_mul(dA.copy(), H, act, mask), **tol)
+    Y = np.eye(10, dtype=d)[np.random.default_rng(4).integers(0, 10, 64)]
+    Zo, bo = Z[:, :10].copy(), b[:10].copy()
+    for loss in LOSSES.values():
+        total, delta = gpu.loss_delta(gpu.asarray(Zo), gpu.asarray(bo), gpu.asarray(Y), loss, 64)
+        ref_total, ref_delta = CPU.loss_delta(Zo.copy(), bo, Y, loss, 64)
+        assert float(gpu.to_numpy(total)) == pytest.approx(float(ref_total), rel=tol["rtol"] * 10)
+        np.testing.assert_allclose(gpu.to_numpy(delta), ref_delta, **tol)
+    x, y = rand(1000).astype(d), rand(1000, seed=5).astype(d)
+    np.testing.assert_allclose(gpu.to_numpy(gpu.axpby(0.3, gpu.asarray(x), 0.7, gpu.asarray(y))),
+                               CPU.axpby(0.3, x, 0.7, y.copy()), **tol)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+def test_gpu_optimizer_kernels_match_numpy(gpu, optimizer):
+    """Two float64 epochs with weight decay: the fused optimiser kernel against the numpy rule."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((200, 784)), rng.integers(0, 10, 200)
+    thetas = {}
+    for device in ("cpu", "cuda"):
+        m = MLP((784, 32, 16, 10), "relu", "ce", seed=1, device=device, dtype="float64")
+        fit(m, X, y, epochs=2, batch_size=10, lr=0.01, seed=2, optimizer=optimizer, weight_decay=1e-3)
+        thetas[device] = m.be.to_numpy(m.theta)
+    np.testing.assert_allclose(thetas["cuda"], thetas["cpu"], rtol=1e-7, atol=1e-10)
