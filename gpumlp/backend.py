@@ -306,7 +306,12 @@ def describe_devices() -> dict:
             info["reason"] = " ".join(str(e).split()) or type(e).__name__
         if not info["gpus"] and info["reason"] is None:
             info["reason"] = "the CUDA runtime reports no GPU"
-    info["auto"] = info["gpus"][0]["device"] if info["gpus"] else "cpu"
+    info["auto"] = "cpu"
+    if info["gpus"]:
+        try:  # what choosing the device checks: the libraries and one kernel (gpumlp.cuda.probe)
+            info["auto"] = _cuda_backend(0).name
+        except BackendUnavailable as e:
+            info["reason"] = str(e)
     return info
 
 

@@ -380,7 +380,8 @@ def devices_cli(
         typer.echo(f"{g['device']:<15}{g['name']}, {g['memory_gib']} GiB, compute capability {g['compute_capability']}")
     if not d["gpus"]:
         typer.echo(f"gpus           none usable: {d['reason']}")
-    typer.echo(f"--device auto  {d['auto']}")
+    why = f" ({d['reason']})" if d["gpus"] and d["auto"] == "cpu" else ""  # a GPU that failed the probe
+    typer.echo(f"--device auto  {d['auto']}{why}")
 
 
 @command("export")

@@ -21,6 +21,7 @@ LIBRARY_FIX = (
     "or put a CUDA Toolkit's lib64 on LD_LIBRARY_PATH; or use --device cpu"
 )
 _KERNELS: dict = {}  # compiled ElementwiseKernels by their source (CuPy compiles per device on first use)
+_MATMUL_FP32 = False  # whether cupy.matmul's float32 products are pinned to FP32 (select_precision)
 
 
 class CupyBackend(Backend):
@@ -44,8 +45,11 @@ class CupyBackend(Backend):
         return self.xp.asnumpy(a)
 
     def matmul_function(self):
-        """Every product through ``gemm``: one cuBLAS call and one precision rule for all of them
-        (``cupy.matmul`` would follow CUPY_TF32 instead)."""
+        """``cupy.matmul`` (one cuBLAS call, from Cython: less host time per call than ``gemm``'s
+        Python) once ``select_precision`` has pinned its float32 compute type to FP32; else every
+        product through ``gemm``, whose precision the cuBLAS handle's math mode decides."""
+        if _MATMUL_FP32:
+            return self.xp.matmul
         xp, gemm = self.xp, self.gemm
 
         def matmul(A, B, out=None):
@@ -155,11 +159,13 @@ def select_precision(cp, cublas, handle) -> None:
     libs = getattr(cublas, "cublas", None)  # cupy.cublas's binding of the library
     if libs is not None and hasattr(libs, "setMathMode"):
         libs.setMathMode(handle, getattr(libs, "CUBLAS_DEFAULT_MATH", 0))
+    global _MATMUL_FP32
     try:
         linalg = importlib.import_module("cupy._core._routines_linalg")
         linalg.set_compute_type(np.dtype(np.float32), linalg.COMPUTE_TYPE_FP32)
-    except (ImportError, AttributeError):  # a CuPy without this (private) switch: it honours CUPY_TF32
-        pass
+        _MATMUL_FP32 = True
+    except Exception:  # a CuPy without this (private) switch, or a stand-in: it honours CUPY_TF32,
+        _MATMUL_FP32 = False  # so the products go through cupy.cublas.gemm (augmentation's stay TF32-able)
 
 
 def _runtime(cp) -> str:

@@ -79,6 +79,10 @@ def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) 
 
     cublas_module = types.ModuleType("cupy.cublas")
     cublas_module.gemm = gemm
+    cp.math_modes = []  # (handle, mode) set on cuBLAS handles
+    cublas_module.cublas = types.SimpleNamespace(
+        setMathMode=lambda h, mode: cp.math_modes.append((h, mode)), CUBLAS_DEFAULT_MATH=0
+    )
     runtime = types.SimpleNamespace(
         getDeviceCount=get_device_count, runtimeGetVersion=lambda: 12040, getDeviceProperties=properties
     )
@@ -232,6 +236,11 @@ def test_devices_lists_every_gpu_and_the_auto_choice(monkeypatch):
     from gpumlp import cli
 
     fake_cupy(2, monkeypatch=monkeypatch)
+    assert describe_devices()["auto"] == "cuda:0"
+    fake_cupy(2, "nvrtc", monkeypatch)  # GPUs listed, but choosing one would fail: auto says cpu, and why
+    d = describe_devices()
+    assert len(d["gpus"]) == 2 and d["auto"] == "cpu" and "NVRTC is missing" in d["reason"]
+    fake_cupy(2, monkeypatch=monkeypatch)
     d = describe_devices()
     assert d["cupy"] == {"version": "14.0.0", "cuda_runtime": "12.4"} and d["auto"] == "cuda:0"
     assert d["gpus"][1] == {"device": "cuda:1", "name": "Fake GPU 1", "memory_gib": 80.0, "compute_capability": "9.0"}
@@ -248,3 +257,39 @@ def test_devices_says_why_there_is_no_gpu(monkeypatch, cupy, reason):
     monkeypatch.setitem(sys.modules, "cupy", None if cupy is None else fake_cupy(None))
     d = describe_devices()
     assert d["gpus"] == [] and reason in d["reason"] and d["auto"] == "cpu"
+
+
+def test_the_cuda_extras_bring_cupys_libraries():
+    """The extras ask for CuPy's ctk extra (cuda-toolkit[cublas,nvrtc,…] in the wheels' metadata):
+    plain CuPy loads cuBLAS and NVRTC from a system CUDA Toolkit only."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = meta["project"]["optional-dependencies"]
+    assert extras["cuda12"] == ["cupy-cuda12x[ctk]>=14"] and extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
+    assert "numpy" in meta["project"]["dependencies"][0] and len(meta["project"]["dependencies"]) == 2
+
+
+def test_choosing_cuda_turns_tf32_off_for_every_product(monkeypatch):
+    """The cuBLAS handle gets the default math mode (no TF32) for cupy.cublas.gemm; with CuPy's
+    float32 compute-type switch, it is pinned to FP32 and the products use cupy.matmul; without the
+    switch, every product goes through cupy.cublas.gemm, so CUPY_TF32 reaches none of them."""
+    from gpumlp import cuda
+
+    monkeypatch.setenv("CUPY_TF32", "1")
+    cp = fake_cupy(1, monkeypatch=monkeypatch)
+    cp.matmul = np.matmul
+    be = get_backend("cuda")
+    assert cp.math_modes == [(1234, 0)] and be.tf32 is False
+    assert be.matmul_function() is not cp.matmul  # no switch in the stand-in: gemm for all
+    A, B = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(be.matmul_function()(A, B), A @ B)
+
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_FP32, linalg.set = 4, {}
+    linalg.set_compute_type = lambda dtype, kind: linalg.set.__setitem__(dtype, kind)
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
+    monkeypatch.setattr(cuda, "_MATMUL_FP32", False)
+    be = get_backend("cuda")
+    assert linalg.set == {np.dtype(np.float32): 4} and be.matmul_function() is cp.matmul

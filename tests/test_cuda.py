@@ -22,7 +22,9 @@ from gpumlp.errors import BackendUnavailable
 from gpumlp.model import MLP
 from gpumlp.train import fit
 
-GPUMLP = str(Path(sys.executable).parent / "gpumlp")
+_SCRIPT = Path(sys.executable).parent / "gpumlp"
+# The console script, or the module where gpumlp runs from a checkout without an install.
+GPUMLP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gpumlp"]
 
 
 def _cupy_without_gpu():
@@ -33,7 +35,7 @@ def _cupy_without_gpu():
 
 
 def gpumlp_cli(*args, env=None):
-    return subprocess.run([GPUMLP, *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([*GPUMLP, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_real_cupy_without_gpu_gives_cupys_reason():
@@ -105,6 +107,21 @@ def test_gpu_training_agrees_with_cpu(fuse_all, monkeypatch):
         fit(m, X, y, epochs=5, batch_size=10, lr=1.0, seed=2)
         thetas[device] = m.be.to_numpy(m.theta)
     np.testing.assert_allclose(thetas["cuda"], thetas["cpu"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_repeats_bit_for_bit():
+    """Same seed, same GPU, same CuPy: float32 runs with every fused kernel (Adam with weight decay,
+    dropout, augmentation) end with identical parameters (no atomics anywhere)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((500, 784)), rng.integers(0, 10, 500)
+    thetas = []
+    for _ in range(2):
+        m = MLP((784, 64, 32, 10), "relu", "ce", seed=1, device="cuda")
+        fit(m, X, y, epochs=2, batch_size=32, lr=1e-3, seed=2, optimizer="adam", weight_decay=1e-4, dropout=0.1,
+            augment="affine,elastic", X_val=X[:100], y_val=y[:100])  # fmt: skip
+        thetas.append(m.be.to_numpy(m.theta))
+    np.testing.assert_array_equal(thetas[0], thetas[1])
 
 
 @pytest.mark.gpu

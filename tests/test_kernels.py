@@ -90,9 +90,8 @@ def c_source(specs) -> str:
         sig, body_call = ", ".join(args_decl), ", ".join(call)
         lines.append("#ifdef __CUDACC__")
         lines.append(f"template <typename T> __global__ void dev_{name}(long n, {sig}) {{")
-        lines.append(
-            f"  ptrdiff_t i = blockIdx.x * (ptrdiff_t)blockDim.x + threadIdx.x; if (i < n) op_{name}<T>(i, {body_call}); }}"
-        )
+        lines.append("  ptrdiff_t i = blockIdx.x * (ptrdiff_t)blockDim.x + threadIdx.x;")
+        lines.append(f"  if (i < n) op_{name}<T>(i, {body_call}); }}")
         for T in ("float", "double"):
             lines.append(f"template __global__ void dev_{name}<{T}>(long n, {sig.replace('T ', T + ' ')});")
         lines.append("#endif")
