@@ -79,7 +79,8 @@ class CupyBackend(Backend):
         xp = self.xp
         delta = xp.empty_like(Z)  # (n, k)
         row = xp.empty((Z.shape[0],), dtype=Z.dtype)  # (n,) each row's loss
-        self._kernel(kernels.LOSSES[loss.name])(Z, b, Y, delta, np.int32(Z.shape[1]), 1.0 / n, row)
+        flat = (Z.reshape(-1), b, Y.reshape(-1), delta.reshape(-1))  # views: the kernel indexes i·k + j
+        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, row)
         return row.sum(), delta  # (a device scalar, (n, k))
 
     def optimizer_step(self, opt, lr: float) -> None:

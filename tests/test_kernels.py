@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,53 @@ def test_every_kernel_compiles_for_the_gpu_with_nvcc(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stderr.count("warning") == 0, out.stderr[-4000:]
+
+
+def cupy_form_source(specs) -> str:
+    """Each kernel wrapped as CuPy 14 wraps an ElementwiseKernel before NVRTC compiles it: CuPy's own
+    ``CArray`` and ``CIndexer`` (from the installed CuPy's headers), the ``CUPY_FOR`` loop over ``i``,
+    ``const T x = _raw_x[_ind.get()]`` for an input, ``T &y = …`` for an output, a raw parameter as
+    a 1-D ``CArray`` (gpumlp passes flat views) and a scalar as a plain value."""
+    lines = ["#include <cassert>", "#include <cupy/carray.cuh>"]
+    for T in ("float", "double"):
+        lines.append(f"namespace k_{T} {{ typedef {T} T;")
+        for name, spec in specs.items():
+            args, prologue = [], []
+            for p, t, raw, is_out in params(spec):
+                if t == "int32":
+                    args.append(f"int {p}")
+                elif raw:
+                    args.append(f"CArray<T, 1, true, true> {p}")
+                elif p in SCALARS.get(name, ()):
+                    args.append(f"T {p}")
+                else:
+                    args.append(f"CArray<T, 1, true, true> _raw_{p}")
+                    prologue.append(f"{'T &' if is_out else 'const T '}{p} = _raw_{p}[_ind.get()];")
+            lines.append(f"__global__ void {name}({', '.join(args)}, CIndexer<1, true> _ind) {{")
+            lines.append("  CUPY_FOR(i, _ind.size()) { _ind.set(i); " + " ".join(prologue))
+            lines.append(spec[2])
+            lines.append("  }\n}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# The parameters gpumlp passes as numbers, not arrays (CuPy then makes them kernel arguments).
+SCALARS = {"axpby": ("alpha", "beta"), "opt_sgd": ("lr",), "opt_momentum": ("lr", "mu"), "opt_nesterov": ("lr", "mu"),
+           "opt_adam": ("b1", "b2", "eps_c", "step")}  # fmt: skip
+SCALARS.update({f"loss_{k}": ("inv_n",) for k in LOSSES})
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_every_kernel_compiles_as_cupy_wraps_it(tmp_path):
+    """The kernels inside CuPy's own kernel skeleton and headers (CArray's indexing and writes
+    through raw arrays included), compiled by nvcc in float and double."""
+    cupy = pytest.importorskip("cupy", reason="CuPy's headers come with CuPy")
+    include = Path(cupy.__file__).parent / "_core" / "include"
+    src = tmp_path / "cupy_form.cu"
+    src.write_text(cupy_form_source(all_specs()))
+    cmd = [NVCC, "-c", f"-I{include}", "-o", str(tmp_path / "c.o"), str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
 
 
 class HostKernel:
