@@ -95,6 +95,10 @@ def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) 
     if monkeypatch is not None:
         monkeypatch.setitem(sys.modules, "cupy", cp)
         monkeypatch.setitem(sys.modules, "cupy.cublas", cublas_module)
+        # No compute-type switch (a real CuPy imported earlier must not be reached), and the
+        # choice select_precision records is put back after the test.
+        monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
+        monkeypatch.setattr("gpumlp.cuda._MATMUL_FP32", False)
     return cp
 
 
@@ -275,8 +279,6 @@ def test_choosing_cuda_turns_tf32_off_for_every_product(monkeypatch):
     """The cuBLAS handle gets the default math mode (no TF32) for cupy.cublas.gemm; with CuPy's
     float32 compute-type switch, it is pinned to FP32 and the products use cupy.matmul; without the
     switch, every product goes through cupy.cublas.gemm, so CUPY_TF32 reaches none of them."""
-    from gpumlp import cuda
-
     monkeypatch.setenv("CUPY_TF32", "1")
     cp = fake_cupy(1, monkeypatch=monkeypatch)
     cp.matmul = np.matmul
@@ -290,6 +292,5 @@ def test_choosing_cuda_turns_tf32_off_for_every_product(monkeypatch):
     linalg.COMPUTE_TYPE_FP32, linalg.set = 4, {}
     linalg.set_compute_type = lambda dtype, kind: linalg.set.__setitem__(dtype, kind)
     monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
-    monkeypatch.setattr(cuda, "_MATMUL_FP32", False)
     be = get_backend("cuda")
     assert linalg.set == {np.dtype(np.float32): 4} and be.matmul_function() is cp.matmul
