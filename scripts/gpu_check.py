@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Check:
     """The results so far, and the clock every step's timeout is taken from."""
 
-    def __init__(self, out: Path, budget: float, env: dict):
-        self.out, self.deadline, self.env = out, time.monotonic() + budget, env
+    def __init__(self, out: Path, budget: float, env: dict, only: tuple[str, ...] = ()):
+        self.out, self.deadline, self.env, self.only = out, time.monotonic() + budget, env, only
         self.result = {
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(),
@@ -56,7 +56,9 @@ class Check:
         the JSON, the whole output in ``gpu-check.log``. Returns (the step's record, its output)."""
         step, output = {"command": shlex.join(argv)}, ""
         left = self.deadline - time.monotonic()
-        if needs_gpu and not self.gpu:
+        if self.only and not name.startswith(self.only) and name not in ("install", "devices", "probe"):
+            step.update(status="skip", reason="not among --only")
+        elif needs_gpu and not self.gpu:
             step.update(status="skip", reason="no usable CUDA GPU (see the probe step)")
         elif left < 10:
             step.update(status="skip", reason="the time budget is spent")
@@ -140,7 +142,8 @@ def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeou
             step["images_per_s"] = [round(e["images_per_s"] or 0) for e in epochs]
             step["training_seconds"] = round(sum(e["seconds"] for e in epochs), 3)
     if step["status"] != "pass":
-        check.result["steps"][f"test-{preset}-on-cpu"] = {"status": "skip", "reason": f"train-{preset} did not pass"}
+        why = step["reason"] if step.get("reason") == "not among --only" else f"train-{preset} did not pass"
+        check.result["steps"][f"test-{preset}-on-cpu"] = {"status": "skip", "reason": why}
         return
     cpu, _ = check.run(f"test-{preset}-on-cpu", [*gpumlp, "test", str(ckpt), "--device", "cpu", "--data-dir", data_dir],
                     60, needs_gpu=False)  # fmt: skip
@@ -155,12 +158,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu-results"))
     p.add_argument("--budget", type=float, default=420, help="seconds for all steps together (default 420)")
     p.add_argument("--python", default=sys.executable, help="the Python to install into and run with")
+    p.add_argument("--only", default="", help="comma-separated step names (or their starts) to run, e.g. "
+                   "train-seed,test-seed,bench; the install and probe always run")  # fmt: skip
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = str(Path(a.data_dir).resolve())
     env = dict(os.environ, GPUMLP_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
-    check = Check(out, a.budget, env)
+    check = Check(out, a.budget, env, tuple(filter(None, a.only.split(","))))
     check.result["data_dir"] = data_dir
     check.result["data_files"] = sorted(f.name for f in Path(data_dir).glob("*")) if Path(data_dir).is_dir() else []
     try:  # a copy of the working tree may travel without its .git
@@ -212,7 +217,8 @@ def main(argv=None) -> int:
     if not check.gpu:
         print("no usable CUDA GPU: the GPU steps were skipped (see the probe step above)")
     print(f"results: {out / 'gpu-check.json'}")
-    return 0 if all(s == "pass" for s in statuses.values()) else 1
+    selected = {k: v for k, v in check.result["steps"].items() if v.get("reason") != "not among --only"}
+    return 0 if all(s["status"] == "pass" for s in selected.values()) else 1
 
 
 if __name__ == "__main__":
