@@ -19,6 +19,7 @@ import numpy as np
 
 from gpumlp import blas, checkpoint
 from gpumlp.augment import Augmenter
+from gpumlp.backend import on_device
 from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-exported for callers)
     DEFAULT_RECIPE,
     FIXED_ON_RESUME,
@@ -33,7 +34,6 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 from gpumlp.data import MNIST_FILES, load_mnist, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
-from gpumlp.backend import on_device
 from gpumlp.model import DTYPES, MLP, pack
 from gpumlp.optim import Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.rng import DeviceRNG
