@@ -118,6 +118,21 @@ class Backend:
         """One update of ``opt``'s parameters (``gpumlp.optim.Optimizer``): its own readable rule."""
         opt.reference_step(lr)
 
+    def max_norm_(self, W, c: float):
+        """Scale each column of W (n_in, n_out) in place to norm ≤ c: a unit's incoming weights."""
+        xp = self.xp
+        norms = xp.sqrt((W * W).sum(axis=0))  # (n_out,) ‖W[:, j]‖
+        W *= xp.minimum(1.0, c / xp.maximum(norms, 1e-12))  # (n_in, n_out): each column scaled
+        return W
+
+    def dropout_mask(self, rng, shape, p: float, coords: tuple, dtype):
+        """Inverted dropout's multiplier of ``shape`` and ``dtype`` on the device: 0 where a unit is
+        dropped (probability p), 1/(1−p) where kept, from ``rng`` (``gpumlp.rng.DeviceRNG``) at
+        ``coords``: the same bits, so the same mask, on every device."""
+        M = rng.keep_mask(shape, p, *coords).astype(dtype)  # 1 kept, 0 dropped
+        M *= dtype(1 / (1 - p))
+        return M
+
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
 

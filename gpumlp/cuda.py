@@ -98,6 +98,20 @@ class CupyBackend(Backend):
                 m, v = opt.state_buffers["m"], opt.state_buffers["v"]
                 k(grad, wd, h["beta1"], h["beta2"], h["eps"] * c2, step, theta, m, v)
 
+    def max_norm_(self, W, c: float):
+        rows, cols = W.shape
+        norms = self.xp.empty((cols,), dtype=W.dtype)  # (n_out,) written by the kernel, not needed after
+        self._kernel(kernels.MAX_NORM)(W.reshape(-1), np.int32(rows), np.int32(cols), c, norms)
+        return W
+
+    def dropout_mask(self, rng, shape, p: float, coords: tuple, dtype):
+        from gpumlp.rng import keep_threshold
+
+        M = self.xp.empty(shape, dtype=dtype)
+        base = rng.base(M.size).reshape(shape)  # (a view: cached per size)
+        self._kernel(kernels.DROPOUT_MASK)(base, rng.draw_key(*coords), keep_threshold(p), dtype(1 / (1 - p)), M)
+        return M
+
     def synchronize(self) -> None:
         self.xp.cuda.Device(self.device_id).synchronize()
 

@@ -88,6 +88,34 @@ ADAM = (
     """,
 )
 
+# Dropout's multiplier from gpumlp.rng's counter-based bits: h(base + k) with h lowbias32 (unsigned
+# arithmetic wraps modulo 2³², as numpy's uint32 does), kept where ≥ threshold.
+DROPOUT_MASK = (
+    "uint32 base, uint32 k, uint32 threshold, T scale",
+    "T m",
+    """
+    unsigned int x = base + k;
+    x ^= x >> 16; x *= 0x7FEB352DU; x ^= x >> 15; x *= 0x846CA68BU; x ^= x >> 16;
+    m = x >= threshold ? scale : T(0);
+    """,
+)
+
+# Max-norm, one thread per column j of W (rows, cols), C-contiguous and flat: its norm, then the
+# column scaled by min(1, c / max(norm, 1e-12)) (columns within the bound are left as they are).
+MAX_NORM = (
+    "raw T w, int32 rows, int32 cols, T c",
+    "T norm",
+    """
+    T s = 0;
+    for (int r = 0; r < rows; ++r) { const T v = w[(ptrdiff_t)r * cols + i]; s += v * v; }
+    norm = sqrt(s);
+    const T f = c / (norm > T(1e-12) ? norm : T(1e-12));
+    if (f < T(1)) {
+        for (int r = 0; r < rows; ++r) w[(ptrdiff_t)r * cols + i] *= f;
+    }
+    """,
+)
+
 OPTIMIZERS = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
 LOSSES = {"mse": LOSS_MSE, "ce": LOSS_CE}
 

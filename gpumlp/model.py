@@ -422,12 +422,7 @@ class MLP:
         0 with probability p and 1/(1−p) otherwise, from the device generator ``rng``
         (``gpumlp.rng.DeviceRNG``) at ``coords`` (epoch, batch), so every device draws the same."""
         dtype = DTYPES[self.dtype]
-        masks = []
-        for l, size in enumerate(self.sizes[1:-1]):
-            M = rng.keep_mask((n, size), p, *coords, l).astype(dtype)  # (n, size) 1 kept, 0 dropped
-            M *= dtype(1 / (1 - p))
-            masks.append(M)
-        return masks
+        return [self.be.dropout_mask(rng, (n, size), p, (*coords, l), dtype) for l, size in enumerate(self.sizes[1:-1])]
 
     def loss_sum(self, X, Y):
         """``(summed loss, outputs A_L)`` of a device batch X (n, 784), Y one-hot (n, 10); no sync."""

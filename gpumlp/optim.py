@@ -225,10 +225,8 @@ def _span_bounds(sizes, skip: tuple[int, ...]) -> list[tuple[int, int]]:
 def apply_max_norm(model, max_norm: float) -> None:
     """Rescale each unit's incoming weight vector (a column of W, (n_in,)) to norm ≤ ``max_norm``
     (Srebro & Shraibman 2005; with dropout, Srivastava et al. 2014). On the device, no sync."""
-    xp = model.be.xp
     for W in model._W:
-        norms = xp.sqrt((W * W).sum(axis=0))  # (n_out,) ‖W[:, j]‖
-        W *= xp.minimum(1.0, max_norm / xp.maximum(norms, 1e-12))  # (n_in, n_out): each column scaled
+        model.be.max_norm_(W, max_norm)
 
 
 def lr_at(epoch: int, *, lr: float, epochs: int, schedule: str, warmup: int, step_size: int, gamma: float) -> float:

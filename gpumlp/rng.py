@@ -64,15 +64,22 @@ class DeviceRNG:
         self.key = mix(int(seed), STREAMS[stream])
         self._base = {}  # n → h(arange(n) ^ key) on the device, computed once per size
 
-    def bits(self, shape, *coords: int):
-        """uint32 array of ``shape`` on the device, a pure function of (seed, stream, coords)."""
-        n = int(np.prod(shape))
+    def base(self, n: int):
+        """h(arange(n) ^ key), uint32 (n,) on the device: the per-position half of every draw of n."""
         base = self._base.get(n)
         if base is None:
             xp = self.be.xp
             base = _hash_array(xp.arange(n, dtype=xp.uint32) ^ np.uint32(self.key))  # (n,)
             self._base[n] = base
-        x = base + np.uint32(mix(self.key, *coords))  # (n,) wraps modulo 2³²
+        return base
+
+    def draw_key(self, *coords: int) -> np.uint32:
+        """k = h(key, coords…) on the host: the per-draw half."""
+        return np.uint32(mix(self.key, *coords))
+
+    def bits(self, shape, *coords: int):
+        """uint32 array of ``shape`` on the device, a pure function of (seed, stream, coords)."""
+        x = self.base(int(np.prod(shape))) + self.draw_key(*coords)  # (n,) wraps modulo 2³²
         return _hash_array(x).reshape(shape)
 
     def uniform(self, shape, *coords: int, dtype=np.float32):
@@ -83,5 +90,9 @@ class DeviceRNG:
 
     def keep_mask(self, shape, p: float, *coords: int):
         """Boolean array: True with probability 1 − p, independently per element (dropout's keep)."""
-        threshold = np.uint32(min(int(round(p * 2**32)), MASK32))
-        return self.bits(shape, *coords) >= threshold
+        return self.bits(shape, *coords) >= keep_threshold(p)
+
+
+def keep_threshold(p: float) -> np.uint32:
+    """Bits at or above this are kept: a fraction 1 − p of all 2³² values."""
+    return np.uint32(min(int(round(p * 2**32)), MASK32))

@@ -319,6 +319,12 @@ class FakeBackend(Backend):
     def loss_delta(self, Z, b, Y, loss, n):
         return self._as_launches(2, super().loss_delta, Z, b, Y, loss, n)  # the row kernel and a sum
 
+    def max_norm_(self, W, c):
+        return self._as_launches(1, super().max_norm_, W, c)
+
+    def dropout_mask(self, rng, shape, p, coords, dtype):
+        return self._as_launches(1, super().dropout_mask, rng, shape, p, coords, dtype)
+
     def optimizer_step(self, opt, lr):
         return self._as_launches(len(opt.decay_spans()), super().optimizer_step, opt, lr)  # one per span
 

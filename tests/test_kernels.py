@@ -31,7 +31,12 @@ CXX = shutil.which("c++") or shutil.which("g++")
 
 def all_specs() -> dict[str, tuple[str, str, str]]:
     """Every kernel CupyBackend can launch, by a C identifier."""
-    specs = {"axpby": kernels.AXPBY, "probe": kernels.PROBE}
+    specs = {
+        "axpby": kernels.AXPBY,
+        "probe": kernels.PROBE,
+        "dropout": kernels.DROPOUT_MASK,
+        "max_norm": kernels.MAX_NORM,
+    }
     specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
     specs.update({f"opt_{k}": v for k, v in kernels.OPTIMIZERS.items()})
     for name, act in ACTIVATIONS.items():
@@ -70,7 +75,7 @@ def c_source(specs) -> str:
         ps = params(spec)
         decl = []
         for p, t, raw, is_out in ps:
-            ctype = "int" if t == "int32" else "T"
+            ctype = CTYPES.get(t, "T")
             decl.append(f"{ctype} *{p}" if raw else (f"{ctype} &{p}" if is_out else f"const {ctype} {p}"))
         lines.append(
             f"template <typename T> __host__ __device__ inline void op_{name}(ptrdiff_t i, {', '.join(decl)}) {{"
@@ -79,6 +84,7 @@ def c_source(specs) -> str:
         lines.append("}")
         args_decl, call = [], []
         for p, t, raw, _ in ps:
+            ctype = CTYPES.get(t, "T")
             if t == "int32":
                 args_decl.append(f"int {p}")
                 call.append(p)
@@ -86,7 +92,7 @@ def c_source(specs) -> str:
                 args_decl.append(f"T *{p}")
                 call.append(p)
             else:
-                args_decl.append(f"T *p_{p}, long m_{p}")
+                args_decl.append(f"{ctype} *p_{p}, long m_{p}")
                 call.append(f"p_{p}[i % m_{p}]")
         sig, body_call = ", ".join(args_decl), ", ".join(call)
         lines.append("#ifdef __CUDACC__")
@@ -145,15 +151,16 @@ def cupy_form_source(specs) -> str:
         for name, spec in specs.items():
             args, prologue = [], []
             for p, t, raw, is_out in params(spec):
+                ctype = CTYPES.get(t, "T")
                 if t == "int32":
                     args.append(f"int {p}")
                 elif raw:
                     args.append(f"CArray<T, 1, true, true> {p}")
                 elif p in SCALARS.get(name, ()):
-                    args.append(f"T {p}")
+                    args.append(f"{ctype} {p}")
                 else:
-                    args.append(f"CArray<T, 1, true, true> _raw_{p}")
-                    prologue.append(f"{'T &' if is_out else 'const T '}{p} = _raw_{p}[_ind.get()];")
+                    args.append(f"CArray<{ctype}, 1, true, true> _raw_{p}")
+                    prologue.append(f"{ctype + ' &' if is_out else 'const ' + ctype} {p} = _raw_{p}[_ind.get()];")
             lines.append(f"__global__ void {name}({', '.join(args)}, CIndexer<1, true> _ind) {{")
             lines.append("  CUPY_FOR(i, _ind.size()) { _ind.set(i); " + " ".join(prologue))
             lines.append(spec[2])
@@ -165,7 +172,8 @@ def cupy_form_source(specs) -> str:
 # The parameters gpumlp passes as numbers, not arrays (CuPy then makes them kernel arguments).
 SCALARS = {"axpby": ("alpha", "beta"), "opt_sgd": ("lr",), "opt_momentum": ("lr", "mu"), "opt_nesterov": ("lr", "mu"),
            "opt_adam": ("b1", "b2", "eps_c", "step")}  # fmt: skip
-SCALARS.update({f"loss_{k}": ("inv_n",) for k in LOSSES})
+SCALARS.update({f"loss_{k}": ("inv_n",) for k in LOSSES}, dropout=("k", "threshold", "scale"), max_norm=("c",))
+CTYPES = {"int32": "int", "uint32": "unsigned int"}  # the C type of a parameter typed other than T
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
@@ -202,10 +210,11 @@ class HostKernel:
             if t == "int32":
                 c_args.append(ctypes.c_int(int(a)))
                 continue
-            a = np.asarray(a, dtype=np.float64) if not isinstance(a, np.ndarray) else a
-            assert a.dtype == np.float64 and a.flags.c_contiguous
+            dtype, ctype = (np.uint32, ctypes.c_uint32) if t == "uint32" else (np.float64, ctypes.c_double)
+            a = np.asarray(a, dtype=dtype) if not isinstance(a, np.ndarray) else a
+            assert a.dtype == dtype and a.flags.c_contiguous
             keep.append(a)
-            c_args.append(a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+            c_args.append(a.ctypes.data_as(ctypes.POINTER(ctype)))
             if not raw:
                 assert a.size in (1, n) or shape[-a.ndim :] == a.shape, "trailing-axis broadcasting only"
                 c_args.append(ctypes.c_long(max(a.size, 1)))
@@ -270,6 +279,27 @@ def test_loss_kernels_match_numpy(host_cuda, name):
     np.testing.assert_allclose(delta, ref_delta, rtol=1e-12, atol=1e-15)
 
 
+def test_dropout_mask_kernel_draws_the_same_bits_as_numpy(host_cuda):
+    """The integer hash in CUDA C against gpumlp.rng's array operations: identical masks (0 or
+    exactly 1/(1−p)), for several draws and keep probabilities."""
+    from gpumlp.rng import DeviceRNG
+
+    for p, coords in ((0.1, (1, 2, 0)), (0.5, (3, 7, 1)), (0.9, (2**33, 5, 2))):
+        masks = [
+            be.dropout_mask(DeviceRNG(be, 7, "dropout"), (9, 13), p, coords, np.float64) for be in (CPU, host_cuda)
+        ]
+        np.testing.assert_array_equal(masks[1], masks[0])
+        assert set(np.unique(masks[0])) <= {0.0, 1 / (1 - p)} and 0 < np.count_nonzero(masks[0]) < masks[0].size
+
+
+def test_max_norm_kernel_matches_numpy(host_cuda):
+    W = rand(30, 7) * np.array([0.01, 0.1, 0.5, 1, 2, 5, 0])  # columns inside and outside the bound, one zero
+    got, ref = host_cuda.max_norm_(W.copy(), 1.5), CPU.max_norm_(W.copy(), 1.5)
+    np.testing.assert_allclose(got, ref, rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(got[:, :2], W[:, :2])  # within the bound: untouched
+    assert np.linalg.norm(got, axis=0).max() <= 1.5 * (1 + 1e-12)
+
+
 def test_axpby_kernel_matches_numpy(host_cuda):
     x, y = rand(300), rand(300, seed=1)
     np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
@@ -289,7 +319,8 @@ def test_training_through_the_kernels_matches_numpy(host_cuda, optimizer, weight
         for activation, loss in (("sigmoid", "mse"), ("relu", "ce")):
             m = MLP((784, 16, 12, 10), activation, loss, seed=1, device=be, dtype="float64")
             h = fit(m, X, y, epochs=2, batch_size=10, lr=0.05, seed=2, X_val=X[:20], y_val=y[:20],
-                    optimizer=optimizer, weight_decay=weight_decay)  # fmt: skip
+                    optimizer=optimizer, weight_decay=weight_decay, dropout=0.2 if loss == "ce" else 0.0,
+                    max_norm=0.5 if loss == "ce" else 0.0)  # fmt: skip
             thetas[be.name, activation] = m.theta.copy()
             losses[be.name, activation] = [e.train_loss for e in h]
     for activation in ("sigmoid", "relu"):
@@ -340,6 +371,19 @@ def test_gpu_kernels_match_numpy_one_by_one(gpu, dtype):
     x, y = rand(1000).astype(d), rand(1000, seed=5).astype(d)
     np.testing.assert_allclose(gpu.to_numpy(gpu.axpby(0.3, gpu.asarray(x), 0.7, gpu.asarray(y))),
                                CPU.axpby(0.3, x, 0.7, y.copy()), **tol)  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
+    from gpumlp.rng import DeviceRNG
+
+    for dtype in (np.float32, np.float64):
+        M = gpu.dropout_mask(DeviceRNG(gpu, 3, "dropout"), (128, 800), 0.3, (4, 9, 1), dtype)
+        ref = CPU.dropout_mask(DeviceRNG(CPU, 3, "dropout"), (128, 800), 0.3, (4, 9, 1), dtype)
+        np.testing.assert_array_equal(gpu.to_numpy(M), ref)  # integer hash: bit for bit
+        W = (rand(784, 800) * 0.2).astype(dtype)
+        got = gpu.to_numpy(gpu.max_norm_(gpu.asarray(W), 3.0))
+        np.testing.assert_allclose(got, CPU.max_norm_(W.copy(), 3.0), rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.gpu

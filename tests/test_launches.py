@@ -54,6 +54,8 @@ def test_launches_per_step_for_the_reference_network():
         ((784, 16, 16, 10), "relu", "ce", "adam", {"weight_decay": 1e-4}, 58, 19),
         ((784, 16, 16, 10), "tanh", "mse", "nesterov", {}, 40, 19),
         ((784, 16, 16, 10), "sigmoid", "mse", "momentum", {"weight_decay": 1e-4}, 50, 19),
+        ((784, 100, 50, 10), "relu", "ce", "sgd", {"dropout": 0.2}, 70, 23),  # a mask kernel per hidden layer
+        ((784, 800, 800, 10), "relu", "ce", "nesterov", {"dropout": 0.1, "max_norm": 4.0}, 95, 26),  # best, no augment
     ],
 )
 def test_fused_kernels_cut_launches_for_every_rule(sizes, activation, loss, optimizer, recipe, before, after):
