@@ -178,7 +178,12 @@ class Augmenter:
         return A
 
     def warp(self, X, w: Warp):
-        """X (b, 784) resampled at the source coordinates that ``w`` defines (b, 784), on the device."""
+        """X (b, 784) resampled at the source coordinates that ``w`` defines (b, 784), on the device:
+        ``reference_warp``, or on CUDA the same in one kernel (``gpumlp.kernels.WARP``)."""
+        return self.be.warp_images(self, X, w)
+
+    def reference_warp(self, X, w: Warp):
+        """``warp`` in array operations: the source coordinates, then the bilinear resample."""
         row, col = self.source(w, X.shape[0])
         return self._bilinear(X, row, col)
 

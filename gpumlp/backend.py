@@ -118,6 +118,11 @@ class Backend:
         """One update of ``opt``'s parameters (``gpumlp.optim.Optimizer``): its own readable rule."""
         opt.reference_step(lr)
 
+    def warp_images(self, aug, X, w):
+        """X (b, 784) resampled through the drawn transforms ``w`` (``gpumlp.augment.Warp``) of the
+        augmenter ``aug``: a new (b, 784) array on the device."""
+        return aug.reference_warp(X, w)
+
     def max_norm_(self, W, c: float):
         """Scale each column of W (n_in, n_out) in place to norm ≤ c: a unit's incoming weights."""
         xp = self.xp

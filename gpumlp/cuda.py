@@ -98,6 +98,17 @@ class CupyBackend(Backend):
                 m, v = opt.state_buffers["m"], opt.state_buffers["v"]
                 k(grad, wd, h["beta1"], h["beta2"], h["eps"] * c2, step, theta, m, v)
 
+    def warp_images(self, aug, X, w):
+        xp, b = self.xp, X.shape[0]
+        Y = xp.empty((b, 784), dtype=X.dtype)
+        if X.shape[1] != 784 or not X.flags.c_contiguous:
+            return super().warp_images(aug, X, w)
+        none = xp.empty((1,), dtype=X.dtype)  # stands for a part that is off (never read)
+        parts = [none if v is None else v.reshape(-1) for v in (w.A, w.t, w.D)]
+        flags = [np.int32(v is not None) for v in (w.A, w.t, w.D)]
+        self._kernel(kernels.WARP)(X.reshape(-1), *parts, *flags, Y)
+        return Y
+
     def max_norm_(self, W, c: float):
         rows, cols = W.shape
         norms = self.xp.empty((cols,), dtype=W.dtype)  # (n_out,) written by the kernel, not needed after

@@ -116,6 +116,41 @@ MAX_NORM = (
     """,
 )
 
+# Augmentation's resample, one thread per output pixel of X (b, 784), C-contiguous and flat: its
+# source s = p + (A − I)(p − c) + t + d (gpumlp.augment.Augmenter.source, the same order of sums),
+# clipped to [−1, 28], and the bilinear interpolation of its four neighbours, zero outside the image.
+# a (b, 2, 2), t (b, 2), d (b, 2, 28, 28) are used where has_a, has_t, has_d.
+WARP = (
+    "raw T x, raw T a, raw T t, raw T d, int32 has_a, int32 has_t, int32 has_d",
+    "T y",
+    """
+    const int img = i / 784, pix = i % 784, pr = pix / 28, pc = pix % 28;
+    T row = T(pr), col = T(pc);
+    if (has_t) { row = row + t[2 * img]; col = col + t[2 * img + 1]; }
+    if (has_a) {
+        const T qr = T(pr) - T(13.5), qc = T(pc) - T(13.5);
+        row = (row + (a[4 * img] - T(1)) * qr) + a[4 * img + 1] * qc;
+        col = (col + (a[4 * img + 3] - T(1)) * qc) + a[4 * img + 2] * qr;
+    }
+    if (has_d) { row = row + d[(ptrdiff_t)(2 * img) * 784 + pix]; col = col + d[(ptrdiff_t)(2 * img + 1) * 784 + pix]; }
+    T wr = row < T(-1) ? T(-1) : (row > T(28) ? T(28) : row);
+    T wc = col < T(-1) ? T(-1) : (col > T(28) ? T(28) : col);
+    const T r0 = floor(wr), c0 = floor(wc);
+    wr -= r0;
+    wc -= c0;
+    const int ir = (int)r0, ic = (int)c0;
+    const ptrdiff_t at = (ptrdiff_t)img * 784;
+    const bool top = ir >= 0 && ir < 28, bottom = ir + 1 >= 0 && ir + 1 < 28;
+    const bool left = ic >= 0 && ic < 28, right = ic + 1 >= 0 && ic + 1 < 28;
+    const T v00 = top && left ? x[at + ir * 28 + ic] : T(0);
+    const T v01 = top && right ? x[at + ir * 28 + ic + 1] : T(0);
+    const T v10 = bottom && left ? x[at + (ir + 1) * 28 + ic] : T(0);
+    const T v11 = bottom && right ? x[at + (ir + 1) * 28 + ic + 1] : T(0);
+    const T upper = (v01 - v00) * wc + v00, lower = (v11 - v10) * wc + v10;
+    y = (lower - upper) * wr + upper;
+    """,
+)
+
 OPTIMIZERS = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
 LOSSES = {"mse": LOSS_MSE, "ce": LOSS_CE}
 

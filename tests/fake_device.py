@@ -319,6 +319,9 @@ class FakeBackend(Backend):
     def loss_delta(self, Z, b, Y, loss, n):
         return self._as_launches(2, super().loss_delta, Z, b, Y, loss, n)  # the row kernel and a sum
 
+    def warp_images(self, aug, X, w):
+        return self._as_launches(1, super().warp_images, aug, X, w)
+
     def max_norm_(self, W, c):
         return self._as_launches(1, super().max_norm_, W, c)
 

@@ -36,6 +36,7 @@ def all_specs() -> dict[str, tuple[str, str, str]]:
         "probe": kernels.PROBE,
         "dropout": kernels.DROPOUT_MASK,
         "max_norm": kernels.MAX_NORM,
+        "warp": kernels.WARP,
     }
     specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
     specs.update({f"opt_{k}": v for k, v in kernels.OPTIMIZERS.items()})
@@ -69,7 +70,7 @@ def c_source(specs) -> str:
         "#define __host__",
         "#define __device__",
         "#endif",
-        "using std::tanh; using std::exp; using std::log; using std::sqrt;",
+        "using std::tanh; using std::exp; using std::log; using std::sqrt; using std::floor;",
     ]
     for name, spec in specs.items():
         ps = params(spec)
@@ -300,6 +301,22 @@ def test_max_norm_kernel_matches_numpy(host_cuda):
     assert np.linalg.norm(got, axis=0).max() <= 1.5 * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("kinds", ["shift", "affine", "elastic", "affine,elastic"])
+def test_warp_kernel_matches_the_resample(host_cuda, kinds):
+    """Augmentation's source coordinates and bilinear resample in one kernel, against
+    Augmenter.reference_warp on the same drawn transforms (strong ones: pixels pulled from outside)."""
+    from gpumlp.augment import AugmentConfig, Augmenter
+
+    cfg = AugmentConfig(kinds=tuple(kinds.split(",")), shift=4.0, rotate=40.0, scale=0.3, shear=0.4, alpha=60.0)
+    X = np.random.default_rng(0).random((6, 784))
+    cpu, host = Augmenter(CPU, cfg, 3, np.float64), Augmenter(host_cuda, cfg, 3, np.float64)
+    w = cpu.draw(6, 2, 5)
+    ref = cpu.reference_warp(X, w)
+    got = host.warp(X, w)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    assert 0 < np.count_nonzero(got == 0) and not np.array_equal(got, X)  # moved, some pixels from outside
+
+
 def test_axpby_kernel_matches_numpy(host_cuda):
     x, y = rand(300), rand(300, seed=1)
     np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
@@ -384,6 +401,15 @@ def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
         W = (rand(784, 800) * 0.2).astype(dtype)
         got = gpu.to_numpy(gpu.max_norm_(gpu.asarray(W), 3.0))
         np.testing.assert_allclose(got, CPU.max_norm_(W.copy(), 3.0), rtol=1e-5 if dtype == np.float32 else 1e-12)
+    from gpumlp.augment import AugmentConfig, Augmenter
+
+    cfg = AugmentConfig(kinds=("affine", "elastic"), rotate=30.0, alpha=40.0)
+    X = np.random.default_rng(0).random((64, 784)).astype(np.float32)
+    w = Augmenter(CPU, cfg, 3).draw(64, 1, 2)
+    ref = Augmenter(CPU, cfg, 3).reference_warp(X, w)
+    dev = type(w)(*(None if v is None else gpu.asarray(v) for v in w))
+    got = gpu.to_numpy(Augmenter(gpu, cfg, 3).warp(gpu.asarray(X), dev))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.gpu
