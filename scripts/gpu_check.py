@@ -209,6 +209,7 @@ def main(argv=None) -> int:
 
     statuses = {name: s["status"] for name, s in check.result["steps"].items()}
     check.result["summary"] = statuses
+    check.result["gpu_usable"] = check.gpu
     check.result["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     check.save()
     print("\n=== summary")
