@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     else:
         check.result["steps"]["bench-torch-cuda"] = {"status": "skip", "reason": "PyTorch is not installed"}
     # The whole suite last: on a GPU its device fixture adds a cuda case to every device test.
-    check.run("pytest-all-devices", [*pytest, "-x", "-m", "not slow"], 240, needs_gpu=False)
+    check.run("pytest-all-devices", [*pytest, "-m", "not slow"], 240, needs_gpu=False)
     check.save()
 
     statuses = {name: s["status"] for name, s in check.result["steps"].items()}
