@@ -133,7 +133,12 @@ class Augmenter:
         return self.warp(X, self.draw(X.shape[0], *coords))
 
     def draw(self, b: int, *coords: int) -> Warp:
-        """The random transforms of a batch of b images at ``coords``, on the device."""
+        """The random transforms of a batch of b images at ``coords``, on the device:
+        ``reference_draw``, or on CUDA the same from two kernels and the smoothing products."""
+        return self.be.augment_draw(self, b, coords)
+
+    def reference_draw(self, b: int, *coords: int) -> Warp:
+        """``draw`` in array operations."""
         cfg, dt = self.cfg, self.dtype
         A = t = D = None
         if "shift" in cfg.kinds or "affine" in cfg.kinds:

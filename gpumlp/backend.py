@@ -118,6 +118,11 @@ class Backend:
         """One update of ``opt``'s parameters (``gpumlp.optim.Optimizer``): its own readable rule."""
         opt.reference_step(lr)
 
+    def augment_draw(self, aug, b: int, coords: tuple):
+        """The random transforms (``gpumlp.augment.Warp``) of augmenter ``aug`` for a batch of b at
+        ``coords``, on the device."""
+        return aug.reference_draw(b, *coords)
+
     def warp_images(self, aug, X, w):
         """X (b, 784) resampled through the drawn transforms ``w`` (``gpumlp.augment.Warp``) of the
         augmenter ``aug``: a new (b, 784) array on the device."""

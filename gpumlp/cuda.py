@@ -98,6 +98,25 @@ class CupyBackend(Backend):
                 m, v = opt.state_buffers["m"], opt.state_buffers["v"]
                 k(grad, wd, h["beta1"], h["beta2"], h["eps"] * c2, step, theta, m, v)
 
+    def augment_draw(self, aug, b: int, coords: tuple):
+        from gpumlp.augment import SIDE, Warp
+
+        xp, cfg, dt, kinds = self.xp, aug.cfg, aug.dtype, aug.cfg.kinds
+        A = t = D = None
+        if "shift" in kinds or "affine" in kinds:
+            t, v0 = xp.empty((b, 2), dtype=dt), xp.empty((b,), dtype=dt)
+            A = xp.empty((b, 2, 2), dtype=dt) if "affine" in kinds else None
+            knobs = (dt(cfg.shift), dt(math.radians(cfg.rotate)), dt(cfg.scale), dt(cfg.shear))
+            a = A if A is not None else v0  # (not written without affine)
+            self._kernel(kernels.AFFINE_DRAW)(aug.rng.base(6 * b), aug.rng.draw_key(*coords, 0), *knobs,
+                                              np.int32(A is not None), t, a, v0)  # fmt: skip
+        if "elastic" in kinds:
+            F = xp.empty((b, 2, SIDE, SIDE), dtype=dt)
+            self._kernel(kernels.ELASTIC_FIELD)(aug.rng.base(b * SIDE * SIDE), aug.rng.draw_key(*coords, 1), F)
+            D = xp.matmul(xp.matmul(aug._G, F), aug._GT)  # (b, 2, 28, 28), as Augmenter._elastic
+            D -= aug._E
+        return Warp(A, t, D)
+
     def warp_images(self, aug, X, w):
         xp, b = self.xp, X.shape[0]
         Y = xp.empty((b, 784), dtype=X.dtype)

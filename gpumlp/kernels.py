@@ -116,6 +116,49 @@ MAX_NORM = (
     """,
 )
 
+_HASH = "x ^= x >> 16; x *= 0x7FEB352DU; x ^= x >> 15; x *= 0x846CA68BU; x ^= x >> 16;"  # gpumlp.rng's h
+
+# Augmentation's affine draw, one thread per image i (gpumlp.augment.Augmenter.reference_draw): six
+# uniforms in [−1, 1) from the counter-based bits h(base[6i + j] + k), 24 bits each (exact), then the
+# translation t (b, 2) and, with ``affine``, A = R(θ) S H (b, 2, 2), written through raw arrays.
+AFFINE_DRAW = (
+    "raw uint32 base, uint32 k, T shift, T rot, T scale, T shear, int32 affine, raw T t, raw T a",
+    "T v0",
+    """
+    T v[6];
+    for (int j = 0; j < 6; ++j) {
+        unsigned int x = base[6 * (ptrdiff_t)i + j] + k;
+        HASH
+        const T u = T(x >> 8) * T(5.9604644775390625e-08);  // 2^-24
+        v[j] = u * T(2) - T(1);
+    }
+    t[2 * i] = v[0] * shift;
+    t[2 * i + 1] = v[1] * shift;
+    if (affine) {
+        const T th = v[2] * rot, c = cos(th), s = sin(th);
+        const T sr = v[3] * scale + T(1), sc = v[4] * scale + T(1), sh = v[5] * shear;
+        a[4 * i] = c * sr;
+        a[4 * i + 1] = c * sr * sh - s * sc;
+        a[4 * i + 2] = s * sr;
+        a[4 * i + 3] = s * sr * sh + c * sc;
+    }
+    v0 = v[0];
+    """.replace("HASH", _HASH),
+)
+
+# The elastic field's random integers F (b, 2, 28, 28): 16 bits per axis of h(base[784 img + pix] + k).
+ELASTIC_FIELD = (
+    "raw uint32 base, uint32 k",
+    "T f",
+    """
+    const ptrdiff_t img = i / 1568;
+    const int rest = i % 1568, axis = rest / 784, pix = rest % 784;
+    unsigned int x = base[img * 784 + pix] + k;
+    HASH
+    f = axis == 0 ? T(x >> 16) : T(x & 0xFFFFU);
+    """.replace("HASH", _HASH),
+)
+
 # Augmentation's resample, one thread per output pixel of X (b, 784), C-contiguous and flat: its
 # source s = p + (A − I)(p − c) + t + d (gpumlp.augment.Augmenter.source, the same order of sums),
 # clipped to [−1, 28], and the bilinear interpolation of its four neighbours, zero outside the image.

@@ -319,6 +319,11 @@ class FakeBackend(Backend):
     def loss_delta(self, Z, b, Y, loss, n):
         return self._as_launches(2, super().loss_delta, Z, b, Y, loss, n)  # the row kernel and a sum
 
+    def augment_draw(self, aug, b, coords):
+        kinds = aug.cfg.kinds
+        launches = ("shift" in kinds or "affine" in kinds) + 4 * ("elastic" in kinds)  # kernels, 2 products, −E
+        return self._as_launches(launches, super().augment_draw, aug, b, coords)
+
     def warp_images(self, aug, X, w):
         return self._as_launches(1, super().warp_images, aug, X, w)
 

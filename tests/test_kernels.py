@@ -37,6 +37,8 @@ def all_specs() -> dict[str, tuple[str, str, str]]:
         "dropout": kernels.DROPOUT_MASK,
         "max_norm": kernels.MAX_NORM,
         "warp": kernels.WARP,
+        "affine_draw": kernels.AFFINE_DRAW,
+        "elastic_field": kernels.ELASTIC_FIELD,
     }
     specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
     specs.update({f"opt_{k}": v for k, v in kernels.OPTIMIZERS.items()})
@@ -70,7 +72,8 @@ def c_source(specs) -> str:
         "#define __host__",
         "#define __device__",
         "#endif",
-        "using std::tanh; using std::exp; using std::log; using std::sqrt; using std::floor;",
+        "using std::tanh; using std::exp; using std::log; using std::sqrt;",
+        "using std::floor; using std::cos; using std::sin;",
     ]
     for name, spec in specs.items():
         ps = params(spec)
@@ -90,7 +93,7 @@ def c_source(specs) -> str:
                 args_decl.append(f"int {p}")
                 call.append(p)
             elif raw:
-                args_decl.append(f"T *{p}")
+                args_decl.append(f"{ctype} *{p}")
                 call.append(p)
             else:
                 args_decl.append(f"{ctype} *p_{p}, long m_{p}")
@@ -156,7 +159,7 @@ def cupy_form_source(specs) -> str:
                 if t == "int32":
                     args.append(f"int {p}")
                 elif raw:
-                    args.append(f"CArray<T, 1, true, true> {p}")
+                    args.append(f"CArray<{ctype}, 1, true, true> {p}")
                 elif p in SCALARS.get(name, ()):
                     args.append(f"{ctype} {p}")
                 else:
@@ -173,7 +176,13 @@ def cupy_form_source(specs) -> str:
 # The parameters gpumlp passes as numbers, not arrays (CuPy then makes them kernel arguments).
 SCALARS = {"axpby": ("alpha", "beta"), "opt_sgd": ("lr",), "opt_momentum": ("lr", "mu"), "opt_nesterov": ("lr", "mu"),
            "opt_adam": ("b1", "b2", "eps_c", "step")}  # fmt: skip
-SCALARS.update({f"loss_{k}": ("inv_n",) for k in LOSSES}, dropout=("k", "threshold", "scale"), max_norm=("c",))
+SCALARS.update(
+    {f"loss_{k}": ("inv_n",) for k in LOSSES},
+    dropout=("k", "threshold", "scale"),
+    max_norm=("c",),
+    affine_draw=("k", "shift", "rot", "scale", "shear"),
+    elastic_field=("k",),
+)
 CTYPES = {"int32": "int", "uint32": "unsigned int"}  # the C type of a parameter typed other than T
 
 
@@ -317,6 +326,24 @@ def test_warp_kernel_matches_the_resample(host_cuda, kinds):
     assert 0 < np.count_nonzero(got == 0) and not np.array_equal(got, X)  # moved, some pixels from outside
 
 
+@pytest.mark.parametrize("kinds", ["shift", "affine", "elastic", "shift,affine,elastic"])
+def test_draw_kernels_match_the_reference_draw(host_cuda, kinds):
+    """Augmentation's draws from the counter-based hash in CUDA C: the translations bit for bit
+    (exact uniforms times one number), the affine matrices and elastic fields to rounding (cos/sin,
+    the smoothing products)."""
+    from gpumlp.augment import AugmentConfig, Augmenter
+
+    cfg = AugmentConfig(kinds=tuple(kinds.split(",")), shift=3.0, rotate=25.0, scale=0.2, shear=0.3, alpha=50.0)
+    ref = Augmenter(CPU, cfg, 11, np.float64).reference_draw(9, 4, 7)
+    got = Augmenter(host_cuda, cfg, 11, np.float64).draw(9, 4, 7)
+    for name, r, g in zip(ref._fields, ref, got):
+        assert (r is None) == (g is None), name
+        if r is not None and name == "t":
+            np.testing.assert_array_equal(g, r)
+        elif r is not None:
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+
+
 def test_axpby_kernel_matches_numpy(host_cuda):
     x, y = rand(300), rand(300, seed=1)
     np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
@@ -410,6 +437,10 @@ def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
     dev = type(w)(*(None if v is None else gpu.asarray(v) for v in w))
     got = gpu.to_numpy(Augmenter(gpu, cfg, 3).warp(gpu.asarray(X), dev))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    drawn = Augmenter(gpu, cfg, 3).draw(64, 1, 2)  # the draw kernels: t bit for bit, A and D to rounding
+    np.testing.assert_array_equal(gpu.to_numpy(drawn.t), w.t)
+    np.testing.assert_allclose(gpu.to_numpy(drawn.A), w.A, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gpu.to_numpy(drawn.D), w.D, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.gpu
