@@ -251,7 +251,9 @@ def locate_mnist(
     into it (``download=False``: a missing file is an error naming it and the folder)."""
     (folder,) = search_dirs(data_dir)
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"{_where(data_dir)} {folder} is a file, not a folder; give the folder that holds the MNIST files")
+        raise DataError(
+            f"{_where(data_dir)} {folder} is a file, not a folder; give the folder that holds the MNIST files"
+        )
     found = {name: find_file(name, [folder]) for name in files}
     missing = [name for name, path in found.items() if path is None]
     if missing and not download:
@@ -273,7 +275,8 @@ def locate_mnist(
 def _load_verified(path: Path, name: str, sha256: str) -> np.ndarray:
     """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed."""
     hasher = hashlib.sha256()
-    real = f"the {MNIST_SIZES[name]:,} bytes of the real {name}; delete it so gpumlp downloads it again, or fix --data-dir"
+    fix = "delete it so gpumlp downloads it again, or fix --data-dir"
+    real = f"the {MNIST_SIZES[name]:,} bytes of the real {name}; {fix}"
     data = _read_bytes(path, MNIST_SIZES[name], hasher, real)
     digest = hasher.hexdigest()
     if digest != sha256:
