@@ -346,22 +346,27 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
 
 def describe(path: str | os.PathLike) -> dict:
     """What ``gpumlp info`` shows: the metadata plus file size, parameter count and a history
-    summary (best and last validation accuracy, first and last loss, total seconds)."""
+    summary (best and last validation accuracy, first and last loss, total seconds). A foreign
+    network shows what its file holds: no gpumlp format, version, device or history."""
     path = Path(path)
     model, meta = load(path)
-    history = [e for e in meta.get("history", []) if isinstance(e, dict)]
-    vals = [(e["val_accuracy"], e["epoch"]) for e in history if e.get("val_accuracy") is not None]
+    history = meta.get("history") or []
+    vals = [(e["val_accuracy"], e.get("epoch")) for e in history if e.get("val_accuracy") is not None]
     summary = {
         "epochs": len(history),
         "first_train_loss": history[0].get("train_loss") if history else None,
         "last_train_loss": history[-1].get("train_loss") if history else None,
-        "best_val_accuracy": max(vals)[0] if vals else None,
-        "best_val_epoch": max(vals)[1] if vals else None,
+        "best_val_accuracy": max(vals, key=lambda v: v[0])[0] if vals else None,
+        "best_val_epoch": max(vals, key=lambda v: v[0])[1] if vals else None,
         "last_val_accuracy": vals[-1][0] if vals else None,
-        "seconds": sum(e.get("seconds", 0) for e in history),
+        "seconds": sum(e.get("seconds") or 0 for e in history),
     }
     state = {k: list(v.shape) for k, v in meta.pop("state_arrays", {}).items()}  # shapes: JSON-ready
-    return dict(meta, path=str(path), file_format=path.suffix.lower()[1:], bytes=path.stat().st_size,
+    fmt = "npz" if Path(path).suffix.lower() == ".npz" or zipfile.is_zipfile(path) else "json"
+    if meta.get("imported_from"):  # not a gpumlp checkpoint: no format or version of ours to show
+        meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+        meta["holds"] = interop.HOLDS[meta["imported_from"]]
+    return dict(meta, path=str(path), file_format=fmt, bytes=path.stat().st_size,
                 n_params=model.n_params, history_summary=summary, state_arrays=state)  # fmt: skip
 
 

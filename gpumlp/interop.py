@@ -27,6 +27,12 @@ from gpumlp.model import DTYPES, MLP, N_CLASSES, N_INPUTS, flatten
 
 FORMAT, VERSION = "gpumlp-checkpoint", 1  # checkpoint.FORMAT / VERSION (not imported: checkpoint imports us)
 RUST, NIELSEN = "Rust MLP JSON", "Nielsen network2 JSON"  # how messages name the formats
+NAMES = {"rust": RUST, "nielsen": NIELSEN}
+# What each format's file holds, for ``gpumlp info`` (nothing about how or when it was trained).
+HOLDS = {
+    "rust": "layers, weights, biases and activation_function",
+    "nielsen": "sizes, weights, biases and cost",
+}
 DIVISORS = {"rust": 256.0, "nielsen": 256.0}  # each project's network input is pixel / divisor
 NIELSEN_COSTS = ("QuadraticCost", "CrossEntropyCost")
 MAX_LAYERS, MAX_UNITS = 1024, 1 << 20  # far above any network: 784 × 2^20 float32 weights are 3 GB
