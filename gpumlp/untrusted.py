@@ -62,9 +62,9 @@ def read_limited(f: BinaryIO, size: int, limit: int, path: Path, error: type[Exc
     3 GB file costs nothing to create and would cost 3 GB to read."""
     if size > limit:
         raise error(f"{path} is {size:,} bytes, more than {what}")
-    data = f.read(limit + 1)
-    if len(data) > limit:  # grew since the stat
-        raise error(f"{path} grew while being read, past {what}")
+    data = f.read(size + 1)  # read(n) allocates n bytes up front: never ask for the limit itself
+    if len(data) != size:
+        raise error(f"{path} changed while being read; try again")
     return data
 
 
