@@ -72,6 +72,13 @@ def gunzip_limited(f: BinaryIO, limit: int, path: Path, error: type[Exception], 
     """The decompressed content of the gzip file ``f`` (one or more members), decompressed in
     chunks and refused as soon as it passes ``limit`` bytes; ``hasher.update`` sees every
     decompressed chunk as it is made. A 2.9 MB gzip that would inflate to 5.8 GB costs ``limit``."""
+    try:
+        return _gunzip(f, limit, path, error, what, hasher)
+    except zlib.error as e:
+        raise error(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
+
+
+def _gunzip(f: BinaryIO, limit: int, path: Path, error: type[Exception], what: str, hasher) -> bytearray:
     out = bytearray()
     d = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
     data = f.read(CHUNK)
