@@ -109,3 +109,10 @@ def check_meta(path: Path, meta: dict) -> None:
         _check_fields(path, epoch, EPOCH_FIELDS, f"history[{i}].")
     _check_fields(path, meta.get("train_state") or {}, TRAIN_STATE_FIELDS, "train_state.")
     _check_fields(path, meta.get("optimizer") or {}, OPTIMIZER_FIELDS, "optimizer.")
+    config = meta.get("config") or {}
+    for key in ("sizes", "activation", "loss", "dtype"):  # a resumed run takes these from config
+        if config.get(key) is not None and config[key] != meta[key]:
+            raise CheckpointError(
+                f"{path}: metadata config.{key} {_short(config[key])} disagrees with the network's "
+                f"{key} {_short(meta[key])}; the file has been edited or damaged"
+            )
