@@ -190,14 +190,16 @@ def _member(zf: zipfile.ZipFile, info, path: Path, key: str, dtype, shape) -> np
     with zf.open(info) as f:
         got_shape, _, got_dtype = _npy_header(f, path, key)
     if got_dtype != dtype:
-        raise CheckpointError(f"{path}: {key} is {got_dtype}, the metadata says {np.dtype(dtype).name}")
+        raise CheckpointError(
+            f"{path}: {key.replace('state.', 'state ', 1)} is {got_dtype}, the metadata says {np.dtype(dtype).name}"
+        )
     if got_shape != shape:
         need = "the layers need" if not key.startswith("state.") else "the network needs"
-        raise CheckpointError(f"{path}: {key.removeprefix('state.')} has shape {got_shape}, {need} {shape}")
+        raise CheckpointError(f"{path}: {key.replace('state.', 'state ', 1)} has shape {got_shape}, {need} {shape}")
     with zf.open(info) as f:
         arr = np.lib.format.read_array(f, allow_pickle=False)
     if not np.all(np.isfinite(arr)):
-        raise CheckpointError(f"{path}: {key.replace('state.', 'state ')} contains NaN or Inf")
+        raise CheckpointError(f"{path}: {key.replace('state.', 'state ', 1)} contains NaN or Inf")
     return arr
 
 
@@ -243,7 +245,7 @@ def _check_keys(path: Path, keys, sizes, shapes) -> None:
 def _json_array(value, path: Path, key: str, dtype, shape) -> np.ndarray:
     """A JSON parameter or state vector → a finite ``dtype`` array of ``shape``; numbers only (a
     400-digit integer, a string or null is refused, not turned into inf or an object)."""
-    what = key.replace("state.", "state ")
+    what = key.replace("state.", "state ", 1)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError):  # ragged lists
@@ -252,7 +254,7 @@ def _json_array(value, path: Path, key: str, dtype, shape) -> np.ndarray:
         raise CheckpointError(f"{path}: {what} is not an array of numbers (or holds an integer too large for a float)")
     if arr.shape != shape:
         need = "the network needs" if key.startswith("state.") else "the layers need"
-        raise CheckpointError(f"{path}: {key.removeprefix('state.')} has shape {arr.shape}, {need} {shape}")
+        raise CheckpointError(f"{path}: {what} has shape {arr.shape}, {need} {shape}")
     with np.errstate(over="ignore"):
         arr = arr.astype(dtype)  # exact for what save wrote: float32 → Python float → float32
     if not np.all(np.isfinite(arr)):
