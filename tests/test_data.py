@@ -483,6 +483,20 @@ def test_download_skips_404_and_refused_mirrors(server, refused_url, tmp_path):
     assert server.requests == [f"/missing/{NAME}.gz", f"/good/{NAME}.gz"]
 
 
+def test_download_stops_a_mirror_serving_more_than_the_file_can_be(server, tmp_path, monkeypatch):
+    """A body larger than the real file plus 1 MiB is cut off and that mirror skipped; a body that
+    inflates past the real size is refused while it is decompressed, never inflated whole."""
+    monkeypatch.setitem(data.MNIST_SIZES, NAME, len(TINY))
+    server.routes[f"/endless/{NAME}.gz"] = serve(os.urandom(len(TINY) + (1 << 20) + 1))
+    server.routes[f"/bomb/{NAME}.gz"] = serve(gzip.compress(TINY + bytes(1 << 20)))
+    server.routes[f"/good/{NAME}.gz"] = serve(TINY_GZ)
+    dest = tmp_path / "dest"
+    assert_downloaded(download(dest, [f"{server.url}/endless/", f"{server.url}/bomb/", f"{server.url}/good/"]), dest)
+    message = assert_data_error(lambda: download(tmp_path / "o", [f"{server.url}/endless/", f"{server.url}/bomb/"]))
+    assert "served more than" in message and "decompresses to more than the real" in message
+    assert dest_listing(tmp_path / "o") == []
+
+
 def test_download_rejects_wrong_checksum(server, tmp_path):
     """A mirror serving other content is rejected by SHA-256; alone, it is a DataError saying so."""
     server.routes[f"/wrong/{NAME}.gz"] = serve(OTHER_GZ)
