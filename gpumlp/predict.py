@@ -130,7 +130,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return out.reshape(-1)  # (784,)
 
 
-def load_digit(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> np.ndarray:
+def load_digit(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file, or its bytes → (784,) MNIST-style input: ``to_mnist(load_image(source))``,
     errors naming the file."""
     gray = load_image(source, max_pixels)
