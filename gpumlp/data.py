@@ -180,6 +180,7 @@ def download_file(
     mirrors: Sequence[str] = MIRRORS,
     timeout: float = DOWNLOAD_TIMEOUT,
     progress: bool = True,
+    hint: str = "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)",
 ) -> Path:
     """Fetch ``name.gz`` from the first mirror that serves it with the right content.
 
@@ -235,10 +236,7 @@ def download_file(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise DataError(
-        f"could not download {name}: " + "; ".join(failures) + ". "
-        "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)"
-    )
+    raise DataError(f"could not download {name}: " + "; ".join(failures) + f". {hint}")
 
 
 def locate_mnist(
@@ -261,13 +259,13 @@ def locate_mnist(
             f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; "
             "pass --data-dir DIR with the folder that holds them, or set GPUMLP_DATA_DIR"
         )
+    hint = f"Put the MNIST files in {folder} yourself, or pass --data-dir DIR with the folder that holds them"
     for name in missing:
         try:
-            found[name] = download_file(name, files[name], folder, mirrors)
+            found[name] = download_file(name, files[name], folder, mirrors, hint=hint)
         except DataError as e:
             raise DataError(
-                f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}, "
-                f"and the download failed: {e}"
+                f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; {e}"
             ) from None
     return found
 

@@ -345,6 +345,16 @@ def test_a_named_folder_without_the_files_is_an_error_even_when_the_cache_has_th
         str(folder),
     )
     assert "present," not in message and "present " not in message and str(cache) not in message
+    # with downloads allowed and no mirror answering: the same, plus each mirror's failure and the fix
+    message = assert_data_error(
+        lambda: data.locate_mnist(
+            explicit if named_by == "--data-dir" else None, files=files, mirrors=["http://127.0.0.1:9/"]
+        ),
+        "absent-one, absent-two;",
+        "http://127.0.0.1:9/absent-one.gz",
+        f"Put the MNIST files in {folder} yourself",
+    )
+    assert str(cache) not in message and sorted(os.listdir(folder)) == ["present.gz"]
 
 
 def test_a_named_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch):
