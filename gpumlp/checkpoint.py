@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import tempfile
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -296,7 +297,7 @@ def _read(path: Path) -> tuple[dict, dict | None, str]:
         raise
     except RecursionError:
         raise CheckpointError(f"{path} is nested too deeply to be a checkpoint") from None
-    except ValueError as e:  # bad JSON or UTF-8, bad npy header, a member shorter than its header
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # bad JSON or UTF-8, bad npy header, short member
         raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged or truncated ({e})") from None

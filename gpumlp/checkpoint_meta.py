@@ -50,7 +50,7 @@ def _rng_state(v) -> bool:
 EPOCH_FIELDS = {
     "epoch": (_count, "an epoch number"),
     "batch_size": (_count, "an integer"),
-    "train_loss": (_or_none(_number), "a number"),
+    "train_loss": (_number, "a number"),
     "val_accuracy": (_or_none(_number), "a number"),
     "val_loss": (_or_none(_number), "a number"),
     "seconds": (_or_none(_number), "a number"),
@@ -106,6 +106,9 @@ def check_meta(path: Path, meta: dict) -> None:
     meta["sizes"] = list(interop.check_sizes(meta, "sizes", f"{path}: metadata"))
     _check_fields(path, meta, FIELDS)
     for i, epoch in enumerate(meta.get("history") or []):
+        for key in ("epoch", "train_loss"):  # what every epoch has had since the first gpumlp
+            if key not in epoch:
+                raise CheckpointError(f"{path}: metadata history[{i}] lacks {key!r}")
         _check_fields(path, epoch, EPOCH_FIELDS, f"history[{i}].")
     _check_fields(path, meta.get("train_state") or {}, TRAIN_STATE_FIELDS, "train_state.")
     _check_fields(path, meta.get("optimizer") or {}, OPTIMIZER_FIELDS, "optimizer.")

@@ -213,3 +213,27 @@ def test_nothing_non_finite_is_ever_written(tmp_path):
     with pytest.raises(CheckpointError, match="b1 contains NaN or Inf"):
         checkpoint.save(tmp_path / "m.npz", model)
     assert not any(tmp_path.iterdir())
+
+
+def test_an_npy_header_cut_mid_expression_is_one_error(tmp_path):
+    """numpy parses npy headers with tokenize: an unbalanced header raised tokenize.TokenError, a
+    traceback (found by flipping bytes of a real npz)."""
+    import struct
+
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10,"
+    text += b" " * (64 - 10 - len(text) - 1) + b"\n"
+    path = tmp_path / "cut.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.npy", _npy(_meta()))
+        zf.writestr("W0.npy", _npy(GOOD["W0"]))
+        zf.writestr("b0.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(path)
+
+
+def _npy(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr)
+    return buf.getvalue()

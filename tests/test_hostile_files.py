@@ -373,8 +373,16 @@ FIELD_CASES = {
     "config-sizes-disagree": (dict(config={"sizes": [784, 30, 10]}), "config.sizes [784, 30, 10] disagrees"),
     "config-loss-disagrees": (dict(config={"loss": "ce"}), "config.loss 'ce' disagrees with the network's loss"),
     "history-a-string": (dict(history="abc"), "history must be a list of epochs"),
-    "history-accuracy-a-string": (dict(history=[{"epoch": 1, "val_accuracy": "x"}]), "history[0].val_accuracy"),
-    "history-epoch-a-float": (dict(history=[{"epoch": 1.5}]), "history[0].epoch must be an epoch number"),
+    "history-accuracy-a-string": (
+        dict(history=[{"epoch": 1, "train_loss": 0.1, "val_accuracy": "x"}]),
+        "history[0].val_accuracy",
+    ),
+    "history-epoch-a-float": (
+        dict(history=[{"epoch": 1.5, "train_loss": 0.1}]),
+        "history[0].epoch must be an epoch number",
+    ),
+    "history-without-loss": (dict(history=[{"epoch": 1}]), "history[0] lacks 'train_loss'"),
+    "history-loss-null": (dict(history=[{"epoch": 1, "train_loss": None}]), "history[0].train_loss must be a number"),
     "config-a-list": (dict(config=[1]), "config must be an object"),
     "versions-a-list": (dict(versions=["gpumlp"]), "versions must be an object of version strings"),
     "versions-numbers": (dict(versions={"numpy": 2}), "versions must be an object of version strings"),
