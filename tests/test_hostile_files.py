@@ -501,3 +501,98 @@ def test_an_unwritable_data_folder_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=f"cannot download f into {tmp_path}: Permission denied"):
         data.locate_mnist(tmp_path, files={"f": "0" * 64}, mirrors=["http://127.0.0.1:9/"])
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- sweeps: every field, random damage
+
+
+def test_every_metadata_field_with_every_wrong_type_is_a_checkpoint_error(tmp_path):
+    """Each field of a full checkpoint's metadata (and of its nested objects and first history
+    entry) replaced by each hostile value, or deleted: loading, reading the metadata and rendering
+    ``gpumlp info`` either work or raise ``GpumlpError``, never anything else (~500 cases)."""
+    import copy
+
+    from gpumlp.cli import _info_rows
+    from gpumlp.errors import GpumlpError
+
+    m = MLP((784, 8, 10), seed=1)
+    rng_state = np.random.default_rng([0, 1]).bit_generator.state
+    good = checkpoint.save(
+        tmp_path / "g.json", m, {"optimizer.velocity": np.zeros(m.n_params)}, config={"sizes": [784, 8, 10]},
+        history=[{"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9, "seconds": 1.0, "lr": 0.1, "batch_size": 10}],
+        train_state={"epochs_done": 1, "rng_state": rng_state, "best_epoch": None}, optimizer={"name": "momentum"},
+        test_accuracy=0.9, test_size=10000,
+    )  # fmt: skip
+    doc = json.loads(good.read_text())
+    fields = []
+
+    def walk(obj, prefix):
+        for key, value in obj.items():
+            if key != "params":
+                fields.append([*prefix, key])
+                if isinstance(value, dict):
+                    walk(value, [*prefix, key])
+                elif isinstance(value, list) and value and isinstance(value[0], dict):
+                    walk(value[0], [*prefix, key, 0])
+
+    walk(doc, [])
+    assert len(fields) > 35
+    path, cases = tmp_path / "f.json", 0
+    for field in fields:
+        for value in (None, True, "x", [], {}, -1, 10**400, float("nan"), float("inf"), "delete"):
+            spoiled = copy.deepcopy(doc)
+            parent = spoiled
+            for key in field[:-1]:
+                parent = parent[key]
+            if value == "delete":
+                del parent[field[-1]]
+            else:
+                parent[field[-1]] = value
+            path.write_text(json.dumps(spoiled))
+            for read in (lambda: _info_rows(checkpoint.describe(path)), lambda: checkpoint.read_metadata(path)):
+                try:
+                    read()
+                except GpumlpError:
+                    pass
+            cases += 1
+    assert cases > 350
+
+
+def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
+    """Bytes flipped at random (half of the npz trials in its zip headers): every outcome is a
+    result or a ``GpumlpError`` (this sweep found numpy's tokenize.TokenError on a cut npy header)."""
+    import gzip
+    import io
+    import random
+
+    from gpumlp import data, predict
+    from gpumlp.errors import GpumlpError
+
+    rng = random.Random(0)
+    npz = checkpoint.save(tmp_path / "g.npz", MLP((784, 8, 10), seed=1)).read_bytes()
+    starts = [i for i in range(len(npz)) if npz[i : i + 4] in (b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06")]
+    headers = sorted({j for i in starts for j in range(i, min(i + 200, len(npz)))})
+    idx = b"\0\0\x08\x03" + struct.pack(">III", 3, 28, 28) + bytes(3 * 784)
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    im = Image.new("L", (40, 40), 255)
+    im.paste(0, (10, 10, 30, 30))
+    im.save(buf, "PNG")
+
+    def flipped(raw: bytes, where=None) -> bytes:
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.choice(where) if where else rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b)
+
+    for trial in range(400):
+        for name, raw, read in (
+            ("f.npz", flipped(npz, headers if trial % 2 else None), checkpoint.load),
+            ("f.gz", flipped(gzip.compress(idx)), data.read_idx),
+            ("f.png", flipped(buf.getvalue()), predict.load_digit),
+        ):
+            (tmp_path / name).write_bytes(raw)
+            try:
+                read(tmp_path / name)
+            except GpumlpError:
+                pass
