@@ -136,6 +136,8 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 def _where(data_dir) -> str:
     """How the user named the folder, for messages."""
+    if data_dir and Path(data_dir) == default_cache_dir():
+        return "the cache folder"
     if data_dir:
         return "--data-dir"
     return "$GPUMLP_DATA_DIR" if os.environ.get("GPUMLP_DATA_DIR") else "the cache folder"
