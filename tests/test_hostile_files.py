@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import pytest
 
 from gpumlp import checkpoint
 from gpumlp.model import MLP
+
+resource = pytest.importorskip("resource", reason="RLIMIT_AS and FIFOs are POSIX")
 
 GIB = 1 << 30
 MEMORY_CAP = GIB  # address space, so resident memory stays below it too: the target is < 1 GB peak RSS
