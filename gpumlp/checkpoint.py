@@ -354,18 +354,18 @@ def describe(path: str | os.PathLike) -> dict:
     path = Path(path)
     model, meta = load(path)
     history = meta.get("history") or []
-    vals = [(e["val_accuracy"], e.get("epoch")) for e in history if e.get("val_accuracy") is not None]
+    vals = [(e["val_accuracy"], e["epoch"]) for e in history if e.get("val_accuracy") is not None]  # checked
     summary = {
         "epochs": len(history),
         "first_train_loss": history[0].get("train_loss") if history else None,
         "last_train_loss": history[-1].get("train_loss") if history else None,
-        "best_val_accuracy": max(vals, key=lambda v: v[0])[0] if vals else None,
-        "best_val_epoch": max(vals, key=lambda v: v[0])[1] if vals else None,
+        "best_val_accuracy": max(vals)[0] if vals else None,
+        "best_val_epoch": max(vals)[1] if vals else None,
         "last_val_accuracy": vals[-1][0] if vals else None,
         "seconds": sum(e.get("seconds") or 0 for e in history),
     }
     state = {k: list(v.shape) for k, v in meta.pop("state_arrays", {}).items()}  # shapes: JSON-ready
-    fmt = "npz" if Path(path).suffix.lower() == ".npz" or zipfile.is_zipfile(path) else "json"
+    fmt = "npz" if path.suffix.lower() == ".npz" or zipfile.is_zipfile(path) else "json"
     if meta.get("imported_from"):  # not a gpumlp checkpoint: no format or version of ours to show
         meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
         meta["holds"] = interop.HOLDS[meta["imported_from"]]

@@ -170,7 +170,7 @@ def _progress(name: str) -> Callable[[int, int | None], None]:
 
 
 def _safe_url(url: str) -> bool:
-    """HTTPS anywhere; plain HTTP only to this machine (the tests' local server)."""
+    """HTTPS anywhere; plain HTTP only to localhost (the tests' local server)."""
     parts = urllib.parse.urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))
 
@@ -202,7 +202,7 @@ def download_file(
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{name}.gz"
         if not _safe_url(url):
-            failures.append(f"{url}: refused (only https, or http on this machine)")
+            failures.append(f"{url}: refused (only https, or http to localhost)")
             continue
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
@@ -303,8 +303,9 @@ def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
         if cache.is_file():  # never a FIFO: np.load would wait on it
             with np.load(cache, allow_pickle=False) as z:
                 arrays = {name: z[name] for name in MNIST_FILES}
-            if all(arrays[n].dtype == np.uint8 and arrays[n].nbytes + 8 + 8 * (n.endswith("idx3-ubyte")) == size
-                   for n, size in MNIST_SIZES.items()):  # fmt: skip
+            # each array exactly what its file decodes to: uint8, and with its IDX header (4 + 4·ndim
+            # bytes) the real file's size
+            if all(a.dtype == np.uint8 and 4 + 4 * a.ndim + a.nbytes == MNIST_SIZES[n] for n, a in arrays.items()):
                 return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
