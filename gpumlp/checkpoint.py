@@ -292,7 +292,8 @@ def _read(path: Path) -> tuple[dict, dict | None, str]:
             if fmt == ".npz":
                 return (*_read_npz(path, f, size), fmt)
             what = f"any gpumlp network ({MAX_JSON_BYTES:,} bytes)"
-            doc = _parse_json(read_limited(f, size, MAX_JSON_BYTES, path, CheckpointError, what), path, MAX_JSON_BYTES)
+            text = read_limited(f, size, MAX_JSON_BYTES, path, CheckpointError, what, text=True)
+            doc = _parse_json(text, path, MAX_JSON_BYTES)
     except CheckpointError:
         raise
     except RecursionError:

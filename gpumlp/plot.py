@@ -58,7 +58,8 @@ def read_metrics(path) -> list[dict]:
     f, size = open_regular(path, GpumlpError, missing)  # a FIFO is refused, not waited on
     try:
         with f:
-            text = read_limited(f, size, MAX_METRICS_BYTES, path, GpumlpError, "any run's metrics").decode("utf-8")
+            raw = read_limited(f, size, MAX_METRICS_BYTES, path, GpumlpError, "any run's metrics", text=True)
+            text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise GpumlpError(f"cannot read metrics file {path} ({e})") from None
     epochs = []

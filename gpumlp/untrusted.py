@@ -2,7 +2,8 @@
 
     open_regular(path, error)        a regular file opened without blocking: a FIFO, a device or a
                                      folder is refused at once instead of hanging or being read
-    read_limited(f, size, limit)     the whole file, refused by its size (stat) before reading
+    read_limited(f, size, limit)     the whole file, refused by its size (stat) before reading;
+                                     text refused at its first NUL byte (a sparse file's holes)
     gunzip_limited(f, limit)         gzip decompressed in chunks, stopped as soon as it passes limit
     check_json_text(data, limit)     JSON text refused by size and by its count of lists and objects
                                      before ``json`` builds a single Python object
@@ -57,12 +58,24 @@ def open_regular(path: Path, error: type[Exception], missing: str | None = None)
     return os.fdopen(fd, "rb"), st.st_size
 
 
-def read_limited(f: BinaryIO, size: int, limit: int, path: Path, error: type[Exception], what: str) -> bytes:
+def read_limited(
+    f: BinaryIO, size: int, limit: int, path: Path, error: type[Exception], what: str, text: bool = False
+) -> bytes | bytearray:
     """All of ``f`` (``size`` bytes by stat), refused before reading when over ``limit``: a sparse
-    3 GB file costs nothing to create and would cost 3 GB to read."""
+    3 GB file costs nothing to create and would cost 3 GB to read. ``text``: read in chunks and
+    refuse the first NUL byte, which text never holds (a sparse file's holes read as NULs)."""
     if size > limit:
         raise error(f"{path} is {size:,} bytes, more than {what}")
-    data = f.read(size + 1)  # read(n) allocates n bytes up front: never ask for the limit itself
+    if not text:
+        data = f.read(size + 1)  # read(n) allocates n bytes up front: never ask for the limit itself
+    else:
+        data = bytearray()
+        while chunk := f.read(min(CHUNK, size + 1 - len(data))):
+            if b"\0" in chunk:
+                raise error(f"{path} holds NUL bytes at byte {len(data) + chunk.index(0):,}: it is not text")
+            data += chunk
+            if len(data) > size:
+                break
     if len(data) != size:
         raise error(f"{path} changed while being read; try again")
     return data

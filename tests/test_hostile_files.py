@@ -220,6 +220,14 @@ def _json_of_empty_objects(tmp):
     return ["info", "lists.json"], "JSON lists and objects", 256 << 20
 
 
+def _json_sparse(tmp):
+    # 900 MB by stat, under the 1 GiB JSON cap, nothing on disk: refused at its first NUL byte.
+    with open(tmp / "sparse.json", "wb") as f:
+        f.write(b'{"format": "gpumlp-checkpoint", "params": {"W0": [')
+        f.truncate(900_000_000)
+    return ["info", "sparse.json"], "holds NUL bytes at byte 50"
+
+
 def _mnist_gzip_bomb(tmp):
     # 1.6 MB of gzip that inflates to 1.6 GB: gunzipped whole before the SHA-256 check, once.
     header = struct.pack(">HBBIII", 0, 8, 3, 2_000_000, 28, 28)
@@ -256,6 +264,7 @@ MEMORY_CASES = {
     "npz-members-each-under-cap-total-1.2GB": _npz_total_over_cap,
     "npz-metadata-declares-784-500000-10": _npz_metadata_declares_huge,
     "json-of-3.3-million-empty-objects": _json_of_empty_objects,
+    "json-sparse-900MB": _json_sparse,
     "mnist-gzip-inflating-to-1.6GB": _mnist_gzip_bomb,
     "mnist-sparse-3GB-raw-file": _mnist_sparse_raw,
     "png-12000x12000-under-1MB": _png_12000,

@@ -97,3 +97,19 @@ def test_json_text_is_counted_before_it_is_parsed():
     with pytest.raises(DataError, match="is 11 bytes, more than x"):
         untrusted.check_json_text(b"[1,2,3,4,5]", 10, 1000, "x.json", DataError, "x")
     untrusted.check_json_text(b'{"a": [1, 2]}', 1 << 20, 2, "x.json", DataError, "x")
+
+
+def test_text_is_refused_at_its_first_nul_byte(tmp_path):
+    """A sparse file's holes read as NULs, which no JSON or JSONL text holds: refused at the first
+    chunk, not after reading the file's whole apparent size."""
+    path = tmp_path / "sparse.json"
+    with open(path, "wb") as f:
+        f.write(b'{"a": 1}')
+        f.truncate(1 << 30)
+    f, size = untrusted.open_regular(path, DataError)
+    with f, pytest.raises(DataError, match="holds NUL bytes at byte 8: it is not text"):
+        untrusted.read_limited(f, size, 1 << 31, path, DataError, "the limit", text=True)
+    path.write_bytes(b'{"a": [1, 2, 3]}' * 100_000)  # several chunks, no NUL
+    f, size = untrusted.open_regular(path, DataError)
+    with f:
+        assert untrusted.read_limited(f, size, 1 << 31, path, DataError, "x", text=True) == path.read_bytes()
