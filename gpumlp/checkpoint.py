@@ -26,7 +26,7 @@ from gpumlp import interop
 from gpumlp.checkpoint_meta import check_meta as _check_meta_fields
 from gpumlp.errors import CheckpointError
 from gpumlp.model import DTYPES, MLP, flatten, param_shapes
-from gpumlp.untrusted import check_json_text, check_zip_directory, open_regular, read_limited
+from gpumlp.untrusted import check_dense, check_json_text, check_zip_directory, open_regular, read_limited
 
 FORMAT = "gpumlp-checkpoint"
 VERSION = 1
@@ -288,6 +288,7 @@ def _read(path: Path) -> tuple[dict, dict | None, str]:
     f, size = open_regular(path, CheckpointError, missing)
     try:
         with f:
+            check_dense(f, size, path, CheckpointError)
             fmt = _format_of(path, f)
             if fmt == ".npz":
                 return (*_read_npz(path, f, size), fmt)

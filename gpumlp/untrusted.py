@@ -2,6 +2,7 @@
 
     open_regular(path, error)        a regular file opened without blocking: a FIFO, a device or a
                                      folder is refused at once instead of hanging or being read
+    check_dense(f, size)             a sparse file (mostly holes) refused by its allocated size
     read_limited(f, size, limit)     the whole file, refused by its size (stat) before reading;
                                      text refused at its first NUL byte (a sparse file's holes)
     gunzip_limited(f, limit)         gzip decompressed in chunks, stopped as soon as it passes limit
@@ -56,6 +57,18 @@ def open_regular(path: Path, error: type[Exception], missing: str | None = None)
         raise error(f"{path} is {_kind(st.st_mode)}, not a regular file; give a file")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb"), st.st_size
+
+
+def check_dense(f: BinaryIO, size: int, path: Path, error: type[Exception], min_size: int = 1 << 26) -> None:
+    """Refuse a file above ``min_size`` bytes with less than 1/16 of it on disk: a sparse file,
+    whose holes read as zeros, costs nothing to make and its apparent size to read. Files gpumlp
+    writes are never sparse, and compressing filesystems shrink weights by far less than 16×."""
+    blocks = getattr(os.fstat(f.fileno()), "st_blocks", None)
+    if blocks is not None and size > min_size and blocks * 512 * 16 < size:
+        raise error(
+            f"{path} is a sparse file ({size:,} bytes, {blocks * 512:,} on disk): its holes read as zeros; "
+            "a real one can be copied whole with `cp --sparse=never`"
+        )
 
 
 def read_limited(

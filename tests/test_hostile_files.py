@@ -95,13 +95,15 @@ def gzip_zeros(prefix: bytes, n_zeros: int) -> bytes:
 def write_zip(path: Path, members) -> Path:
     """A zip written byte by byte: ``members`` are ``(name, packed bytes, method, flags, unpacked
     size[, crc of a deflated member])``, so directories can declare what zipfile would never write."""
-    out, central = bytearray(), bytearray()
+    out, central, holes = bytearray(), bytearray(), []
     for name, packed, method, flags, size, *crc in members:
         n = name.encode()
-        crc = zlib.crc32(packed) if method == 0 else crc[0]
+        crc = crc[0] if crc and crc[0] is not None else zlib.crc32(packed)
         offset = len(out)
         local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flags, method, 0, 0, crc, len(packed), size, len(n), 0)
         out += local + n + packed
+        if isinstance(packed, _Hole):  # its zeros: left as a hole, written by seeking past them
+            holes.append((len(out), packed.hole))
         central += (
             struct.pack(
                 "<IHHHHHHIIIHHHHHII",
@@ -109,8 +111,15 @@ def write_zip(path: Path, members) -> Path:
             )
             + n
         )
-    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
-    path.write_bytes(bytes(out + central + end))
+    offset = len(out) + sum(n for _, n in holes)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), offset, 0)
+    with open(path, "wb") as f:
+        start = 0
+        for at, n in holes:
+            f.write(out[start:at])
+            f.seek(n, os.SEEK_CUR)
+            start = at
+        f.write(out[start:] + central + end)
     return path
 
 
@@ -221,11 +230,44 @@ def _json_of_empty_objects(tmp):
 
 
 def _json_sparse(tmp):
-    # 900 MB by stat, under the 1 GiB JSON cap, nothing on disk: refused at its first NUL byte.
+    # 900 MB by stat, under the 1 GiB JSON cap, nothing on disk: refused by its allocated size (and,
+    # under 64 MiB, at its first NUL byte: tests/test_untrusted.py).
     with open(tmp / "sparse.json", "wb") as f:
         f.write(b'{"format": "gpumlp-checkpoint", "params": {"W0": [')
         f.truncate(900_000_000)
-    return ["info", "sparse.json"], "holds NUL bytes at byte 50"
+    return ["info", "sparse.json"], "is a sparse file (900,000,000 bytes"
+
+
+def _npz_sparse(tmp):
+    # A stored W0 of 784×100,000 zeros (314 MB) that is a hole in the file: consistent with its
+    # metadata, with a right CRC, so only the file's allocated size tells it from a real network.
+    sizes = [784, 100_000, 10]
+    meta = npy_bytes(np.frombuffer(json.dumps(dict(META, sizes=sizes)).encode(), np.uint8))
+    header = npy_header((784, 100_000))
+    n_zeros = 784 * 100_000 * 4
+    crc = zlib.crc32(header)
+    for _ in range(n_zeros // (1 << 24)):
+        crc = zlib.crc32(bytes(1 << 24), crc)
+    crc = zlib.crc32(bytes(n_zeros % (1 << 24)), crc)
+    small = {"b0": np.zeros(100_000, np.float32), "W1": np.zeros((100_000, 10), np.float32),
+             "b1": np.zeros(10, np.float32)}  # fmt: skip
+    members = [("metadata.npy", meta, 0, 0, len(meta), None)]
+    members += [(f"{k}.npy", npy_bytes(v), 0, 0, len(npy_bytes(v)), None) for k, v in small.items()]
+    members.append(("W0.npy", _Hole(header, n_zeros), 0, 0, len(header) + n_zeros, crc))
+    write_zip(tmp / "sparse.npz", members)
+    return ["info", "sparse.npz"], "is a sparse file"
+
+
+class _Hole(bytes):
+    """Packed bytes ``header`` followed by ``n`` zeros that ``write_zip`` leaves as a hole."""
+
+    def __new__(cls, header: bytes, n: int):
+        obj = super().__new__(cls, header)
+        obj.hole = n
+        return obj
+
+    def __len__(self):
+        return super().__len__() + self.hole
 
 
 def _mnist_gzip_bomb(tmp):
@@ -265,6 +307,7 @@ MEMORY_CASES = {
     "npz-metadata-declares-784-500000-10": _npz_metadata_declares_huge,
     "json-of-3.3-million-empty-objects": _json_of_empty_objects,
     "json-sparse-900MB": _json_sparse,
+    "npz-sparse-314MB-of-zeros-consistent-with-metadata": _npz_sparse,
     "mnist-gzip-inflating-to-1.6GB": _mnist_gzip_bomb,
     "mnist-sparse-3GB-raw-file": _mnist_sparse_raw,
     "png-12000x12000-under-1MB": _png_12000,
