@@ -63,8 +63,10 @@ def check_dense(f: BinaryIO, size: int, path: Path, error: type[Exception], min_
     """Refuse a file above ``min_size`` bytes with less than 1/16 of it on disk: a sparse file,
     whose holes read as zeros, costs nothing to make and its apparent size to read. Files gpumlp
     writes are never sparse, and compressing filesystems shrink weights by far less than 16×."""
-    blocks = getattr(os.fstat(f.fileno()), "st_blocks", None)
-    if blocks is not None and size > min_size and blocks * 512 * 16 < size:
+    blocks = getattr(os.fstat(f.fileno()), "st_blocks", 0)
+    # 0: not reported (some network and FUSE filesystems); an npz's directory is real bytes, and a
+    # JSON file of nothing but holes is refused at its first NUL byte anyway
+    if blocks and size > min_size and blocks * 512 * 16 < size:
         raise error(
             f"{path} is a sparse file ({size:,} bytes, {blocks * 512:,} on disk): its holes read as zeros; "
             "a real one can be copied whole with `cp --sparse=never`"
