@@ -241,18 +241,26 @@ def info_cli(
 
 def _info_rows(d: dict) -> list[tuple[str, str]]:
     """The human-readable table of ``gpumlp info``."""
+    from gpumlp.interop import NAMES
+
     cfg, h = d.get("config") or {}, d["history_summary"]
+    foreign = d.get("imported_from")
+    kind = f"{NAMES[foreign]}" if foreign else f"{d['file_format']}, format version {d['version']}"
     rows = [
-        ("checkpoint", f"{d['path']} ({d['file_format']}, {d['bytes']:,} bytes, format version {d['version']})"),
+        ("checkpoint", f"{d['path']} ({kind}, {d['bytes']:,} bytes)"),
         (
             "architecture",
-            f"{'-'.join(map(str, d['sizes']))}, {d['activation']} hidden, {d['loss']} output, {d['dtype']}",
+            f"{'-'.join(map(str, d['sizes']))}, sigmoid on every layer (gpumlp: sigmoid hidden, mse output), float64"
+            if foreign
+            else f"{'-'.join(map(str, d['sizes']))}, {d['activation']} hidden, {d['loss']} output, {d['dtype']}",
         ),
         ("parameters", f"{d['n_params']:,}"),
         ("input", f"pixel / {d.get('input_divisor', 255.0):g}"),
     ]
-    if d.get("imported_from"):
-        rows.append(("imported from", d["imported_from"]))
+    if foreign:
+        rows.append(("file holds", f"{d['holds']} (no training history, date or versions)"))
+        if d.get("cost"):
+            rows.append(("cost", f"{d['cost']} (used only in training; outputs are sigmoids either way)"))
     if cfg:
         data = f"{cfg.get('train_size')} train / {cfg.get('val_size')} val images"
         rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
@@ -267,7 +275,9 @@ def _info_rows(d: dict) -> list[tuple[str, str]]:
     if d.get("test_accuracy") is not None:
         rows.append(("test accuracy", f"{100 * d['test_accuracy']:.2f}% ({d.get('test_size')} images)"))
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
-    rows.append(("trained on", f"{d.get('device')}, {d.get('created')}, {versions}"))
+    trained = [str(x) for x in (d.get("device"), d.get("created"), versions) if x]
+    if trained:
+        rows.append(("trained on", ", ".join(trained)))
     return rows
 
 

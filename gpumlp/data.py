@@ -5,7 +5,6 @@ Everything here lives on the host; the training loop moves arrays to the device 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp.errors import ConfigError, DataError
+from gpumlp.untrusted import GZIP_MAGIC, gunzip_limited, open_regular, read_limited
 
 # SHA-256 of the *decompressed* files: mirrors serve differently compressed .gz files.
 MNIST_FILES = {
@@ -35,6 +35,14 @@ MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+# Their exact decompressed sizes: no file under these names is ever read (or inflated) beyond them.
+MNIST_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
+MAX_IDX_BYTES = 1 << 28  # read_idx on any other file: 256 MiB, five times the largest MNIST file
 DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
 
 # IDX type codes (the third byte of the magic number) → big-endian numpy dtype
@@ -51,21 +59,28 @@ IDX_DTYPES = {
 # ---------------------------------------------------------------- IDX
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it is gzip (by its magic bytes, not its name)."""
+def _read_bytes(path: Path, limit: int = 0, hasher=None, what: str = "") -> bytes | bytearray:
+    """The file's content, decompressed when it is gzip (by its magic bytes, not its name), at most
+    ``limit`` bytes of it (default ``MAX_IDX_BYTES``): a raw file is refused by its size before it
+    is read, a gzip file as soon as its decompressed content passes ``limit``. ``hasher.update``
+    sees the (decompressed) content as it is read."""
+    limit = limit or MAX_IDX_BYTES
+    what = what or f"the {limit:,} bytes gpumlp reads of an IDX file"
+    f, size = open_regular(path, DataError, missing=f"cannot read {path}: No such file or directory")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except IsADirectoryError:
-        raise DataError(f"{path} is a directory, not an IDX file") from None
+        with f:
+            if f.read(2) != GZIP_MAGIC:
+                f.seek(0)
+                data = read_limited(f, size, limit, path, DataError, what)
+                if hasher is not None:
+                    hasher.update(data)
+                return data
+            f.seek(0)
+            return gunzip_limited(f, limit, path, DataError, what, hasher)
+    except zlib.error as e:
+        raise DataError(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
-    return raw
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
@@ -97,10 +112,10 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read a raw or gzip IDX file, checked (see ``parse_idx``)."""
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read a raw or gzip IDX file of at most ``max_bytes`` (decompressed), checked (see ``parse_idx``)."""
     path = Path(path)
-    return parse_idx(_read_bytes(path), str(path))
+    return parse_idx(_read_bytes(path, max_bytes), str(path))
 
 
 # ---------------------------------------------------------------- locating, verifying, downloading
@@ -112,9 +127,20 @@ def default_cache_dir() -> Path:
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Where MNIST is looked for, in order: ``--data-dir``, ``$GPUMLP_DATA_DIR``, the cache."""
-    dirs = [Path(d) for d in (data_dir, os.environ.get("GPUMLP_DATA_DIR")) if d]
-    return dirs + [default_cache_dir()]
+    """Where MNIST is looked for: the folder the user named (``--data-dir``, else
+    ``$GPUMLP_DATA_DIR``) and only there; the cache folder when they named none. A named folder
+    is never passed over for the cache: a wrong ``--data-dir`` must not go unnoticed."""
+    named = data_dir or os.environ.get("GPUMLP_DATA_DIR")
+    return [Path(named)] if named else [default_cache_dir()]
+
+
+def _where(data_dir) -> str:
+    """How the user named the folder, for messages."""
+    if data_dir and Path(data_dir) == default_cache_dir():
+        return "the cache folder"
+    if data_dir:
+        return "--data-dir"
+    return "$GPUMLP_DATA_DIR" if os.environ.get("GPUMLP_DATA_DIR") else "the cache folder"
 
 
 def find_file(name: str, dirs: Sequence[Path]) -> Path | None:
@@ -144,7 +170,7 @@ def _progress(name: str) -> Callable[[int, int | None], None]:
 
 
 def _safe_url(url: str) -> bool:
-    """HTTPS anywhere; plain HTTP only to this machine (the tests' local server)."""
+    """HTTPS anywhere; plain HTTP only to localhost (the tests' local server)."""
     parts = urllib.parse.urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))
 
@@ -156,6 +182,7 @@ def download_file(
     mirrors: Sequence[str] = MIRRORS,
     timeout: float = DOWNLOAD_TIMEOUT,
     progress: bool = True,
+    hint: str = "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)",
 ) -> Path:
     """Fetch ``name.gz`` from the first mirror that serves it with the right content.
 
@@ -163,15 +190,26 @@ def download_file(
     the SHA-256 of its decompressed content matches, so ``dest_dir`` never holds a partial or
     wrong file under the real name. Raises ``DataError`` naming every mirror's failure.
     """
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot download {name} into {dest_dir}: {e.strerror or e}; pass --data-dir DIR with a writable folder"
+        ) from None
     target = dest_dir / f"{name}.gz"
+    limit = MNIST_SIZES.get(name, MAX_IDX_BYTES)  # decompressed; gzip never adds more than 1 MiB to it
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{name}.gz"
         if not _safe_url(url):
-            failures.append(f"{url}: refused (only https, or http on this machine)")
+            failures.append(f"{url}: refused (only https, or http to localhost)")
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+        except OSError as e:
+            raise DataError(
+                f"cannot download {name} into {dest_dir}: {e.strerror or e}; pass --data-dir DIR with a writable folder"
+            ) from None
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = resp.headers.get("Content-Length")
@@ -180,12 +218,16 @@ def download_file(
                 while chunk := resp.read(1 << 16):
                     out.write(chunk)
                     done += len(chunk)
+                    if done > limit + (1 << 20):
+                        raise OSError(f"served more than {limit + (1 << 20):,} bytes, more than {name}.gz can be")
                     show(done, int(total) if total else None)
                 if total is not None and done != int(total):
                     raise OSError(f"connection closed after {done} of {total} bytes")
                 out.flush()
                 os.fsync(out.fileno())
-            digest = hashlib.sha256(_read_bytes(Path(tmp))).hexdigest()
+            hasher = hashlib.sha256()
+            _read_bytes(Path(tmp), limit, hasher, f"the real {name}")  # hashed while it is decompressed
+            digest = hasher.hexdigest()
             if digest != sha256:
                 raise OSError(f"checksum mismatch (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
             os.replace(tmp, target)
@@ -196,10 +238,7 @@ def download_file(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise DataError(
-        f"could not download {name}: " + "; ".join(failures) + ". "
-        "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)"
-    )
+    raise DataError(f"could not download {name}: " + "; ".join(failures) + f". {hint}")
 
 
 def locate_mnist(
@@ -208,23 +247,38 @@ def locate_mnist(
     mirrors: Sequence[str] = MIRRORS,
     files: dict[str, str] = MNIST_FILES,
 ) -> dict[str, Path]:
-    """Path of each MNIST file, downloading the missing ones into the first search folder."""
-    dirs = search_dirs(data_dir)
-    found = {name: find_file(name, dirs) for name in files}
+    """Path of each MNIST file in the folder ``search_dirs`` gives, downloading the missing ones
+    into it (``download=False``: a missing file is an error naming it and the folder)."""
+    (folder,) = search_dirs(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(
+            f"{_where(data_dir)} {folder} is a file, not a folder; give the folder that holds the MNIST files"
+        )
+    found = {name: find_file(name, [folder]) for name in files}
     missing = [name for name, path in found.items() if path is None]
     if missing and not download:
         raise DataError(
-            f"MNIST files not found: {', '.join(missing)} (looked in {', '.join(map(str, dirs))}); "
-            "pass --data-dir DIR or set GPUMLP_DATA_DIR"
+            f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; "
+            "pass --data-dir DIR with the folder that holds them, or set GPUMLP_DATA_DIR"
         )
+    hint = f"Put the MNIST files in {folder} yourself, or pass --data-dir DIR with the folder that holds them"
     for name in missing:
-        found[name] = download_file(name, files[name], dirs[0], mirrors)
+        try:
+            found[name] = download_file(name, files[name], folder, mirrors, hint=hint)
+        except DataError as e:
+            raise DataError(
+                f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; {e}"
+            ) from None
     return found
 
 
-def _load_verified(path: Path, sha256: str) -> np.ndarray:
-    data = _read_bytes(path)
-    digest = hashlib.sha256(data).hexdigest()
+def _load_verified(path: Path, name: str, sha256: str) -> np.ndarray:
+    """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed."""
+    hasher = hashlib.sha256()
+    fix = "delete it so gpumlp downloads it again, or fix --data-dir"
+    real = f"the {MNIST_SIZES[name]:,} bytes of the real {name}; {fix}"
+    data = _read_bytes(path, MNIST_SIZES[name], hasher, real)
+    digest = hasher.hexdigest()
     if digest != sha256:
         raise DataError(
             f"{path} is not the MNIST file it is named after (sha256 {digest[:12]}…, expected "
@@ -246,13 +300,16 @@ def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     they were verified, else decompressed, verified by SHA-256 and parsed, then cached."""
     cache = decoded_cache_path(paths)
     try:
-        with np.load(cache, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in MNIST_FILES}
-        if all(arrays[name].dtype == np.uint8 for name in arrays):
-            return arrays
+        if cache.is_file():  # never a FIFO: np.load would wait on it
+            with np.load(cache, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in MNIST_FILES}
+            # each array exactly what its file decodes to: uint8, and with its IDX header (4 + 4·ndim
+            # bytes) the real file's size
+            if all(a.dtype == np.uint8 and 4 + 4 * a.ndim + a.nbytes == MNIST_SIZES[n] for n, a in arrays.items()):
+                return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
-    arrays = {name: _load_verified(paths[name], sha) for name, sha in MNIST_FILES.items()}
+    arrays = {name: _load_verified(paths[name], name, sha) for name, sha in MNIST_FILES.items()}
     tmp = None
     try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
         cache.parent.mkdir(parents=True, exist_ok=True)

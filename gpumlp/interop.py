@@ -27,8 +27,15 @@ from gpumlp.model import DTYPES, MLP, N_CLASSES, N_INPUTS, flatten
 
 FORMAT, VERSION = "gpumlp-checkpoint", 1  # checkpoint.FORMAT / VERSION (not imported: checkpoint imports us)
 RUST, NIELSEN = "Rust MLP JSON", "Nielsen network2 JSON"  # how messages name the formats
+NAMES = {"rust": RUST, "nielsen": NIELSEN}
+# What each format's file holds, for ``gpumlp info`` (nothing about how or when it was trained).
+HOLDS = {
+    "rust": "layers, weights, biases and activation_function",
+    "nielsen": "sizes, weights, biases and cost",
+}
 DIVISORS = {"rust": 256.0, "nielsen": 256.0}  # each project's network input is pixel / divisor
 NIELSEN_COSTS = ("QuadraticCost", "CrossEntropyCost")
+MAX_LAYERS, MAX_UNITS = 1024, 1 << 20  # far above any network: 784 × 2^20 float32 weights are 3 GB
 
 
 def detect(doc) -> str | None:
@@ -60,14 +67,21 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _sizes(doc, key: str, name: str) -> tuple[int, ...]:
-    """``doc[key]``: layer sizes, integers from 784 to 10."""
+def check_sizes(doc, key: str, name: str) -> tuple[int, ...]:
+    """``doc[key]``: layer sizes, integers from 784 to 10 (``10.9`` is refused, never truncated),
+    at most ``MAX_LAYERS`` of them and ``MAX_UNITS`` each: bounds checked before anything is built."""
     sizes = _get(doc, key, name)
-    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+    if not isinstance(sizes, list) or not all(type(s) is int for s in sizes):
         raise CheckpointError(f"{name}: {key!r} must be a list of integers, got {_short(sizes)}")
+    if len(sizes) > MAX_LAYERS or any(s > MAX_UNITS for s in sizes):
+        raise CheckpointError(
+            f"{name}: {key!r} declares {len(sizes)} layers of up to {max(sizes):,} units; gpumlp networks have "
+            f"at most {MAX_LAYERS} layers of {MAX_UNITS:,}"
+        )
     if len(sizes) < 2 or sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES or min(sizes) <= 0:
         raise CheckpointError(
-            f"{name}: {key!r} must be positive sizes from {N_INPUTS} to {N_CLASSES}, e.g. [784, 16, 10] (got {sizes})"
+            f"{name}: {key!r} must be positive sizes from {N_INPUTS} to {N_CLASSES}, e.g. [784, 16, 10] "
+            f"(got {_short(sizes)})"
         )
     return tuple(sizes)
 
@@ -140,7 +154,7 @@ def _build(host: dict, sizes, kind: str, device, dtype: str, **extra) -> tuple[M
 
 def from_rust(doc: dict, device="cpu", dtype: str = "float32") -> tuple[MLP, dict]:
     """A parsed Rust-project JSON network → ``(MLP, metadata)``; only Sigmoid networks fit gpumlp."""
-    sizes = _sizes(doc, "layers", RUST)
+    sizes = check_sizes(doc, "layers", RUST)
     act = _get(doc, "activation_function", RUST)
     kind = act.get("function_type") if isinstance(act, dict) else None
     if kind == "ReLU":
@@ -159,7 +173,7 @@ def from_nielsen(doc: dict, device="cpu", dtype: str = "float32") -> tuple[MLP, 
     """A parsed network2.py ``Network.save`` document → ``(MLP, metadata)``, metadata["cost"] its cost.
 
     Either cost gives the same sigmoid outputs; the cost only mattered for training."""
-    sizes = _sizes(doc, "sizes", NIELSEN)
+    sizes = check_sizes(doc, "sizes", NIELSEN)
     cost = _get(doc, "cost", NIELSEN)
     if cost not in NIELSEN_COSTS:
         raise CheckpointError(f"{NIELSEN}: 'cost' must be one of {', '.join(NIELSEN_COSTS)}, got {_short(cost)}")

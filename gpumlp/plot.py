@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp.errors import GpumlpError
+from gpumlp.untrusted import open_regular, read_limited
 
 MISSING = "plotting needs matplotlib: pip install 'gpumlp[plot]'"
 DPI = 120
 METRICS_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")  # the keys plot_runs reads
 OPTIONAL = ("val_loss", "val_accuracy")  # may be null (no validation set)
+MAX_METRICS_BYTES = 1 << 26  # a line per epoch, ~250 bytes: a quarter of a million epochs
 
 
 def _new_figure(width: float, height: float):
@@ -52,10 +54,12 @@ def read_metrics(path) -> list[dict]:
     skipped), each checked to have a numeric ``epoch`` and ``train_loss``, and ``val_loss`` and
     ``val_accuracy`` numeric or null."""
     path = Path(path)
-    if not path.is_file():
-        raise GpumlpError(f"metrics file {path} not found; pass the .metrics.jsonl a training run wrote")
+    missing = f"metrics file {path} not found; pass the .metrics.jsonl a training run wrote"
+    f, size = open_regular(path, GpumlpError, missing)  # a FIFO is refused, not waited on
     try:
-        text = path.read_text(encoding="utf-8")
+        with f:
+            raw = read_limited(f, size, MAX_METRICS_BYTES, path, GpumlpError, "any run's metrics", text=True)
+            text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise GpumlpError(f"cannot read metrics file {path} ({e})") from None
     epochs = []
@@ -74,7 +78,7 @@ def read_metrics(path) -> list[dict]:
                 continue
             if key not in row:
                 raise GpumlpError(f"{path}, line {number}: no {key!r}; is it a .metrics.jsonl file?")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not (type(value) is float or type(value) is int and abs(value) < 2**63):  # 10**400: no float
                 raise GpumlpError(f"{path}, line {number}: {key} is {value!r}, expected a number")
         epochs.append(row)
     if not epochs:

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.untrusted import open_regular
 
 PILLOW_HINT = "reading images needs Pillow: pip install 'gpumlp[images]'"
 INK_THRESHOLD = 0.1  # after inversion and background removal, a pixel above this is ink
 MIN_CONTRAST = 0.1  # an image whose grey levels span less than this has no digit in it
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20×20 box inside the 28×28 field
 RAMP = " .:-=+*#%@"  # ascii_preview, from no ink to full ink
+# Pillow refuses only above 179 million pixels (a warning above 89 million); a 177 KB PNG of
+# 12,000×12,000 passed and cost 4.5 GB. A digit needs far fewer: refused from the header, before
+# any pixel is decoded. 4096×4096 costs about 0.6 GB on its way to 28×28.
+MAX_PIXELS = 4096 * 4096
 
 
 def _pillow():
@@ -37,28 +43,29 @@ def _pillow():
     return Image, ImageOps
 
 
-def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> np.ndarray:
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A PNG, JPEG, BMP, … of any size → (h, w) float64 grey levels in [0, 1] (host), 1 = white.
 
     ``source``: a file's path, or the file's bytes (``gpumlp serve``: an uploaded PNG). Transparent
     pixels are composited onto white, as a viewer shows them; JPEG EXIF rotation is applied.
     ``max_pixels``: refuse larger images before decoding them. Raises ``GpumlpError`` for a
-    missing file, a folder, a non-image, a too large or a blank image.
+    missing file, a folder, a FIFO or other non-regular file, a non-image, a too large or a blank image.
     """
     Image, ImageOps = _pillow()
     if isinstance(source, (bytes, bytearray, memoryview)):
         path, fp = "the image data", io.BytesIO(source)
     else:
-        path = fp = Path(source)
-        if path.is_dir():
-            raise GpumlpError(f"{path} is a directory, not an image; give image files (PNG, JPEG, BMP, …)")
-        if not path.exists():
-            raise GpumlpError(f"image {path} not found; check the path")
+        path = Path(source)
+        fp, _ = open_regular(path, GpumlpError, missing=f"image {path} not found; check the path")
     try:
-        with Image.open(fp) as im:  # reads the header only
-            if max_pixels is not None and im.width * im.height > max_pixels:
+        with fp:
+            with warnings.catch_warnings():  # Pillow's bomb warning: max_pixels, far lower, is checked here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(fp)  # reads the header only
+            if im.width * im.height > max_pixels:
                 raise GpumlpError(
-                    f"{path} is {im.width}×{im.height} pixels, more than {max_pixels:,}; send a smaller image"
+                    f"{path} is {im.width}×{im.height} pixels, more than {max_pixels:,}; "
+                    "scale it down (a digit needs 28×28)"
                 )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
             if im.mode.startswith("I"):  # 16- or 32-bit grey levels
@@ -123,7 +130,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return out.reshape(-1)  # (784,)
 
 
-def load_digit(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> np.ndarray:
+def load_digit(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file, or its bytes → (784,) MNIST-style input: ``to_mnist(load_image(source))``,
     errors naming the file."""
     gray = load_image(source, max_pixels)

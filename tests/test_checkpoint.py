@@ -171,7 +171,7 @@ def test_writer_killed_mid_save_leaves_previous_checkpoint_intact(tmp_path):
     np.testing.assert_array_equal(model.theta, trained_like().theta)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m.npz"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.npz.") and leftovers[0].endswith(".tmp")
-    with pytest.raises(CheckpointError, match="must end in .npz or .json"):
+    with pytest.raises(CheckpointError, match="damaged or truncated"):  # read by its first bytes: "PK"
         checkpoint.load(tmp_path / leftovers[0])
 
 
@@ -195,6 +195,10 @@ def test_deeply_nested_or_enormous_json_and_npz_are_refused(tmp_path, monkeypatc
     # an npz whose header declares a 10^12-element array: refused from the header alone
     path = tmp_path / "huge.npz"
     with zipfile.ZipFile(path, "w") as zf:
+        with zf.open("metadata.npy", "w") as f:
+            np.lib.format.write_array(f, _meta())
+        with zf.open("b0.npy", "w") as f:
+            np.lib.format.write_array(f, GOOD["b0"])
         header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
         with zf.open("W0.npy", "w") as f:
             np.lib.format.write_array_header_1_0(f, header)
@@ -209,3 +213,27 @@ def test_nothing_non_finite_is_ever_written(tmp_path):
     with pytest.raises(CheckpointError, match="b1 contains NaN or Inf"):
         checkpoint.save(tmp_path / "m.npz", model)
     assert not any(tmp_path.iterdir())
+
+
+def test_an_npy_header_cut_mid_expression_is_one_error(tmp_path):
+    """numpy parses npy headers with tokenize: an unbalanced header raised tokenize.TokenError, a
+    traceback (found by flipping bytes of a real npz)."""
+    import struct
+
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10,"
+    text += b" " * (64 - 10 - len(text) - 1) + b"\n"
+    path = tmp_path / "cut.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.npy", _npy(_meta()))
+        zf.writestr("W0.npy", _npy(GOOD["W0"]))
+        zf.writestr("b0.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(path)
+
+
+def _npy(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr)
+    return buf.getvalue()

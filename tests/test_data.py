@@ -283,12 +283,13 @@ def _make_dirs(tmp_path, monkeypatch):
     return explicit, env, cache
 
 
-def test_search_dirs_order(tmp_path, monkeypatch):
-    """--data-dir first, then $GPUMLP_DATA_DIR, then $XDG_CACHE_HOME/gpumlp/mnist (or ~/.cache)."""
+def test_search_dirs_is_the_named_folder_only(tmp_path, monkeypatch):
+    """--data-dir, else $GPUMLP_DATA_DIR, else $XDG_CACHE_HOME/gpumlp/mnist (or ~/.cache): one folder,
+    never a fall-back to the cache past a folder the user named."""
     explicit, env, cache = _make_dirs(tmp_path, monkeypatch)
-    assert data.search_dirs(explicit) == [explicit, env, cache]
-    assert data.search_dirs(str(explicit)) == [explicit, env, cache]
-    assert data.search_dirs() == [env, cache]
+    assert data.search_dirs(explicit) == [explicit]
+    assert data.search_dirs(str(explicit)) == [explicit]
+    assert data.search_dirs() == [env]
     monkeypatch.delenv("GPUMLP_DATA_DIR")
     assert data.search_dirs() == [cache]
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -299,7 +300,7 @@ def test_search_dirs_order(tmp_path, monkeypatch):
 def test_find_file_takes_first_dir_then_raw_before_gz(tmp_path, monkeypatch):
     """find_file returns the copy in the earliest folder; within a folder, ``name`` before ``name.gz``."""
     explicit, env, cache = _make_dirs(tmp_path, monkeypatch)
-    dirs = data.search_dirs(explicit)
+    dirs = [explicit, env, cache]
     assert data.find_file("f", dirs) is None
     (cache / "f.gz").write_bytes(b"")
     assert data.find_file("f", dirs) == cache / "f.gz"
@@ -311,38 +312,58 @@ def test_find_file_takes_first_dir_then_raw_before_gz(tmp_path, monkeypatch):
     assert data.find_file("f", dirs) == explicit / "f"
 
 
-def test_locate_mnist_without_download_uses_search_order(tmp_path, monkeypatch):
-    """locate_mnist(download=False) picks each file from the first folder that has it."""
+def test_locate_mnist_looks_only_in_the_named_folder(tmp_path, monkeypatch):
+    """locate_mnist(download=False) takes every file from the named folder, never the cache's copy."""
     explicit, env, cache = _make_dirs(tmp_path, monkeypatch)
-    files = {"a": "0" * 64, "b": "0" * 64, "c": "0" * 64}
+    files = {"a": "0" * 64, "b": "0" * 64}
     for d in (explicit, env, cache):
-        (d / "c.gz").write_bytes(b"")
-    (env / "a").write_bytes(b"")
-    (cache / "a.gz").write_bytes(b"")
-    (cache / "b.gz").write_bytes(b"")
-    found = data.locate_mnist(explicit, download=False, files=files)
-    assert found == {"a": env / "a", "b": cache / "b.gz", "c": explicit / "c.gz"}
+        (d / "a.gz").write_bytes(b"")
+        (d / "b").write_bytes(b"")
+    assert data.locate_mnist(explicit, download=False, files=files) == {"a": explicit / "a.gz", "b": explicit / "b"}
+    assert data.locate_mnist(download=False, files=files) == {"a": env / "a.gz", "b": env / "b"}
     monkeypatch.delenv("GPUMLP_DATA_DIR")
-    assert data.locate_mnist(download=False, files=files) == {
-        "a": cache / "a.gz",
-        "b": cache / "b.gz",
-        "c": cache / "c.gz",
-    }
+    assert data.locate_mnist(download=False, files=files) == {"a": cache / "a.gz", "b": cache / "b"}
 
 
-def test_locate_mnist_missing_without_download_names_files(tmp_path, monkeypatch):
-    """Missing files with download=False are a DataError naming them, the folders and --data-dir."""
-    explicit, env, _ = _make_dirs(tmp_path, monkeypatch)
-    (env / "present.gz").write_bytes(b"")
+@pytest.mark.parametrize("named_by", ["--data-dir", "$GPUMLP_DATA_DIR"])
+def test_a_named_folder_without_the_files_is_an_error_even_when_the_cache_has_them(tmp_path, monkeypatch, named_by):
+    """Issue 15: a wrong --data-dir was silently passed over for the cache's copy (exit 0). Now the
+    files missing there are named, with the folder, and the cache is not used."""
+    explicit, env, cache = _make_dirs(tmp_path, monkeypatch)
     files = {"present": "0" * 64, "absent-one": "0" * 64, "absent-two": "0" * 64}
+    for name in files:
+        (cache / f"{name}.gz").write_bytes(b"")
+    folder = explicit if named_by == "--data-dir" else env
+    (folder / "present.gz").write_bytes(b"")
     message = assert_data_error(
-        lambda: data.locate_mnist(explicit, download=False, files=files, mirrors=["http://127.0.0.1:9/"]),
+        lambda: data.locate_mnist(
+            explicit if named_by == "--data-dir" else None, download=False, files=files, mirrors=["http://127.0.0.1:9/"]
+        ),
         "absent-one",
         "absent-two",
-        "--data-dir",
-        str(explicit),
+        named_by,
+        str(folder),
     )
-    assert "present," not in message and "present " not in message
+    assert "present," not in message and "present " not in message and str(cache) not in message
+    # with downloads allowed and no mirror answering: the same, plus each mirror's failure and the fix
+    message = assert_data_error(
+        lambda: data.locate_mnist(
+            explicit if named_by == "--data-dir" else None, files=files, mirrors=["http://127.0.0.1:9/"]
+        ),
+        "absent-one, absent-two;",
+        "http://127.0.0.1:9/absent-one.gz",
+        f"Put the MNIST files in {folder} yourself",
+    )
+    assert str(cache) not in message and sorted(os.listdir(folder)) == ["present.gz"]
+
+
+def test_a_named_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    """--data-dir or $GPUMLP_DATA_DIR naming a file: a DataError saying so, not a FileExistsError."""
+    a_file = tmp_path / "mnist.gz"
+    a_file.write_bytes(b"x")
+    assert_data_error(lambda: data.locate_mnist(a_file, files={"f": "0" * 64}), "is a file, not a folder", str(a_file))
+    monkeypatch.setenv("GPUMLP_DATA_DIR", str(a_file))
+    assert_data_error(lambda: data.locate_mnist(files={"f": "0" * 64}), "$GPUMLP_DATA_DIR", "is a file")
 
 
 # ---------------------------------------------------------------- downloads from a local server
@@ -472,6 +493,20 @@ def test_download_skips_404_and_refused_mirrors(server, refused_url, tmp_path):
     assert server.requests == [f"/missing/{NAME}.gz", f"/good/{NAME}.gz"]
 
 
+def test_download_stops_a_mirror_serving_more_than_the_file_can_be(server, tmp_path, monkeypatch):
+    """A body larger than the real file plus 1 MiB is cut off and that mirror skipped; a body that
+    inflates past the real size is refused while it is decompressed, never inflated whole."""
+    monkeypatch.setitem(data.MNIST_SIZES, NAME, len(TINY))
+    server.routes[f"/endless/{NAME}.gz"] = serve(os.urandom(len(TINY) + (1 << 20) + 1))
+    server.routes[f"/bomb/{NAME}.gz"] = serve(gzip.compress(TINY + bytes(1 << 20)))
+    server.routes[f"/good/{NAME}.gz"] = serve(TINY_GZ)
+    dest = tmp_path / "dest"
+    assert_downloaded(download(dest, [f"{server.url}/endless/", f"{server.url}/bomb/", f"{server.url}/good/"]), dest)
+    message = assert_data_error(lambda: download(tmp_path / "o", [f"{server.url}/endless/", f"{server.url}/bomb/"]))
+    assert "served more than" in message and "decompresses to more than the real" in message
+    assert dest_listing(tmp_path / "o") == []
+
+
 def test_download_rejects_wrong_checksum(server, tmp_path):
     """A mirror serving other content is rejected by SHA-256; alone, it is a DataError saying so."""
     server.routes[f"/wrong/{NAME}.gz"] = serve(OTHER_GZ)
@@ -543,23 +578,17 @@ def test_download_replaces_stale_file(server, tmp_path):
 
 
 def test_locate_mnist_downloads_missing_then_reuses(server, tmp_path, monkeypatch):
-    """locate_mnist downloads only the missing files into --data-dir, then finds them with no requests."""
+    """locate_mnist downloads only the missing files into --data-dir (made if need be), then finds them
+    with no requests."""
     other_raw = idx_of(sample_labels(7))
-    files = {NAME: sha256(TINY), "tiny-labels": sha256(other_raw), "already-here": "0" * 64}
+    files = {NAME: sha256(TINY), "tiny-labels": sha256(other_raw)}
     server.routes[f"/m/{NAME}.gz"] = serve(TINY_GZ)
     server.routes["/m/tiny-labels.gz"] = serve(gzip.compress(other_raw))
-    cache = tmp_path / "xdg-cache" / "gpumlp" / "mnist"
-    cache.mkdir(parents=True)
-    (cache / "already-here").write_bytes(b"")
     data_dir = tmp_path / "data"
     mirrors = [f"{server.url}/nothing/", f"{server.url}/m/"]
 
     found = data.locate_mnist(data_dir=data_dir, mirrors=mirrors, files=files)
-    expected = {
-        NAME: data_dir / f"{NAME}.gz",
-        "tiny-labels": data_dir / "tiny-labels.gz",
-        "already-here": cache / "already-here",
-    }
+    expected = {NAME: data_dir / f"{NAME}.gz", "tiny-labels": data_dir / "tiny-labels.gz"}
     assert found == expected
     assert sorted(server.requests) == sorted(f"{m}{n}.gz" for m in ("/nothing/", "/m/") for n in (NAME, "tiny-labels"))
     assert data.read_idx(found["tiny-labels"]).tolist() == sample_labels(7).tolist()
@@ -669,7 +698,7 @@ def test_decoded_cache_is_used_only_while_the_sources_are_unchanged(tmp_path, re
     assert cache.is_file() and cache.parent == tmp_path / "xdg-cache" / "gpumlp" / "decoded"
     verified = []
     real_verify = data._load_verified
-    monkeypatch.setattr(data, "_load_verified", lambda p, sha: verified.append(p) or real_verify(p, sha))
+    monkeypatch.setattr(data, "_load_verified", lambda p, *a: verified.append(p) or real_verify(p, *a))
     second = data.load_mnist(folder, download=False)
     assert verified == [] and all(np.array_equal(a, b) for a, b in zip(first, second))
     labels = next(folder.glob("t10k-labels*"))

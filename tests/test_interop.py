@@ -358,3 +358,46 @@ def test_bad_values_are_refused(tmp_path, kind, bad, match):
     doc = make()
     doc["biases"][0] = "zeros"
     refused(importer, doc, match=r"biases\[0\] must be a list, got 'zeros'")
+
+
+@pytest.mark.parametrize("name", ["net", "net.txt", "net.NETWORK2", "saved.pkl"])
+def test_a_foreign_network_is_found_by_content_whatever_its_name(tmp_path, name):
+    """network2's ``save(filename)`` takes any name (issue 15): a name that says neither .npz nor
+    .json is read by its first bytes, and the network loads exactly as under a .json name."""
+    model = MLP((784, 12, 10), "sigmoid", "mse", seed=4)
+    reference = interop.save_foreign(tmp_path / "net.json", model, "nielsen")
+    odd = tmp_path / name
+    odd.write_bytes(b"\n  " + reference.read_bytes())  # leading whitespace is still JSON
+    loaded, meta = checkpoint.load(odd)
+    expected, _ = checkpoint.load(reference)
+    np.testing.assert_array_equal(loaded.theta, expected.theta)
+    assert meta["imported_from"] == "nielsen"
+    (tmp_path / "bin").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="neither an npz nor a JSON network"):
+        checkpoint.load(tmp_path / "bin")
+
+
+def test_an_npz_under_another_name_is_found_by_content(tmp_path):
+    path = checkpoint.save(tmp_path / "m.npz", MLP((784, 10), seed=2))
+    os.rename(path, tmp_path / "m.backup")
+    model, _ = checkpoint.load(tmp_path / "m.backup")
+    assert model.sizes == (784, 10)
+    assert checkpoint.describe(tmp_path / "m.backup")["file_format"] == "npz"
+
+
+@pytest.mark.parametrize("kind", ["rust", "nielsen"])
+def test_info_on_a_foreign_file_shows_what_it_holds(tmp_path, kind):
+    """Issue 15: ``gpumlp info`` printed "trained on None, None," and a gpumlp format version for a
+    file that has neither. Now it names the format and what the file holds, and nothing it lacks."""
+    from typer.testing import CliRunner
+
+    from gpumlp import cli
+
+    interop.save_foreign(tmp_path / "net.json", MLP((784, 12, 10), "sigmoid", "mse", seed=4), kind)
+    result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "net.json")])
+    assert result.exit_code == 0, result.output
+    assert "None" not in result.output and "trained on" not in result.output and "format version" not in result.output
+    assert interop.NAMES[kind] in result.output and interop.HOLDS[kind] in result.output
+    assert ("cost           QuadraticCost" in result.output) == (kind == "nielsen")
+    d = checkpoint.describe(tmp_path / "net.json")
+    assert "format" not in d and "version" not in d and d["imported_from"] == kind

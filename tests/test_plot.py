@@ -121,7 +121,7 @@ def test_malformed_metrics_files_are_one_line_errors(tmp_path, content, fragment
 def test_missing_or_unreadable_metrics_files(tmp_path):
     for path, fragment in [
         (tmp_path / "nope.metrics.jsonl", "not found"),
-        (tmp_path, "not found"),  # a folder
+        (tmp_path, "is a directory, not a regular file"),
     ]:
         with pytest.raises(GpumlpError, match=fragment) as e:
             plot.plot_runs([path], tmp_path / "out.png")
@@ -131,6 +131,19 @@ def test_missing_or_unreadable_metrics_files(tmp_path):
         plot.plot_runs([tmp_path / "latin1.metrics.jsonl"], tmp_path / "out.png")
     with pytest.raises(GpumlpError, match="no metrics files given"):
         plot.plot_runs([], tmp_path / "out.png")
+
+
+def test_a_fifo_or_a_huge_number_in_place_of_metrics_is_one_line(tmp_path):
+    """A FIFO is refused at once (reading it waited forever); a 400-digit number is not a float."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.metrics.jsonl")
+    with pytest.raises(GpumlpError, match="is a FIFO"):
+        plot.plot_runs([tmp_path / "pipe.metrics.jsonl"], tmp_path / "out.png")
+    (tmp_path / "big.metrics.jsonl").write_text('{"epoch": 1, "train_loss": ' + "9" * 400 + "}\n")
+    with pytest.raises(GpumlpError, match="train_loss is 9999"):
+        plot.plot_runs([tmp_path / "big.metrics.jsonl"], tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_unwritable_output_is_one_line_error(tmp_path):
