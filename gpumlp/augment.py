@@ -43,14 +43,15 @@ SIDE = 28  # image side in pixels
 PAD = SIDE + 3  # side of the zero-bordered copy: 1 pixel before, 2 after (see _bilinear)
 CENTRE = (SIDE - 1) / 2  # 13.5: the middle of pixels 0 … 27
 KINDS_HELP = "choose none, shift, affine, elastic or a comma list such as affine,elastic"
-STRENGTHS = {  # field → (CLI option, what it is), for error messages
-    "shift": ("--shift", "a translation in pixels, e.g. --shift 2"),
-    "rotate": ("--rotate", "an angle in degrees, e.g. --rotate 10"),
-    "scale": ("--scale", "a relative scaling below 1, e.g. --scale 0.1"),
-    "shear": ("--shear", "a shear coefficient, e.g. --shear 0.1"),
-    "alpha": ("--elastic-alpha", "a displacement intensity in pixels, e.g. --elastic-alpha 34"),
-    "sigma": ("--elastic-sigma", "a smoothing width in pixels, e.g. --elastic-sigma 4"),
+STRENGTHS = {  # field → (CLI option, what it is, largest value that means something), for the checks
+    "shift": ("--shift", "a translation in pixels, e.g. --shift 2", SIDE),
+    "rotate": ("--rotate", "an angle in degrees, e.g. --rotate 10", 180),
+    "scale": ("--scale", "a relative scaling below 1, e.g. --scale 0.1", 1),
+    "shear": ("--shear", "a shear coefficient, e.g. --shear 0.1", 10),
+    "alpha": ("--elastic-alpha", "a displacement intensity in pixels, e.g. --elastic-alpha 34", 1000),
+    "sigma": ("--elastic-sigma", "a smoothing width in pixels, e.g. --elastic-sigma 4", 1000),
 }
+MIN_SIGMA = 0.01  # pixels: narrower smoothing is already the identity (and σ² must not underflow)
 
 
 def parse_kinds(spec: str) -> tuple[str, ...]:
@@ -78,14 +79,18 @@ class AugmentConfig:
     def __post_init__(self):
         kinds = parse_kinds(self.kinds) if isinstance(self.kinds, str) else tuple(self.kinds)
         object.__setattr__(self, "kinds", parse_kinds(",".join(kinds)))  # validated, in KINDS order
-        for field, (option, what) in STRENGTHS.items():
+        for field, (option, what, top) in STRENGTHS.items():
             value = getattr(self, field)
             if not value >= 0:  # also catches NaN
                 raise ConfigError(f"{option} must be >= 0, got {value}: give {what}")
+            if value > top and field != "scale":
+                raise ConfigError(f"{option} must be at most {top}, got {value}: give {what}")
         if self.scale >= 1:
             raise ConfigError(f"--scale must be below 1, got {self.scale}: the factor 1 - scale must stay positive")
-        if "elastic" in self.kinds and not self.sigma > 0:
-            raise ConfigError(f"--elastic-sigma must be > 0 for --augment elastic, got {self.sigma}: try 4")
+        if "elastic" in self.kinds and not self.sigma >= MIN_SIGMA:
+            raise ConfigError(
+                f"--elastic-sigma must be at least {MIN_SIGMA} for --augment elastic, got {self.sigma}: try 4"
+            )
 
 
 def gaussian_matrix(sigma: float, n: int = SIDE) -> np.ndarray:

@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 import tokenize
 import zipfile
 from pathlib import Path
@@ -23,14 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import interop
+from gpumlp.atomic import atomic_write, check_target
 from gpumlp.checkpoint_meta import check_meta as _check_meta_fields
-from gpumlp.errors import CheckpointError
+from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.model import DTYPES, MLP, flatten, param_shapes
 from gpumlp.untrusted import check_dense, check_json_text, check_zip_directory, open_regular, read_limited
 
 FORMAT = "gpumlp-checkpoint"
 VERSION = 1
 SUFFIXES = (".npz", ".json")
+_WHAT = ("a checkpoint", "choose another --save path")  # how write errors name the file and the fix
 
 
 def _suffix(path: Path) -> str:
@@ -40,48 +41,11 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def _atomic_write(path: Path, write, what: str = "a checkpoint", fix: str = "choose another --save path") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
-    ``what`` and ``fix`` word the error when the folder cannot take a file (other writers: export)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {what} in {folder}: {e.strerror or e}; {fix}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal new file's mode
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early (before hours of training) when ``path`` cannot hold a checkpoint."""
     path = Path(path)
     _suffix(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if path.is_dir() or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CheckpointError(
-            f"cannot write a checkpoint to {path}: {probe} is not a writable folder; choose another --save path"
-        )
-    return path
+    return check_target(path, *_WHAT)
 
 
 def build_metadata(model: MLP, **extra) -> dict:
@@ -117,6 +81,12 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
     ``state_arrays``: a run's training state, ``{name: (n_params,) array}`` on the host or device."""
     path = Path(path)
     suffix = _suffix(path)
+    reserved = sorted(set(metadata) & set(_DERIVED))
+    if reserved:
+        raise ConfigError(
+            f"save() got metadata {', '.join(map(repr, reserved))}: these keys describe the network and come from "
+            "the model itself (the file format follows the extension, .npz or .json); rename them"
+        )
     meta = build_metadata(model, **metadata)
     host = {k: model.be.to_numpy(v) for k, v in model.params.items()}  # device → host, once
     state = {k: np.asarray(model.be.to_numpy(v)) for k, v in (state_arrays or {}).items()}
@@ -126,13 +96,13 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
     if suffix == ".npz":
         blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         arrays = {**host, **{f"state.{k}": v for k, v in state.items()}}
-        _atomic_write(path, lambda f: np.savez(f, metadata=blob, **arrays))
+        atomic_write(path, lambda f: np.savez(f, metadata=blob, **arrays), *_WHAT)
     else:
         # float32 → Python float is exact, and repr round-trips a float64, so loading is bit-exact.
         doc = dict(meta, params={k: v.tolist() for k, v in host.items()})
         if state:
             doc["state_arrays"] = {k: v.tolist() for k, v in state.items()}
-        _atomic_write(path, lambda f: f.write(json.dumps(doc).encode("utf-8")))
+        atomic_write(path, lambda f: f.write(json.dumps(doc).encode("utf-8")), *_WHAT)
     return path
 
 

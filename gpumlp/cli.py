@@ -6,9 +6,11 @@ exit code 2, without a traceback.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import inspect
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +43,15 @@ DataDirOpt = Annotated[
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+_said_interrupted = []  # a command said what Ctrl-C kept; main() says "interrupted" otherwise
+
+
+def _interrupted(message: str) -> typer.Exit:
+    typer.echo(message, err=True)
+    _said_interrupted.append(message)
+    return typer.Exit(130)
 
 
 def command(name: str):
@@ -80,8 +91,8 @@ KEYWORD = inspect.Parameter.KEYWORD_ONLY
 RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configuration
     ("data_dir", DataDirOpt, None),
     ("save", Annotated[Path | None, typer.Option(
-        help="Checkpoint to write (.npz or .json). Default: checkpoints/LAYERS-ACTIVATION-LOSS.npz, "
-        "or the --resume checkpoint.")], None),
+        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, "
+        "else checkpoints/LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
     ("resume", Annotated[Path | None, typer.Option(
         help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
     ("save_every", Annotated[int, typer.Option(
@@ -103,31 +114,28 @@ def train_cli(ctx: typer.Context, **kw):
     preset, resume, save_every = kw.pop("preset"), run_args["resume"], run_args["save_every"]
     given = {k: v for k, v in kw.items() if _given(ctx, k)}
     options, given = ({("sizes" if k == "layers" else k): v for k, v in d.items()} for d in (kw, given))
-    if save_every < 0:
-        raise GpumlpError(f"--save-every must be 0 or more (got {save_every})")
-    if resume is None:
-        cfg = preset_config(preset, **(given if preset else options))
-    elif preset is not None:
-        raise GpumlpError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
-    else:  # the checkpoint's configuration, with the options given on this command line
-        cfg = resume_config(read_metadata(resume).get("config", {}), given)
-    show = TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"]))
+    show = None
     try:
-        result = run(
+        if resume is None:
+            cfg = preset_config(preset, **(given if preset else options))
+        elif preset is not None:
+            raise GpumlpError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
+        else:  # the checkpoint's configuration, with the options given on this command line
+            cfg = resume_config(read_metadata(resume).get("config", {}), given)
+        show = TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"]))
+        result = run(  # turns every Ctrl-C, from here on, into TrainingInterrupted
             cfg, data_dir=run_args["data_dir"], save=run_args["save"], log=show.log, on_epoch=show.epoch,
             resume=resume, save_every=save_every, on_progress=show.progress if show.mode == "bar" else None,
         )  # fmt: skip
     except GpumlpError:
-        show.close()
+        if show is not None:
+            show.close()
         raise
-    except TrainingInterrupted as e:
-        show.close()
-        if e.checkpoint is None:
-            typer.echo("interrupted before the first epoch ended: nothing to save", err=True)
-        else:
-            typer.echo(f"interrupted: saved epoch {e.epochs_done} to {e.checkpoint}; resume with", err=True)
-            typer.echo(f"  {e.resume_command}", err=True)
-        raise typer.Exit(130) from None
+    except (TrainingInterrupted, KeyboardInterrupt) as e:  # the latter: before run() started
+        if show is not None:
+            show.close()
+        said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted before training started: nothing to save"
+        raise _interrupted(said) from None
     show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
 
 
@@ -154,7 +162,7 @@ def test_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gpumlp train (.npz or .json).")],
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
-    test_size: Annotated[int, typer.Option(help="Test images, from the start of the test file.")] = 10_000,
+    test_size: Annotated[int, typer.Option(min=1, help="Test images, from the start of the test file.")] = 10_000,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole report as one JSON object, for scripts.")
     ] = False,
@@ -199,12 +207,16 @@ def plot_cli(
     runs: Annotated[
         list[Path], typer.Argument(help="One or more <name>.metrics.jsonl files written by training runs.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("curves.png"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The PNG to write. Default: curves.png, or curves-2.png, … if that exists."),
+    ] = None,
 ):
     """Loss and validation accuracy per epoch of one or more training runs, overlaid, as a PNG."""
+    from gpumlp.atomic import free_path
     from gpumlp.plot import plot_runs
 
-    path = plot_runs(runs, out)
+    path = plot_runs(runs, out if out is not None else free_path("curves.png"))
     typer.echo(f"saved {path}")
 
 
@@ -441,6 +453,10 @@ def show_cli(
 def main() -> None:
     """Entry point: run the app, turning option errors into one line and exit code 2."""
     args = sys.argv[1:] or ["--help"]
+    _said_interrupted.clear()
+    # Once the command is done and has said so, Ctrl-C while the interpreter shuts down (a few
+    # hundred ms of module teardown) would only turn a clean exit into a kill by SIGINT.
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
     try:
         rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
     except UsageError as e:  # bad, missing or unknown option, unknown command
@@ -449,8 +465,9 @@ def main() -> None:
         typer.echo(f"error: {e.format_message()} (see {where})", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        rc = 130
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        rc = e.exit_code
+    if rc == 130 and not _said_interrupted:  # typer turns Ctrl-C into exit code 130, silently
+        typer.echo("interrupted", err=True)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -4,6 +4,7 @@ its checks, the options a resumed run must keep, and the one-line summary runs p
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class TrainConfig:
     def __post_init__(self):
         from gpumlp.model import DTYPES, parse_sizes
 
+        self._check_types()
         self.sizes = parse_sizes(self.sizes)
         self._check_recipe()
         for name in ("epochs", "batch_size", "train_size"):
@@ -104,6 +106,19 @@ class TrainConfig:
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+
+    def _check_types(self):
+        """Whole numbers where the field is an int, finite numbers where it is a float."""
+        for f in fields(self):
+            value, option = getattr(self, f.name), f"--{f.metadata.get('name', f.name).replace('_', '-')}"
+            if f.type not in ("int", "float"):
+                continue
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's numbers too
+            if f.type == "int" and not (number and float(value).is_integer()):
+                raise ConfigError(f"{option} must be a whole number (got {value!r})")
+            if f.type == "float" and not (number and math.isfinite(value)):
+                raise ConfigError(f"{option} must be a finite number (got {value!r})")
+            setattr(self, f.name, int(value) if f.type == "int" else float(value))
 
     def _check_recipe(self):
         from gpumlp.augment import parse_kinds
@@ -187,16 +202,27 @@ def default_checkpoint(cfg: TrainConfig) -> Path:
 FIXED_ON_RESUME = ("sizes", "activation", "loss", "init", "dtype", "train_size", "val_size", "seed", "optimizer")
 
 
+def _effective(key: str, config: dict):
+    """The value of ``key`` a run with ``config`` uses: normalised (``"784,10"`` → [784, 10]), and
+    for ``init`` the activation's default in place of None."""
+    if key == "init" and config.get("init") is None:
+        from gpumlp.model import ACTIVATIONS
+
+        act = ACTIVATIONS.get(config.get("activation", TrainConfig.activation))
+        return act.default_init if act is not None else None
+    return TrainConfig(**config).to_dict()[key]
+
+
 def resume_config(saved: dict, overrides: dict) -> TrainConfig:
     """The configuration of a resumed run: the checkpoint's, with ``overrides`` (the options the
     user gave) applied. Overrides that contradict a fixed option are refused."""
     for key, value in overrides.items():
-        if key in FIXED_ON_RESUME and saved.get(key) is not None:
-            new = TrainConfig(**{**saved, key: value}).to_dict()[key]  # normalised, e.g. "784,10"
-            if new != saved[key]:
+        if key in FIXED_ON_RESUME and (key == "init" or saved.get(key) is not None):
+            new, old = _effective(key, {**saved, key: value}), _effective(key, saved)
+            if new != old:
                 option = "--layers" if key == "sizes" else f"--{key.replace('_', '-')}"
                 raise ConfigError(
-                    f"{option} {value} contradicts the checkpoint ({saved[key]}); a resumed run keeps "
+                    f"{option} {value} contradicts the checkpoint ({old}); a resumed run keeps "
                     f"{option}: drop it, or start a new run without --resume"
                 )
     try:

@@ -32,8 +32,11 @@ def outputs(model, X, y=None) -> Iterator[tuple]:
 
 
 def evaluate(model, X, y) -> float:
-    """Accuracy in [0, 1] of ``model`` on images X (n, 784) and labels y (n,), host or device."""
-    return evaluate_loss(model, X, y)[1]
+    """Accuracy in [0, 1] of ``model`` on images X (n, 784) and labels y (n,), host or device
+    (labels checked first: one more read of two numbers on a device)."""
+    from gpumlp.model import check_labels
+
+    return evaluate_loss(model, X, check_labels(model.be, y, len(X)))[1]
 
 
 @on_device  # on cuda:N, the chunks' work goes to GPU N

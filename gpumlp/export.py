@@ -147,7 +147,8 @@ def _version() -> str:
 def export(checkpoint: str | os.PathLike, target: str | os.PathLike) -> tuple[object, Path]:
     """Write the network of ``checkpoint`` (any file ``gpumlp.load`` reads) to ``target`` (.onnx),
     atomically; returns ``(model, target)``."""
-    from gpumlp.checkpoint import _atomic_write, load
+    from gpumlp.atomic import atomic_write
+    from gpumlp.checkpoint import load
 
     target = Path(target)
     if target.suffix.lower() != ".onnx":
@@ -158,5 +159,5 @@ def export(checkpoint: str | os.PathLike, target: str | os.PathLike) -> tuple[ob
     model, meta = load(checkpoint)
     proto = build(model, meta, name=Path(checkpoint).stem)
     data = proto.SerializeToString()
-    _atomic_write(target, lambda f: f.write(data), what="an ONNX file", fix="choose another output path")
+    atomic_write(target, lambda f: f.write(data), what="an ONNX file", fix="choose another output path")
     return model, target

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.atomic import atomic_write
 from gpumlp.errors import CheckpointError
 from gpumlp.model import DTYPES, MLP, N_CLASSES, N_INPUTS, flatten
 
@@ -226,11 +227,9 @@ EXPORTERS = {"rust": to_rust, "nielsen": to_nielsen}
 
 def save_foreign(path: str | os.PathLike, model: MLP, to: str) -> Path:
     """Write ``model`` as a ``to`` ("rust" or "nielsen") JSON file, atomically like a checkpoint."""
-    from gpumlp.checkpoint import _atomic_write  # here: checkpoint imports this module
-
     if to not in EXPORTERS:
         raise CheckpointError(f"unknown export format {to!r}: choose {' or '.join(EXPORTERS)}")
     data = json.dumps(EXPORTERS[to](model), allow_nan=False).encode("utf-8")  # repr floats: exact
     path = Path(path)
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
     return path

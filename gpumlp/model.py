@@ -18,6 +18,7 @@ skips about 3 µs of dispatch per call, a third of a whole batch-10 training ste
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -134,16 +135,32 @@ LOSSES = {
 # ---------------------------------------------------------------- configuration checks
 
 
+# Far above any network worth training on MNIST (784-4096-4096-10 has 20.0 M parameters), far
+# below what exhausts memory: with gradients, snapshots and Adam's buffers a parameter costs ~24 bytes.
+MAX_PARAMS = 100_000_000
+MAX_LAYERS = 64
+
+
 def parse_sizes(sizes: str | Sequence[int]) -> tuple[int, ...]:
-    """``"784,16,16,10"`` or a sequence → a checked tuple of layer sizes."""
+    """``"784,16,16,10"``, ``"784 16 16 10"`` or a sequence of integers → a checked tuple of layer sizes."""
     if isinstance(sizes, str):
-        try:
-            sizes = [int(s) for s in sizes.replace(" ", "").split(",") if s != ""]
-        except ValueError:
-            raise ConfigError(
-                f"--layers {sizes!r} is not a comma-separated list of integers, e.g. 784,16,16,10"
-            ) from None
-    sizes = tuple(int(s) for s in sizes)
+        text, sizes = sizes, []
+        for token in re.split(r"[,\s]+", text.strip()):
+            if token and not re.fullmatch(r"[+-]?\d{1,12}", token):
+                raise ConfigError(
+                    f"--layers {text!r}: {token!r} is not a layer size; give whole numbers separated by "
+                    "commas or spaces, e.g. 784,16,16,10"
+                )
+            if token:
+                sizes.append(int(token))
+    try:
+        items = list(sizes)
+    except TypeError:
+        raise ConfigError(f"layer sizes must be a list of integers, e.g. 784,16,16,10 (got {sizes!r})") from None
+    bad = [s for s in items if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+    if bad:
+        raise ConfigError(f"layer sizes must be whole numbers, e.g. 784,16,16,10 (got {bad[0]!r})")
+    sizes = tuple(int(s) for s in items)
     if len(sizes) < 2:
         raise ConfigError(f"--layers needs at least an input and an output size, e.g. 784,16,16,10 (got {sizes})")
     if any(s <= 0 for s in sizes):
@@ -153,7 +170,33 @@ def parse_sizes(sizes: str | Sequence[int]) -> tuple[int, ...]:
             f"--layers must start with {N_INPUTS} (28×28 pixels) and end with {N_CLASSES} "
             f"(digits), e.g. 784,16,16,10 (got {','.join(map(str, sizes))})"
         )
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    if n_params > MAX_PARAMS or len(sizes) > MAX_LAYERS:
+        raise ConfigError(
+            f"--layers {','.join(map(str, sizes))} has {n_params:,} parameters in {len(sizes) - 1} layers; "
+            f"gpumlp trains at most {MAX_PARAMS:,} parameters and {MAX_LAYERS - 1} layers"
+        )
     return sizes
+
+
+def check_labels(be: Backend, y, n: int, name: str = "y"):
+    """Refuse labels that are not ``n`` integers in 0 … 9 (one read of min and max, a sync point on
+    a device); returns ``y``, a host array if it came as a list. Check before ``one_hot``: on CuPy,
+    ``take`` wraps an out-of-range label into another class."""
+    if not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    if np.dtype(y.dtype).kind not in "iu":
+        raise ConfigError(f"{name} must be integer digit labels 0-9, got an array of {y.dtype}")
+    if y.shape != (n,):
+        raise ConfigError(f"{name} has shape {tuple(y.shape)}: one label per image needs ({n},)")
+    if n:
+        if isinstance(y, np.ndarray):
+            lo, hi = y.min(), y.max()
+        else:  # on the device: one transfer of two numbers
+            lo, hi = be.to_numpy(be.xp.stack([y.min(), y.max()]))
+        if lo < 0 or hi >= N_CLASSES:
+            raise ConfigError(f"{name} holds label {lo if lo < 0 else hi}; labels are the digits 0-{N_CLASSES - 1}")
+    return y
 
 
 def _choice(value: str, options, what: str) -> str:
@@ -279,6 +322,8 @@ class MLP:
         self.loss = _choice(loss, tuple(LOSSES), "loss")
         self.init = _choice(init or ACTIVATIONS[activation].default_init, INITS, "init")
         self.dtype = _choice(str(np.dtype(dtype)) if dtype in DTYPES.values() else dtype, tuple(DTYPES), "dtype")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a whole number 0 or more (got {seed!r})")
         self.seed = int(seed)
         # The network sees pixel / input_divisor. gpumlp trains on pixel / 255 (load_mnist's
         # scaling); networks imported from the Rust project were trained on pixel / 256.
@@ -435,7 +480,7 @@ class MLP:
     def loss_and_grads(self, X, y) -> tuple[float, dict]:
         """Mean loss (a Python float, a sync point) and its gradients for images X (n, 784), labels y (n,)."""
         X = self.inputs(X)
-        total = self.batch_loss_and_grads(X, self.one_hot(y))
+        total = self.batch_loss_and_grads(X, self.one_hot(check_labels(self.be, y, X.shape[0])))
         grads = {k: v.copy() for k, v in self.grads.items()}
         return float(self.be.to_numpy(total)) / X.shape[0], grads
 

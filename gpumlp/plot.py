@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.atomic import atomic_write
 from gpumlp.errors import GpumlpError
 from gpumlp.untrusted import open_regular, read_limited
 
@@ -37,13 +38,8 @@ def _new_figure(width: float, height: float):
 
 
 def _save(fig, out) -> Path:
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png", dpi=DPI)
-    except OSError as e:
-        raise GpumlpError(f"cannot write {out}: {e.strerror or e}; choose another output path") from None
-    return out
+    """Write ``fig`` as a PNG at ``out``, atomically (gpumlp.atomic)."""
+    return atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI), "a plot", "choose another output path")
 
 
 # ---------------------------------------------------------------- training curves

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import blas, checkpoint
+from gpumlp import atomic, blas, checkpoint
+from gpumlp.atomic import deferred_sigint
 from gpumlp.augment import Augmenter
 from gpumlp.backend import on_device
 from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-exported for callers)
@@ -32,9 +34,9 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
     resume_config,
 )
 from gpumlp.data import MNIST_FILES, load_mnist, split
-from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.errors import CheckpointError, ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
-from gpumlp.model import DTYPES, MLP, pack
+from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.rng import DeviceRNG
 from gpumlp.stopping import EarlyStopping, Rollback, TrainingDiverged
@@ -82,9 +84,11 @@ class TrainState:
             state = meta["train_state"]
             extra = {k: state.get(k) for k in ("best_epoch", "best_score", "stopped_epoch", "weights_epoch")}
             optimizer = meta.get("optimizer") or {"name": "sgd"}
-            return cls(int(state["epochs_done"]), dict(state["rng_state"]), history, dict(optimizer),
+            rng_state = dict(state["rng_state"])
+            shuffle_rng(0, rng_state)  # the generator must accept it now, not at the first epoch
+            return cls(int(state["epochs_done"]), rng_state, history, dict(optimizer),
                        **extra, arrays=dict(meta.get("state_arrays") or {}))  # fmt: skip
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"the checkpoint has no usable training state to resume from ({e})") from None
 
 
@@ -134,6 +138,15 @@ def fit(
     if unknown:
         raise TypeError(f"fit() got unknown options {sorted(unknown)}")
     r = {**DEFAULT_RECIPE, **recipe}
+    # Every value checked as the CLI checks it, and the labels on the host: on a GPU, take()
+    # would wrap an out-of-range label into another class.
+    n_val = len(X_val) if X_val is not None else 0
+    TrainConfig(sizes=model.sizes, activation=model.activation, loss=model.loss, dtype=model.dtype, epochs=epochs,
+                batch_size=batch_size, lr=lr, seed=seed, train_size=len(X_train), val_size=n_val, test_size=0,
+                **r)  # fmt: skip
+    y_train = check_labels(model.be, y_train, len(X_train), "y_train")
+    if n_val:
+        y_val = check_labels(model.be, y_val, n_val, "y_val")
     state = state if state is not None else TrainState()
     if state.stopped_epoch:
         raise ConfigError(
@@ -180,27 +193,30 @@ def fit(
             val_loss, val_acc = evaluate_loss(model, X_val, y_val) if has_val else (None, None)
             be.synchronize()
         except (KeyboardInterrupt, TrainingDiverged):
-            last_complete.restore()  # device → device: back to the last complete epoch
+            with deferred_sigint():  # a second Ctrl-C waits: a half-restored model is lost work
+                last_complete.restore()  # device → device: back to the last complete epoch
             raise
-        last_complete.take()
         seconds = time.perf_counter() - t0
         stats = EpochStats(
             epoch, train_loss, val_acc, seconds, float(lr_e), int(batch_size), val_loss, n / train_seconds
         )
-        state.epochs_done, state.rng_state, state.weights_epoch = epoch, rng.bit_generator.state, epoch
-        state.history.append(stats)
-        stop = stopping.update(epoch, val_acc, val_loss) if stopping is not None else False
-        state.optimizer, buffers = opt.state()
-        # A checkpoint stores the parameters back to back, without the flat vector's alignment gaps.
-        state.arrays = {f"optimizer.{k}": pack(v, model.sizes, xp) for k, v in buffers.items()}
-        if stopping is not None:
-            state.arrays.update(stopping.state_arrays())
+        with deferred_sigint():  # the model, its snapshot and ``state`` move to this epoch together
+            last_complete.take()
+            state.epochs_done, state.rng_state, state.weights_epoch = epoch, rng.bit_generator.state, epoch
+            state.history.append(stats)
+            stop = stopping.update(epoch, val_acc, val_loss) if stopping is not None else False
+            state.optimizer, buffers = opt.state()
+            # A checkpoint stores the parameters back to back, without the flat vector's alignment gaps.
+            state.arrays = {f"optimizer.{k}": pack(v, model.sizes, xp) for k, v in buffers.items()}
+            if stopping is not None:
+                state.arrays.update(stopping.state_arrays())
         if on_epoch is not None:
             on_epoch(stats)
         if stop:
             break
     if stopping is not None:
-        stopping.finish()
+        with deferred_sigint():  # the model and ``state`` switch to the best epoch together
+            stopping.finish()
     return state.history
 
 
@@ -282,10 +298,12 @@ class RunResult:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during ``run``: the last completed epoch was saved to ``checkpoint``."""
+    """Ctrl-C during ``run``: every completed epoch is in ``checkpoint`` (None: nothing to keep).
 
-    def __init__(self, checkpoint: Path | None, epochs_done: int, resume_command: str):
-        super().__init__(f"interrupted after epoch {epochs_done}")
+    ``str(e)`` is the one line to show: what is kept where, and the command that goes on."""
+
+    def __init__(self, message: str, checkpoint: Path | None, epochs_done: int, resume_command: str):
+        super().__init__(message)
         self.checkpoint, self.epochs_done, self.resume_command = checkpoint, epochs_done, resume_command
 
 
@@ -306,52 +324,161 @@ def run(
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
-    on Ctrl-C (then ``TrainingInterrupted`` is raised). Beside the checkpoint, ``<name>.metrics.jsonl``
-    gets one JSON line per epoch, rewritten as each epoch ends (a resumed run's file starts with the
-    checkpoint's history)."""
-    default = Path(resume) if resume else default_checkpoint(cfg)
-    path = None if save is False else checkpoint.check_writable(save or default)
+    on Ctrl-C (then ``TrainingInterrupted`` is raised, at any moment). Beside the checkpoint,
+    ``<name>.metrics.jsonl`` gets one JSON line per epoch, rewritten as each epoch ends (a resumed
+    run's file starts with the checkpoint's history).
+
+    Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
+    when an earlier run's files are there. The checkpoint is locked for the whole run: another run
+    saving to the same path is refused (``CheckpointError``)."""
+    if save_every < 0:
+        raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
+    path = None if save is False else checkpoint.check_writable(save or resume or default_checkpoint(cfg))
+    rec = _Recorder(path, cfg, log, data_dir, save_every)
+    try:
+        try:
+            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=bool(save or resume))
+        except KeyboardInterrupt:
+            raise rec.interrupted() from None  # saved under the lock
+        finally:
+            rec.release()
+    except KeyboardInterrupt:  # one that came in the release, or in the save after a first Ctrl-C
+        raise rec.interrupted() from None
+
+
+class _Recorder:
+    """The files of one run, and what of the run they hold: the checkpoint (``saved``: its epochs),
+    the metrics beside it, and the one line a Ctrl-C prints."""
+
+    def __init__(self, path: Path | None, cfg: TrainConfig, log, data_dir, save_every: int):
+        self.path, self.cfg, self.log, self.data_dir, self.save_every = path, cfg, log, data_dir, save_every
+        self.model, self.state, self.extra = None, None, {}
+        self.saved, self.tested, self.warned, self.lock = 0, False, set(), None
+
+    def start(self, model: MLP, state: TrainState, **extra) -> None:
+        self.model, self.state, self.extra = model, state, extra
+        self.saved = state.epochs_done  # a resumed run's epochs are on disk already
+
+    def claim(self, named: bool) -> None:
+        """Lock the checkpoint for this run. A named path (--save, --resume) is refused while
+        another run holds it; a default name moves on to the next free suffix (-2, -3, …)."""
+        if self.path is None:
+            return
+        for path in [self.path] if named else atomic.numbered(self.path):
+            if not named and atomic.taken(path, lambda p: [metrics_path(p)]):
+                continue
+            lock = atomic.RunLock(path)
+            if lock.acquire():
+                break
+            if named:
+                raise CheckpointError(
+                    f"another gpumlp run ({lock.holder()}) is saving to {path}; wait for it to end "
+                    "or choose another --save path"
+                )
+        else:
+            raise CheckpointError(f"no free name beside {self.path}; choose a --save path")
+        self.path, self.lock = path, lock
+        atomic.check_target(metrics_path(path), "a metrics file")
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def save(self, test_accuracy=None, n_test: int = 0) -> None:
+        if self.path is None:
+            return
+        s = self.state
+        try:
+            checkpoint.save(
+                self.path, self.model, s.arrays, config=self.cfg.to_dict(), history=[asdict(e) for e in s.history],
+                train_state=s.to_dict(), optimizer=s.optimizer, mnist_sha256=MNIST_FILES,
+                test_accuracy=test_accuracy, test_size=n_test if test_accuracy is not None else 0, **self.extra,
+            )  # fmt: skip
+        except atomic.DeferredInterrupt:  # Ctrl-C during the write, which completed first
+            self.saved, self.tested = s.epochs_done, test_accuracy is not None
+            raise
+        self.saved, self.tested = s.epochs_done, test_accuracy is not None
+
+    def write_metrics(self) -> None:
+        """Rewrite the metrics file with the whole history (it and the checkpoint always agree)."""
+        if self.path is not None:
+            lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.state.history).encode()
+            self._try(lambda: atomic.atomic_write(metrics_path(self.path), lambda f: f.write(lines), "a metrics file"))
+
+    def save_every_k(self, epoch: int) -> None:
+        if self.path is not None and self.save_every and epoch % self.save_every == 0 and epoch < self.cfg.epochs:
+            self._try(self.save)
+
+    def _try(self, write) -> None:
+        """A write during training that fails warns once and training goes on: the final save,
+        which must succeed, keeps every epoch."""
+        try:
+            write()
+        except GpumlpError as e:
+            if not self.warned:
+                self.log(f"warning: {e}; training goes on, and the final save keeps every epoch")
+            self.warned.add(str(e))
+
+    def command(self, *args: str) -> str:
+        """A shell-quoted ``gpumlp`` command line for this run's checkpoint, with its --data-dir."""
+        data = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
+        return shlex.join(["gpumlp", *args, *data])
+
+    def interrupted(self) -> TrainingInterrupted:
+        """After Ctrl-C: save what the checkpoint lacks (a second Ctrl-C waits for that save), and
+        say in one line what is kept where, and how to go on."""
+        s, path = self.state, self.path
+        done = s.epochs_done if s is not None else 0
+        if path is not None and done > self.saved:
+            try:
+                self.save()
+            except atomic.DeferredInterrupt:  # a second Ctrl-C: raised once the save is complete
+                pass
+        if done == 0:
+            return TrainingInterrupted("interrupted before the first epoch ended: nothing to save", None, 0, "")
+        if path is None:
+            return TrainingInterrupted(f"interrupted after epoch {done} (save=False: nothing saved)", None, done, "")
+        if done >= self.cfg.epochs or s.stopped_epoch:
+            test = self.command("test", str(path))
+            message = (
+                f"interrupted: all {done} epochs are tested and saved in {path}"
+                if self.tested
+                else f"interrupted in the test pass: all {done} epochs are saved in {path}; test it with: {test}"
+            )
+            return TrainingInterrupted(message, path, done, "" if self.tested else test)
+        every = ["--save-every", str(self.save_every)] if self.save_every else []
+        go_on = self.command("train", "--resume", str(path), "--epochs", str(self.cfg.epochs), *every)
+        message = f"interrupted: epochs 1-{done} of {self.cfg.epochs} are saved in {path}; resume with: {go_on}"
+        return TrainingInterrupted(message, path, done, go_on)
+
+
+def _run(cfg, rec: _Recorder, data_dir, log, on_epoch, resume, on_progress, named: bool) -> RunResult:
     if resume:
         model, meta = checkpoint.load(resume, device=cfg.device)
         state = TrainState.from_metadata(meta)
-        if state.epochs_done >= cfg.epochs:
-            raise ConfigError(
-                f"{resume} already has {state.epochs_done} epochs; pass --epochs above {state.epochs_done} to continue"
-            )
+        _check_resumed(resume, cfg, model, state)
     else:
         model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
         state = TrainState()
+    # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
+    rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))
     if model.be.note:
         log(model.be.note)
     data = load_mnist(data_dir)
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
+    rec.claim(named)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     log(
         f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), {start}"
         f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}"
     )
 
-    # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
-    trained_with = {"blas": blas.name() or "none"} if model.be.xp is np else {}
-
-    def write(test_accuracy=None):
-        if path is not None:
-            checkpoint.save(
-                path, model, state.arrays, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
-                train_state=state.to_dict(), optimizer=state.optimizer, mnist_sha256=MNIST_FILES,
-                test_accuracy=test_accuracy, test_size=len(X_te) if test_accuracy is not None else 0, **trained_with,
-            )  # fmt: skip
-
-    metrics = None if path is None else metrics_path(path)
-
     def after_epoch(stats: EpochStats) -> None:
-        if metrics is not None:  # the whole history each time: it and the checkpoint's always agree
-            metrics.parent.mkdir(parents=True, exist_ok=True)
-            metrics.write_text("".join(json.dumps(asdict(e)) + "\n" for e in state.history))
+        rec.write_metrics()
         if on_epoch is not None:
             on_epoch(stats)
-        if save_every and stats.epoch % save_every == 0 and stats.epoch < cfg.epochs:
-            write()
+        rec.save_every_k(stats.epoch)
 
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
     try:
@@ -361,14 +488,9 @@ def run(
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
-            write()
-            raise GpumlpError(f"{e}; saved the last finite epoch ({state.epochs_done}) to {path}") from None
+            rec.save()
+            raise GpumlpError(f"{e}; saved the last finite epoch ({state.epochs_done}) to {rec.path}") from None
         raise GpumlpError(f"{e}; nothing saved") from None
-    except KeyboardInterrupt:
-        if state.epochs_done > 0 or resume:
-            write()
-        command = f"gpumlp train --resume {path} --epochs {cfg.epochs}" if path and state.epochs_done else ""
-        raise TrainingInterrupted(path if state.epochs_done else None, state.epochs_done, command) from None
     if state.weights_epoch is not None and state.weights_epoch != state.epochs_done:
         what = "stopped early" if state.stopped_epoch else "finished"
         log(f"{what} after epoch {state.epochs_done}; kept the weights of epoch {state.weights_epoch}, "
@@ -378,6 +500,21 @@ def run(
             f"stopped early after epoch {state.epochs_done}: "
             f"no better validation {cfg.monitor} in {cfg.patience} epochs"
         )
+    # Ctrl-C in the test pass saves every epoch, untested (_Recorder.interrupted).
     test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
-    write(test_acc)
-    return RunResult(model, state.history, test_acc, path)
+    rec.save(test_acc, len(X_te))
+    return RunResult(model, state.history, test_acc, rec.path)
+
+
+def _check_resumed(resume, cfg: TrainConfig, model: MLP, state: TrainState) -> None:
+    """A resumed run's configuration must describe the network the checkpoint holds."""
+    for key in ("sizes", "activation", "loss", "dtype"):
+        if getattr(cfg, key) != getattr(model, key):
+            raise ConfigError(
+                f"{resume}: its training configuration says {key} {getattr(cfg, key)}, its parameters are "
+                f"{getattr(model, key)}; the file was edited or is damaged: start a new run"
+            )
+    if state.epochs_done >= cfg.epochs:
+        raise ConfigError(
+            f"{resume} already has {state.epochs_done} epochs; pass --epochs above {state.epochs_done} to continue"
+        )

@@ -138,6 +138,9 @@ class FakeArray:
         _launch()
         return _wrap(self._a.max(axis=axis, keepdims=keepdims))
 
+    def min(self, axis=None, keepdims=False):
+        return _wrap(self._a.min(axis=axis, keepdims=keepdims))
+
 
 def _unwrap_key(key):
     if isinstance(key, tuple):

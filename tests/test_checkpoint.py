@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpumlp import checkpoint
-from gpumlp.errors import CheckpointError
+from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.model import MLP
 
 
@@ -237,3 +237,13 @@ def _npy(arr) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr)
     return buf.getvalue()
+
+
+def test_save_refuses_metadata_that_would_replace_the_networks_own_keys(tmp_path):
+    """Before: gpumlp.save(path, model, format="json", sizes=[1]) wrote a file that could not be loaded."""
+    model = MLP((784, 8, 10))
+    with pytest.raises(ConfigError, match=r"save\(\) got metadata 'format', 'sizes': these keys describe the network"):
+        checkpoint.save(tmp_path / "m.npz", model, format="json", sizes=[1])
+    assert not (tmp_path / "m.npz").exists()
+    checkpoint.save(tmp_path / "m.npz", model, note="mine")  # other keys are kept as given
+    assert checkpoint.read_metadata(tmp_path / "m.npz")["note"] == "mine"

@@ -44,13 +44,13 @@ def test_help_lists_every_option_with_its_default(command):
     "args,fragment",
     [
         (["train", "--layers", "785,10"], "--layers must start with 784"),
-        (["train", "--layers", "784,x,10"], "not a comma-separated list"),
+        (["train", "--layers", "784,x,10"], "'784,x,10': 'x' is not a layer size"),
         (["train", "--layers", "784,16,9"], "end with 10"),
         (["train", "--layers", "784,0,10"], "positive"),
         (["train", "--layers", "784,-3,10"], "positive"),
         (["train", "--batch-size", "50001"], "larger than --train-size 50000"),
         (["train", "--lr", "0"], "--lr must be a positive"),
-        (["train", "--lr", "inf"], "--lr must be a positive"),
+        (["train", "--lr", "inf"], "--lr must be a finite number (got inf)"),
         (["train", "--val-size", "-5"], "--val-size must be 0 or more"),
         (["train", "--test-size", "10001"], "exceeds the 10000 test images"),
         (["train", "--optimizer", "adamw"], "unknown --optimizer 'adamw': choose one of sgd, momentum"),
@@ -65,7 +65,7 @@ def test_help_lists_every_option_with_its_default(command):
         (["train", "--save-every", "-1"], "--save-every must be 0 or more"),
         (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["train", "--lr", "-1"], "--lr must be a positive"),
-        (["train", "--lr", "nan"], "--lr must be a positive"),
+        (["train", "--lr", "nan"], "--lr must be a finite number (got nan)"),
         (["train", "--epochs", "0"], "--epochs must be at least 1"),
         (["train", "--activation", "gelu"], "unknown activation 'gelu': choose one of sigmoid, relu, tanh"),
         (["train", "--loss", "hinge"], "unknown loss"),
@@ -77,6 +77,20 @@ def test_help_lists_every_option_with_its_default(command):
         (["trian"], "No such command"),
         (["test"], "Missing argument"),
         (["test", "missing.npz"], "not found"),
+        # issue 16: values that gave a traceback, or a wrong result with no error
+        (["train", "--rotate", "inf"], "--rotate must be a finite number (got inf)"),
+        (["train", "--augment", "elastic", "--elastic-alpha", "inf"], "--elastic-alpha must be a finite number"),
+        (["train", "--augment", "elastic", "--elastic-sigma", "1e-320"], "--elastic-sigma must be at least 0.01"),
+        (["train", "--augment", "elastic", "--elastic-sigma", "1e308"], "--elastic-sigma must be at most 1000"),
+        (["train", "--shift", "inf"], "--shift must be a finite number"),
+        (["train", "--shift", "100"], "--shift must be at most 28"),
+        (["train", "--shear", "inf"], "--shear must be a finite number"),
+        (["train", "--eps", "inf"], "--eps must be a finite number"),
+        (["train", "--weight-decay", "inf"], "--weight-decay must be a finite number"),
+        (["train", "--layers", "784,100000000,10"], "gpumlp trains at most 100,000,000 parameters"),
+        (["train", "--layers", "784 1OO 10"], "'1OO' is not a layer size"),
+        (["test", "m.npz", "--test-size", "-1"], "'--test-size': Input should be greater than or equal to 1"),
+        (["test", "m.npz", "--test-size", "0"], "'--test-size': Input should be greater than or equal to 1"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist_dir, tmp_path, args, fragment):
@@ -349,3 +363,27 @@ def test_help_imports_neither_numpy_nor_cupy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("HEAVY []")
+
+
+def test_two_runs_saving_to_one_path_the_second_is_refused_naming_the_first(tmp_path, mnist_dir):
+    """Before: both printed "saved" and one result silently vanished."""
+    import os
+    import signal
+
+    exe = str(Path(sys.executable).parent / "gpumlp")
+    ckpt = tmp_path / "same.npz"
+    env = dict(os.environ, GPUMLP_DATA_DIR=str(mnist_dir))
+    args = [exe, "train", "--epochs", "1000", "--train-size", "1000", "--val-size", "0", "-q", "--save", str(ckpt)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().startswith("training ")  # the lock is taken before this line
+        second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, first_err = first.communicate(timeout=60)
+    assert second.returncode == 2 and second.stdout == ""
+    assert second.stderr == (
+        f"error: another gpumlp run (pid {first.pid}: gpumlp {' '.join(args[1:])}) is saving to {ckpt}; "
+        "wait for it to end or choose another --save path\n"
+    )
+    assert first.returncode == 130 and f"are saved in {ckpt}" in first_err

@@ -144,3 +144,18 @@ def test_the_recipe_adds_no_transfer_to_the_batch_loop():
             counts.append((counters.to_device, counters.to_host, counters.syncs))
         per_epoch[batch_size] = tuple((t - o) // 2 for o, t in zip(*counts))
     assert per_epoch[100] == per_epoch[10] == (1, 2, 1)
+
+
+def test_labels_already_on_the_device_are_checked_with_one_transfer():
+    """CuPy's take() wraps an out-of-range label into another class: the check reads min and max back."""
+    from gpumlp.errors import ConfigError
+    from gpumlp.train import evaluate
+
+    m = MLP((784, 8, 10), device="fake")
+    X = np.random.default_rng(0).random((5, 784))
+    bad = m.be.asarray(np.array([0, 1, 2, 3, 10]))
+    with pytest.raises(ConfigError, match="y holds label 10"):
+        m.loss_and_grads(X, bad)
+    counters.reset()
+    evaluate(m, X, m.be.asarray(np.array([0, 1, 2, 3, 9])))
+    assert counters.to_host == 2  # the labels' min and max, then the count of correct answers

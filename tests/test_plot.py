@@ -227,3 +227,21 @@ def test_show_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fr
         args = []
     code, out, err = run_main(monkeypatch, capsys, "show", str(SHIPPED), *args, "--out", str(tmp_path / "w.png"))
     assert code == 2 and err == f"error: {fragment}\n" and not (tmp_path / "w.png").exists()
+
+
+def test_plot_without_out_never_replaces_an_existing_picture(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from gpumlp import cli
+
+    f = write_metrics(tmp_path / "a.metrics.jsonl")
+    monkeypatch.chdir(tmp_path)
+    said = []
+    for argv in (["plot", str(f)], ["plot", str(f)], ["plot", str(f), "--out", "curves.png"]):
+        monkeypatch.setattr(sys, "argv", ["gpumlp", *argv])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        assert e.value.code == 0
+        said.append(capsys.readouterr().out)
+    assert said == ["saved curves.png\n", "saved curves-2.png\n", "saved curves.png\n"]  # --out names it: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.metrics.jsonl", "curves-2.png", "curves.png"]

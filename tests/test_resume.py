@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def test_interrupt_mid_epoch_saves_the_last_complete_epoch(tmp_path, mnist_dir, 
     with pytest.raises(TrainingInterrupted) as e:
         run(TrainConfig(epochs=4, **SMALL), mnist_dir, tmp_path / "cut.npz", log=quiet)
     assert e.value.epochs_done == 2 and e.value.checkpoint == tmp_path / "cut.npz"
-    assert e.value.resume_command == f"gpumlp train --resume {tmp_path / 'cut.npz'} --epochs 4"
+    assert e.value.resume_command == shlex.join(
+        ["gpumlp", "train", "--resume", str(tmp_path / "cut.npz"), "--epochs", "4", "--data-dir", str(mnist_dir)]
+    )
     np.testing.assert_array_equal(params_of(tmp_path / "cut.npz"), params_of(tmp_path / "two.npz"))
     monkeypatch.setattr(MLP, "batch_loss_and_grads", original)
     run(TrainConfig(epochs=4, **SMALL), mnist_dir, log=quiet, resume=tmp_path / "cut.npz")
@@ -163,3 +166,39 @@ def test_a_training_run_records_the_blas_it_trained_through(tmp_path, mnist_dir,
     monkeypatch.setattr(blas, "_routines", None)
     run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
     assert checkpoint.read_metadata(tmp_path / "m.npz")["blas"] == (blas.name() or "none") == "numpy"
+
+
+def test_init_on_resume_is_checked_against_the_default_the_run_used():
+    """Before: a saved init of None (the activation's default) let any --init through."""
+    saved = TrainConfig(**SMALL).to_dict()
+    assert saved["init"] is None and saved["activation"] == "sigmoid"  # trained with xavier, the default
+    with pytest.raises(ConfigError, match=r"--init normal contradicts the checkpoint \(xavier\)"):
+        resume_config(saved, {"init": "normal"})
+    assert resume_config(saved, {"init": "xavier", "epochs": 3}).epochs == 3
+
+
+def test_a_resumed_configuration_that_disagrees_with_the_parameters_is_refused(tmp_path, mnist_dir):
+    run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
+    model, meta = checkpoint.load(tmp_path / "m.npz")
+    meta["config"]["sizes"] = [784, 30, 10]  # edited by hand: the parameters are still 784-24-10
+    keep = {k: v for k, v in meta.items() if k not in checkpoint._DERIVED}
+    checkpoint.save(tmp_path / "edited.npz", model, meta["state_arrays"], **keep)
+    cfg = resume_config(checkpoint.read_metadata(tmp_path / "edited.npz")["config"], {"epochs": 2})
+    said = r"configuration says sizes \(784, 30, 10\), its parameters are \(784, 24, 10\)"
+    with pytest.raises(ConfigError, match=said):
+        run(cfg, mnist_dir, log=quiet, resume=tmp_path / "edited.npz")
+
+
+@pytest.mark.parametrize(
+    "rng_state",
+    [{"bit_generator": "MT19937", "state": {}}, {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}, 7],
+)
+def test_a_bad_rng_state_is_refused_when_the_checkpoint_is_read(tmp_path, mnist_dir, rng_state):
+    """Before: accepted, then a traceback when the first resumed epoch drew its permutation."""
+    run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
+    model, meta = checkpoint.load(tmp_path / "m.npz")
+    meta["train_state"]["rng_state"] = rng_state
+    keep = {k: v for k, v in meta.items() if k not in checkpoint._DERIVED}
+    checkpoint.save(tmp_path / "m.npz", model, meta["state_arrays"], **keep)
+    with pytest.raises(ConfigError, match="no usable training state to resume from"):
+        run(TrainConfig(epochs=2, **SMALL), mnist_dir, log=quiet, resume=tmp_path / "m.npz")

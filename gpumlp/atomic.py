@@ -1,0 +1,203 @@
+"""Writing files safely: atomically, through symlinks, keeping the mode, undisturbed by Ctrl-C,
+never over another run's file, and never over a file the user did not name.
+
+``atomic_write`` writes a temporary file beside the target, fsyncs it and renames it into place,
+so a reader sees the old file or the new one, never a part. A Ctrl-C that arrives meanwhile is
+held back until the rename is done, then raised. ``RunLock`` is an exclusive ``flock`` on a hidden
+``.NAME.lock`` beside a checkpoint, held for a whole training run. ``free_path`` gives a default
+output name a ``-2``, ``-3``, … suffix instead of overwriting an earlier run's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gpumlp.errors import CheckpointError
+
+try:  # POSIX; elsewhere runs are not locked against each other
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+class DeferredInterrupt(KeyboardInterrupt):
+    """Ctrl-C held back by ``deferred_sigint``, raised once its block had completed."""
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) inside the block and raise ``DeferredInterrupt`` when it ends.
+
+    Only where Python itself turns SIGINT into KeyboardInterrupt (the main thread, default
+    handler); anywhere else the block runs unchanged."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise DeferredInterrupt
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable, what: str = "a file", fix: str = "choose another path"
+) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place.
+
+    A symlink at ``path`` is written through (its target is replaced, the link stays); an existing
+    file keeps its permission bits; a new one gets a new file's (0666 less the umask). Returns the
+    path written, as given. Errors are ``CheckpointError``, worded with ``what`` is written and the ``fix``."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))  # through every symlink; the folder may not exist yet
+    folder = real.parent
+    try:
+        mode = stat.S_IMODE(os.stat(real).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    with deferred_sigint():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=folder)
+        except OSError as e:
+            msg = f"cannot write {what} in {folder}: {e.strerror or e}; {fix}"
+            raise CheckpointError(msg) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)  # mkstemp makes 0600
+            os.replace(tmp, real)
+        except OSError as e:
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path
+
+
+def check_target(path: str | os.PathLike, what: str = "a file", fix: str = "choose another --save path") -> Path:
+    """Fail early (before hours of training) when ``atomic_write`` could not replace ``path``:
+    a folder or a special file there, a read-only file, or no writable folder to hold it."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    if real.exists() or real.is_symlink():
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            raise CheckpointError(f"cannot write {what} to {path}: {e.strerror or e}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointError(f"cannot write {what} to {path}: a folder is there; {fix}")
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"cannot write {what} to {path}: it is not a regular file; {fix}")
+        if not st.st_mode & stat.S_IWUSR:
+            raise CheckpointError(
+                f"{path} is read-only (mode {stat.S_IMODE(st.st_mode):o}): make it writable (chmod u+w) "
+                f"to replace it, or {fix}"
+            )
+    probe = real.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {what} to {path}: {probe} is not a writable folder; {fix}")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def numbered(path: str | os.PathLike) -> Iterator[Path]:
+    """``path``, then ``stem-2.ext``, ``stem-3.ext``, … (up to -9999)."""
+    path = Path(path)
+    yield path
+    for n in range(2, 10_000):
+        yield path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+def taken(path: Path, companions: Callable[[Path], list[Path]] = lambda p: []) -> bool:
+    """Whether ``path`` or one of ``companions(path)`` exists (a dangling symlink counts)."""
+    return any(p.exists() or p.is_symlink() for p in (path, *companions(path)))
+
+
+def free_path(path: str | os.PathLike, companions: Callable[[Path], list[Path]] = lambda p: []) -> Path:
+    """``path`` if neither it nor its ``companions(path)`` exist, else the first free ``stem-2.ext``,
+    ``stem-3.ext``, …: a default output name never replaces an earlier run's file."""
+    for candidate in numbered(path):
+        if not taken(candidate, companions):
+            return candidate
+    raise CheckpointError(f"{Path(path).parent} holds {Path(path).stem}-2 … -9999 already; name the file yourself")
+
+
+class RunLock:
+    """An exclusive lock on ``target`` for one process: ``flock`` on ``.NAME.lock`` beside it, which
+    records the holder's pid and command line for the message another run gets, and is deleted
+    when the lock is released."""
+
+    def __init__(self, target: str | os.PathLike):
+        real = Path(os.path.realpath(target))
+        self.target, self.path, self.fd = Path(target), real.with_name(f".{real.name}.lock"), None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process holds it. No-op (True) where flock does not exist."""
+        if fcntl is None:
+            return True
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as e:
+                raise CheckpointError(f"cannot lock {self.target} ({self.path}: {e.strerror or e})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            try:  # the holder before us may have deleted the file between our open and our flock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {' '.join(_command_line())}\n".encode())
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        """``"pid 123: gpumlp train …"`` of the process holding the lock, as it recorded itself."""
+        try:
+            pid, _, command = self.path.read_text(errors="replace").strip().partition(" ")
+        except OSError:
+            return "another process"
+        return f"pid {pid}: {command}" if pid else "another process"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # while still locked: a waiting process then sees a new file
+            os.close(self.fd)
+            self.fd = None
+
+
+def _command_line() -> list[str]:
+    import sys
+
+    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
