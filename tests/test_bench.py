@@ -105,7 +105,8 @@ def test_runs_on_a_tiny_configuration(mnist_dir):
 def test_runs_on_the_strict_fake_device_crossing_only_through_the_backend(monkeypatch, mnist_dir):
     """The fake device refuses any host/device mix, so running at all proves the harness moves data
     only with be.asarray; and it reads nothing back itself: the only device → host transfers are
-    fit's one per epoch (warm-up and one timed run)."""
+    fit's: the check of the device labels' range when it starts, and one per epoch (warm-up and
+    one timed run, one epoch each)."""
     from fake_device import counters
 
     use_fake_device(monkeypatch)
@@ -113,7 +114,7 @@ def test_runs_on_the_strict_fake_device_crossing_only_through_the_backend(monkey
     result = run_bench("fake", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=32)
     check_result(result)
     assert result["machine"]["device"] == "fake"
-    assert counters.to_host == 2
+    assert counters.to_host == 2 * 2
     assert counters.syncs >= 4  # before and after each timed call
 
 

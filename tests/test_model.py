@@ -159,7 +159,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
         ("784,16,9", "end with 10"),
         ("784,0,10", "positive"),
         ("784,-3,10", "positive"),
-        ("784,a,10", "not a comma-separated list"),
+        ("784,a,10", "'a' is not a layer size; give whole numbers separated by commas or spaces"),
         ("784", "at least an input and an output"),
     ],
 )
