@@ -162,3 +162,21 @@ def test_real_sigint_during_start_up_is_one_line(tmp_path, mnist_dir):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and err.startswith("interrupted") and "Traceback" not in err, err
+
+
+def test_ctrl_c_while_python_imports_the_cli_is_one_line(tmp_path):
+    """The entry point (gpumlp.__main__:main) imports the CLI inside its own handler: a SIGINT that
+    arrives while typer is being imported is "interrupted" and exit 130, not a traceback."""
+    code = (
+        "import os, signal, sys\n"
+        "class CtrlCOnTyper:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, CtrlCOnTyper())\n"
+        "sys.argv = ['gpumlp', 'info', 'm.npz']\n"
+        "from gpumlp.__main__ import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
