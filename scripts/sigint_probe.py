@@ -7,7 +7,9 @@ gets one SIGINT at a uniformly random moment between its start and its expected 
 MNIST loading, any epoch, the test pass, the save or the shutdown. A run passes when it either
 finished normally (exit 0, checkpoint with all epochs and a test accuracy), or exited 130 with
 exactly one line on stderr, no traceback, a checkpoint holding at least every epoch it printed,
-and no temporary or lock file left. Prints one line per failure and a tally by phase.
+and no temporary or lock file left; or, when the signal came in the first milliseconds, before
+Python had set its handler, was killed by it (the shell reports 130) having printed and written
+nothing. Prints one line per failure and a tally by phase.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def probe(data_dir: str, delay: float, folder: Path) -> tuple[str, str | None]:
     if proc.returncode == 0:
         ok = saved == 4 and checkpoint.read_metadata(ckpt)["test_accuracy"] is not None
         return phase, None if ok and not leftovers else f"exit 0 but saved {saved} epochs, left {leftovers}"
+    if proc.returncode == -signal.SIGINT and not err and not out and not any(folder.iterdir()):
+        return phase, None  # the signal came before Python set its handler: killed, nothing written
     if proc.returncode != 130:
         return phase, f"exit {proc.returncode}: {err!r}"
     if err.count("\n") != 1 or "Traceback" in err or not err.startswith("interrupted"):
@@ -59,13 +63,19 @@ def probe(data_dir: str, delay: float, folder: Path) -> tuple[str, str | None]:
 def _phase(rc: int, err: str, printed: int) -> str:
     if rc == 0:
         return "after the work (finished)"
-    if "before training started" in err or "before the first epoch" in err:
-        return "start-up and loading"
+    if rc == -signal.SIGINT and not err:
+        return "before Python set its SIGINT handler"
+    if err == "interrupted\n":
+        return "start-up: importing gpumlp"
+    if "before training started" in err:
+        return "start-up: options"
+    if "before the first epoch" in err:
+        return "loading MNIST or epoch 1"
     if "test pass" in err:
         return "test pass"
     if "tested and saved" in err:
         return "final save"
-    return f"epochs (after {printed} printed)" if printed else "first epoch"
+    return f"epochs (after {printed} printed)"
 
 
 def main() -> None:
