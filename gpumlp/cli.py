@@ -438,15 +438,19 @@ def serve_cli(
 @command("show")
 def show_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("weights.png"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The PNG to write. Default: weights.png, or weights-2.png, … if that exists."),
+    ] = None,
     units: Annotated[int, typer.Option(help="How many first-layer units to draw (at most 100).")] = 100,
 ):
     """The first layer's weights as 28×28 images: what each hidden unit looks for (needs matplotlib)."""
+    from gpumlp.atomic import free_path
     from gpumlp.checkpoint import load
     from gpumlp.plot import plot_weights
 
     model, _ = load(checkpoint)
-    path = plot_weights(model, out, units)
+    path = plot_weights(model, out if out is not None else free_path("weights.png"), units)
     typer.echo(f"saved {path}")
 
 

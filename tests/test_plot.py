@@ -245,3 +245,13 @@ def test_plot_without_out_never_replaces_an_existing_picture(tmp_path, monkeypat
         said.append(capsys.readouterr().out)
     assert said == ["saved curves.png\n", "saved curves-2.png\n", "saved curves.png\n"]  # --out names it: replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.metrics.jsonl", "curves-2.png", "curves.png"]
+
+
+def test_show_without_out_never_replaces_an_existing_picture(tmp_path, monkeypatch, capsys):
+    from test_cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.png").write_bytes(b"an earlier picture")
+    code, out, err = run_main(monkeypatch, capsys, "show", str(SHIPPED), "--units", "4")
+    assert code == 0 and out == "saved weights-2.png\n"
+    assert (tmp_path / "weights.png").read_bytes() == b"an earlier picture"
