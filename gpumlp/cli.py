@@ -454,13 +454,18 @@ def show_cli(
     typer.echo(f"saved {path}")
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main() -> None:
     """Entry point: run the app, turning option errors into one line and exit code 2."""
     args = sys.argv[1:] or ["--help"]
     _said_interrupted.clear()
     # Once the command is done and has said so, Ctrl-C while the interpreter shuts down (a few
     # hundred ms of module teardown) would only turn a clean exit into a kill by SIGINT.
-    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    atexit.unregister(_ignore_sigint)
+    atexit.register(_ignore_sigint)
     try:
         rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
     except UsageError as e:  # bad, missing or unknown option, unknown command
