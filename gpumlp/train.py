@@ -83,11 +83,9 @@ class TrainState:
             state = meta["train_state"]
             extra = {k: state.get(k) for k in ("best_epoch", "best_score", "stopped_epoch", "weights_epoch")}
             optimizer = meta.get("optimizer") or {"name": "sgd"}
-            rng_state = dict(state["rng_state"])
-            shuffle_rng(0, rng_state)  # the generator must accept it now, not at the first epoch
-            return cls(int(state["epochs_done"]), rng_state, history, dict(optimizer),
+            return cls(int(state["epochs_done"]), dict(state["rng_state"]), history, dict(optimizer),
                        **extra, arrays=dict(meta.get("state_arrays") or {}))  # fmt: skip
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"the checkpoint has no usable training state to resume from ({e})") from None
 
 
@@ -334,7 +332,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     if resume:
         model, meta = checkpoint.load(resume, device=cfg.device)
         state = TrainState.from_metadata(meta)
-        _check_resumed(resume, cfg, model, state)
+        _check_resumed(resume, cfg, state)
     else:
         model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
         state = TrainState()
@@ -383,14 +381,9 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     return RunResult(model, state.history, test_acc, rec.path)
 
 
-def _check_resumed(resume, cfg: TrainConfig, model: MLP, state: TrainState) -> None:
-    """A resumed run's configuration must describe the network the checkpoint holds."""
-    for key in ("sizes", "activation", "loss", "dtype"):
-        if getattr(cfg, key) != getattr(model, key):
-            raise ConfigError(
-                f"{resume}: its training configuration says {key} {getattr(cfg, key)}, its parameters are "
-                f"{getattr(model, key)}; the file was edited or is damaged: start a new run"
-            )
+def _check_resumed(resume, cfg: TrainConfig, state: TrainState) -> None:
+    """A resumed run must have epochs left to train. (That its configuration describes the network
+    the checkpoint holds is checked when the checkpoint is read: gpumlp/checkpoint_meta.py.)"""
     if state.epochs_done >= cfg.epochs:
         raise ConfigError(
             f"{resume} already has {state.epochs_done} epochs; pass --epochs above {state.epochs_done} to continue"
