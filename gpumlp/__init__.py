@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Backend": "gpumlp.backend",
-    "get_backend": "gpumlp.backend",
+    "get_backend": "gpumlp.device",
     "load": "gpumlp.checkpoint",
     "save": "gpumlp.checkpoint",
     "load_mnist": "gpumlp.data",

@@ -9,15 +9,11 @@ visible in one place. CuPy is imported only when a CUDA device is asked for.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-
-from gpumlp.errors import BackendUnavailable
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 # Vectors shorter than this are updated with numpy's operators rather than one BLAS call: below
@@ -231,114 +227,3 @@ def _numpy_const(dtype: np.dtype, value: float) -> np.ndarray:
     c = np.zeros((), dtype=dtype)
     c[...] = value  # stays a 0-d array (arithmetic on one would give a numpy scalar, slower again)
     return c
-
-
-def parse_device(spec: str) -> tuple[str, int | None]:
-    """``"cuda:1"`` → ``("cuda", 1)``; ``"cpu"`` → ``("cpu", None)``; bad specs raise."""
-    s = str(spec).strip().lower()
-    if s in ("cpu", "auto"):
-        return s, None
-    if s == "cuda":
-        return "cuda", 0
-    if s.startswith("cuda:"):
-        n = s[len("cuda:") :]
-        if n.isdigit():
-            return "cuda", int(n)
-    raise BackendUnavailable(f"unknown device {spec!r}: use {DEVICE_HELP}")
-
-
-def _import_cupy() -> ModuleType:
-    try:
-        return importlib.import_module("cupy")
-    except ImportError as e:
-        raise BackendUnavailable(f"--device cuda needs CuPy, which is not installed ({e}): {INSTALL_HINT}") from e
-
-
-def _cuda_backend(device_id: int) -> Backend:
-    """``cuda:device_id`` once CuPy, the driver, the device and the libraries answer (``gpumlp.cuda``)."""
-    cp = _import_cupy()
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:  # CUDARuntimeError, missing driver library, …
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise BackendUnavailable(
-            f"CuPy is installed but no usable CUDA GPU was found ({reason}); "
-            "check the NVIDIA driver with nvidia-smi, or use --device cpu"
-        ) from e
-    if count == 0:
-        raise BackendUnavailable("CuPy is installed but the CUDA runtime reports no GPU; use --device cpu")
-    if device_id >= count:
-        plural = "GPU" if count == 1 else "GPUs"
-        raise BackendUnavailable(
-            f"cuda:{device_id} does not exist: this machine has {count} {plural} (cuda:0 to cuda:{count - 1})"
-        )
-    # Probe what training uses (cuBLAS, NVRTC, one kernel), then make the device current.
-    from gpumlp.cuda import cuda_backend
-
-    return cuda_backend(cp, device_id)
-
-
-def get_backend(device: str | Backend = "cpu") -> Backend:
-    """Choose the backend once. ``auto`` takes CUDA when usable, else the CPU, with a note why."""
-    if isinstance(device, Backend):
-        return device
-    kind, index = parse_device(device)
-    if kind == "cpu":
-        return CPU
-    if kind == "cuda":
-        return _cuda_backend(index)
-    try:  # auto
-        be = _cuda_backend(0)
-    except BackendUnavailable as e:
-        return dataclasses.replace(CPU, note=f"auto chose cpu: {e}")
-    return dataclasses.replace(be, note=f"auto chose {be.name}")
-
-
-def describe_devices() -> dict:
-    """What ``gpumlp devices`` reports: numpy and its BLAS, CuPy and CUDA, every GPU or why there
-    is none, and what ``--device auto`` would choose. Imports CuPy (only here and for ``cuda``)."""
-    from gpumlp import blas as gpumlp_blas
-
-    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    info = {
-        "numpy": np.__version__,
-        "blas": " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or "unknown",
-        "cpu_blas": gpumlp_blas.describe(),  # what CPU training calls: numpy's BLAS or Intel MKL
-        "cupy": None,
-        "gpus": [],
-        "reason": None,
-    }
-    try:
-        cp = importlib.import_module("cupy")
-    except ImportError:
-        info["reason"] = f"CuPy is not installed: {INSTALL_HINT}"
-    else:
-        info["cupy"] = {"version": cp.__version__}
-        try:
-            info["cupy"]["cuda_runtime"] = _cuda_version(cp.cuda.runtime.runtimeGetVersion())
-            for i in range(cp.cuda.runtime.getDeviceCount()):
-                p = cp.cuda.runtime.getDeviceProperties(i)
-                name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
-                info["gpus"].append(
-                    {
-                        "device": f"cuda:{i}",
-                        "name": name,
-                        "memory_gib": round(p["totalGlobalMem"] / 2**30, 1),
-                        "compute_capability": f"{p['major']}.{p['minor']}",
-                    }
-                )
-        except Exception as e:  # no driver, no device: CuPy's reason, one line
-            info["reason"] = " ".join(str(e).split()) or type(e).__name__
-        if not info["gpus"] and info["reason"] is None:
-            info["reason"] = "the CUDA runtime reports no GPU"
-    info["auto"] = "cpu"
-    if info["gpus"]:
-        try:  # what choosing the device checks: the libraries and one kernel (gpumlp.cuda.probe)
-            info["auto"] = _cuda_backend(0).name
-        except BackendUnavailable as e:
-            info["reason"] = str(e)
-    return info
-
-
-def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{v % 1000 // 10}"  # 12040 → "12.4"

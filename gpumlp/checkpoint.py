@@ -25,7 +25,7 @@ from gpumlp import interop
 from gpumlp.atomic import atomic_write, check_target
 from gpumlp.checkpoint_meta import check_meta as _check_meta_fields
 from gpumlp.errors import CheckpointError, ConfigError
-from gpumlp.model import DTYPES, MLP, flatten, param_shapes
+from gpumlp.model import DTYPES, MLP, param_shapes
 from gpumlp.untrusted import check_dense, check_json_text, check_zip_directory, open_regular, read_limited
 
 FORMAT = "gpumlp-checkpoint"
@@ -311,11 +311,11 @@ def load(path: str | os.PathLike, device="cpu") -> tuple[MLP, dict]:
             return interop.from_foreign(meta, device=device, dtype="float64")
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
+    # The saved parameters go host → device once; no starting weights are drawn only to be replaced.
     model = MLP(
         meta["sizes"], meta["activation"], meta["loss"], meta.get("init"), device=device, dtype=meta["dtype"],
-        input_divisor=meta.get("input_divisor", 255.0),
+        input_divisor=meta.get("input_divisor", 255.0), params=host,
     )  # fmt: skip
-    model.theta[...] = model.be.asarray(flatten(host), dtype=DTYPES[model.dtype])  # host → device, once
     return model, meta
 
 

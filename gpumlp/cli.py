@@ -176,8 +176,8 @@ def test_cli(
     import json
 
     from gpumlp import checkpoint as ckpt
-    from gpumlp.backend import get_backend
     from gpumlp.data import load_mnist, split
+    from gpumlp.device import get_backend
     from gpumlp.report import format_report, test_report
 
     be = get_backend(device)  # first: a device that cannot work is the first thing to say
@@ -315,7 +315,7 @@ def predict_cli(
     import json
 
     from gpumlp import checkpoint as ckpt
-    from gpumlp.backend import get_backend
+    from gpumlp.device import get_backend
     from gpumlp.predict import ascii_preview, load_digit, predict_images
 
     if not images and not index:
@@ -384,7 +384,7 @@ def devices_cli(
     """numpy and its BLAS (Intel MKL if installed), CuPy and CUDA, every GPU, and what --device auto would choose."""
     import json
 
-    from gpumlp.backend import describe_devices
+    from gpumlp.device import describe_devices
 
     d = describe_devices()
     if as_json:

@@ -1,6 +1,6 @@
 """The CuPy backend: a CUDA GPU, its probe, and the fused kernels of ``gpumlp.kernels``.
 
-Imported only when a CUDA device is asked for (``gpumlp.backend.get_backend``). Choosing a device
+Imported only when a CUDA device is asked for (``gpumlp.device.get_backend``). Choosing a device
 runs ``probe``: the libraries training will load (cuBLAS, NVRTC) and one tiny kernel, so that a
 missing library or an unusable GPU is one line naming the fix, not a traceback in the first epoch.
 """

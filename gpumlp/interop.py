@@ -24,7 +24,7 @@ import numpy as np
 
 from gpumlp.atomic import atomic_write
 from gpumlp.errors import CheckpointError
-from gpumlp.model import DTYPES, MLP, N_CLASSES, N_INPUTS, flatten
+from gpumlp.model import MLP, N_CLASSES, N_INPUTS
 
 FORMAT, VERSION = "gpumlp-checkpoint", 1  # checkpoint.FORMAT / VERSION (not imported: checkpoint imports us)
 RUST, NIELSEN = "Rust MLP JSON", "Nielsen network2 JSON"  # how messages name the formats
@@ -146,8 +146,7 @@ def _params(doc, sizes, name: str, lenient: bool) -> dict[str, np.ndarray]:
 def _build(host: dict, sizes, kind: str, device, dtype: str, **extra) -> tuple[MLP, dict]:
     """A sigmoid/mse MLP on ``device`` holding ``host`` (float64 values cast once to ``dtype``)."""
     divisor = DIVISORS[kind]
-    model = MLP(sizes, "sigmoid", "mse", device=device, dtype=dtype, input_divisor=divisor)
-    model.theta[...] = model.be.asarray(flatten(host), dtype=DTYPES[model.dtype])  # host → device, once
+    model = MLP(sizes, "sigmoid", "mse", device=device, dtype=dtype, input_divisor=divisor, params=host)
     meta = dict(format=FORMAT, version=VERSION, imported_from=kind, sizes=list(sizes), activation="sigmoid")
     meta.update(loss="mse", init=None, dtype=model.dtype, input_divisor=divisor, **extra)
     return model, meta

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpumlp.backend import Backend, const, get_backend
+from gpumlp.backend import Backend, const
+from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 
 N_INPUTS, N_CLASSES = 784, 10
@@ -304,6 +305,8 @@ class MLP:
 
     ``params`` maps ``W0, b0, W1, b1, …`` to device arrays: ``W{l}`` is ``(n_in, n_out)``,
     ``b{l}`` is ``(n_out,)``. Inputs may be host numpy arrays or arrays already on the device.
+    Built with ``params=`` (host arrays of those shapes, as a checkpoint reader gives them), the
+    network starts from them instead of drawing initial weights.
     """
 
     def __init__(
@@ -316,6 +319,7 @@ class MLP:
         device: str | Backend = "cpu",
         dtype: str = "float32",
         input_divisor: float = 255.0,
+        params: dict | None = None,
     ):
         self.sizes = parse_sizes(sizes)
         self.activation = _choice(activation, tuple(ACTIVATIONS), "activation")
@@ -331,7 +335,8 @@ class MLP:
         self.be = get_backend(device)
         self._act = ACTIVATIONS[self.activation]
         self._loss = LOSSES[self.loss]
-        host = init_params(self.sizes, self.init, np.random.default_rng(self.seed))
+        # Host parameters: ``params`` (a loaded network's, shapes checked by its reader), else drawn.
+        host = params if params is not None else init_params(self.sizes, self.init, np.random.default_rng(self.seed))
         with self.be.activate():  # on cuda:N, allocate there
             # All parameters live in one flat device buffer; ``params`` holds views into it, so an
             # optimiser updates everything with one array operation instead of one per parameter.
@@ -361,19 +366,6 @@ class MLP:
         return f"MLP({arch}, {self.activation}, {self.loss}, {self.dtype}, device={self.be.name!r})"
 
     # -- saving and loading (the format lives in checkpoint.py; imported here lazily, it imports us)
-
-    def save(self, path, **metadata):
-        """Write a ``.npz`` or ``.json`` checkpoint from host copies; see ``gpumlp.checkpoint.save``."""
-        from gpumlp import checkpoint
-
-        return checkpoint.save(path, self, **metadata)
-
-    @classmethod
-    def load(cls, path, device: str | Backend = "cpu") -> MLP:
-        """A network from any checkpoint gpumlp reads, on ``device``; metadata: ``gpumlp.load``."""
-        from gpumlp import checkpoint
-
-        return checkpoint.load(path, device=device)[0]
 
     # -- moving data in
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp.backend import get_backend
 from gpumlp.data import default_cache_dir, locate_mnist
+from gpumlp.device import get_backend
 from gpumlp.errors import BackendUnavailable, GpumlpError
 
 DATA_FIXTURES = {"mnist_dir", "mnist"}  # the fixtures that need the real MNIST files

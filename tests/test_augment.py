@@ -11,7 +11,7 @@ import pytest
 from fake_device import FAKE, DeviceMixError, counters
 
 from gpumlp.augment import KINDS, AugmentConfig, Augmenter, Warp, gaussian_matrix, parse_kinds
-from gpumlp.backend import get_backend
+from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 
 COMBOS = [c for n in range(1, 4) for c in itertools.combinations(KINDS, n)]  # all 7 non-empty

@@ -10,7 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backend import CPU, describe_devices, get_backend, parse_device
+from gpumlp.backend import CPU
+from gpumlp.device import describe_devices, get_backend, parse_device
 from gpumlp.errors import BackendUnavailable
 
 

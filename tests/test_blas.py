@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpumlp import blas
-from gpumlp.backend import get_backend
+from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 
 LAYOUTS = {

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import gpumlp
 from gpumlp import checkpoint
 from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.model import MLP
@@ -175,10 +176,10 @@ def test_writer_killed_mid_save_leaves_previous_checkpoint_intact(tmp_path):
         checkpoint.load(tmp_path / leftovers[0])
 
 
-def test_mlp_save_and_load_methods(tmp_path):
+def test_the_public_save_and_load(tmp_path):
     model = trained_like()
-    model.save(tmp_path / "m.json", note="hello")
-    loaded = MLP.load(tmp_path / "m.json", device="cpu")
+    gpumlp.save(tmp_path / "m.json", model, note="hello")
+    loaded, _ = gpumlp.load(tmp_path / "m.json", device="cpu")
     np.testing.assert_array_equal(loaded.theta, model.theta)
     assert checkpoint.read_metadata(tmp_path / "m.json")["note"] == "hello"
 
@@ -247,3 +248,19 @@ def test_save_refuses_metadata_that_would_replace_the_networks_own_keys(tmp_path
     assert not (tmp_path / "m.npz").exists()
     checkpoint.save(tmp_path / "m.npz", model, note="mine")  # other keys are kept as given
     assert checkpoint.read_metadata(tmp_path / "m.npz")["note"] == "mine"
+
+
+def test_loading_draws_no_initial_weights(tmp_path, monkeypatch):
+    """A loaded network is built from the file's parameters: no float64 starting weights are drawn
+    only to be overwritten (for a large network that would cost several times the file's size)."""
+    model = trained_like()
+    path = gpumlp.save(tmp_path / "m.npz", model)
+    rust = tmp_path / "rust.json"
+    checkpoint.convert(gpumlp.save(tmp_path / "s.npz", MLP((784, 12, 10), "sigmoid", "mse")), rust, to="rust")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("init_params called while loading")
+
+    monkeypatch.setattr("gpumlp.model.init_params", refuse)
+    np.testing.assert_array_equal(gpumlp.load(path)[0].theta, model.theta)
+    assert gpumlp.load(rust)[0].sizes == (784, 12, 10)

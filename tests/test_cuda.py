@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gpumlp import checkpoint
-from gpumlp.backend import get_backend
+from gpumlp.device import get_backend
 from gpumlp.errors import BackendUnavailable
 from gpumlp.model import MLP
 from gpumlp.train import fit

@@ -82,7 +82,7 @@ def test_every_activation_and_loss_agrees_on_all_test_images(tmp_path, mnist, te
     X, pixels, y = test_set
     model = MLP((784, 24, 10), activation, loss, seed=1)
     fit(model, X_train[:3000], y_train[:3000], epochs=1, batch_size=10, lr=0.5 if loss == "mse" else 0.05, seed=0)
-    checkpoint = model.save(tmp_path / "small.npz")
+    checkpoint = gpumlp.save(tmp_path / "small.npz", model)
     model, _ = gpumlp.load(checkpoint)
     target = tmp_path / "small.onnx"
     cli_export(checkpoint, target)
@@ -98,7 +98,7 @@ def test_a_rust_json_network_exports_with_its_own_input_scaling(tmp_path, test_s
     X, pixels, _ = test_set
     trained = MLP((784, 16, 10), "sigmoid", "mse", seed=3)
     fit(trained, X[:2000], test_set[2][:2000], epochs=1, batch_size=10, lr=3.0, seed=0)
-    gpumlp.checkpoint.convert(trained.save(tmp_path / "a.npz"), tmp_path / "rust.json", to="rust")
+    gpumlp.checkpoint.convert(gpumlp.save(tmp_path / "a.npz", trained), tmp_path / "rust.json", to="rust")
     cli_export(tmp_path / "rust.json", tmp_path / "rust.onnx")
     model, meta = gpumlp.load(tmp_path / "rust.json")
     assert model.input_divisor == 256.0 and meta["imported_from"] == "rust"
@@ -145,7 +145,7 @@ def test_the_checker_runs_before_anything_is_written(tmp_path, monkeypatch, caps
 def big_float64_checkpoint(path: Path) -> Path:
     model = MLP((784, 4, 10), "relu", "ce", dtype="float64")
     model.params["W0"][0, 0] = 1e39  # a float64 nothing in float32 can hold
-    return model.save(path)
+    return gpumlp.save(path, model)
 
 
 @pytest.mark.parametrize(

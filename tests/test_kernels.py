@@ -385,7 +385,7 @@ def test_the_source_names_every_parameter_it_uses():
 
 @pytest.fixture
 def gpu():
-    from gpumlp.backend import get_backend
+    from gpumlp.device import get_backend
 
     return get_backend("cuda")
 

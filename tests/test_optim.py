@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gpumlp.backend import get_backend
+from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
 from gpumlp.optim import FUSE_MIN_WEIGHTS, OPTIMIZERS, apply_max_norm, lr_at, make_optimizer
