@@ -75,7 +75,8 @@ FIELDS = {
     "device": (_or_none(lambda v: isinstance(v, str)), "a string"),
     "created": (_or_none(lambda v: isinstance(v, str)), "a string"),
     "blas": (_or_none(lambda v: isinstance(v, str)), "a string"),
-    "cupy_tf32": (_or_none(lambda v: isinstance(v, str)), "a string or null"),
+    "cupy_tf32": (_or_none(lambda v: isinstance(v, str)), "a string or null"),  # files written before "tf32"
+    "tf32": (_or_none(lambda v: isinstance(v, bool)), "true or false"),
     "versions": (_or_none(_object_of(lambda x: x is None or isinstance(x, str))), "an object of version strings"),
     "mnist_sha256": (_or_none(_object_of(lambda x: isinstance(x, str))), "an object of SHA-256 strings"),
     "test_accuracy": (_or_none(lambda v: _number(v) and 0 <= v <= 1), "a fraction in [0, 1] or null"),
