@@ -1,4 +1,5 @@
-"""MNIST: IDX parsing with checks, locating and verifying the files, downloading them, splits.
+"""IDX parsing with checks; locating, downloading, verifying and caching a dataset's files from its
+record (gpumlp/datasets.py); splits.
 
 Everything here lives on the host; the training loop moves arrays to the device once.
 """
@@ -17,31 +18,19 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from gpumlp.datasets import CHECKSUMS, DATASETS, IDX_SIZES, MNIST, Dataset, get
 from gpumlp.errors import ConfigError, DataError
 from gpumlp.untrusted import GZIP_MAGIC, gunzip_limited, open_regular, read_limited
 
-# SHA-256 of the *decompressed* files: mirrors serve differently compressed .gz files.
-MNIST_FILES = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-# Their exact decompressed sizes: no file under these names is ever read (or inflated) beyond them.
-MNIST_SIZES = {
-    "train-images-idx3-ubyte": 47_040_016,
-    "train-labels-idx1-ubyte": 60_008,
-    "t10k-images-idx3-ubyte": 7_840_016,
-    "t10k-labels-idx1-ubyte": 10_008,
-}
+# MNIST's record (gpumlp/datasets.py), under the names this module has always had.
+MNIST_FILES = MNIST.files  # SHA-256 of the *decompressed* files: mirrors serve differently compressed .gz files
+MIRRORS = MNIST.mirrors
+MNIST_SIZES = IDX_SIZES  # exact decompressed sizes, the same in every dataset of datasets.py
 MAX_IDX_BYTES = 1 << 28  # read_idx on any other file: 256 MiB, five times the largest MNIST file
 DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
 
@@ -59,28 +48,59 @@ IDX_DTYPES = {
 # ---------------------------------------------------------------- IDX
 
 
-def _read_bytes(path: Path, limit: int = 0, hasher=None, what: str = "") -> bytes | bytearray:
+def _read_bytes(path: Path, limit: int = 0, hasher=None, what: str = "", gz_hasher=None) -> bytes | bytearray:
     """The file's content, decompressed when it is gzip (by its magic bytes, not its name), at most
     ``limit`` bytes of it (default ``MAX_IDX_BYTES``): a raw file is refused by its size before it
     is read, a gzip file as soon as its decompressed content passes ``limit``. ``hasher.update``
-    sees the (decompressed) content as it is read."""
+    sees the (decompressed) content as it is read; ``gz_hasher.update`` the gzip file's own bytes
+    (a file that is not gzip is then refused: only a .gz can match a digest of a .gz)."""
     limit = limit or MAX_IDX_BYTES
     what = what or f"the {limit:,} bytes gpumlp reads of an IDX file"
     f, size = open_regular(path, DataError, missing=f"cannot read {path}: No such file or directory")
     try:
         with f:
             if f.read(2) != GZIP_MAGIC:
+                if gz_hasher is not None:
+                    raise DataError(
+                        f"{path} is not gzip-compressed, and only the published .gz file can be checked "
+                        "against its published md5; put the .gz file there, or delete it so gpumlp downloads it"
+                    )
                 f.seek(0)
                 data = read_limited(f, size, limit, path, DataError, what)
                 if hasher is not None:
                     hasher.update(data)
                 return data
             f.seek(0)
-            return gunzip_limited(f, limit, path, DataError, what, hasher)
+            return gunzip_limited(
+                f if gz_hasher is None else _Hashing(f, gz_hasher), limit, path, DataError, what, hasher
+            )
     except zlib.error as e:
         raise DataError(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+class _Hashing:
+    """A binary file whose bytes ``hasher`` sees as they are read."""
+
+    def __init__(self, f, hasher):
+        self.f, self.hasher = f, hasher
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.hasher.update(data)
+        return data
+
+
+def _digest_and_content(path: Path, name: str, kind: str, what: str) -> tuple[bytes | bytearray, str]:
+    """``path``'s decompressed content (never beyond the real file's size) and the hex digest that
+    ``kind`` (a key of ``datasets.CHECKSUMS``) names, computed as the file is read."""
+    limit = IDX_SIZES.get(name, MAX_IDX_BYTES)
+    if kind == "sha256":
+        hasher = hashlib.sha256()
+        return _read_bytes(path, limit, hasher, what), hasher.hexdigest()
+    hasher = hashlib.md5(usedforsecurity=False)  # the published checksum, not a security measure
+    return _read_bytes(path, limit, what=what, gz_hasher=hasher), hasher.hexdigest()
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
@@ -121,32 +141,33 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
 # ---------------------------------------------------------------- locating, verifying, downloading
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(dataset: str = MNIST.name) -> Path:
+    """``~/.cache/gpumlp/<dataset>`` (or under ``$XDG_CACHE_HOME``): where a dataset is downloaded."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gpumlp" / "mnist"
+    return Path(base) / "gpumlp" / dataset
 
 
-def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Where MNIST is looked for: the folder the user named (``--data-dir``, else
-    ``$GPUMLP_DATA_DIR``) and only there; the cache folder when they named none. A named folder
-    is never passed over for the cache: a wrong ``--data-dir`` must not go unnoticed."""
+def search_dirs(data_dir: str | os.PathLike | None = None, dataset: str = MNIST.name) -> list[Path]:
+    """Where a dataset is looked for: the folder the user named (``--data-dir``, else
+    ``$GPUMLP_DATA_DIR``) and only there; the dataset's cache folder when they named none. A named
+    folder is never passed over for the cache: a wrong ``--data-dir`` must not go unnoticed."""
     named = data_dir or os.environ.get("GPUMLP_DATA_DIR")
-    return [Path(named)] if named else [default_cache_dir()]
+    return [Path(named)] if named else [default_cache_dir(dataset)]
 
 
-def _where(data_dir) -> str:
+def _where(data_dir, dataset: str = MNIST.name) -> str:
     """How the user named the folder, for messages."""
-    if data_dir and Path(data_dir) == default_cache_dir():
+    if data_dir and Path(data_dir) == default_cache_dir(dataset):
         return "the cache folder"
     if data_dir:
         return "--data-dir"
     return "$GPUMLP_DATA_DIR" if os.environ.get("GPUMLP_DATA_DIR") else "the cache folder"
 
 
-def find_file(name: str, dirs: Sequence[Path]) -> Path | None:
-    """The first ``name`` or ``name.gz`` in ``dirs``."""
+def find_file(name: str, dirs: Sequence[Path], gz_only: bool = False) -> Path | None:
+    """The first ``name`` or ``name.gz`` in ``dirs`` (only ``name.gz`` with ``gz_only``)."""
     for d in dirs:
-        for candidate in (d / name, d / f"{name}.gz"):
+        for candidate in (d / f"{name}.gz",) if gz_only else (d / name, d / f"{name}.gz"):
             if candidate.exists():
                 return candidate
     return None
@@ -177,18 +198,20 @@ def _safe_url(url: str) -> bool:
 
 def download_file(
     name: str,
-    sha256: str,
+    checksum: str,
     dest_dir: Path,
     mirrors: Sequence[str] = MIRRORS,
     timeout: float = DOWNLOAD_TIMEOUT,
     progress: bool = True,
     hint: str = "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)",
+    kind: str = "sha256",
 ) -> Path:
     """Fetch ``name.gz`` from the first mirror that serves it with the right content.
 
-    The download goes to a temporary file in ``dest_dir`` and is renamed into place only after
-    the SHA-256 of its decompressed content matches, so ``dest_dir`` never holds a partial or
-    wrong file under the real name. Raises ``DataError`` naming every mirror's failure.
+    The download goes to a temporary file in ``dest_dir`` and is renamed into place only after its
+    ``checksum`` matches (``kind``: the SHA-256 of its decompressed content, or the MD5 of the .gz
+    itself; see ``datasets.CHECKSUMS``), so ``dest_dir`` never holds a partial or wrong file under
+    the real name. Raises ``DataError`` naming every mirror's failure.
     """
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +220,7 @@ def download_file(
             f"cannot download {name} into {dest_dir}: {e.strerror or e}; pass --data-dir DIR with a writable folder"
         ) from None
     target = dest_dir / f"{name}.gz"
-    limit = MNIST_SIZES.get(name, MAX_IDX_BYTES)  # decompressed; gzip never adds more than 1 MiB to it
+    limit = IDX_SIZES.get(name, MAX_IDX_BYTES)  # decompressed; gzip never adds more than 1 MiB to it
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{name}.gz"
@@ -225,11 +248,9 @@ def download_file(
                     raise OSError(f"connection closed after {done} of {total} bytes")
                 out.flush()
                 os.fsync(out.fileno())
-            hasher = hashlib.sha256()
-            _read_bytes(Path(tmp), limit, hasher, f"the real {name}")  # hashed while it is decompressed
-            digest = hasher.hexdigest()
-            if digest != sha256:
-                raise OSError(f"checksum mismatch (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
+            _, digest = _digest_and_content(Path(tmp), name, kind, f"the real {name}")  # hashed as it is read
+            if digest != checksum:
+                raise OSError(f"checksum mismatch ({kind} {digest[:12]}…, expected {checksum[:12]}…)")
             os.replace(tmp, target)
             return target
         except (OSError, http.client.HTTPException, DataError, ValueError) as e:  # URLError is an OSError
@@ -241,79 +262,83 @@ def download_file(
     raise DataError(f"could not download {name}: " + "; ".join(failures) + f". {hint}")
 
 
+def locate(rec: Dataset, data_dir: str | os.PathLike | None = None, download: bool = True) -> dict[str, Path]:
+    """Path of each of the dataset's files in the folder ``search_dirs`` gives, downloading the
+    missing ones into it (``download=False``: a missing file is an error naming it and the folder)."""
+    (folder,) = search_dirs(data_dir, rec.name)
+    where = _where(data_dir, rec.name)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{where} {folder} is a file, not a folder; give the folder that holds the {rec.title} files")
+    gz_only = rec.checksum == "md5-gz"
+    found = {name: find_file(name, [folder], gz_only) for name in rec.files}
+    missing = [name for name, path in found.items() if path is None]
+    listed = ", ".join(rec.stored_name[name] for name in missing)
+    if missing and not download:
+        raise DataError(
+            f"{rec.title} files not found in {folder} ({where}): {listed}; "
+            "pass --data-dir DIR with the folder that holds them, or set GPUMLP_DATA_DIR"
+        )
+    hint = f"Put the {rec.title} files in {folder} yourself, or pass --data-dir DIR with the folder that holds them"
+    for name in missing:
+        try:
+            found[name] = download_file(name, rec.files[name], folder, rec.mirrors, hint=hint, kind=rec.checksum)
+        except DataError as e:
+            raise DataError(f"{rec.title} files not found in {folder} ({where}): {listed}; {e}") from None
+    return found
+
+
 def locate_mnist(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     mirrors: Sequence[str] = MIRRORS,
     files: dict[str, str] = MNIST_FILES,
 ) -> dict[str, Path]:
-    """Path of each MNIST file in the folder ``search_dirs`` gives, downloading the missing ones
-    into it (``download=False``: a missing file is an error naming it and the folder)."""
-    (folder,) = search_dirs(data_dir)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(
-            f"{_where(data_dir)} {folder} is a file, not a folder; give the folder that holds the MNIST files"
-        )
-    found = {name: find_file(name, [folder]) for name in files}
-    missing = [name for name, path in found.items() if path is None]
-    if missing and not download:
-        raise DataError(
-            f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; "
-            "pass --data-dir DIR with the folder that holds them, or set GPUMLP_DATA_DIR"
-        )
-    hint = f"Put the MNIST files in {folder} yourself, or pass --data-dir DIR with the folder that holds them"
-    for name in missing:
-        try:
-            found[name] = download_file(name, files[name], folder, mirrors, hint=hint)
-        except DataError as e:
-            raise DataError(
-                f"MNIST files not found in {folder} ({_where(data_dir)}): {', '.join(missing)}; {e}"
-            ) from None
-    return found
+    """``locate`` for MNIST, or for other ``files`` and ``mirrors`` checked as MNIST's are."""
+    return locate(replace(MNIST, files=dict(files), mirrors=tuple(mirrors)), data_dir, download)
 
 
-def _load_verified(path: Path, name: str, sha256: str) -> np.ndarray:
+def _load_verified(path: Path, name: str, rec: Dataset) -> np.ndarray:
     """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed."""
-    hasher = hashlib.sha256()
     fix = "delete it so gpumlp downloads it again, or fix --data-dir"
-    real = f"the {MNIST_SIZES[name]:,} bytes of the real {name}; {fix}"
-    data = _read_bytes(path, MNIST_SIZES[name], hasher, real)
-    digest = hasher.hexdigest()
-    if digest != sha256:
+    real = f"the {IDX_SIZES[name]:,} bytes of the real {name}; {fix}"
+    data, digest = _digest_and_content(path, name, rec.checksum, real)
+    expected = rec.files[name]
+    if digest != expected:
+        shared = f" ({', '.join(d.title for d in DATASETS.values())} share file names: keep each in its own folder)"
         raise DataError(
-            f"{path} is not the MNIST file it is named after (sha256 {digest[:12]}…, expected "
-            f"{sha256[:12]}…); delete it so gpumlp downloads it again, or fix --data-dir"
+            f"{path} is not the {rec.title} file it is named after ({rec.checksum} {digest[:12]}…, expected "
+            f"{expected[:12]}…, the {CHECKSUMS[rec.checksum]}); {fix}{shared}"
         )
     return parse_idx(data, str(path))
 
 
-def decoded_cache_path(paths: dict[str, Path]) -> Path:
+def decoded_cache_path(paths: dict[str, Path], dataset: str = MNIST.name) -> Path:
     """Where the decoded arrays of these four files are kept: named after their paths, sizes and
     modification times, so a changed, replaced or moved file never matches an old cache."""
     stamp = [(name, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for name, p in sorted(paths.items())]
     key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:20]
-    return default_cache_dir().parent / "decoded" / f"mnist-{key}.npz"
+    return default_cache_dir().parent / "decoded" / f"{dataset}-{key}.npz"
 
 
-def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
+def _load_decoded(paths: dict[str, Path], rec: Dataset = MNIST) -> dict[str, np.ndarray]:
     """The four arrays (uint8): from the decoded cache when the source files are unchanged since
-    they were verified, else decompressed, verified by SHA-256 and parsed, then cached."""
-    cache = decoded_cache_path(paths)
+    they were verified, else decompressed, verified by their checksums and parsed, then cached."""
+    cache = decoded_cache_path(paths, rec.name)
     try:
         if cache.is_file():  # never a FIFO: np.load would wait on it
             with np.load(cache, allow_pickle=False) as z:
-                arrays = {name: z[name] for name in MNIST_FILES}
+                arrays = {name: z[name] for name in rec.files}
             # each array exactly what its file decodes to: uint8, and with its IDX header (4 + 4·ndim
             # bytes) the real file's size
-            if all(a.dtype == np.uint8 and 4 + 4 * a.ndim + a.nbytes == MNIST_SIZES[n] for n, a in arrays.items()):
+            if all(a.dtype == np.uint8 and 4 + 4 * a.ndim + a.nbytes == IDX_SIZES[n] for n, a in arrays.items()):
                 return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
-    arrays = {name: _load_verified(paths[name], name, sha) for name, sha in MNIST_FILES.items()}
+    arrays = {name: _load_verified(paths[name], name, rec) for name in rec.files}
     tmp = None
     try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".mnist.", suffix=".tmp", dir=cache.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".tmp", dir=cache.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, cache)
@@ -323,29 +348,37 @@ def _load_decoded(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True):
-    """``(X_train, y_train, X_test, y_test)`` on the host, verified by SHA-256.
+def load_dataset(dataset: str | Dataset = MNIST.name, data_dir: str | os.PathLike | None = None, download: bool = True):
+    """``(X_train, y_train, X_test, y_test)`` of ``--dataset`` (a name or a record) on the host,
+    verified by the record's checksums.
 
-    Images are float32 in [0, 1] of shape (60000, 784) and (10000, 784); labels are uint8. The
-    decoded arrays are cached (``~/.cache/gpumlp/decoded``) for files verified before and unchanged since.
+    Images are float32 of shape (60000, 784) and (10000, 784), pixel / the record's
+    ``input_divisor`` (255: [0, 1]); labels are uint8. The decoded arrays are cached
+    (``~/.cache/gpumlp/decoded``) for files verified before and unchanged since.
     """
-    paths = locate_mnist(data_dir, download=download)
-    arrays = _load_decoded(paths)
-    X_train = images_to_float(arrays["train-images-idx3-ubyte"])
-    X_test = images_to_float(arrays["t10k-images-idx3-ubyte"])
+    rec = get(dataset) if isinstance(dataset, str) else dataset
+    paths = locate(rec, data_dir, download=download)
+    arrays = _load_decoded(paths, rec)
+    X_train = images_to_float(arrays["train-images-idx3-ubyte"], rec.input_divisor)
+    X_test = images_to_float(arrays["t10k-images-idx3-ubyte"], rec.input_divisor)
     y_train, y_test = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]
     check_pair(X_train, y_train, "training")
     check_pair(X_test, y_test, "test")
     return X_train, y_train, X_test, y_test
 
 
-def images_to_float(images: np.ndarray) -> np.ndarray:
-    """(n, 28, 28) uint8 → (n, 784) float32 pixels scaled by 1/255 into [0, 1]."""
+def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True):
+    """``load_dataset("mnist", ...)``: images float32 in [0, 1] (60000, 784) and (10000, 784), labels uint8."""
+    return load_dataset(MNIST, data_dir, download)
+
+
+def images_to_float(images: np.ndarray, divisor: float = 255.0) -> np.ndarray:
+    """(n, 28, 28) uint8 → (n, 784) float32 pixels / ``divisor`` (255: into [0, 1])."""
     if images.dtype != np.uint8:
         raise DataError(f"expected uint8 pixels (IDX type 0x08), got {images.dtype}")
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"expected 28×28 images, got an array of shape {images.shape}")
-    return np.divide(images.reshape(len(images), -1), np.float32(255), dtype=np.float32)  # one pass, exact
+    return np.divide(images.reshape(len(images), -1), np.float32(divisor), dtype=np.float32)  # one pass, exact
 
 
 def check_pair(X: np.ndarray, y: np.ndarray, what: str) -> None:
