@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp import datasets
 from gpumlp.backend import Backend
-from gpumlp.data import load_mnist
+from gpumlp.data import load_dataset
 from gpumlp.errors import DataError, GpumlpError
 from gpumlp.model import MLP
 from gpumlp.train import fit
@@ -134,16 +135,17 @@ def sgemm_gflops(be: Backend, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 * calls / statistics.median(timed(be, work, repeats)) / 1e9
 
 
-def bench_data(data_dir=None, n: int = 20_000) -> tuple[np.ndarray, np.ndarray, str]:
-    """Host training images (n, 784) float32 and labels (n,): real MNIST if found (never downloaded),
-    else uniform random pixels and labels of the same shape; plus a line saying which."""
+def bench_data(data_dir=None, n: int = 20_000, dataset: str = "mnist") -> tuple[np.ndarray, np.ndarray, str]:
+    """Host training images (n, 784) float32 and labels (n,): the dataset's if found (never
+    downloaded), else uniform random pixels and labels of the same shape; plus a line saying which."""
+    rec = datasets.get(dataset)
     try:
-        X, y, _, _ = load_mnist(data_dir, download=False)
-        return X[:n], y[:n], "MNIST training images"
+        X, y, _, _ = load_dataset(rec, data_dir, download=False)
+        return X[:n], y[:n], f"{rec.title} training images"
     except DataError as e:
         rng = np.random.default_rng(0)
         X, y = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.uint8)
-        return X, y, f"random pixels and labels (MNIST not found: {str(e).split(';')[0]})"
+        return X, y, f"random pixels and labels ({rec.title} not found: {str(e).split(';')[0]})"
 
 
 def timed_pair(a: tuple[Callable, Callable], b: tuple[Callable, Callable], repeats: int) -> tuple[list, list]:
@@ -284,6 +286,7 @@ def run_bench(
     extras: bool = True,
     sgemm_n: int = 2048,
     beside: Callable[[BenchConfig], tuple[Callable, Callable, Callable] | None] | None = None,
+    dataset: str = "mnist",
 ) -> dict:
     """The whole benchmark as one JSON-ready dict. ``configs`` defaults to ``CONFIGS``; ``extras``
     adds ``process_costs``. ``beside(cfg)`` may return another framework's ``(synchronize, work,
@@ -291,7 +294,7 @@ def run_bench(
     and ``done(seconds)`` receives its own; None skips it for that row."""
     configs = CONFIGS if configs is None else tuple(configs)
     be = MLP((784, 10), device=device).be  # the backend MLP(device=…) resolves, as training would
-    X, y, source = bench_data(data_dir, max(c.images for c in configs))
+    X, y, source = bench_data(data_dir, max(c.images for c in configs), dataset)
     sgemm = sgemm_gflops(be, sgemm_n, repeats)
     rows = []
     for cfg in configs:

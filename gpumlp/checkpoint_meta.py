@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import interop
+from gpumlp.datasets import DATASETS
 from gpumlp.errors import CheckpointError
 from gpumlp.model import ACTIVATIONS, DTYPES, INITS, LOSSES
 
@@ -79,6 +80,8 @@ FIELDS = {
     "tf32": (_or_none(lambda v: isinstance(v, bool)), "true or false"),
     "versions": (_or_none(_object_of(lambda x: x is None or isinstance(x, str))), "an object of version strings"),
     "mnist_sha256": (_or_none(_object_of(lambda x: isinstance(x, str))), "an object of SHA-256 strings"),
+    "dataset": (lambda v: isinstance(v, str) and v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "data_checksums": (_or_none(lambda v: isinstance(v, dict)), "an object"),
     "test_accuracy": (_or_none(lambda v: _number(v) and 0 <= v <= 1), "a fraction in [0, 1] or null"),
     "test_size": (_or_none(_count), "a count of images"),
     "config": (_or_none(lambda v: isinstance(v, dict)), "an object of training options"),
@@ -114,8 +117,8 @@ def check_meta(path: Path, meta: dict) -> None:
     _check_fields(path, meta.get("train_state") or {}, TRAIN_STATE_FIELDS, "train_state.")
     _check_fields(path, meta.get("optimizer") or {}, OPTIMIZER_FIELDS, "optimizer.")
     config = meta.get("config") or {}
-    for key in ("sizes", "activation", "loss", "dtype"):  # a resumed run takes these from config
-        if config.get(key) is not None and config[key] != meta[key]:
+    for key in ("sizes", "activation", "loss", "dtype", "dataset"):  # a resumed run takes these from config
+        if key in meta and config.get(key) is not None and config[key] != meta[key]:
             raise CheckpointError(
                 f"{path}: metadata config.{key} {_short(config[key])} disagrees with the network's "
                 f"{key} {_short(meta[key])}; the file has been edited or damaged"

@@ -35,8 +35,16 @@ DeviceOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Folder with the MNIST files; else $GPUMLP_DATA_DIR, else ~/.cache/gpumlp/mnist (downloaded if missing)."
+        help="Folder with the dataset's files; else $GPUMLP_DATA_DIR, else ~/.cache/gpumlp/DATASET "
+        "(downloaded if missing)."
     ),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="mnist, fashion-mnist or kmnist. Default: the one the checkpoint was trained on."),
+]
+AnyDatasetOpt = Annotated[
+    bool, typer.Option("--any-dataset", help="Allow a --dataset other than the one the checkpoint was trained on.")
 ]
 
 
@@ -171,22 +179,25 @@ def test_cli(
         Path | None,
         typer.Option("--plot", help="Also save confusion.png and mistakes.png in this folder (needs matplotlib)."),
     ] = None,
+    dataset: DatasetOpt = None,
+    any_dataset: AnyDatasetOpt = False,
 ):
     """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
     import json
 
     from gpumlp import checkpoint as ckpt
-    from gpumlp.data import load_mnist, split
+    from gpumlp.data import load_dataset, split
+    from gpumlp.datasets import for_checkpoint
     from gpumlp.device import get_backend
     from gpumlp.report import format_report, test_report
 
     be = get_backend(device)  # first: a device that cannot work is the first thing to say
     if be.note:
         typer.echo(be.note, err=as_json)  # --json keeps stdout one JSON document
-    model, _ = ckpt.load(checkpoint, device=be)
-    data = load_mnist(data_dir)
-    _, _, (X, y) = split(*data, 0, 0, test_size)
-    report = test_report(model, X, y, n_mistakes=mistakes)
+    model, meta = ckpt.load(checkpoint, device=be)
+    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
+    _, _, (X, y) = split(*load_dataset(rec, data_dir), 0, 0, test_size)
+    report = test_report(model, X, y, n_mistakes=mistakes, class_names=rec.class_names)
     saved = []
     if plot_dir is not None:
         from gpumlp.plot import plot_confusion, plot_mistakes
@@ -194,7 +205,7 @@ def test_cli(
         saved = [plot_confusion(report, plot_dir / "confusion.png"),
                  plot_mistakes(report, X, plot_dir / "mistakes.png")]  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(dict(report, checkpoint=str(checkpoint), model=repr(model)), indent=2))
+        typer.echo(json.dumps(dict(report, checkpoint=str(checkpoint), model=repr(model), dataset=rec.name), indent=2))
     else:
         typer.echo(f"{checkpoint}: {model}")
         typer.echo(format_report(report))
@@ -310,13 +321,16 @@ def predict_cli(
     preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
+    any_dataset: AnyDatasetOpt = False,
 ):
     """Which digit is in each image: prediction, top-3 probabilities and the 28×28 input the network saw."""
     import json
 
     from gpumlp import checkpoint as ckpt
+    from gpumlp.datasets import for_checkpoint
     from gpumlp.device import get_backend
-    from gpumlp.predict import ascii_preview, load_digit, predict_images
+    from gpumlp.predict import ascii_preview, class_label, load_digit, predict_images
 
     if not images and not index:
         raise ConfigError(
@@ -325,19 +339,22 @@ def predict_cli(
     be = get_backend(device)
     if be.note:
         typer.echo(be.note, err=True)
-    model, _ = ckpt.load(checkpoint, device=be)
+    model, meta = ckpt.load(checkpoint, device=be)
+    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
     sources = [(str(p), None) for p in images or []]
     inputs = [load_digit(p) for p in images or []]  # (784,) each, host
     if index:
-        from gpumlp.data import load_mnist
+        from gpumlp.data import load_dataset
 
-        _, _, X_test, y_test = load_mnist(data_dir)
+        _, _, X_test, y_test = load_dataset(rec, data_dir)
         for n in index:
             if not 0 <= n < len(X_test):
-                raise ConfigError(f"--index {n} is out of range: the MNIST test images are 0 to {len(X_test) - 1}")
-            sources.append((f"mnist-test[{n}]", int(y_test[n])))
+                raise ConfigError(
+                    f"--index {n} is out of range: the {rec.title} test images are 0 to {len(X_test) - 1}"
+                )
+            sources.append((f"{rec.name}-test[{n}]", int(y_test[n])))
             inputs.append(X_test[n])
-    results = predict_images(model, inputs)  # one batch, one transfer each way
+    results = predict_images(model, inputs, rec.class_names)  # one batch, one transfer each way
     kind = "softmax" if model.loss == "ce" else "sigmoid outputs divided by their sum"
     if as_json:
         rows = [dict(source=s, label=y, **r) for (s, y), r in zip(sources, results)]
@@ -346,9 +363,10 @@ def predict_cli(
     if model.loss != "ce":
         typer.echo(f"({model}: probabilities are {kind})")
     for (source, label), r, x in zip(sources, results, inputs):
-        top = ", ".join(f"{d} {100 * p:.1f}%" for d, p in r["top3"])
-        truth = "" if label is None else f" (label {label})"
-        typer.echo(f"{source}: {r['digit']}{truth}   top 3: {top}")
+        name = functools.partial(class_label, names=rec.class_names)  # "9", or "9 Ankle boot"
+        top = ", ".join(f"{name(d)} {100 * p:.1f}%" for d, p in r["top3"])
+        truth = "" if label is None else f" (label {name(label)})"
+        typer.echo(f"{source}: {name(r['digit'])}{truth}   top 3: {top}")
         if preview:
             typer.echo(ascii_preview(x))
 
@@ -367,13 +385,14 @@ def bench_cli(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    dataset: Annotated[str, typer.Option(help="The images to time on: mnist, fashion-mnist or kmnist.")] = "mnist",
 ):
     """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
     import json
 
     from gpumlp.bench import format_bench, run_bench
 
-    result = run_bench(device, repeats, data_dir=data_dir, extras=extras)
+    result = run_bench(device, repeats, data_dir=data_dir, extras=extras, dataset=dataset)
     typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
 
 

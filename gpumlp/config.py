@@ -8,6 +8,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from gpumlp import datasets
 from gpumlp.errors import ConfigError
 
 # numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
@@ -44,6 +45,7 @@ class TrainConfig:
     train_size: int = option(50_000, "Training images, from the start of the training file.")
     val_size: int = option(10_000, "Validation images, right after the training images (0: none).")
     test_size: int = option(10_000, "Test images, from the start of the test file (0: no test).")
+    dataset: str = option("mnist", "The images: mnist (digits), fashion-mnist (clothes) or kmnist (hiragana).")
     seed: int = option(0, "Seed of the initial weights, the batch order, dropout masks and distortions.")
     dtype: str = option("float32", "float32 or float64.")
     device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))
@@ -104,6 +106,7 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} is larger than --train-size {self.train_size}; "
                 "use a smaller batch or more training images"
             )
+        datasets.get(self.dataset)  # a name gpumlp/datasets.py has a record of
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
@@ -199,7 +202,11 @@ def default_checkpoint(cfg: TrainConfig) -> Path:
 
 
 # Options a resumed run must keep: they define the network, its data and its random streams.
-FIXED_ON_RESUME = ("sizes", "activation", "loss", "init", "dtype", "train_size", "val_size", "seed", "optimizer")
+FIXED_ON_RESUME = (
+    "sizes", "activation", "loss", "init", "dtype", "dataset", "train_size", "val_size", "seed", "optimizer",
+)  # fmt: skip
+# Fixed options that older checkpoints may lack: the default (mnist) or the activation's init stands in.
+IMPLIED_ON_RESUME = ("init", "dataset")
 
 
 def _effective(key: str, config: dict):
@@ -217,7 +224,7 @@ def resume_config(saved: dict, overrides: dict) -> TrainConfig:
     """The configuration of a resumed run: the checkpoint's, with ``overrides`` (the options the
     user gave) applied. Overrides that contradict a fixed option are refused."""
     for key, value in overrides.items():
-        if key in FIXED_ON_RESUME and (key == "init" or saved.get(key) is not None):
+        if key in FIXED_ON_RESUME and (key in IMPLIED_ON_RESUME or saved.get(key) is not None):
             new, old = _effective(key, {**saved, key: value}), _effective(key, saved)
             if new != old:
                 option = "--layers" if key == "sizes" else f"--{key.replace('_', '-')}"

@@ -120,6 +120,15 @@ def get(name: str) -> Dataset:
         raise ConfigError(f"unknown --dataset {name!r}: choose one of {', '.join(DATASETS)}") from None
 
 
+def checkpoint_fields(name: str) -> dict:
+    """What a checkpoint records about the data it was trained on: the dataset's name, and the
+    checksums of its files (``mnist_sha256`` for MNIST, as checkpoints always had)."""
+    rec = get(name)
+    if rec is MNIST:
+        return {"dataset": rec.name, "mnist_sha256": dict(rec.files)}
+    return {"dataset": rec.name, "data_checksums": {"kind": CHECKSUMS[rec.checksum], "files": dict(rec.files)}}
+
+
 def of_checkpoint(meta: dict) -> str:
     """The dataset a checkpoint's network was trained on: its ``dataset`` field, else its training
     configuration's, else MNIST (checkpoints written before datasets were recorded, and the Rust

@@ -155,11 +155,17 @@ def ascii_preview(x784, pool: int = 1) -> str:
     return "\n".join("".join(c + c for c in row) for row in chars)
 
 
-def predict_images(model, images) -> list[dict]:
+def class_label(d: int, names: tuple[str, ...] | None = None) -> str:
+    """``"9"``, or with a dataset's class names ``"9 Ankle boot"``."""
+    return str(d) if names is None else f"{d} {names[d]}"
+
+
+def predict_images(model, images, class_names: tuple[str, ...] | None = None) -> list[dict]:
     """Classify MNIST-style inputs with one batched forward pass.
 
-    ``images``: a list of host arrays of 784 pixels in [0, 1] (``to_mnist`` outputs or MNIST rows).
-    Returns per image ``{"digit", "top3": [[digit, p], …], "probabilities": [p0, …, p9]}``. For a
+    ``images``: a list of host arrays of 784 pixels in [0, 1] (``to_mnist`` outputs or dataset rows).
+    Returns per image ``{"digit", "top3": [[digit, p], …], "probabilities": [p0, …, p9]}``, plus
+    ``"class"``, the predicted class's name, when ``class_names`` are given (not MNIST). For a
     ce network the probabilities are its softmax; an mse network's outputs are independent
     sigmoids, so they are divided by their sum to add up to 1 (a ranking, not a calibrated law).
     """
@@ -174,6 +180,7 @@ def predict_images(model, images) -> list[dict]:
     return [
         {
             "digit": int(o[0]),
+            **({"class": class_names[int(o[0])]} if class_names else {}),
             "top3": [[int(d), float(p[d])] for d in o[:3]],
             "probabilities": [float(v) for v in p],
         }

@@ -59,13 +59,14 @@ def class_scores(cm: np.ndarray) -> list[dict]:
     ]  # fmt: skip
 
 
-def test_report(model: MLP, X, y, n_mistakes: int = 10) -> dict:
+def test_report(model: MLP, X, y, n_mistakes: int = 10, class_names: tuple[str, ...] | None = None) -> dict:
     """Everything about ``model`` on images X (n, 784) in [0, 1] (host or device) and host labels
     y (n,), as a JSON-able dict:
 
     - ``n``, ``correct``, ``accuracy`` (correct / n, exactly what ``evaluation.evaluate`` returns);
     - ``classes``: per digit 0–9, ``precision``, ``recall``, ``f1`` and ``support`` (images of that
-      digit); a score whose denominator is 0 (a digit never predicted, or absent) is 0;
+      digit); a score whose denominator is 0 (a digit never predicted, or absent) is 0; with
+      ``class_names`` (a dataset other than MNIST, e.g. Fashion-MNIST) each also has its ``name``;
     - ``macro``: the unweighted means of precision, recall and F1 over all 10 digits;
     - ``confusion``: 10×10 ints, rows = true digit, columns = predicted digit;
     - ``mistakes``: the ``n_mistakes`` most confident wrong answers, most confident first (ties by
@@ -85,6 +86,10 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10) -> dict:
     pred, conf = predictions(model, X)  # (n,), (n,) on the host
     cm = confusion_matrix(y, pred)
     classes = class_scores(cm)
+    if class_names is not None:
+        if len(class_names) != N_CLASSES:
+            raise ConfigError(f"expected {N_CLASSES} class names, got {len(class_names)}")
+        classes = [dict(c, name=name) for c, name in zip(classes, class_names)]
     wrong = np.flatnonzero(pred != y)  # (n_wrong,) ascending indices
     order = wrong[np.argsort(-conf[wrong], kind="stable")][:n_mistakes]  # most confident first
     correct = int(np.trace(cm))
@@ -114,18 +119,22 @@ def format_report(report: dict) -> str:
         f"{correct} correct, {n - correct} wrong",
         "",
     ]
-    lines.append(f"{'digit':>5}  {'precision':>9}  {'recall':>9}  {'F1':>9}  {'support':>7}")
+    # MNIST's digits in a column of 5; a dataset's class names ("9 Ankle boot") left-aligned
+    named = [f"{c['digit']} {c['name']}" for c in report["classes"] if "name" in c]
+    width = max(len(s) for s in ["macro", *named]) if named else 5
+    label = (lambda c: f"{c['digit']} {c['name']}".ljust(width)) if named else (lambda c: f"{c['digit']:>5}")
+    head, macro = ("class".ljust(width), "macro".ljust(width)) if named else ("digit", "macro")
+    lines.append(f"{head}  {'precision':>9}  {'recall':>9}  {'F1':>9}  {'support':>7}")
     for c in report["classes"]:
-        lines.append(
-            f"{c['digit']:>5}  {c['precision']:>9.4f}  {c['recall']:>9.4f}  {c['f1']:>9.4f}  {c['support']:>7}"
-        )
+        lines.append(f"{label(c)}  {c['precision']:>9.4f}  {c['recall']:>9.4f}  {c['f1']:>9.4f}  {c['support']:>7}")
     m = report["macro"]
-    lines.append(f"{'macro':>5}  {m['precision']:>9.4f}  {m['recall']:>9.4f}  {m['f1']:>9.4f}  {n:>7}")
+    lines.append(f"{macro}  {m['precision']:>9.4f}  {m['recall']:>9.4f}  {m['f1']:>9.4f}  {n:>7}")
 
     cm = report["confusion"]
     width = max(5, *(len(str(v)) + 1 for row in cm for v in row))
     head = "true \\ pred"
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted digit)"]
+    what = "class, numbered as above" if named else "digit"
+    lines += ["", f"confusion matrix (rows: true {what}, columns: predicted {what.split(',')[0]})"]
     lines.append(head + "".join(f"{d:>{width}}" for d in range(len(cm))))
     for d, row in enumerate(cm):
         lines.append(f"{d:>{len(head)}}" + "".join(f"{v:>{width}}" for v in row))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpumlp import atomic, checkpoint
-from gpumlp.data import MNIST_FILES
+from gpumlp.datasets import checkpoint_fields
 from gpumlp.errors import CheckpointError, GpumlpError
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class RunFiles:
         try:
             checkpoint.save(
                 self.path, self.model, s.arrays, config=self.cfg.to_dict(), history=[asdict(e) for e in s.history],
-                train_state=s.to_dict(), optimizer=s.optimizer, mnist_sha256=MNIST_FILES,
+                train_state=s.to_dict(), optimizer=s.optimizer, **checkpoint_fields(self.cfg.dataset),
                 test_accuracy=test_accuracy, test_size=n_test if test_accuracy is not None else 0, **self.extra,
             )  # fmt: skip
         except atomic.DeferredInterrupt:  # Ctrl-C during the write, which completed first

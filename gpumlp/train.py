@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import blas, checkpoint
+from gpumlp import blas, checkpoint, datasets
 from gpumlp.atomic import deferred_sigint
 from gpumlp.augment import Augmenter
 from gpumlp.backend import on_device
@@ -31,7 +31,7 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
     describe_recipe,
     resume_config,
 )
-from gpumlp.data import load_mnist, split
+from gpumlp.data import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
 from gpumlp.model import DTYPES, MLP, check_labels, pack
@@ -340,12 +340,12 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))
     if model.be.note:
         log(model.be.note)
-    data = load_mnist(data_dir)
+    data = load_dataset(cfg.dataset, data_dir)
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
     rec.claim(named)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     log(
-        f"training {model} on {len(X_tr)} images ({len(X_val)} for validation), {start}"
+        f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"
         f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}"
     )
 
@@ -379,6 +379,11 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
     rec.save(test_acc, len(X_te))
     return RunResult(model, state.history, test_acc, rec.path)
+
+
+def _images(dataset: str) -> str:
+    """``"images"``, or ``"Fashion-MNIST images"`` where the dataset is not MNIST."""
+    return "images" if dataset == "mnist" else f"{datasets.get(dataset).title} images"
 
 
 def _check_resumed(resume, cfg: TrainConfig, state: TrainState) -> None:

@@ -36,7 +36,7 @@ def ctrl_c(*_, **__):
 
 
 def test_ctrl_c_while_mnist_loads_says_nothing_was_trained(tmp_path, mnist_dir, monkeypatch, capsys):
-    monkeypatch.setattr(train_mod, "load_mnist", ctrl_c)
+    monkeypatch.setattr(train_mod, "load_dataset", ctrl_c)
     code, out, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "--save", tmp_path / "m.npz")
     assert code == 130
     assert err == "interrupted before the first epoch ended: nothing to save\n"
