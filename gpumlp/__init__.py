@@ -13,6 +13,7 @@ _EXPORTS = {
     "get_backend": "gpumlp.device",
     "load": "gpumlp.checkpoint",
     "save": "gpumlp.checkpoint",
+    "load_dataset": "gpumlp.data",
     "load_mnist": "gpumlp.data",
     "read_idx": "gpumlp.data",
     "BackendUnavailable": "gpumlp.errors",

@@ -133,8 +133,11 @@ def format_report(report: dict) -> str:
     cm = report["confusion"]
     width = max(5, *(len(str(v)) + 1 for row in cm for v in row))
     head = "true \\ pred"
-    what = "class, numbered as above" if named else "digit"
-    lines += ["", f"confusion matrix (rows: true {what}, columns: predicted {what.split(',')[0]})"]
+    what = "class" if named else "digit"
+    lines += [
+        "",
+        f"confusion matrix (rows: true {what}, columns: predicted {what}{', numbered as above' if named else ''})",
+    ]
     lines.append(head + "".join(f"{d:>{width}}" for d in range(len(cm))))
     for d, row in enumerate(cm):
         lines.append(f"{d:>{len(head)}}" + "".join(f"{v:>{width}}" for v in row))

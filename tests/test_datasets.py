@@ -271,7 +271,7 @@ def test_test_reports_class_names_of_the_checkpoints_dataset(fashion_checkpoint,
     assert any(line.startswith("class ") and "precision" in line for line in lines)
     assert any(line.startswith("0 T-shirt/top ") for line in lines)
     assert any(line.startswith("9 Ankle boot ") for line in lines)
-    assert "rows: true class, numbered as above" in out
+    assert "(rows: true class, columns: predicted class, numbered as above)" in out
     code, out, _ = run_main(monkeypatch, capsys, "test", str(ckpt), "--data-dir", str(folder), "--test-size", "20",
                             "--json")  # fmt: skip
     report = json.loads(out)
