@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from gpumlp.datasets import CHOICES
 from gpumlp.errors import ConfigError, GpumlpError
 
 # typer re-exports BadParameter from the click it runs on (click itself, or the copy vendored in
@@ -41,7 +42,7 @@ DataDirOpt = Annotated[
 ]
 DatasetOpt = Annotated[
     str | None,
-    typer.Option(help="mnist, fashion-mnist or kmnist. Default: the one the checkpoint was trained on."),
+    typer.Option(help=f"{CHOICES}. Default: the one the checkpoint was trained on."),
 ]
 AnyDatasetOpt = Annotated[
     bool, typer.Option("--any-dataset", help="Allow a --dataset other than the one the checkpoint was trained on.")
@@ -385,7 +386,7 @@ def bench_cli(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
-    dataset: Annotated[str, typer.Option(help="The images to time on: mnist, fashion-mnist or kmnist.")] = "mnist",
+    dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
 ):
     """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
     import json

@@ -45,7 +45,7 @@ class TrainConfig:
     train_size: int = option(50_000, "Training images, from the start of the training file.")
     val_size: int = option(10_000, "Validation images, right after the training images (0: none).")
     test_size: int = option(10_000, "Test images, from the start of the test file (0: no test).")
-    dataset: str = option("mnist", "The images: mnist (digits), fashion-mnist (clothes) or kmnist (hiragana).")
+    dataset: str = option("mnist", f"The images: {datasets.CHOICES} (gpumlp/datasets.py).")
     seed: int = option(0, "Seed of the initial weights, the batch order, dropout masks and distortions.")
     dtype: str = option("float32", "float32 or float64.")
     device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))

@@ -110,6 +110,8 @@ KMNIST = Dataset(
 )
 
 DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
+# "mnist, fashion-mnist or kmnist": for the help of every --dataset option
+CHOICES = ", ".join(list(DATASETS)[:-1]) + f" or {list(DATASETS)[-1]}"
 
 
 def get(name: str) -> Dataset:
