@@ -30,6 +30,10 @@ app = typer.Typer(
     help="A from-scratch multilayer perceptron for MNIST, on numpy (CPU) or CuPy (CUDA GPU).",
 )
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")]
+CheckpointArg = Annotated[
+    Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen network2 .json.")
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).")
 ]
@@ -247,8 +251,8 @@ def convert_cli(
 
 @command("info")
 def info_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    checkpoint: CheckpointArg,
+    as_json: JsonOpt = False,
 ):
     """Architecture, parameter count, training configuration, history and accuracy of a checkpoint."""
     import json
@@ -307,7 +311,7 @@ def _info_rows(d: dict) -> list[tuple[str, str]]:
 
 @command("predict")
 def predict_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    checkpoint: CheckpointArg,
     images: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -318,7 +322,7 @@ def predict_cli(
     index: Annotated[
         list[int] | None, typer.Option("--index", metavar="N", help="Also predict MNIST test image N (repeatable).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    as_json: JsonOpt = False,
     preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
@@ -385,7 +389,7 @@ def bench_cli(
             help="Also measure, in fresh processes, a training run's peak memory, --help and load_mnist() times."
         ),
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    as_json: JsonOpt = False,
     dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
 ):
     """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
@@ -399,7 +403,7 @@ def bench_cli(
 
 @command("devices")
 def devices_cli(
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")] = False,
+    as_json: JsonOpt = False,
 ):
     """numpy and its BLAS (Intel MKL if installed), CuPy and CUDA, every GPU, and what --device auto would choose."""
     import json
@@ -442,7 +446,7 @@ def export_cli(
 
 @command("serve")
 def serve_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    checkpoint: CheckpointArg,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
 ):
@@ -457,7 +461,7 @@ def serve_cli(
 
 @command("show")
 def show_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.npz or .json).")],
+    checkpoint: CheckpointArg,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="The PNG to write. Default: weights.png, or weights-2.png, … if that exists."),
