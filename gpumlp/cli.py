@@ -190,19 +190,12 @@ def test_cli(
     """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
     import json
 
-    from gpumlp import checkpoint as ckpt
-    from gpumlp.data import load_dataset, split
-    from gpumlp.datasets import for_checkpoint
-    from gpumlp.device import get_backend
-    from gpumlp.report import format_report, test_report
+    from gpumlp.report import checkpoint_report, format_report
 
-    be = get_backend(device)  # first: a device that cannot work is the first thing to say
-    if be.note:
-        typer.echo(be.note, err=as_json)  # --json keeps stdout one JSON document
-    model, meta = ckpt.load(checkpoint, device=be)
-    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
-    _, _, (X, y) = split(*load_dataset(rec, data_dir), 0, 0, test_size)
-    report = test_report(model, X, y, n_mistakes=mistakes, class_names=rec.class_names)
+    report, model, rec, X = checkpoint_report(
+        checkpoint, device, data_dir, test_size, mistakes, dataset, any_dataset,
+        note=lambda text: typer.echo(text, err=as_json),  # --json keeps stdout one JSON document
+    )  # fmt: skip
     saved = []
     if plot_dir is not None:
         from gpumlp.plot import plot_confusion, plot_mistakes
@@ -258,55 +251,14 @@ def info_cli(
     import json
 
     from gpumlp.checkpoint import describe
+    from gpumlp.checkpoint_meta import info_rows
 
     d = describe(checkpoint)
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
-    for key, value in _info_rows(d):
+    for key, value in info_rows(d):
         typer.echo(f"{key:<15}{value}")
-
-
-def _info_rows(d: dict) -> list[tuple[str, str]]:
-    """The human-readable table of ``gpumlp info``."""
-    from gpumlp.interop import NAMES
-
-    cfg, h = d.get("config") or {}, d["history_summary"]
-    foreign = d.get("imported_from")
-    kind = f"{NAMES[foreign]}" if foreign else f"{d['file_format']}, format version {d['version']}"
-    rows = [
-        ("checkpoint", f"{d['path']} ({kind}, {d['bytes']:,} bytes)"),
-        (
-            "architecture",
-            f"{'-'.join(map(str, d['sizes']))}, sigmoid on every layer (gpumlp: sigmoid hidden, mse output), float64"
-            if foreign
-            else f"{'-'.join(map(str, d['sizes']))}, {d['activation']} hidden, {d['loss']} output, {d['dtype']}",
-        ),
-        ("parameters", f"{d['n_params']:,}"),
-        ("input", f"pixel / {d.get('input_divisor', 255.0):g}"),
-    ]
-    if foreign:
-        rows.append(("file holds", f"{d['holds']} (no training history, date or versions)"))
-        if d.get("cost"):
-            rows.append(("cost", f"{d['cost']} (used only in training; outputs are sigmoids either way)"))
-    if cfg:
-        data = f"{cfg.get('train_size')} train / {cfg.get('val_size')} val images"
-        rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
-                                 f"seed {cfg.get('seed')}, {data}"))  # fmt: skip
-    if h["epochs"]:
-        loss = f"loss {h['first_train_loss']:.4f} → {h['last_train_loss']:.4f}"
-        val = ""
-        if h["best_val_accuracy"] is not None:
-            val = (f", val acc best {100 * h['best_val_accuracy']:.2f}% (epoch {h['best_val_epoch']}), "
-                   f"last {100 * h['last_val_accuracy']:.2f}%")  # fmt: skip
-        rows.append(("history", f"{h['epochs']} epochs in {h['seconds']:.1f} s, {loss}{val}"))
-    if d.get("test_accuracy") is not None:
-        rows.append(("test accuracy", f"{100 * d['test_accuracy']:.2f}% ({d.get('test_size')} images)"))
-    versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
-    trained = [str(x) for x in (d.get("device"), d.get("created"), versions) if x]
-    if trained:
-        rows.append(("trained on", ", ".join(trained)))
-    return rows
 
 
 @command("predict")

@@ -110,6 +110,25 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10, class_names: tuple[str, 
 test_report.__test__ = False  # its name starts with "test": stop pytest collecting it where it is imported
 
 
+def checkpoint_report(checkpoint, device="cpu", data_dir=None, test_size=10_000, n_mistakes=10, dataset=None,
+                      any_dataset=False, note=print) -> tuple[dict, MLP, object, np.ndarray]:  # fmt: skip
+    """What ``gpumlp test`` does: ``(test_report, model, dataset record, host test images)`` for the
+    checkpoint on ``device``, on its own dataset's test set unless ``dataset`` (with ``any_dataset``
+    for another than it was trained on). ``note`` hears why ``--device auto`` chose its device."""
+    from gpumlp.checkpoint import load
+    from gpumlp.data import load_dataset, split
+    from gpumlp.datasets import for_checkpoint
+    from gpumlp.device import get_backend
+
+    be = get_backend(device)  # first: a device that cannot work is the first thing to say
+    if be.note:
+        note(be.note)
+    model, meta = load(checkpoint, device=be)
+    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
+    _, _, (X, y) = split(*load_dataset(rec, data_dir), 0, 0, test_size)
+    return test_report(model, X, y, n_mistakes=n_mistakes, class_names=rec.class_names), model, rec, X
+
+
 def format_report(report: dict) -> str:
     """``test_report``'s dict as aligned plain text: accuracy, per-digit scores, the confusion
     matrix and the most confident mistakes."""

@@ -565,7 +565,7 @@ def test_every_metadata_field_with_every_wrong_type_is_a_checkpoint_error(tmp_pa
     ``gpumlp info`` either work or raise ``GpumlpError``, never anything else (~500 cases)."""
     import copy
 
-    from gpumlp.cli import _info_rows
+    from gpumlp.checkpoint_meta import info_rows
     from gpumlp.errors import GpumlpError
 
     m = MLP((784, 8, 10), seed=1)
@@ -602,7 +602,7 @@ def test_every_metadata_field_with_every_wrong_type_is_a_checkpoint_error(tmp_pa
             else:
                 parent[field[-1]] = value
             path.write_text(json.dumps(spoiled))
-            for read in (lambda: _info_rows(checkpoint.describe(path)), lambda: checkpoint.read_metadata(path)):
+            for read in (lambda: info_rows(checkpoint.describe(path)), lambda: checkpoint.read_metadata(path)):
                 try:
                     read()
                 except GpumlpError:
