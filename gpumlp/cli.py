@@ -284,48 +284,20 @@ def predict_cli(
     """Which digit is in each image: prediction, top-3 probabilities and the 28×28 input the network saw."""
     import json
 
-    from gpumlp import checkpoint as ckpt
-    from gpumlp.datasets import for_checkpoint
-    from gpumlp.device import get_backend
-    from gpumlp.predict import ascii_preview, class_label, load_digit, predict_images
+    from gpumlp.predict import format_predictions, predict_files
 
     if not images and not index:
         raise ConfigError(
             "give one or more image files, or --index N for an MNIST test image (see gpumlp predict --help)"
         )
-    be = get_backend(device)
-    if be.note:
-        typer.echo(be.note, err=True)
-    model, meta = ckpt.load(checkpoint, device=be)
-    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
-    sources = [(str(p), None) for p in images or []]
-    inputs = [load_digit(p) for p in images or []]  # (784,) each, host
-    if index:
-        from gpumlp.data import load_dataset
-
-        _, _, X_test, y_test = load_dataset(rec, data_dir)
-        for n in index:
-            if not 0 <= n < len(X_test):
-                raise ConfigError(
-                    f"--index {n} is out of range: the {rec.title} test images are 0 to {len(X_test) - 1}"
-                )
-            sources.append((f"{rec.name}-test[{n}]", int(y_test[n])))
-            inputs.append(X_test[n])
-    results = predict_images(model, inputs, rec.class_names)  # one batch, one transfer each way
-    kind = "softmax" if model.loss == "ce" else "sigmoid outputs divided by their sum"
+    run = predict_files(
+        checkpoint, images or [], index or [], device, data_dir, dataset, any_dataset,
+        note=lambda text: typer.echo(text, err=True),
+    )  # fmt: skip
     if as_json:
-        rows = [dict(source=s, label=y, **r) for (s, y), r in zip(sources, results)]
-        typer.echo(json.dumps({"checkpoint": str(checkpoint), "probabilities": kind, "predictions": rows}, indent=2))
-        return
-    if model.loss != "ce":
-        typer.echo(f"({model}: probabilities are {kind})")
-    for (source, label), r, x in zip(sources, results, inputs):
-        name = functools.partial(class_label, names=rec.class_names)  # "9", or "9 Ankle boot"
-        top = ", ".join(f"{name(d)} {100 * p:.1f}%" for d, p in r["top3"])
-        truth = "" if label is None else f" (label {name(label)})"
-        typer.echo(f"{source}: {name(r['digit'])}{truth}   top 3: {top}")
-        if preview:
-            typer.echo(ascii_preview(x))
+        typer.echo(json.dumps({"checkpoint": str(checkpoint), **run.as_json()}, indent=2))
+    else:
+        typer.echo(format_predictions(run, preview))
 
 
 @command("bench")

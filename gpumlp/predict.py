@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,65 @@ def predict_images(model, images, class_names: tuple[str, ...] | None = None) ->
         }
         for p, o in zip(P, order)
     ]
+
+
+@dataclass
+class Predictions:
+    """What ``gpumlp predict`` found: one row per image, in the order given."""
+
+    model: object  # the MLP
+    dataset: object  # its gpumlp.datasets record (class names)
+    sources: list  # [(name, true label or None)]
+    inputs: list  # (784,) host arrays: what the network saw
+    results: list  # predict_images' dicts
+
+    @property
+    def kind(self) -> str:
+        return "softmax" if self.model.loss == "ce" else "sigmoid outputs divided by their sum"
+
+    def as_json(self) -> dict:
+        rows = [dict(source=s, label=y, **r) for (s, y), r in zip(self.sources, self.results)]
+        return {"probabilities": self.kind, "predictions": rows}
+
+
+def predict_files(checkpoint, images, index, device="cpu", data_dir=None, dataset=None, any_dataset=False,
+                  note=print) -> Predictions:  # fmt: skip
+    """What ``gpumlp predict`` does: the checkpoint on ``device``, each image file prepared as MNIST
+    was (``load_digit``) and each test image ``index`` of its dataset, predicted in one batch."""
+    from gpumlp.checkpoint import load
+    from gpumlp.datasets import for_checkpoint
+    from gpumlp.device import get_backend
+
+    be = get_backend(device)
+    if be.note:
+        note(be.note)
+    model, meta = load(checkpoint, device=be)
+    rec = for_checkpoint(meta, checkpoint, dataset, any_dataset)
+    sources = [(str(p), None) for p in images]
+    inputs = [load_digit(p) for p in images]  # (784,) each, host
+    if index:
+        from gpumlp.data import load_dataset
+
+        _, _, X_test, y_test = load_dataset(rec, data_dir)
+        for n in index:
+            if not 0 <= n < len(X_test):
+                raise ConfigError(
+                    f"--index {n} is out of range: the {rec.title} test images are 0 to {len(X_test) - 1}"
+                )
+            sources.append((f"{rec.name}-test[{n}]", int(y_test[n])))
+            inputs.append(X_test[n])
+    results = predict_images(model, inputs, rec.class_names)  # one batch, one transfer each way
+    return Predictions(model, rec, sources, inputs, results)
+
+
+def format_predictions(run: Predictions, preview: bool = True) -> str:
+    """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the preview."""
+    lines = [] if run.model.loss == "ce" else [f"({run.model}: probabilities are {run.kind})"]
+    names = run.dataset.class_names
+    for (source, label), r, x in zip(run.sources, run.results, run.inputs):
+        top = ", ".join(f"{class_label(d, names)} {100 * p:.1f}%" for d, p in r["top3"])
+        truth = "" if label is None else f" (label {class_label(label, names)})"
+        lines.append(f"{source}: {class_label(r['digit'], names)}{truth}   top 3: {top}")
+        if preview:
+            lines.append(ascii_preview(x))
+    return "\n".join(lines)
