@@ -142,6 +142,15 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
 
+    def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
+        """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.blas``), ``recorded``
+        being a resumed run's; ``(None, "")`` where the device does its own threading."""
+        return None, ""
+
+    def threads(self, n: int | None):
+        """A context in which the BLAS uses ``n`` threads (None: as it is)."""
+        return contextlib.nullcontext()
+
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
@@ -188,6 +197,16 @@ class NumpyBackend(Backend):
         if y.size >= AXPBY_BLAS_MIN and blas.axpby(alpha, x, beta, y):
             return y
         return super().axpby(alpha, x, beta, y)
+
+    def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
+        from gpumlp import blas
+
+        return blas.training_threads(recorded)
+
+    def threads(self, n: int | None):
+        from gpumlp import blas
+
+        return blas.threads(n)
 
 
 CPU = NumpyBackend("cpu", np)

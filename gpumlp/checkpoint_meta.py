@@ -65,6 +65,7 @@ TRAIN_STATE_FIELDS = {
     "best_score": (_or_none(_number), "a number or null"),
     "stopped_epoch": (_or_none(_count), "an epoch number or null"),
     "weights_epoch": (_or_none(_count), "an epoch number or null"),
+    "blas_threads": (_or_none(lambda v: _count(v) and v >= 1), "a thread count (1 or more) or null"),
 }
 OPTIMIZER_FIELDS = {"name": (lambda v: isinstance(v, str), "an optimiser name"), "t": (_count, "a step count")}
 FIELDS = {

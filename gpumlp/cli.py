@@ -340,6 +340,7 @@ def devices_cli(
         return
     typer.echo(f"numpy          {d['numpy']} ({d['blas']})")
     typer.echo(f"cpu training   {d['cpu_blas']}")
+    typer.echo(f"cpu threads    {d['cpu_threads']}")
     cupy = d["cupy"]
     typer.echo(
         f"cupy           {cupy['version']} (CUDA {cupy.get('cuda_runtime', '?')})"

@@ -70,10 +70,19 @@ class TrainState:
     best_score: float | None = None  # that score (accuracy, or loss)
     stopped_epoch: int | None = None  # the epoch early stopping ended the run after; None: it did not
     weights_epoch: int | None = None  # the epoch whose weights the model holds (the best, once restored)
+    blas_threads: int | None = None  # the CPU BLAS's thread count (some products round differently with another)
     arrays: dict = field(default_factory=dict)  # "optimizer.NAME", "best_theta", "last_theta"
 
     def to_dict(self) -> dict:
-        keys = ("epochs_done", "rng_state", "best_epoch", "best_score", "stopped_epoch", "weights_epoch")
+        keys = (
+            "epochs_done",
+            "rng_state",
+            "best_epoch",
+            "best_score",
+            "stopped_epoch",
+            "weights_epoch",
+            "blas_threads",
+        )
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
@@ -81,7 +90,8 @@ class TrainState:
         try:
             history = [EpochStats(**e) for e in meta.get("history", [])]
             state = meta["train_state"]
-            extra = {k: state.get(k) for k in ("best_epoch", "best_score", "stopped_epoch", "weights_epoch")}
+            keys = ("best_epoch", "best_score", "stopped_epoch", "weights_epoch", "blas_threads")
+            extra = {k: state.get(k) for k in keys}
             optimizer = meta.get("optimizer") or {"name": "sgd"}
             return cls(int(state["epochs_done"]), dict(state["rng_state"]), history, dict(optimizer),
                        **extra, arrays=dict(meta.get("state_arrays") or {}))  # fmt: skip
@@ -98,7 +108,23 @@ def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
     return rng
 
 
+def with_blas_threads(f):
+    """Run ``fit(model, …, state=…)`` with the run's CPU BLAS threads (``Backend.training_threads``),
+    recorded in ``state.blas_threads``: a resumed run keeps its count, because some products round
+    differently with another (``gpumlp.blas``). Afterwards the BLAS has its earlier count again."""
+
+    @functools.wraps(f)
+    def wrapper(model, *args, state=None, **kwargs):
+        state = state if state is not None else TrainState()
+        state.blas_threads = model.be.training_threads(state.blas_threads)[0]
+        with model.be.threads(state.blas_threads):
+            return f(model, *args, state=state, **kwargs)
+
+    return wrapper
+
+
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
+@with_blas_threads  # on the CPU: the run's BLAS thread count, kept by a resumed run
 @on_device  # on cuda:N, every allocation and kernel of the run goes to GPU N
 def fit(
     model: MLP,
@@ -344,9 +370,11 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
     rec.claim(named)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
+    state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
+    threads = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
     log(
         f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"
-        f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}"
+        f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{threads}"
     )
 
     def after_epoch(stats: EpochStats) -> None:
@@ -376,7 +404,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
             f"no better validation {cfg.monitor} in {cfg.patience} epochs"
         )
     # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
-    test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
+    with model.be.threads(state.blas_threads):
+        test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
     rec.save(test_acc, len(X_te))
     return RunResult(model, state.history, test_acc, rec.path)
 
