@@ -3,11 +3,16 @@
     python scripts/bench.py                    # the table
     python scripts/bench.py --compare torch    # and PyTorch, row by row
     python scripts/bench.py --rows 1-5 --no-extras --json                      # the Rust rows only, as JSON
+    python scripts/bench.py --background-load 0,1,2   # each row beside 0, 1, 2 busy processes
 
 With ``--compare torch`` each configuration is also timed in PyTorch (scripts/bench_torch.py),
 its runs alternating with gpumlp's (gpumlp, PyTorch, gpumlp, …, each timed run right after an
 untimed one of the same framework) so both see the same load on a shared machine, and the ratio
 of their median images/s is printed per row with its geometric mean over the Rust table's rows.
+
+With ``--background-load N[,N…]`` each row is timed while N busy processes (started and stopped
+here, see gpumlp/bench_load.py) run beside it, as gpumlp chooses its BLAS threads and with one
+thread, and its slowdown against the first load is printed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +46,26 @@ def parse_rows(spec: str | None) -> list[int]:
     if not all(0 <= i < len(CONFIGS) for i in rows):
         raise SystemExit(f"--rows: rows are 1 to {len(CONFIGS)} (got {spec})")
     return rows
+
+
+def parse_loads(spec: str) -> list[int]:
+    """``"0,1,2"`` → [0, 1, 2]: numbers of busy background processes, 0 to 64."""
+    try:
+        loads = [int(part) for part in spec.split(",")]
+    except ValueError:
+        loads = []
+    if not loads or not all(0 <= n <= 64 for n in loads):
+        raise SystemExit(f"--background-load: a list of busy-process counts from 0 to 64, e.g. 0,1,2 (got {spec})")
+    return loads
+
+
+def under_load(a, configs) -> None:
+    """--background-load: the rows beside each load; the busy processes die with this one (SIGTERM too)."""
+    from gpumlp.bench_load import format_under_load, run_under_load
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so background_load's cleanup runs
+    result = run_under_load(parse_loads(a.background_load), configs, a.repeats, a.data_dir)
+    print(json.dumps(result, indent=2) if a.json else format_under_load(result))
 
 
 def load_torch_bench():
@@ -88,11 +114,16 @@ def main(argv=None) -> None:
     p.add_argument("--no-extras", action="store_true", help="skip peak memory, --help and load_mnist times")
     p.add_argument("--compare", choices=["torch"], help="also time each row in PyTorch and print the ratios")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--background-load", metavar="N[,N…]", help="time each row beside N busy processes, e.g. 0,1,2")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
     indices = parse_rows(a.rows)
     configs = [CONFIGS[i] for i in indices]
+    if a.background_load is not None:
+        if a.compare or a.device != "cpu":
+            p.error("--background-load times the CPU alone: drop --compare and --device")
+        return under_load(a, configs)
     beside, torch_result = None, None
     if a.compare == "torch":
         bt = load_torch_bench()
