@@ -279,29 +279,29 @@ LOAD_SAMPLE_S = 0.05  # how long auto_threads watches /proc/stat: 5 ticks per co
 # (library, its function names with "{}" standing for "get" / "set"): numpy ≥ 2.0 wheels, 1.2x wheels, others
 _OPENBLAS_THREADS = ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads")
 _MKL_THREADS = ("MKL_{}_Max_Threads", "MKL_{}_Num_Threads")  # MKL's C API: get, set
-_controls_found: list | None = None  # [(get, set)] of each library CPU training calls, found once
+_controls_found: dict[str, list] = {}  # name() → [(get, set)] of each library CPU training calls
 _auto: tuple[int, str] | None = None  # auto_threads's choice and why: measured once per process
 
 
 def _thread_controls() -> list:
     """``[(get, set)]`` of the thread count of numpy's OpenBLAS, and of MKL when it serves products:
     each ``get()`` → int, ``set(n)``. Empty where neither is reachable (then threads are the libraries' own)."""
-    global _controls_found
-    if _controls_found is None:
+    library = name()
+    if library not in _controls_found:
         found = []
         for path in _library_paths():
             control = _control(path, [(p.format("get"), p.format("set")) for p in _OPENBLAS_THREADS])
             if control:
                 found.append(control)
                 break
-        if name() == "mkl":
+        if library == "mkl":
             for path in _mkl_paths():
                 control = _control(path, [(_MKL_THREADS[0].format("Get"), _MKL_THREADS[1].format("Set"))])
                 if control:
                     found.append(control)
                     break
-        _controls_found = found
-    return _controls_found
+        _controls_found[library] = found
+    return _controls_found[library]
 
 
 def _control(path: str, names: list[tuple[str, str]]):

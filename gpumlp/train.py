@@ -362,6 +362,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     else:
         model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
         state = TrainState()
+    state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))
     if model.be.note:
@@ -370,7 +371,6 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
     rec.claim(named)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
-    state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
     threads = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
     log(
         f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -313,3 +314,59 @@ def test_bench_blas_alternates_the_two_libraries(monkeypatch, mnist_dir, capsys)
     assert seen[-1] is None  # GPUMLP_BLAS's own choice restored
     out = script.format_compare(result)
     assert "MKL/numpy's" in out and "geometric mean" in out
+
+
+# -- under load: scripts/bench.py --background-load (no timings asserted)
+
+
+def test_background_load_starts_and_always_stops_its_busy_processes():
+    from gpumlp.bench_load import background_load
+
+    with background_load(2, settle_s=0) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.returncode is not None for p in procs)
+    with pytest.raises(KeyboardInterrupt), background_load(1, settle_s=0) as procs:
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a row
+    assert procs[0].returncode is not None
+    with background_load(1, limit_s=0.1, settle_s=0) as procs:
+        procs[0].wait(timeout=30)  # bounded in time: it ends by itself
+        assert procs[0].returncode == 0
+
+
+def test_run_under_load_on_a_tiny_row(monkeypatch):
+    from gpumlp import blas
+    from gpumlp.bench_load import format_under_load, run_under_load
+
+    monkeypatch.setattr(blas, "_auto", None)  # measured afresh per load; the process's choice comes back after
+    monkeypatch.delenv("GPUMLP_THREADS", raising=False)
+    seen = []
+    original = blas.training_threads
+
+    def spy(recorded=None):
+        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded)[0]))
+        return original(recorded)
+
+    monkeypatch.setattr(blas, "training_threads", spy)
+    result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)
+    json.dumps(result)
+    assert [level["background"] for level in result["loads"]] == [0, 1]
+    assert result["loads"][1]["busy_alive_at_end"] == 1  # the busy process ran through the row
+    for level in result["loads"]:
+        (row,) = level["rows"]
+        assert row["name"] == "tiny" and level["threads"] >= 1 and level["why"].startswith("auto: ")
+        assert row["vs_one_thread"] == pytest.approx(row["images_per_s"] / row["one_thread_images_per_s"])
+        assert len(row["one_thread_seconds"]) == 1
+    assert result["loads"][0]["rows"][0]["slowdown"] == 1.0
+    base, loaded = (lv["rows"][0]["images_per_s"] for lv in result["loads"])
+    assert result["loads"][1]["rows"][0]["slowdown"] == pytest.approx(base / loaded)
+    assert ("1", 1) in seen and any(env is None for env, _ in seen)  # each row also ran on one thread
+    text = format_under_load(result)
+    assert "load  config" in text and text.count(" tiny ") == 2 and "load 1: " in text
+
+
+def test_background_load_option_parsing():
+    bench = load_script("bench")
+    assert bench.parse_loads("0,1,2") == [0, 1, 2]
+    for bad in ("", "a", "-1", "0,,1", "65"):
+        with pytest.raises(SystemExit, match="--background-load"):
+            bench.parse_loads(bad)

@@ -116,6 +116,26 @@ def test_an_unknown_gpumlp_blas_is_one_line_exit_2(monkeypatch, capsys, mnist_di
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command", ["train", "devices"])
+def test_a_bad_gpumlp_threads_is_one_line_exit_2(monkeypatch, capsys, mnist_dir, tmp_path, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUMLP_THREADS", "lots")
+    args = ["--epochs", "1", "--data-dir", str(mnist_dir)] if command == "train" else []
+    code, out, err = run_main(monkeypatch, capsys, command, *args)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err + out
+    assert err.startswith("error: GPUMLP_THREADS='lots' is not a thread count: use a whole number from 1 to 1024")
+    assert not any(tmp_path.iterdir())
+
+
+def test_devices_and_the_training_header_say_the_blas_threads(monkeypatch, capsys, mnist_dir, tmp_path):
+    monkeypatch.setenv("GPUMLP_THREADS", "1")
+    code, out, _ = run_main(monkeypatch, capsys, "devices")
+    assert code in (0, None) and "cpu threads    1 BLAS thread (GPUMLP_THREADS; GPUMLP_THREADS=N to choose)" in out
+    small = ["--epochs", "1", "--train-size", "500", "--val-size", "0", "--test-size", "0"]
+    code, out, _ = run_main(monkeypatch, capsys, "train", *small, "--save", str(tmp_path / "m.npz"))
+    assert code in (0, None) and ", 1 BLAS thread (GPUMLP_THREADS)\n" in out
+
+
 def test_cuda_here_is_one_line_exit_2(monkeypatch, capsys):
     """This machine has no usable GPU (with or without CuPy installed)."""
     code, _, err = run_main(monkeypatch, capsys, "train", "--device", "cuda", "--epochs", "1")

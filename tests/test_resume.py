@@ -175,3 +175,53 @@ def test_init_on_resume_is_checked_against_the_default_the_run_used():
     with pytest.raises(ConfigError, match=r"--init normal contradicts the checkpoint \(xavier\)"):
         resume_config(saved, {"init": "normal"})
     assert resume_config(saved, {"init": "xavier", "epochs": 3}).epochs == 3
+
+
+# One hidden layer of 512 at batch 128: its (128, 784) @ (784, 512) product is one that numpy's
+# OpenBLAS rounds differently on 1 and on 2 threads.
+THREADED = dict(sizes=(784, 512, 10), activation="relu", loss="ce", train_size=1280, val_size=0, test_size=256,
+                batch_size=128, lr=0.1, seed=3)  # fmt: skip
+
+
+def test_a_resumed_run_keeps_its_recorded_blas_thread_count(tmp_path, mnist_dir, monkeypatch):
+    """The checkpoint records the run's BLAS threads and a resumed run trains with that count, not
+    with what its own process would choose, so it still equals the uninterrupted run bit for bit;
+    GPUMLP_THREADS overrides the record."""
+    from gpumlp import blas
+
+    seen = []  # the BLAS's thread count while each epoch trained
+
+    def on_epoch(stats):
+        seen.append(blas.library_threads())
+
+    monkeypatch.setenv("GPUMLP_THREADS", "1")
+    run(TrainConfig(epochs=4, **THREADED), mnist_dir, tmp_path / "full.npz", log=quiet)
+    run(TrainConfig(epochs=2, **THREADED), mnist_dir, tmp_path / "half.npz", log=quiet, on_epoch=on_epoch)
+    assert checkpoint.read_metadata(tmp_path / "half.npz")["train_state"]["blas_threads"] == 1
+    monkeypatch.delenv("GPUMLP_THREADS")
+    monkeypatch.setattr(blas, "_auto", (2, "auto: a stand-in for a quiet 2-core machine"))
+    logs = []
+    run(TrainConfig(epochs=4, **THREADED), mnist_dir, log=logs.append, resume=tmp_path / "half.npz", on_epoch=on_epoch)
+    assert seen == [1, 1, 1, 1]
+    assert any(line.endswith(", 1 BLAS thread (as the resumed run)") for line in logs), logs
+    np.testing.assert_array_equal(params_of(tmp_path / "half.npz"), params_of(tmp_path / "full.npz"))
+    assert checkpoint.read_metadata(tmp_path / "half.npz")["train_state"]["blas_threads"] == 1
+    # a new run in this process takes the automatic choice, and records it
+    run(TrainConfig(epochs=1, **THREADED), mnist_dir, tmp_path / "new.npz", log=quiet, on_epoch=on_epoch)
+    assert seen[-1] == 2 and checkpoint.read_metadata(tmp_path / "new.npz")["train_state"]["blas_threads"] == 2
+    # GPUMLP_THREADS wins over the record, and the checkpoint then records the new count
+    monkeypatch.setenv("GPUMLP_THREADS", "2")
+    run(TrainConfig(epochs=5, **THREADED), mnist_dir, log=quiet, resume=tmp_path / "half.npz", on_epoch=on_epoch)
+    assert seen[-1] == 2 and checkpoint.read_metadata(tmp_path / "half.npz")["train_state"]["blas_threads"] == 2
+
+
+def test_a_bad_recorded_blas_thread_count_is_refused(tmp_path):
+    from gpumlp.checkpoint_meta import check_meta
+    from gpumlp.errors import CheckpointError
+
+    for bad in (0, "2", 1.5, True):
+        meta = {"sizes": [784, 10], "activation": "relu", "loss": "ce", "dtype": "float32",
+                "train_state": {"epochs_done": 1, "blas_threads": bad}}  # fmt: skip
+        with pytest.raises(CheckpointError, match=r"metadata train_state\.blas_threads must be a thread count"):
+            check_meta(tmp_path / "x.npz", meta)
+    check_meta(tmp_path / "x.npz", {**meta, "train_state": {"epochs_done": 1, "blas_threads": None}})
