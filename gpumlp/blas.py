@@ -417,6 +417,12 @@ def _initial_threads() -> int | None:
     return _initial[0]
 
 
+def default_threads() -> int | None:
+    """The count numpy's BLAS starts with (OPENBLAS_NUM_THREADS's, else every core): what every CPU
+    run trained with before gpumlp chose, so what resuming such a run's checkpoint keeps."""
+    return _initial_threads()
+
+
 def training_threads(recorded: int | None = None) -> tuple[int, str]:
     """``(count, why)``: the BLAS threads of a CPU run. ``GPUMLP_THREADS`` when set; else
     ``recorded``, the count a resumed run trained with (the same count gives the same bits);

@@ -362,6 +362,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     else:
         model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
         state = TrainState()
+    if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
+        state.blas_threads = blas.default_threads()  # it trained with the BLAS's own count
     state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))

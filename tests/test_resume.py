@@ -215,6 +215,27 @@ def test_a_resumed_run_keeps_its_recorded_blas_thread_count(tmp_path, mnist_dir,
     assert seen[-1] == 2 and checkpoint.read_metadata(tmp_path / "half.npz")["train_state"]["blas_threads"] == 2
 
 
+def test_a_checkpoint_from_before_counts_were_recorded_resumes_with_the_blas_default(tmp_path, mnist_dir, monkeypatch):
+    """Such a run trained with the BLAS's own count (every core, or OPENBLAS_NUM_THREADS): resuming
+    keeps that count, not the automatic choice."""
+    import json
+
+    from gpumlp import blas
+
+    monkeypatch.setenv("GPUMLP_THREADS", str(blas.default_threads()))
+    run(TrainConfig(epochs=1, **THREADED), mnist_dir, tmp_path / "old.json", log=quiet)
+    monkeypatch.delenv("GPUMLP_THREADS")
+    doc = json.loads((tmp_path / "old.json").read_text())
+    del doc["train_state"]["blas_threads"]  # as gpumlp wrote it before
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(blas, "_auto", (blas.default_threads() + 1, "auto: a stand-in that must not be used"))
+    seen = []
+    run(TrainConfig(epochs=2, **THREADED), mnist_dir, log=quiet, resume=tmp_path / "old.json",
+        on_epoch=lambda stats: seen.append(blas.library_threads()))  # fmt: skip
+    assert seen == [blas.default_threads()]
+    assert checkpoint.read_metadata(tmp_path / "old.json")["train_state"]["blas_threads"] == blas.default_threads()
+
+
 def test_a_bad_recorded_blas_thread_count_is_refused(tmp_path):
     from gpumlp.checkpoint_meta import check_meta
     from gpumlp.errors import CheckpointError
