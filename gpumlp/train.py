@@ -74,15 +74,7 @@ class TrainState:
     arrays: dict = field(default_factory=dict)  # "optimizer.NAME", "best_theta", "last_theta"
 
     def to_dict(self) -> dict:
-        keys = (
-            "epochs_done",
-            "rng_state",
-            "best_epoch",
-            "best_score",
-            "stopped_epoch",
-            "weights_epoch",
-            "blas_threads",
-        )
+        keys = "epochs_done rng_state best_epoch best_score stopped_epoch weights_epoch blas_threads".split()
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
