@@ -222,6 +222,7 @@ def machine_info(be: Backend) -> dict:
         from gpumlp import blas as gpumlp_blas
 
         info["training_blas"] = gpumlp_blas.describe()
+        info["training_threads"] = list(gpumlp_blas.training_threads())  # [count, why], as a new run chooses
     if be.is_cuda:
         props = be.xp.cuda.runtime.getDeviceProperties(be.device_id)
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -337,6 +338,11 @@ def format_bench(result: dict) -> str:
         f"numpy {m['numpy']}, BLAS {m['blas']} ({m['blas_config'] or '?'}), threads env {m['threads_env'] or 'unset'}",
         f"device {m['device']}" + (f" ({m['gpu']}, CuPy {m['cupy']})" if "gpu" in m else ""),
         *([f"training calls {m['training_blas']}"] if m.get("training_blas") else []),
+        *(
+            [f"BLAS threads {m['training_threads'][0]} ({m['training_threads'][1]})"]
+            if m.get("training_threads")
+            else []
+        ),
         f"data {result['data']}",
         f"sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s (median of {result['repeats']})",
         f"each row: median of {result['repeats']} timed gpumlp.fit calls (after 1 warm-up) over its first `images` "

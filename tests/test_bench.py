@@ -96,8 +96,11 @@ def check_result(result: dict) -> None:
     assert "tiny" in format_bench(result)
 
 
-def test_runs_on_a_tiny_configuration(mnist_dir):
+def test_runs_on_a_tiny_configuration(mnist_dir, monkeypatch):
+    monkeypatch.setenv("GPUMLP_THREADS", "1")
     result = run_bench("cpu", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=64)
+    assert result["machine"]["training_threads"] == [1, "GPUMLP_THREADS"]
+    assert "\nBLAS threads 1 (GPUMLP_THREADS)\n" in format_bench(result)
     check_result(result)
     assert result["data"] == "MNIST training images"
     assert result["process"] is None
