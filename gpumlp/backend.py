@@ -143,7 +143,7 @@ class Backend:
         """Wait for queued device work; call before reading a clock."""
 
     def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
-        """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.blas``), ``recorded``
+        """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.blas_threads``), ``recorded``
         being a resumed run's; ``(None, "")`` where the device does its own threading."""
         return None, ""
 
@@ -199,14 +199,14 @@ class NumpyBackend(Backend):
         return super().axpby(alpha, x, beta, y)
 
     def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
-        from gpumlp import blas
+        from gpumlp import blas_threads
 
-        return blas.training_threads(recorded)
+        return blas_threads.training_threads(recorded)
 
     def threads(self, n: int | None):
-        from gpumlp import blas
+        from gpumlp import blas_threads
 
-        return blas.threads(n)
+        return blas_threads.threads(n)
 
 
 CPU = NumpyBackend("cpu", np)

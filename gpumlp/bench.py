@@ -222,7 +222,9 @@ def machine_info(be: Backend) -> dict:
         from gpumlp import blas as gpumlp_blas
 
         info["training_blas"] = gpumlp_blas.describe()
-        info["training_threads"] = list(gpumlp_blas.training_threads())  # [count, why], as a new run chooses
+        from gpumlp import blas_threads
+
+        info["training_threads"] = list(blas_threads.training_threads())  # [count, why], as a new run chooses
     if be.is_cuda:
         props = be.xp.cuda.runtime.getDeviceProperties(be.device_id)
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])

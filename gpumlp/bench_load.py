@@ -1,7 +1,7 @@
 """Training speed on a busy machine: the benchmark's rows while N busy processes run beside them.
 
 For each load N (``python scripts/bench.py --background-load 0,1,2``) this starts N processes that
-spin in pure Python, lets gpumlp choose its BLAS threads as a run would (``blas.auto_threads``,
+spin in pure Python, lets gpumlp choose its BLAS threads as a run would (``blas_threads.auto_threads``,
 measured afresh with the load running), and times every row twice in alternation: as chosen, and
 with one BLAS thread (``GPUMLP_THREADS=1``), so both see the same load. Each row then gets its
 images/s, its ratio to the one-thread run, and its slowdown against the first load (N = 0).
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from gpumlp import blas
+from gpumlp import blas_threads
 from gpumlp.bench import bench_data, command_line, prepare_config, run_bench, table
 
 BUSY_LIMIT_S = 1800  # no busy process outlives this, whatever happens to the benchmark
@@ -59,15 +59,15 @@ def background_load(n: int, limit_s: float = BUSY_LIMIT_S, settle_s: float = 0.3
 @contextlib.contextmanager
 def forced_threads(n: int):
     """``GPUMLP_THREADS=n`` inside the block (the user's way to choose), the earlier value after."""
-    before = os.environ.get(blas.THREADS_ENV)
-    os.environ[blas.THREADS_ENV] = str(n)
+    before = os.environ.get(blas_threads.THREADS_ENV)
+    os.environ[blas_threads.THREADS_ENV] = str(n)
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(blas.THREADS_ENV, None)
+            os.environ.pop(blas_threads.THREADS_ENV, None)
         else:
-            os.environ[blas.THREADS_ENV] = before
+            os.environ[blas_threads.THREADS_ENV] = before
 
 
 def run_under_load(loads, configs, repeats: int = 3, data_dir=None, sgemm_n: int = 1024) -> dict:
@@ -77,7 +77,11 @@ def run_under_load(loads, configs, repeats: int = 3, data_dir=None, sgemm_n: int
     levels = []
     for n in loads:
         with background_load(n) as procs:
-            chosen = blas.training_threads(None) if os.environ.get(blas.THREADS_ENV) else blas.auto_threads(True)
+            chosen = (
+                blas_threads.training_threads(None)
+                if os.environ.get(blas_threads.THREADS_ENV)
+                else blas_threads.auto_threads(True)
+            )
             ones = []
 
             def one_thread(cfg, ones=ones):
@@ -104,7 +108,7 @@ def run_under_load(loads, configs, repeats: int = 3, data_dir=None, sgemm_n: int
     return {
         "command": command_line(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cores_usable": len(blas.usable_cpus()),
+        "cores_usable": len(blas_threads.usable_cpus()),
         "repeats": repeats,
         "baseline_load": loads[0],
         "loads": levels,

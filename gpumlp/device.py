@@ -88,7 +88,7 @@ def describe_devices() -> dict:
         "numpy": np.__version__,
         "blas": " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or "unknown",
         "cpu_blas": gpumlp_blas.describe(),  # what CPU training calls: numpy's BLAS or Intel MKL
-        "cpu_threads": _describe_threads(gpumlp_blas),  # how many threads a new CPU run would use
+        "cpu_threads": _describe_threads(),  # how many threads a new CPU run would use
         "cupy": None,
         "gpus": [],
         "reason": None,
@@ -129,6 +129,8 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{v % 1000 // 10}"  # 12040 → "12.4"
 
 
-def _describe_threads(blas) -> str:
-    n, why = blas.training_threads()
-    return f"{n} BLAS thread{'s' if n != 1 else ''} ({why}; {blas.THREADS_ENV}=N to choose)"
+def _describe_threads() -> str:
+    from gpumlp import blas_threads
+
+    n, why = blas_threads.training_threads()
+    return f"{n} BLAS thread{'s' if n != 1 else ''} ({why}; {blas_threads.THREADS_ENV}=N to choose)"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import blas, checkpoint, datasets
+from gpumlp import blas, blas_threads, checkpoint, datasets
 from gpumlp.atomic import deferred_sigint
 from gpumlp.augment import Augmenter
 from gpumlp.backend import on_device
@@ -103,7 +103,7 @@ def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
 def with_blas_threads(f):
     """Run ``fit(model, …, state=…)`` with the run's CPU BLAS threads (``Backend.training_threads``),
     recorded in ``state.blas_threads``: a resumed run keeps its count, because some products round
-    differently with another (``gpumlp.blas``). Afterwards the BLAS has its earlier count again."""
+    differently with another (``gpumlp.blas_threads``). Afterwards the BLAS has its earlier count again."""
 
     @functools.wraps(f)
     def wrapper(model, *args, state=None, **kwargs):
@@ -355,7 +355,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
         state = TrainState()
     if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
-        state.blas_threads = blas.default_threads()  # it trained with the BLAS's own count
+        state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
     state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))

@@ -337,19 +337,19 @@ def test_background_load_starts_and_always_stops_its_busy_processes():
 
 
 def test_run_under_load_on_a_tiny_row(monkeypatch):
-    from gpumlp import blas
+    from gpumlp import blas_threads
     from gpumlp.bench_load import format_under_load, run_under_load
 
-    monkeypatch.setattr(blas, "_auto", None)  # measured afresh per load; the process's choice comes back after
+    monkeypatch.setattr(blas_threads, "_auto", None)  # measured afresh per load; the process's choice comes back after
     monkeypatch.delenv("GPUMLP_THREADS", raising=False)
     seen = []
-    original = blas.training_threads
+    original = blas_threads.training_threads
 
     def spy(recorded=None):
         seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded)[0]))
         return original(recorded)
 
-    monkeypatch.setattr(blas, "training_threads", spy)
+    monkeypatch.setattr(blas_threads, "training_threads", spy)
     result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)
     json.dumps(result)
     assert [level["background"] for level in result["loads"]] == [0, 1]

@@ -187,19 +187,19 @@ def test_a_resumed_run_keeps_its_recorded_blas_thread_count(tmp_path, mnist_dir,
     """The checkpoint records the run's BLAS threads and a resumed run trains with that count, not
     with what its own process would choose, so it still equals the uninterrupted run bit for bit;
     GPUMLP_THREADS overrides the record."""
-    from gpumlp import blas
+    from gpumlp import blas_threads
 
     seen = []  # the BLAS's thread count while each epoch trained
 
     def on_epoch(stats):
-        seen.append(blas.library_threads())
+        seen.append(blas_threads.library_threads())
 
     monkeypatch.setenv("GPUMLP_THREADS", "1")
     run(TrainConfig(epochs=4, **THREADED), mnist_dir, tmp_path / "full.npz", log=quiet)
     run(TrainConfig(epochs=2, **THREADED), mnist_dir, tmp_path / "half.npz", log=quiet, on_epoch=on_epoch)
     assert checkpoint.read_metadata(tmp_path / "half.npz")["train_state"]["blas_threads"] == 1
     monkeypatch.delenv("GPUMLP_THREADS")
-    monkeypatch.setattr(blas, "_auto", (2, "auto: a stand-in for a quiet 2-core machine"))
+    monkeypatch.setattr(blas_threads, "_auto", (2, "auto: a stand-in for a quiet 2-core machine"))
     logs = []
     run(TrainConfig(epochs=4, **THREADED), mnist_dir, log=logs.append, resume=tmp_path / "half.npz", on_epoch=on_epoch)
     assert seen == [1, 1, 1, 1]
@@ -220,20 +220,24 @@ def test_a_checkpoint_from_before_counts_were_recorded_resumes_with_the_blas_def
     keeps that count, not the automatic choice."""
     import json
 
-    from gpumlp import blas
+    from gpumlp import blas_threads
 
-    monkeypatch.setenv("GPUMLP_THREADS", str(blas.default_threads()))
+    monkeypatch.setenv("GPUMLP_THREADS", str(blas_threads.default_threads()))
     run(TrainConfig(epochs=1, **THREADED), mnist_dir, tmp_path / "old.json", log=quiet)
     monkeypatch.delenv("GPUMLP_THREADS")
     doc = json.loads((tmp_path / "old.json").read_text())
     del doc["train_state"]["blas_threads"]  # as gpumlp wrote it before
     (tmp_path / "old.json").write_text(json.dumps(doc))
-    monkeypatch.setattr(blas, "_auto", (blas.default_threads() + 1, "auto: a stand-in that must not be used"))
+    monkeypatch.setattr(
+        blas_threads, "_auto", (blas_threads.default_threads() + 1, "auto: a stand-in that must not be used")
+    )
     seen = []
     run(TrainConfig(epochs=2, **THREADED), mnist_dir, log=quiet, resume=tmp_path / "old.json",
-        on_epoch=lambda stats: seen.append(blas.library_threads()))  # fmt: skip
-    assert seen == [blas.default_threads()]
-    assert checkpoint.read_metadata(tmp_path / "old.json")["train_state"]["blas_threads"] == blas.default_threads()
+        on_epoch=lambda stats: seen.append(blas_threads.library_threads()))  # fmt: skip
+    assert seen == [blas_threads.default_threads()]
+    assert (
+        checkpoint.read_metadata(tmp_path / "old.json")["train_state"]["blas_threads"] == blas_threads.default_threads()
+    )
 
 
 def test_a_bad_recorded_blas_thread_count_is_refused(tmp_path):
