@@ -1,4 +1,4 @@
-"""How many threads the CPU's BLAS uses in a training run, chosen once per run.
+"""How many threads the CPU's BLAS uses in a training run: chosen at its start, kept to its end.
 
 ``training_threads`` decides: ``GPUMLP_THREADS`` when set; else the count a resumed run's
 checkpoint recorded; else ``auto_threads``: the cores this process may use, less those other
@@ -24,7 +24,7 @@ from gpumlp.errors import ConfigError
 THREADS_ENV = "GPUMLP_THREADS"
 MAX_THREADS = 1024
 LOAD_SAMPLE_S = 0.05  # how long auto_threads watches /proc/stat: 5 ticks per core at 100 Hz
-# (library, its function names with "{}" standing for "get" / "set"): numpy ≥ 2.0 wheels, 1.2x wheels, others
+# OpenBLAS's thread-count functions, "{}" standing for get or set: numpy ≥ 2.0 wheels, 1.2x wheels, other builds
 _OPENBLAS_THREADS = ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads")
 _MKL_THREADS = ("MKL_{}_Max_Threads", "MKL_{}_Num_Threads")  # MKL's C API: get, set
 _controls_found: dict[str, list] = {}  # name() → [(get, set)] of each library CPU training calls
