@@ -141,5 +141,11 @@ def format_under_load(result: dict) -> str:
         for r in level["rows"]
     ]  # fmt: skip
     lines += table(head, body)
-    lines += ["", *(f"load {lv['background']}: {lv['threads']} BLAS threads ({lv['why']})" for lv in result["loads"])]
+    lines += [
+        "",
+        *(
+            f"load {lv['background']}: {lv['threads']} BLAS thread{'s' if lv['threads'] != 1 else ''} ({lv['why']})"
+            for lv in result["loads"]
+        ),
+    ]
     return "\n".join(lines)
