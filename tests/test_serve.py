@@ -255,3 +255,20 @@ def test_serve_option_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, 
     args = [] if args == ["--missing"] else args
     code, out, err = run_main(monkeypatch, capsys, "serve", str(checkpoint), *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+
+
+def test_the_server_runs_on_one_blas_thread_and_restores_the_count(monkeypatch):
+    """One image per request: on a busy machine spinning BLAS threads cost 2–3× in latency, so the
+    server holds one thread while it runs and gives the process its count back afterwards."""
+    import uvicorn
+
+    from gpumlp import blas_threads
+
+    before = blas_threads.library_threads()
+    if before is None:
+        pytest.skip("numpy's BLAS thread count is out of reach here")
+    seen = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.append(blas_threads.library_threads()))
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+    serve.serve(shipped, port=0, on_ready=lambda message: None)
+    assert seen == [1] and blas_threads.library_threads() == before
