@@ -134,3 +134,22 @@ def _describe_threads() -> str:
 
     n, why = blas_threads.training_threads()
     return f"{n} BLAS thread{'s' if n != 1 else ''} ({why}; {blas_threads.THREADS_ENV}=N to choose)"
+
+
+def format_devices(d: dict) -> str:
+    """``describe_devices``' dict as the aligned text ``gpumlp devices`` prints."""
+    cupy = d["cupy"]
+    lines = [
+        f"numpy          {d['numpy']} ({d['blas']})",
+        f"cpu training   {d['cpu_blas']}",
+        f"cpu threads    {d['cpu_threads']}",
+        f"cupy           {cupy['version']} (CUDA {cupy.get('cuda_runtime', '?')})"
+        if cupy
+        else "cupy           not installed",
+    ]
+    lines += [f"{g['device']:<15}{g['name']}, {g['memory_gib']} GiB, compute capability {g['compute_capability']}"
+              for g in d["gpus"]]  # fmt: skip
+    if not d["gpus"]:
+        lines.append(f"gpus           none usable: {d['reason']}")
+    why = f" ({d['reason']})" if d["gpus"] and d["auto"] == "cpu" else ""  # a GPU that failed the probe
+    return "\n".join([*lines, f"--device auto  {d['auto']}{why}"])
