@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from test_cli import run_main
-from test_data import refused_url, serve, server  # noqa: F401  (fixtures)
+from test_data import _isolated_env, refused_url, serve, server  # noqa: F401  (fixtures; the first autouse)
 
 from gpumlp import checkpoint, data, datasets
 from gpumlp.bench import bench_data
@@ -31,17 +31,6 @@ from gpumlp.errors import CheckpointError, ConfigError, DataError
 from gpumlp.model import MLP
 
 N_TRAIN, N_TEST = 60, 20  # the generated dataset: enough for --train-size 40 --val-size 10 --test-size 20
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """No test sees the user's cache, data folder or proxies."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("GPUMLP_DATA_DIR", raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
 
 
 def idx(array: np.ndarray) -> bytes:
