@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gpumlp.backend import on_device
+from gpumlp.model import check_labels
 
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
 
@@ -34,8 +35,6 @@ def outputs(model, X, y=None) -> Iterator[tuple]:
 def evaluate(model, X, y) -> float:
     """Accuracy in [0, 1] of ``model`` on images X (n, 784) and labels y (n,), host or device
     (labels checked first: one more read of two numbers on a device)."""
-    from gpumlp.model import check_labels
-
     return evaluate_loss(model, X, check_labels(model.be, y, len(X)))[1]
 
 
