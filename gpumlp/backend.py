@@ -15,6 +15,8 @@ from types import ModuleType
 
 import numpy as np
 
+from gpumlp.scalars import const
+
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 # Vectors shorter than this are updated with numpy's operators rather than one BLAS call: below
 # it the two take about as long (5–20 µs), and in a batch-10 training loop BLAS's call was slower.
@@ -227,22 +229,3 @@ def on_device(f):
 def _overlap(out, A, B) -> bool:
     """Whether ``out`` may share memory with A or B: gemm would overwrite C while still reading them."""
     return np.may_share_memory(out, A) or np.may_share_memory(out, B)
-
-
-def const(xp, dtype, value):
-    """``value`` for an operation on ``dtype`` arrays of ``xp``: on numpy a 0-d array, made once.
-
-    The hot loop writes ``xp.multiply(Z, const(xp, Z.dtype, 0.5), out=Z)`` where ``Z *= 0.5``
-    would read better: numpy converts a Python number on every operation and dispatches the
-    operator, ~1 µs together, against ~0.6 µs for the whole multiply of a (10, 16) array; a
-    batch-10 step has about twenty such operations. CuPy takes Python numbers as kernel arguments
-    at no cost (and a 0-d array would live on one GPU only), so every other backend gets ``value``.
-    """
-    return _numpy_const(dtype, value) if xp is np else value  # dtype: an array's .dtype
-
-
-@functools.lru_cache(maxsize=512)  # a few per dtype, and one per learning rate and last-batch size
-def _numpy_const(dtype: np.dtype, value: float) -> np.ndarray:
-    c = np.zeros((), dtype=dtype)
-    c[...] = value  # stays a 0-d array (arithmetic on one would give a numpy scalar, slower again)
-    return c

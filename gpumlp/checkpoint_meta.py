@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import interop
+from gpumlp.activations import ACTIVATIONS
 from gpumlp.datasets import DATASETS
 from gpumlp.errors import CheckpointError
-from gpumlp.model import ACTIVATIONS, DTYPES, INITS, LOSSES
+from gpumlp.model import DTYPES, INITS, LOSSES
 
 
 def _number(v) -> bool:

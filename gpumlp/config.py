@@ -8,7 +8,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpumlp import datasets
+from gpumlp import activations, datasets
 from gpumlp.errors import ConfigError
 
 # numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
@@ -34,7 +34,7 @@ class TrainConfig:
         (784, 16, 16, 10), "Layer sizes, 784 inputs first and 10 classes last, e.g. 784,100,10 or '784 100 10'.",
         name="layers", cli_type=str, cli_default="784,16,16,10",
     )  # fmt: skip
-    activation: str = option("sigmoid", "Hidden activation: sigmoid, relu or tanh.")
+    activation: str = option("sigmoid", f"Hidden activation: {activations.CHOICES} (gpumlp/activations.py).")
     loss: str = option("mse", "mse (sigmoid outputs, ½‖a−y‖²) or ce (softmax, cross-entropy).")
     init: str | None = option(
         None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu."
@@ -213,9 +213,7 @@ def _effective(key: str, config: dict):
     """The value of ``key`` a run with ``config`` uses: normalised (``"784,10"`` → [784, 10]), and
     for ``init`` the activation's default in place of None."""
     if key == "init" and config.get("init") is None:
-        from gpumlp.model import ACTIVATIONS
-
-        act = ACTIVATIONS.get(config.get("activation", TrainConfig.activation))
+        act = activations.ACTIVATIONS.get(config.get("activation", TrainConfig.activation))
         return act.default_init if act is not None else None
     return TrainConfig(**config).to_dict()[key]
 

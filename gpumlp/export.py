@@ -5,7 +5,7 @@ The graph takes what a user has, raw pixels, and gives what ``gpumlp predict`` r
     pixels         (batch, 784) float32, 0–255, row-major 28×28, bright ink on black (as MNIST)
     X = pixels / input_divisor        Div: the network's input scaling (255; 256 for Rust/Nielsen)
     Z{l+1} = Gemm(A{l}, W{l}, b{l})   each layer, W{l} (n_in, n_out) as gpumlp stores it
-    A{l+1} = Sigmoid | Relu | Tanh    hidden layers
+    A{l+1} = Sigmoid | Relu | Tanh …  hidden layers: the activation record's ONNX operator
     probabilities  (batch, 10)        ce: Softmax(Z_L); mse: Sigmoid(Z_L) / ReduceSum(Sigmoid(Z_L))
 
 An mse network's outputs are ten independent sigmoids; ``gpumlp predict`` divides them by their
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.activations import ACTIVATIONS
 from gpumlp.errors import ExportError
 
 OPSET = 17  # Softmax(axis=-1) and ReduceSum with axes as an input: opset 13 and later
@@ -29,7 +30,6 @@ IR_VERSION = 8  # the IR that goes with opset 17; newer onnx writes a newer IR b
 INPUT, OUTPUT = "pixels", "probabilities"
 MAX_PROTO_BYTES = 2_000_000_000  # protobuf cannot serialise a message of 2 GiB or more
 ONNX_HINT = "exporting to ONNX needs the onnx package: pip install 'gpumlp[onnx]'"
-HIDDEN_OPS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh"}
 
 
 def _onnx():
@@ -56,7 +56,8 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
     ``meta``: the checkpoint's metadata; its test accuracy and origin go into the model's metadata.
     """
     onnx, checker, helper, numpy_helper = _onnx()
-    if model.activation not in HIDDEN_OPS or model.loss not in ("mse", "ce"):
+    act = ACTIVATIONS.get(model.activation)
+    if act is None or act.onnx is None or model.loss not in ("mse", "ce"):
         raise ExportError(f"{model.activation} hidden units with {model.loss} output have no ONNX export")
     meta = meta or {}
     nbytes = 4 * model.n_params
@@ -76,7 +77,7 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
         nodes.append(helper.make_node("Gemm", [A, f"W{l}", f"b{l}"], [f"Z{l + 1}"], name=f"layer{l}"))
         A = f"A{l + 1}"
         if l < model.n_layers - 1:
-            nodes.append(helper.make_node(HIDDEN_OPS[model.activation], [f"Z{l + 1}"], [A], name=f"act{l}"))
+            nodes.append(helper.make_node(act.onnx, [f"Z{l + 1}"], [A], name=f"act{l}"))
     Z = f"Z{model.n_layers}"
     if model.loss == "ce":
         nodes.append(helper.make_node("Softmax", [Z], [OUTPUT], axis=-1, name="softmax"))

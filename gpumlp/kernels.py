@@ -9,7 +9,7 @@ every body with ``nvcc`` where one exists, and compare each kernel with its refe
 A kernel is ``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``: one thread per
 element (``i`` is its index), inputs read, outputs read and written. ``T`` is the array dtype.
 Activation bodies are filled in from ``Activation.cuda_f`` (of the pre-activation ``x``) and
-``Activation.cuda_grad`` (of the output ``a``) in ``gpumlp.model``.
+``Activation.cuda_grad`` (of the output ``a``) in ``gpumlp.activations``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The multilayer perceptron: parameters, activations, losses, and forward/backward for a mini-batch.
+"""The multilayer perceptron: parameters, losses, and forward/backward for a mini-batch.
 
 Notation (one mini-batch of n images, layers l = 0 … L-1):
 
     A0 = X                                  # (n, 784)   pixels in [0, 1]
     Z{l+1} = A{l} @ W{l} + b{l}             # (n, n_out) W{l}: (n_in, n_out), b{l}: (n_out,)
-    A{l+1} = f(Z{l+1})                      # hidden layers: sigmoid, relu or tanh
+    A{l+1} = f(Z{l+1})                      # hidden layers: an activation of gpumlp.activations
     A{L}   = sigmoid(Z{L}) for mse, softmax(Z{L}) for ce
 
 The loss is the *mean* over the batch, and every gradient is of that mean. Backward walks the
@@ -24,73 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpumlp.backend import Backend, const
+from gpumlp.activations import ACTIVATIONS, sigmoid, sigmoid_grad
+from gpumlp.backend import Backend
 from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 
 N_INPUTS, N_CLASSES = 784, 10
 DTYPES = {"float32": np.float32, "float64": np.float64}
 INITS = ("normal", "lecun", "he", "xavier")
-
-
-# ---------------------------------------------------------------- activations
-# Each derivative is written in terms of the activation's *output* A = f(Z), which the forward
-# pass keeps anyway, so backward needs no stored Z.
-
-
-def sigmoid(xp, Z):
-    # 1 / (1 + e^-z) written as ½ tanh(z/2) + ½: the same function, with no overflow for any z.
-    half = const(xp, Z.dtype, 0.5)
-    T = xp.multiply(Z, half)  # z/2, a new array: the caller keeps Z
-    xp.tanh(T, out=T)
-    xp.multiply(T, half, out=T)
-    return xp.add(T, half, out=T)  # ½ tanh(z/2) + ½
-
-
-def sigmoid_(xp, Z):
-    # The same, overwriting Z: for a hidden layer, whose Z is a temporary nobody else sees.
-    half = const(xp, Z.dtype, 0.5)
-    xp.multiply(Z, half, out=Z)
-    xp.tanh(Z, out=Z)
-    xp.multiply(Z, half, out=Z)
-    return xp.add(Z, half, out=Z)
-
-
-def sigmoid_grad(xp, A):
-    G = xp.subtract(const(xp, A.dtype, 1), A)  # 1 − σ(z)
-    return xp.multiply(G, A, out=G)  # σ'(z) = σ(z) (1 − σ(z))
-
-
-def relu(xp, Z):
-    return xp.maximum(Z, const(xp, Z.dtype, 0), out=Z)  # in place on the temporary Z, which the caller never sees
-
-
-def relu_grad(xp, A):
-    return xp.greater(A, const(xp, A.dtype, 0))  # 1 where z > 0, 0 elsewhere (0 at z = 0): a boolean mask
-
-
-def tanh(xp, Z):
-    return xp.tanh(Z, out=Z)  # in place on the temporary Z
-
-
-def tanh_grad(xp, A):
-    return 1 - A * A  # tanh'(z) = 1 - tanh(z)^2
-
-
-@dataclass(frozen=True)
-class Activation:
-    f: Callable  # (xp, Z) -> A; may overwrite Z, a temporary of the forward pass
-    grad: Callable  # (xp, A) -> f'(Z), from the output A = f(Z)
-    default_init: str
-    cuda_f: str  # f as a CUDA C expression of x (type T), for the fused kernels (gpumlp.kernels)
-    cuda_grad: str  # f' as a CUDA C expression of the output a
-
-
-ACTIVATIONS = {
-    "sigmoid": Activation(sigmoid_, sigmoid_grad, "xavier", "T(0.5) * tanh(T(0.5) * x) + T(0.5)", "a * (T(1) - a)"),
-    "relu": Activation(relu, relu_grad, "he", "x > T(0) ? x : T(0)", "a > T(0) ? T(1) : T(0)"),
-    "tanh": Activation(tanh, tanh_grad, "xavier", "tanh(x)", "T(1) - a * a"),
-}
 
 
 # ---------------------------------------------------------------- output layer and loss

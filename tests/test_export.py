@@ -12,6 +12,7 @@ from test_cli import run_main
 
 import gpumlp
 from gpumlp import cli, export
+from gpumlp.activations import ACTIVATIONS
 from gpumlp.model import MLP
 from gpumlp.predict import predict_images
 from gpumlp.train import fit
@@ -74,7 +75,7 @@ def cli_export(checkpoint, target) -> str:
     return result.output
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_every_activation_and_loss_agrees_on_all_test_images(tmp_path, mnist, test_set, activation, loss):
     """A small network of each kind, trained briefly (so its outputs are spread like a real one's)."""

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from gpumlp import kernels
+from gpumlp.activations import ACTIVATIONS
 from gpumlp.backend import CPU, NumpyBackend
 from gpumlp.cuda import CupyBackend
-from gpumlp.model import ACTIVATIONS, LOSSES, MLP
+from gpumlp.model import LOSSES, MLP
 from gpumlp.train import fit
 
 NVCC = shutil.which("nvcc")

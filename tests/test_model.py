@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpumlp.activations import ACTIVATIONS, relu_grad, sigmoid
 from gpumlp.checkpoint import load
 from gpumlp.errors import ConfigError
-from gpumlp.model import ACTIVATIONS, LOSSES, MLP, flatten, parse_sizes, relu_grad, sigmoid, softmax
+from gpumlp.model import LOSSES, MLP, flatten, parse_sizes, softmax
 
 SMALL = (784, 6, 5, 10)
 
