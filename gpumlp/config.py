@@ -8,11 +8,12 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpumlp import activations, datasets
+from gpumlp import activations, datasets, optim
 from gpumlp.errors import ConfigError
 
 # numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
-# builds the train command's options from TrainConfig and should not wait for numpy.
+# builds the train command's options from TrainConfig and should not wait for numpy (datasets,
+# activations and optim, read here for names, defaults and help texts, do not import it).
 
 
 def option(default, help: str, panel: str | None = None, **cli):
@@ -24,6 +25,11 @@ def option(default, help: str, panel: str | None = None, **cli):
 
 
 RECIPE_PANEL, AUGMENT_PANEL = "Recipe", "Augmentation"
+
+
+def hyper_option(name: str):
+    """The field of an update rule's hyper-parameter: default and help from the rule (gpumlp/optim.py)."""
+    return option(optim.HYPERPARAMS[name].default, optim.HYPERPARAMS[name].help, RECIPE_PANEL)
 
 
 @dataclass
@@ -50,11 +56,12 @@ class TrainConfig:
     dtype: str = option("float32", "float32 or float64.")
     device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))
     # -- the update rule
-    optimizer: str = option("sgd", "sgd, momentum, nesterov or adam.", RECIPE_PANEL)
-    momentum: float = option(0.9, "μ of momentum and nesterov.", RECIPE_PANEL)
-    beta1: float = option(0.9, "Adam's β₁ (decay of the first moment).", RECIPE_PANEL)
-    beta2: float = option(0.999, "Adam's β₂ (decay of the second moment).", RECIPE_PANEL)
-    eps: float = option(1e-8, "Adam's ε.", RECIPE_PANEL)
+    optimizer: str = option("sgd", f"Update rule: {', '.join(optim.OPTIMIZERS)} (gpumlp/optim.py).", RECIPE_PANEL)
+    # its hyper-parameters (one field per name in optim.HYPERPARAMS; each rule takes its own)
+    momentum: float = hyper_option("momentum")
+    beta1: float = hyper_option("beta1")
+    beta2: float = hyper_option("beta2")
+    eps: float = hyper_option("eps")
     # -- regularisation
     weight_decay: float = option(0.0, "L2 penalty λ: the loss gains ½λΣ‖W‖² (weights only).", RECIPE_PANEL)
     dropout: float = option(0.0, "Probability of dropping each hidden unit while training.", RECIPE_PANEL)
@@ -125,21 +132,16 @@ class TrainConfig:
 
     def _check_recipe(self):
         from gpumlp.augment import parse_kinds
-        from gpumlp.optim import OPTIMIZERS, SCHEDULES
 
-        for name, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("monitor", MONITORS)):
+        for name, options in (("optimizer", optim.RULES), ("schedule", optim.SCHEDULES), ("monitor", MONITORS)):
             if getattr(self, name) not in options:
                 raise ConfigError(f"unknown --{name} {getattr(self, name)!r}: choose one of {', '.join(options)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), e.g. 0.5 (got {self.dropout})")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"--momentum must be in [0, 1), e.g. 0.9 (got {self.momentum})")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be in [0, 1) (got {getattr(self, name)})")
-        for name in ("eps", "gamma"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name} must be positive (got {getattr(self, name)})")
+        for name, hyper in optim.HYPERPARAMS.items():
+            hyper.check(name, getattr(self, name))
+        if not self.gamma > 0:
+            raise ConfigError(f"--gamma must be positive (got {self.gamma})")
         for name in ("weight_decay", "max_norm", "warmup", "patience"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")

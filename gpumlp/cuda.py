@@ -86,17 +86,11 @@ class CupyBackend(Backend):
     def optimizer_step(self, opt, lr: float) -> None:
         """The weight decay and the rule of ``opt`` in one kernel per span of θ (one span unless
         SGD steps some weight matrices inside backward)."""
-        k, h = self._kernel(kernels.OPTIMIZERS[opt.name]), opt.hyper
+        k, scalars = self._kernel(opt.cuda), opt.kernel_scalars(lr)
+        # A rule with state buffers is never fused (only SGD is), so its one span is all of θ.
+        buffers = [opt.state_buffers[name] for name in opt.buffers]
         for theta, grad, wd in opt.decay_spans():
-            if opt.name == "sgd":
-                k(grad, wd, lr, theta)
-            elif opt.name in ("momentum", "nesterov"):
-                k(grad, wd, lr, h["momentum"], theta, opt.state_buffers["velocity"])
-            else:  # adam: the bias corrections folded into two host numbers, as in optim.Adam
-                c2 = math.sqrt(1 - h["beta2"] ** opt.t)
-                step = lr * c2 / (1 - h["beta1"] ** opt.t)
-                m, v = opt.state_buffers["m"], opt.state_buffers["v"]
-                k(grad, wd, h["beta1"], h["beta2"], h["eps"] * c2, step, theta, m, v)
+            k(grad, wd, *scalars, theta, *buffers)
 
     def augment_draw(self, aug, b: int, coords: tuple):
         from gpumlp.augment import SIDE, Warp

@@ -63,30 +63,8 @@ LOSS_CE = (
 # y ← α·x + β·y: Backend.axpby.
 AXPBY = ("T x, T alpha, T beta", "T y", "y = beta * y + alpha * x;")
 
-# The optimisers. ``wd`` is λ on the weight matrices' entries and 0 on the biases (a vector shaped
-# like θ), or the number 0 without weight decay: g + wd·θ is the gradient with ½λ‖W‖² added.
-SGD = ("T g, T wd, T lr", "T p", "p = p - lr * (g + wd * p);")
-MOMENTUM = (
-    "T g, T wd, T lr, T mu",
-    "T p, T v",
-    "v = mu * v + (g + wd * p); p = p - lr * v;",
-)
-NESTEROV = (
-    "T g, T wd, T lr, T mu",
-    "T p, T v",
-    "const T ge = g + wd * p; v = mu * v + ge; p = p - lr * (ge + mu * v);",
-)
-# step = η √(1−β₂ᵗ)/(1−β₁ᵗ) and eps_c = ε √(1−β₂ᵗ): the bias corrections folded in on the host.
-ADAM = (
-    "T g, T wd, T b1, T b2, T eps_c, T step",
-    "T p, T m, T v",
-    """
-    const T ge = g + wd * p;
-    m = b1 * m + (T(1) - b1) * ge;
-    v = b2 * v + (T(1) - b2) * (ge * ge);
-    p = p - step * (m / (sqrt(v) + eps_c));
-    """,
-)
+# The optimisers' fused kernels live with their readable rules, as each class's ``cuda`` in
+# gpumlp/optim.py: adding a rule is one class there.
 
 # Dropout's multiplier from gpumlp.rng's counter-based bits: h(base + k) with h lowbias32 (unsigned
 # arithmetic wraps modulo 2³², as numpy's uint32 does), kept where ≥ threshold.
@@ -194,7 +172,6 @@ WARP = (
     """,
 )
 
-OPTIMIZERS = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
 LOSSES = {"mse": LOSS_MSE, "ce": LOSS_CE}
 
 # One tiny kernel compiled (NVRTC) and launched when a CUDA device is chosen: y = 2x + 1.

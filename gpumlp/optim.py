@@ -12,13 +12,14 @@ biases), so each dW gains λ·W before the update rule sees it.
 from __future__ import annotations
 
 import math
-
-import numpy as np
+import numbers
+from dataclasses import dataclass
 
 from gpumlp.errors import ConfigError
-from gpumlp.model import flat_size, param_layout, unpack_into
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+# numpy and gpumlp.model are imported on first use: gpumlp/config.py reads the hyper-parameters
+# below to build `gpumlp train`'s options, and `gpumlp --help` should not wait for numpy.
+
 SCHEDULES = ("constant", "step", "cosine")
 # A weight matrix with at least this many entries has SGD's step folded into backward's product
 # (``fused_update``). Below it the extra BLAS call costs more than the passes it saves: on the
@@ -27,20 +28,53 @@ SCHEDULES = ("constant", "step", "cosine")
 FUSE_MIN_WEIGHTS = 1 << 16
 
 
+@dataclass(frozen=True)
+class Hyper:
+    """A hyper-parameter of an update rule: its default, its help text (``gpumlp train``'s option
+    of the same name is built from both, in gpumlp/config.py) and the range it must lie in."""
+
+    default: float
+    help: str
+    below_one: bool = False  # True: in [0, 1), a decay rate; False: positive
+
+    def check(self, name: str, value: float) -> float:
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not (number and (0 <= value < 1 if self.below_one else value > 0)):
+            need = "in [0, 1)" if self.below_one else "positive"
+            raise ConfigError(f"--{name} must be {need}, e.g. {self.default:g} (got {value!r})")
+        return float(value)
+
+
+MOMENTUM = {"momentum": Hyper(0.9, "μ of momentum and nesterov.", below_one=True)}
+
+
 class Optimizer:
-    """The common part: weight decay, the step counter and the state buffers."""
+    """The common part: weight decay, the step counter and the state buffers.
+
+    A rule is a subclass: its ``name`` (``--optimizer``), its ``hyperparams`` with their defaults,
+    its state ``buffers``, the readable update ``_update`` and the same math as one fused CUDA
+    kernel, ``cuda`` (``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``, see
+    ``gpumlp.kernels``; ``g, wd`` and the ``kernel_scalars`` in, ``p`` and the buffers out)."""
 
     name = "sgd"
+    hyperparams: dict[str, Hyper] = {}  # the rule's hyper-parameters beyond the learning rate
     buffers: tuple[str, ...] = ()  # names of the state buffers, each shaped like theta
     fusable = False  # whether the step of a weight matrix can be one product in backward (SGD)
     scratch = False  # whether the rule needs a scratch buffer shaped like theta (Adam)
+    cuda: tuple[str, str, str]
 
     def __init__(self, model, weight_decay: float = 0.0, fuse: bool = False, **hyper):
+        """``model``: anything with the public buffers of ``gpumlp.model.MLP``: ``be``, the flat
+        ``theta`` and ``grad``, ``sizes`` and the views ``params``/``grads`` (``W0``/``dW0``, …).
+        ``hyper``: values for ``hyperparams`` (the rest keep their defaults; others are ignored,
+        so a caller can pass every rule's)."""
         self.be, self.xp = model.be, model.be.xp
         self.theta, self.grad = model.theta, model.grad  # (n_params,) device, updated in place
-        self._W, self._dW = model._W, model._dW  # views of theta and grad: the weight matrices
+        # views of theta and grad: the weight matrices W{l} (n_in, n_out) and their gradients
+        self._W = [W for k, W in model.params.items() if k.startswith("W")]
+        self._dW = [model.grads[f"d{k}"] for k in model.params if k.startswith("W")]
         self.weight_decay = float(weight_decay)
-        self.hyper = {k: float(v) for k, v in hyper.items()}
+        self.hyper = {k: h.check(k, hyper.get(k, h.default)) for k, h in self.hyperparams.items()}
         self.t = 0  # steps taken
         self.state_buffers = {name: self.xp.zeros_like(self.theta) for name in self.buffers}
         self._tmp = self.xp.zeros_like(self.theta) if self.scratch else None  # no per-step allocation
@@ -48,7 +82,7 @@ class Optimizer:
         # ``step`` updates the rest: ``_rest`` holds the (theta, grad) spans between them.
         big = [l for l, W in enumerate(self._W) if W.size >= FUSE_MIN_WEIGHTS]
         self.fused = tuple(big) if fuse and self.fusable else ()
-        self.sizes = getattr(model, "sizes", None)  # for the layout of θ (decay_spans); tests may pass bare buffers
+        self.sizes = getattr(model, "sizes", None)  # for the layout of θ; tests may pass bare buffers
         self._rest = _spans(model, self.fused)
         self._decay = None  # decay_spans' λ vector, made on first use
 
@@ -61,7 +95,7 @@ class Optimizer:
     def step(self, lr: float) -> None:
         """One update of ``theta`` from ``grad`` with learning rate ``lr``; on the device, no sync.
         ``grad`` is consumed: the update may use it as scratch. The backend runs ``reference_step``,
-        or on CUDA the same math as one fused kernel (``gpumlp.kernels.OPTIMIZERS``)."""
+        or on CUDA the same math as one fused kernel (the class's ``cuda``)."""
         self.t += 1
         self.be.optimizer_step(self, float(lr))
 
@@ -80,16 +114,21 @@ class Optimizer:
         if not self.weight_decay:
             return [(theta, grad, 0.0) for theta, grad in self._rest]
         if self._decay is None:
-            host = np.zeros(self.theta.size, dtype=self.theta.dtype)
+            from gpumlp.model import param_layout
+
+            decay = self.xp.zeros_like(self.theta)  # (flat_size,) on the device, made once
             for k, (offset, shape) in param_layout(self.sizes).items():
                 if k.startswith("W"):
-                    host[offset : offset + shape[0] * shape[1]] = self.weight_decay
-            decay = self.be.asarray(host)  # (flat_size,) host → device, once
+                    decay[offset : offset + shape[0] * shape[1]] = self.weight_decay
             self._decay = [decay[i:j] for i, j in _span_bounds(self.sizes, self.fused)]
         return [(theta, grad, wd) for (theta, grad), wd in zip(self._rest, self._decay)]
 
     def _update(self, lr: float) -> None:
         raise NotImplementedError  # each rule below
+
+    def kernel_scalars(self, lr: float) -> tuple:
+        """The numbers ``cuda`` takes after ``g, wd``, in its order (for this step)."""
+        return (lr,)
 
     def state(self) -> tuple[dict, dict]:
         """``(JSON-ready description, {name: device buffer})``, for a checkpoint."""
@@ -109,6 +148,8 @@ class Optimizer:
                 f"the checkpoint lacks the {self.name} optimiser's state {sorted(missing)}, so its run cannot "
                 "continue exactly; start a new run (the network itself loads and tests as it is)"
             )
+        from gpumlp.model import unpack_into
+
         self.t = int(meta.get("t", 0))
         for name in self.buffers:
             unpack_into(self.be, self.state_buffers[name], arrays[name], self.sizes)  # (n_params,) → flat
@@ -124,6 +165,9 @@ class SGD(Optimizer):
 
     name = "sgd"
     fusable = True
+    # ``wd`` is λ on the weight matrices' entries and 0 on the biases (a vector shaped like θ), or
+    # the number 0 without weight decay: g + wd·θ is the gradient with ½λ‖W‖² added.
+    cuda = ("T g, T wd, T lr", "T p", "p = p - lr * (g + wd * p);")
 
     def fused_update(self, lr: float) -> dict:
         return {l: (-lr, 1 - lr * self.weight_decay) for l in self.fused}
@@ -138,7 +182,12 @@ class Momentum(Optimizer):
     """Heavy-ball momentum (PyTorch's form): v ← μ v + g;  θ ← θ − η v."""
 
     name = "momentum"
+    hyperparams = MOMENTUM
     buffers = ("velocity",)
+    cuda = ("T g, T wd, T lr, T mu", "T p, T v", "v = mu * v + (g + wd * p); p = p - lr * v;")
+
+    def kernel_scalars(self, lr: float) -> tuple:
+        return lr, self.hyper["momentum"]
 
     def _update(self, lr: float) -> None:
         v = self.state_buffers["velocity"]
@@ -150,6 +199,11 @@ class Nesterov(Momentum):
     """Nesterov momentum (Sutskever et al. 2013, PyTorch's form): v ← μ v + g;  θ ← θ − η (g + μ v)."""
 
     name = "nesterov"
+    cuda = (
+        "T g, T wd, T lr, T mu",
+        "T p, T v",
+        "const T ge = g + wd * p; v = mu * v + ge; p = p - lr * (ge + mu * v);",
+    )
 
     def _update(self, lr: float) -> None:
         v, mu, g, axpby = self.state_buffers["velocity"], self.hyper["momentum"], self.grad, self.be.axpby
@@ -163,8 +217,29 @@ class Adam(Optimizer):
     θ ← θ − η m̂ / (√v̂ + ε)  with the bias corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)."""
 
     name = "adam"
+    hyperparams = {
+        "beta1": Hyper(0.9, "Adam's β₁ (decay of the first moment).", below_one=True),
+        "beta2": Hyper(0.999, "Adam's β₂ (decay of the second moment).", below_one=True),
+        "eps": Hyper(1e-8, "Adam's ε."),
+    }
     buffers = ("m", "v")
     scratch = True
+    # step = η √(1−β₂ᵗ)/(1−β₁ᵗ) and eps_c = ε √(1−β₂ᵗ): the bias corrections folded in on the host.
+    cuda = (
+        "T g, T wd, T b1, T b2, T eps_c, T step",
+        "T p, T m, T v",
+        """
+        const T ge = g + wd * p;
+        m = b1 * m + (T(1) - b1) * ge;
+        v = b2 * v + (T(1) - b2) * (ge * ge);
+        p = p - step * (m / (sqrt(v) + eps_c));
+        """,
+    )
+
+    def kernel_scalars(self, lr: float) -> tuple:
+        b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["eps"]
+        c2 = math.sqrt(1 - b2**self.t)  # as in _update
+        return b1, b2, eps * c2, lr * c2 / (1 - b1**self.t)
 
     def _update(self, lr: float) -> None:
         b1, b2, eps = self.hyper["beta1"], self.hyper["beta2"], self.hyper["eps"]
@@ -182,23 +257,22 @@ class Adam(Optimizer):
         axpby(-lr * c2 / (1 - b1**self.t), tmp, 1.0, self.theta)
 
 
-_CLASSES = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}
+RULES: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, Nesterov, Adam)}
+OPTIMIZERS = tuple(RULES)
+# Every rule's hyper-parameters by name; rules that share a name share its record (momentum).
+HYPERPARAMS: dict[str, Hyper] = {k: h for cls in RULES.values() for k, h in cls.hyperparams.items()}
 
 
-def make_optimizer(
-    name: str, model, *, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, fuse=False
-) -> Optimizer:
-    """The optimiser ``name`` for ``model``'s flat parameter and gradient buffers. ``fuse``: let
-    backward take the step of big weight matrices where the rule allows (see ``SGD``)."""
-    if name not in _CLASSES:
-        raise ConfigError(f"unknown --optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    hyper = {
-        "sgd": {},
-        "momentum": {"momentum": momentum},
-        "nesterov": {"momentum": momentum},
-        "adam": {"beta1": beta1, "beta2": beta2, "eps": eps},
-    }[name]
-    return _CLASSES[name](model, weight_decay=weight_decay, fuse=fuse, **hyper)
+def make_optimizer(name: str, model, *, weight_decay=0.0, fuse=False, **hyper) -> Optimizer:
+    """The optimiser ``name`` for ``model``'s flat parameter and gradient buffers. ``hyper``: any
+    rule's hyper-parameters (``HYPERPARAMS``); the rule takes its own. ``fuse``: let backward take
+    the step of big weight matrices where the rule allows (see ``SGD``)."""
+    if name not in RULES:
+        raise ConfigError(f"unknown --optimizer {name!r}: choose one of {', '.join(RULES)}")
+    unknown = set(hyper) - set(HYPERPARAMS)
+    if unknown:
+        raise ConfigError(f"no update rule has the hyper-parameter(s) {sorted(unknown)}: {', '.join(HYPERPARAMS)}")
+    return RULES[name](model, weight_decay=weight_decay, fuse=fuse, **hyper)
 
 
 def _spans(model, skip: tuple[int, ...]) -> list[tuple]:
@@ -212,6 +286,8 @@ def _spans(model, skip: tuple[int, ...]) -> list[tuple]:
 def _span_bounds(sizes, skip: tuple[int, ...]) -> list[tuple[int, int]]:
     """``[(i, j), …]`` covering the flat vector (``model.param_layout``) except the weight matrices
     of the layers in ``skip``; the zero gaps between parameters ride along."""
+    from gpumlp.model import flat_size, param_layout
+
     bounds, start = [], 0
     for k, (offset, shape) in param_layout(sizes).items():
         if k.startswith("W") and int(k[1:]) in skip:
@@ -225,8 +301,9 @@ def _span_bounds(sizes, skip: tuple[int, ...]) -> list[tuple[int, int]]:
 def apply_max_norm(model, max_norm: float) -> None:
     """Rescale each unit's incoming weight vector (a column of W, (n_in,)) to norm ≤ ``max_norm``
     (Srebro & Shraibman 2005; with dropout, Srivastava et al. 2014). On the device, no sync."""
-    for W in model._W:
-        model.be.max_norm_(W, max_norm)
+    for k, W in model.params.items():
+        if k.startswith("W"):
+            model.be.max_norm_(W, max_norm)
 
 
 def lr_at(epoch: int, *, lr: float, epochs: int, schedule: str, warmup: int, step_size: int, gamma: float) -> float:

@@ -35,7 +35,7 @@ from gpumlp.data import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
 from gpumlp.model import DTYPES, MLP, check_labels, pack
-from gpumlp.optim import Optimizer, apply_max_norm, lr_at, make_optimizer
+from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.rng import DeviceRNG
 from gpumlp.runfiles import RunFiles, TrainingInterrupted, metrics_path  # noqa: F401  (re-exported for callers)
 from gpumlp.stopping import EarlyStopping, Rollback, TrainingDiverged
@@ -179,8 +179,8 @@ def fit(
         raise ConfigError(PATIENCE_NEEDS_VAL)
     n = X.shape[0]
     rng = shuffle_rng(seed, state.rng_state)
-    opt = make_optimizer(r["optimizer"], model, momentum=r["momentum"], beta1=r["beta1"], beta2=r["beta2"],
-                         eps=r["eps"], weight_decay=r["weight_decay"], fuse=True)  # fmt: skip
+    hyper = {k: r[k] for k in HYPERPARAMS}  # every rule's; the chosen one takes its own
+    opt = make_optimizer(r["optimizer"], model, weight_decay=r["weight_decay"], fuse=True, **hyper)
     if state.epochs_done and state.optimizer is not None:  # a resumed run: the optimiser's buffers
         prefix = "optimizer."
         buffers = {k[len(prefix) :]: v for k, v in state.arrays.items() if k.startswith(prefix)}

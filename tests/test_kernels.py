@@ -24,6 +24,7 @@ from gpumlp.activations import ACTIVATIONS
 from gpumlp.backend import CPU, NumpyBackend
 from gpumlp.cuda import CupyBackend
 from gpumlp.model import LOSSES, MLP
+from gpumlp.optim import RULES
 from gpumlp.train import fit
 
 NVCC = shutil.which("nvcc")
@@ -42,7 +43,7 @@ def all_specs() -> dict[str, tuple[str, str, str]]:
         "elastic_field": kernels.ELASTIC_FIELD,
     }
     specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
-    specs.update({f"opt_{k}": v for k, v in kernels.OPTIMIZERS.items()})
+    specs.update({f"opt_{k}": rule.cuda for k, rule in RULES.items()})
     for name, act in ACTIVATIONS.items():
         for kind, template in (
             ("bias", kernels.BIAS_ACT),
@@ -350,7 +351,7 @@ def test_axpby_kernel_matches_numpy(host_cuda):
     np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer", list(RULES))
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_training_through_the_kernels_matches_numpy(host_cuda, optimizer, weight_decay, monkeypatch):
     """Whole float64 runs: every fused operation of CupyBackend (activations, loss, optimiser with
@@ -445,7 +446,7 @@ def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer", list(RULES))
 def test_gpu_optimizer_kernels_match_numpy(gpu, optimizer):
     """Two float64 epochs with weight decay: the fused optimiser kernel against the numpy rule."""
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from gpumlp import optim
 from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
@@ -19,7 +20,7 @@ def two_by_two(W, dW):
     """The smallest 'model' an optimiser needs: one 2×2 weight matrix and its gradient, float64."""
     theta, grad = np.array(W, dtype=np.float64).ravel(), np.array(dW, dtype=np.float64).ravel()
     return SimpleNamespace(be=get_backend("cpu"), theta=theta, grad=grad,
-                           _W=[theta.reshape(2, 2)], _dW=[grad.reshape(2, 2)])  # fmt: skip
+                           params={"W0": theta.reshape(2, 2)}, grads={"dW0": grad.reshape(2, 2)})  # fmt: skip
 
 
 W0 = [[1.0, -2.0], [0.5, 4.0]]
@@ -223,3 +224,69 @@ def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
         thetas.append(m.theta.copy())
     np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-4, atol=1e-6)
     assert not np.array_equal(thetas[0], MLP((784, 200, 10), "relu", "ce", seed=3).theta)
+
+
+class RMSprop(optim.Optimizer):
+    """An update rule added the way the issue asks: one class (here in a test), nothing else.
+    v ← β₂ v + (1−β₂) g²;  θ ← θ − η g / (√v + ε)  (Hinton's lecture 6e)."""
+
+    name = "rmsprop"
+    hyperparams = {"beta2": optim.Adam.hyperparams["beta2"], "eps": optim.Adam.hyperparams["eps"]}
+    buffers = ("v",)
+    scratch = True
+    cuda = (
+        "T g, T wd, T lr, T b2, T eps",
+        "T p, T v",
+        "const T ge = g + wd * p; v = b2 * v + (T(1) - b2) * (ge * ge); p = p - lr * ge / (sqrt(v) + eps);",
+    )
+
+    def _update(self, lr):
+        v, g, tmp, xp = self.state_buffers["v"], self.grad, self._tmp, self.xp
+        b2, eps = self.hyper["beta2"], self.hyper["eps"]
+        xp.multiply(g, g, out=tmp)
+        self.be.axpby(1 - b2, tmp, b2, v)  # v ← β₂ v + (1 − β₂) g²
+        xp.sqrt(v, out=tmp)
+        tmp += eps
+        xp.divide(g, tmp, out=tmp)
+        self.be.axpby(-lr, tmp, 1.0, self.theta)  # θ ← θ − η g / (√v + ε)
+
+    def kernel_scalars(self, lr):
+        return lr, self.hyper["beta2"], self.hyper["eps"]
+
+
+def test_an_update_rule_added_as_one_class_steps_trains_and_resumes(monkeypatch, tmp_path, mnist_dir):
+    monkeypatch.setitem(optim.RULES, "rmsprop", RMSprop)
+    w1, w2 = steps("rmsprop", lr=0.1, beta2=0.9, eps=1e-8)
+    g1, g2 = np.array(G1), np.array(G2)
+    v1 = 0.1 * g1**2
+    np.testing.assert_allclose(w1, np.array(W0) - 0.1 * g1 / (np.sqrt(v1) + 1e-8), rtol=1e-12)
+    v2 = 0.9 * v1 + 0.1 * g2**2
+    np.testing.assert_allclose(w2, w1 - 0.1 * g2 / (np.sqrt(v2) + 1e-8), rtol=1e-12)
+
+    from typer.testing import CliRunner
+
+    from gpumlp import cli
+    from gpumlp.checkpoint import read_metadata
+
+    save = tmp_path / "rms.npz"
+    common = ["--data-dir", str(mnist_dir), "--save", str(save)]
+    args = ["train", "--optimizer", "rmsprop", "--beta2", "0.9", "--lr", "0.001", "--layers", "784,32,10",
+            "--activation", "relu", "--loss", "ce", "--epochs", "1", "--train-size", "4000", "--val-size", "500",
+            "--test-size", "1000", *common]  # fmt: skip
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(save)
+    assert meta["optimizer"]["name"] == "rmsprop" and meta["optimizer"]["hyper"] == {"beta2": 0.9, "eps": 1e-8}
+    assert meta["test_accuracy"] > 0.8
+    result = CliRunner().invoke(cli.app, ["train", "--resume", str(save), "--epochs", "2", *common])
+    assert result.exit_code == 0, result.output
+    assert len(read_metadata(save)["history"]) == 2
+
+
+def test_hyper_parameters_are_checked_where_the_rule_declares_them():
+    with pytest.raises(ConfigError, match=r"--momentum must be in \[0, 1\), e.g. 0.9 \(got 1.5\)"):
+        make_optimizer("momentum", two_by_two(W0, G1), momentum=1.5)
+    with pytest.raises(ConfigError, match="no update rule has the hyper-parameter"):
+        make_optimizer("sgd", two_by_two(W0, G1), mu=0.5)
+    opt = make_optimizer("adam", two_by_two(W0, G1), momentum=0.5, beta1=0.8)  # momentum: not Adam's
+    assert opt.hyper == {"beta1": 0.8, "beta2": 0.999, "eps": 1e-8}
