@@ -13,55 +13,42 @@ from typing import Annotated
 import typer
 
 from gpumlp.cli_app import (  # noqa: F401  (app and main: the entry points, re-exported)
-    RUN_OPTIONS,
     AnyDatasetOpt,
     CheckpointArg,
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
     JsonOpt,
+    PlotDirOpt,
+    TestSizeOpt,
     app,
     command,
-    given_options,
+    echo_json,
     interrupted,
     main,
+    png_out,
+    train_arguments,
     with_train_options,
 )
 from gpumlp.datasets import CHOICES
-from gpumlp.errors import ConfigError, GpumlpError
 
 
 def train_cli(ctx: typer.Context, **kw):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
-    from gpumlp.checkpoint import read_metadata
     from gpumlp.display import TrainDisplay, choose_mode
-    from gpumlp.presets import preset_config
-    from gpumlp.train import TrainingInterrupted, resume_config, run
+    from gpumlp.train import TrainingInterrupted, command_config, run
 
-    run_args = {name: kw.pop(name) for name, _, _ in RUN_OPTIONS}
-    preset, resume, save_every = kw.pop("preset"), run_args["resume"], run_args["save_every"]
-    given = given_options(ctx, kw)
-    options, given = ({("sizes" if k == "layers" else k): v for k, v in d.items()} for d in (kw, given))
-    show = None
+    run_args, options, given = train_arguments(ctx, kw)
+    resume = run_args["resume"]
     try:
-        if resume is None:
-            cfg = preset_config(preset, **(given if preset else options))
-        elif preset is not None:
-            raise GpumlpError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
-        else:  # the checkpoint's configuration, with the options given on this command line
-            cfg = resume_config(read_metadata(resume).get("config", {}), given)
-        show = TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"]))
-        result = run(  # turns every Ctrl-C, from here on, into TrainingInterrupted
-            cfg, data_dir=run_args["data_dir"], save=run_args["save"], log=show.log, on_epoch=show.epoch,
-            resume=resume, save_every=save_every, on_progress=show.progress if show.mode == "bar" else None,
-        )  # fmt: skip
-    except GpumlpError:
-        if show is not None:
-            show.close()
-        raise
+        cfg = command_config(options, given, options.pop("preset"), resume)
+        with TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"])) as show:
+            result = run(  # turns every Ctrl-C, from here on, into TrainingInterrupted
+                cfg, data_dir=run_args["data_dir"], save=run_args["save"], log=show.log, on_epoch=show.epoch,
+                resume=resume, save_every=run_args["save_every"],
+                on_progress=show.progress if show.mode == "bar" else None,
+            )  # fmt: skip
     except (TrainingInterrupted, KeyboardInterrupt) as e:  # the latter: before run() started
-        if show is not None:
-            show.close()
         said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted before training started: nothing to save"
         raise interrupted(said) from None
     show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
@@ -75,21 +62,14 @@ def test_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gpumlp train (.npz or .json).")],
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
-    test_size: Annotated[int, typer.Option(min=1, help="Test images, from the start of the test file.")] = 10_000,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the whole report as one JSON object, for scripts.")
-    ] = False,
+    test_size: TestSizeOpt = 10_000,
+    as_json: JsonOpt = False,
     mistakes: Annotated[int, typer.Option(help="How many of the most confident mistakes to list.")] = 10,
-    plot_dir: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Also save confusion.png and mistakes.png in this folder (needs matplotlib)."),
-    ] = None,
+    plot_dir: PlotDirOpt = None,
     dataset: DatasetOpt = None,
     any_dataset: AnyDatasetOpt = False,
 ):
     """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
-    import json
-
     from gpumlp.report import checkpoint_report, format_report
 
     report, model, rec, X = checkpoint_report(
@@ -103,7 +83,7 @@ def test_cli(
         saved = [plot_confusion(report, plot_dir / "confusion.png"),
                  plot_mistakes(report, X, plot_dir / "mistakes.png")]  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(dict(report, checkpoint=str(checkpoint), model=repr(model), dataset=rec.name), indent=2))
+        echo_json(dict(report, checkpoint=str(checkpoint), model=repr(model), dataset=rec.name))
     else:
         typer.echo(f"{checkpoint}: {model}")
         typer.echo(format_report(report))
@@ -116,10 +96,7 @@ def plot_cli(
     runs: Annotated[
         list[Path], typer.Argument(help="One or more <name>.metrics.jsonl files written by training runs.")
     ],
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="The PNG to write. Default: curves.png, or curves-2.png, … if that exists."),
-    ] = None,
+    out: png_out("curves.png") = None,
 ):
     """Loss and validation accuracy per epoch of one or more training runs, overlaid, as a PNG."""
     from gpumlp.atomic import free_path
@@ -131,7 +108,7 @@ def plot_cli(
 
 @command("convert")
 def convert_cli(
-    source: Annotated[Path, typer.Argument(help="A gpumlp checkpoint, or a Rust-project or Nielsen network2 .json.")],
+    source: CheckpointArg,
     target: Annotated[Path, typer.Argument(help="The file to write: .npz or .json (gpumlp), .json (rust, nielsen).")],
     to: Annotated[str, typer.Option(help="gpumlp, rust (the Rust MLP project) or nielsen (network2.py).")] = "gpumlp",
 ):
@@ -148,15 +125,12 @@ def info_cli(
     as_json: JsonOpt = False,
 ):
     """Architecture, parameter count, training configuration, history and accuracy of a checkpoint."""
-    import json
-
     from gpumlp.checkpoint import describe
     from gpumlp.checkpoint_meta import info_rows
 
     d = describe(checkpoint)
     if as_json:
-        typer.echo(json.dumps(d, indent=2))
-        return
+        return echo_json(d)
     for key, value in info_rows(d):
         typer.echo(f"{key:<15}{value}")
 
@@ -182,20 +156,14 @@ def predict_cli(
     any_dataset: AnyDatasetOpt = False,
 ):
     """Which digit is in each image: prediction, top-3 probabilities and the 28×28 input the network saw."""
-    import json
-
     from gpumlp.predict import format_predictions, predict_files
 
-    if not images and not index:
-        raise ConfigError(
-            "give one or more image files, or --index N for an MNIST test image (see gpumlp predict --help)"
-        )
     run = predict_files(
         checkpoint, images or [], index or [], device, data_dir, dataset, any_dataset,
         note=lambda text: typer.echo(text, err=True),
     )  # fmt: skip
     if as_json:
-        typer.echo(json.dumps({"checkpoint": str(checkpoint), **run.as_json()}, indent=2))
+        echo_json({"checkpoint": str(checkpoint), **run.as_json()})
     else:
         typer.echo(format_predictions(run, preview))
 
@@ -212,17 +180,15 @@ def bench_cli(
         typer.Option(
             help="Also measure, in fresh processes, a training run's peak memory, --help and load_mnist() times."
         ),
-    ] = True,
+    ] = True,  # fmt: skip
     as_json: JsonOpt = False,
     dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
 ):
     """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
-    import json
-
     from gpumlp.bench import format_bench, run_bench
 
     result = run_bench(device, repeats, data_dir=data_dir, extras=extras, dataset=dataset)
-    typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+    echo_json(result) if as_json else typer.echo(format_bench(result))
 
 
 @command("devices")
@@ -230,19 +196,15 @@ def devices_cli(
     as_json: JsonOpt = False,
 ):
     """numpy and its BLAS (Intel MKL if installed), CuPy and CUDA, every GPU, and what --device auto would choose."""
-    import json
-
     from gpumlp.device import describe_devices, format_devices
 
     d = describe_devices()
-    typer.echo(json.dumps(d, indent=2) if as_json else format_devices(d))
+    echo_json(d) if as_json else typer.echo(format_devices(d))
 
 
 @command("export")
 def export_cli(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen .json.")
-    ],
+    checkpoint: CheckpointArg,
     target: Annotated[Path, typer.Argument(help="The .onnx file to write.")],
 ):
     """Write the network as an ONNX graph: raw pixels 0–255 in, the ten probabilities of gpumlp predict out."""
@@ -270,10 +232,7 @@ def serve_cli(
 @command("show")
 def show_cli(
     checkpoint: CheckpointArg,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="The PNG to write. Default: weights.png, or weights-2.png, … if that exists."),
-    ] = None,
+    out: png_out("weights.png") = None,
     units: Annotated[int, typer.Option(help="How many first-layer units to draw (at most 100).")] = 100,
 ):
     """The first layer's weights as 28×28 images: what each hidden unit looks for (needs matplotlib)."""

@@ -53,6 +53,27 @@ AnyDatasetOpt = Annotated[
 ]
 
 
+TestSizeOpt = Annotated[int, typer.Option(min=1, help="Test images, from the start of the test file.")]
+PlotDirOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also save confusion.png and mistakes.png in this folder (needs matplotlib)."),
+]
+
+
+def png_out(default: str):
+    """``--out/-o``: the PNG a command writes, by default ``default`` (or ``-2``, … if it exists)."""
+    stem, suffix = default.rsplit(".", 1)
+    help = f"The PNG to write. Default: {default}, or {stem}-2.{suffix}, … if that exists."
+    return Annotated[Path | None, typer.Option("--out", "-o", help=help)]
+
+
+def echo_json(document) -> None:
+    """One JSON document on stdout, for scripts (``--json``)."""
+    import json
+
+    typer.echo(json.dumps(document, indent=2))
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
@@ -135,6 +156,17 @@ def given_options(ctx: typer.Context, options: dict) -> dict:
     """The options typed on the command line (not left at their defaults)."""
     sources = {name: ctx.get_parameter_source(name) for name in options}
     return {k: v for k, v in options.items() if sources[k] is not None and sources[k].name == "COMMANDLINE"}
+
+
+def train_arguments(ctx: typer.Context, kw: dict) -> tuple[dict, dict, dict]:
+    """``(run arguments, options, given)`` of ``gpumlp train``: the run's own (``RUN_OPTIONS``),
+    every ``TrainConfig`` field's value by field name (``--layers`` is ``sizes``) plus ``preset``,
+    and those of them typed on the command line."""
+    run_args = {name: kw.pop(name) for name, _, _ in RUN_OPTIONS}
+    given = given_options(ctx, kw)
+    options, given = ({("sizes" if k == "layers" else k): v for k, v in d.items()} for d in (kw, given))
+    given.pop("preset", None)
+    return run_args, options, given
 
 
 def _ignore_sigint() -> None:

@@ -97,6 +97,13 @@ class TrainDisplay:
         if checkpoint is not None:
             typer.echo(f"saved {checkpoint}")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:  # an error or Ctrl-C: the bar goes before the message is printed
+            self.close()
+
     def close(self) -> None:
         """Take down a live bar (also on errors and Ctrl-C), leaving the terminal clean."""
         if self._progress is not None:

@@ -216,6 +216,10 @@ def predict_files(checkpoint, images, index, device="cpu", data_dir=None, datase
     from gpumlp.datasets import for_checkpoint
     from gpumlp.device import get_backend
 
+    if not images and not index:
+        raise ConfigError(
+            "give one or more image files, or --index N for an MNIST test image (see gpumlp predict --help)"
+        )
     be = get_backend(device)
     if be.note:
         note(be.note)

@@ -36,6 +36,7 @@ from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
 from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
+from gpumlp.presets import preset_config
 from gpumlp.rng import DeviceRNG
 from gpumlp.runfiles import RunFiles, TrainingInterrupted, metrics_path  # noqa: F401  (re-exported for callers)
 from gpumlp.stopping import EarlyStopping, Rollback, TrainingDiverged
@@ -310,6 +311,17 @@ class RunResult:
     history: list[EpochStats]
     test_accuracy: float | None  # None when --test-size is 0
     checkpoint: Path | None
+
+
+def command_config(options: dict, given: dict, preset: str | None = None, resume=None) -> TrainConfig:
+    """The configuration ``gpumlp train`` runs: ``options`` holds every option (defaults included),
+    ``given`` those typed on the command line. A preset's options go under the given ones; a
+    resumed run takes its checkpoint's configuration, with the given options over it."""
+    if resume is None:
+        return preset_config(preset, **(given if preset else options))
+    if preset is not None:
+        raise ConfigError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
+    return resume_config(checkpoint.read_metadata(resume).get("config", {}), given)
 
 
 def run(
