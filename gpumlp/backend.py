@@ -15,6 +15,7 @@ from types import ModuleType
 
 import numpy as np
 
+from gpumlp.blas import MKL_MIN_MNK, Blas, chosen
 from gpumlp.scalars import const
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
@@ -157,8 +158,16 @@ class Backend:
         return f"Backend({self.name!r})"
 
 
+@dataclass(frozen=True, repr=False)
 class NumpyBackend(Backend):
     """numpy on the CPU: the products and long updates go straight to BLAS (numpy's or MKL)."""
+
+    library: Blas | None = None  # the BLAS it calls; None: the one GPUMLP_BLAS picks, found on first use
+
+    @functools.cached_property
+    def blas(self) -> Blas:
+        """The CPU BLAS this backend owns (``gpumlp.blas.Blas``)."""
+        return self.library if self.library is not None else chosen()
 
     def asarray(self, a, dtype=None):
         return np.asarray(a, dtype=dtype)
@@ -168,14 +177,12 @@ class NumpyBackend(Backend):
 
     def matmul_function(self):
         """``np.matmul``, except with Intel MKL installed (``gpumlp.blas``), where the big products
-        (m·n·k ≥ ``blas.MKL_MIN_MNK``) go through MKL's gemm, up to 2× faster. Without MKL the
+        (m·n·k ≥ ``MKL_MIN_MNK``) go through MKL's gemm, up to 2× faster. Without MKL the
         products pay nothing for the choice."""
-        from gpumlp import blas
-
-        if not blas.serves_products():
+        if not self.blas.serves_products:
             return np.matmul
 
-        def matmul(A, B, out=None, gemm=blas.gemm, big=blas.MKL_MIN_MNK):
+        def matmul(A, B, out=None, gemm=self.blas.gemm, big=MKL_MIN_MNK):
             if A.shape[0] * A.shape[1] * B.shape[1] >= big and (out is None or not _overlap(out, A, B)):
                 C = np.empty((A.shape[0], B.shape[1]), A.dtype) if out is None else out
                 if gemm(A, B, C, 1.0, 0.0):
@@ -185,18 +192,14 @@ class NumpyBackend(Backend):
         return matmul
 
     def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
-        from gpumlp import blas
-
-        if blas.gemm(A, B, C, alpha, beta):  # numpy's BLAS or MKL, one call
+        if self.blas.gemm(A, B, C, alpha, beta):  # numpy's BLAS or MKL, one call
             return C
         return super().gemm(A, B, C, alpha, beta)  # a BLAS gpumlp cannot reach
 
     def axpby(self, alpha: float, x, beta: float, y):
         """On long vectors one multi-threaded BLAS pass, where numpy's operators take two
         single-threaded passes and a temporary."""
-        from gpumlp import blas
-
-        if y.size >= AXPBY_BLAS_MIN and blas.axpby(alpha, x, beta, y):
+        if y.size >= AXPBY_BLAS_MIN and self.blas.axpby(alpha, x, beta, y):
             return y
         return super().axpby(alpha, x, beta, y)
 
@@ -208,7 +211,7 @@ class NumpyBackend(Backend):
     def threads(self, n: int | None):
         from gpumlp import blas_threads
 
-        return blas_threads.threads(n)
+        return blas_threads.threads(n, self.blas.name)
 
 
 CPU = NumpyBackend("cpu", np)

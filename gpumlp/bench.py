@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp import datasets
-from gpumlp.backend import Backend
+from gpumlp.backend import CPU, Backend
 from gpumlp.data import load_dataset
 from gpumlp.errors import DataError, GpumlpError
 from gpumlp.model import MLP
@@ -219,9 +219,7 @@ def machine_info(be: Backend) -> dict:
         "device": be.name + (f" ({be.note})" if be.note else ""),
     }
     if not be.is_cuda:
-        from gpumlp import blas as gpumlp_blas
-
-        info["training_blas"] = gpumlp_blas.describe()
+        info["training_blas"] = CPU.blas.describe()  # what CPU training calls
         from gpumlp import blas_threads
 
         info["training_threads"] = list(blas_threads.training_threads())  # [count, why], as a new run chooses

@@ -20,9 +20,11 @@ Two libraries can serve them (``GPUMLP_BLAS`` picks: ``auto``, the default, ``mk
   well (``Backend.matmul``). Smaller ones stay with numpy's matmul: a ctypes call costs ~5 µs, and
   OpenBLAS runs such products on one thread in ~1–3 µs.
 
-Each routine is checked once on a small example against numpy before it is used. Where neither
-library is reachable (another BLAS build, a platform we do not know), ``gemm``/``axpby`` answer
-False and the caller computes the same thing with numpy (see ``Backend.gemm`` and ``Backend.axpby``).
+A ``Blas`` is one choice of library and its routines; the CPU backend owns one (``NumpyBackend.blas``,
+by default ``chosen()``: what ``GPUMLP_BLAS`` picks). Each library is looked for once per process and
+each routine checked on a small example against numpy before it is used. Where neither library is
+reachable (another BLAS build, a platform we do not know), ``gemm``/``axpby`` answer False and the
+caller computes the same thing with numpy (see ``Backend.gemm`` and ``Backend.axpby``).
 
 How many threads these libraries use in a training run is ``gpumlp.blas_threads``'s choice.
 """
@@ -30,6 +32,7 @@ How many threads these libraries use in a training run is ``gpumlp.blas_threads`
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import site
@@ -52,10 +55,6 @@ _MKL_LAYOUTS = (
 CHOICES = ("auto", "mkl", "numpy")
 MKL_MIN_MNK = 1 << 19  # products this big go to MKL: where OpenBLAS, too, starts a second thread
 _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double))
-_routines: dict | None = None  # {(name, dtype): ctypes function}, found on first use
-_name = ""  # which library they are in: "mkl", "numpy" or "" (none)
-_choice = "auto"  # the GPUMLP_BLAS value (or select's choice) that picked it
-_libraries: dict[str, dict] = {}  # what _find gave for each library: looked for once per process
 
 
 def _library_paths() -> list[str]:
@@ -117,42 +116,20 @@ def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
     return {}
 
 
-def _choose(choice: str | None = None) -> tuple[str, dict]:
-    """``(name, routines)`` of the library ``choice`` (default: ``GPUMLP_BLAS``) asks for: ``auto``
-    takes MKL if it is installed, else numpy's; ``("", {})`` if the one chosen is out of reach."""
-    global _choice
+@functools.cache  # a library is looked for, loaded and checked once per process
+def _library(name: str) -> dict:
+    """The checked routines of ``name`` ("mkl" or "numpy"), {} where it is out of reach."""
+    if name == "mkl":
+        return _find(_mkl_paths(), _MKL_SYMBOLS)
+    return _find(_library_paths(), _NUMPY_SYMBOLS)
+
+
+def _parse_choice(choice: str | None) -> str:
+    """``choice``, or ``GPUMLP_BLAS``'s value when None, normalised and checked."""
     choice = (os.environ.get("GPUMLP_BLAS", "auto") if choice is None else choice).strip().lower() or "auto"
     if choice not in CHOICES:
         raise ConfigError(f"GPUMLP_BLAS={choice!r} is not a BLAS gpumlp knows: use {', '.join(CHOICES)} (or unset it)")
-    _choice = choice
-    if choice in ("auto", "mkl"):
-        mkl = _cached("mkl", lambda: _find(_mkl_paths(), _MKL_SYMBOLS))
-        if mkl:
-            return "mkl", mkl
-        if choice == "mkl":
-            raise ConfigError(
-                "GPUMLP_BLAS=mkl but Intel MKL is not installed, or incomplete: pip install 'gpumlp[mkl]' "
-                "(or unset GPUMLP_BLAS)"
-            )
-    found = _cached("numpy", lambda: _find(_library_paths(), _NUMPY_SYMBOLS))
-    return ("numpy" if found else ""), found
-
-
-def _cached(library: str, find) -> dict:
-    if library not in _libraries:
-        _libraries[library] = find()
-    return _libraries[library]
-
-
-def select(choice: str | None = None) -> str:
-    """From now on call the library ``choice`` ("auto", "mkl" or "numpy"; None: ``GPUMLP_BLAS``'s)
-    picks, and return its name (see ``name``). For comparing the two in one process
-    (scripts/bench_blas.py). A model made under MKL keeps MKL's product function, whose big
-    products then go through whichever library is selected; one made under numpy's BLAS keeps
-    ``numpy.matmul``."""
-    global _routines, _name
-    _name, _routines = _choose(choice)
-    return name()
+    return choice
 
 
 def _agrees(routines: dict) -> bool:
@@ -172,10 +149,71 @@ def _agrees(routines: dict) -> bool:
     return True
 
 
-def _get() -> dict:
-    if _routines is None:
-        select()  # GPUMLP_BLAS's choice, on first use
-    return _routines
+class Blas:
+    """The library the CPU backend calls for C ← α·A·B + β·C and y ← α·x + β·y.
+
+    ``choice``: "auto" (MKL if it is installed, else numpy's own), "mkl" or "numpy"; None: the
+    ``GPUMLP_BLAS`` environment variable's. ``name`` is the library reached: "mkl", "numpy", or ""
+    when neither is and ``gemm``/``axpby`` decline everything."""
+
+    def __init__(self, choice: str | None = None):
+        self.choice = _parse_choice(choice)
+        self.name, self._routines = "", {}  # {(routine, dtype): ctypes function}
+        if self.choice in ("auto", "mkl"):
+            self._routines = _library("mkl")
+            self.name = "mkl" if self._routines else ""
+            if self.choice == "mkl" and not self._routines:
+                raise ConfigError(
+                    "GPUMLP_BLAS=mkl but Intel MKL is not installed, or incomplete: pip install 'gpumlp[mkl]' "
+                    "(or unset GPUMLP_BLAS)"
+                )
+        if not self._routines:
+            self._routines = _library("numpy")
+            self.name = "numpy" if self._routines else ""
+
+    def __repr__(self) -> str:
+        return f"Blas({self.name or 'none'}, GPUMLP_BLAS={self.choice})"
+
+    @property
+    def available(self) -> bool:
+        """Whether ``gemm`` and ``axpby`` reach a BLAS on this installation."""
+        return bool(self._routines)
+
+    @property
+    def serves_products(self) -> bool:
+        """Whether the big products of forward and backward should go through ``gemm`` too: when it
+        reaches a faster BLAS than the one under ``numpy.matmul`` (MKL)."""
+        return self.name == "mkl"
+
+    def describe(self) -> str:
+        """One line on what gpumlp's CPU training calls, for ``gpumlp devices`` and the benchmark."""
+        return {
+            "mkl": f"Intel MKL (GPUMLP_BLAS={self.choice}): products of m·n·k ≥ {MKL_MIN_MNK:,}, "
+            "SGD steps and updates; smaller products numpy.matmul",
+            "numpy": "numpy's own BLAS: numpy.matmul, and SGD steps and updates through its gemm and axpby",
+            "": "numpy.matmul and numpy operations (numpy's BLAS is out of reach for gemm and axpby)",
+        }[self.name]
+
+    def gemm(self, A: np.ndarray, B: np.ndarray, C: np.ndarray, alpha: float, beta: float) -> bool:
+        """C ← α·A·B + β·C in place, for A (m, k), B (k, n), C (m, n) of one float dtype, A and B C-
+        or F-contiguous (a ``.T`` view is fine), C C-contiguous. Returns False, having done nothing,
+        when the BLAS is out of reach or the arrays do not qualify."""
+        return _gemm(self._routines, A, B, C, alpha, beta)
+
+    def axpby(self, alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> bool:
+        """y ← α·x + β·y in place, for x and y C-contiguous arrays of one shape and float dtype.
+        Returns False, having done nothing, when the BLAS is out of reach or they do not qualify."""
+        return _axpby(self._routines, alpha, x, beta, y)
+
+
+@functools.cache
+def _chosen(choice: str) -> Blas:
+    return Blas(choice)
+
+
+def chosen() -> Blas:
+    """The ``Blas`` that ``GPUMLP_BLAS`` picks (one per value, made on first use): the CPU backend's."""
+    return _chosen(_parse_choice(None))
 
 
 def _address(M: np.ndarray) -> int:
@@ -187,34 +225,6 @@ def _address(M: np.ndarray) -> int:
         return M.ctypes.data
 
 
-def available() -> bool:
-    """Whether ``gemm`` and ``axpby`` reach a BLAS on this installation."""
-    return bool(_get())
-
-
-def name() -> str:
-    """The library ``gemm`` and ``axpby`` call: ``"mkl"``, ``"numpy"`` (numpy's own OpenBLAS), or
-    ``""`` when they fall back to numpy operations."""
-    _get()
-    return _name if _routines else ""
-
-
-def describe() -> str:
-    """One line on what gpumlp's CPU training calls, for ``gpumlp devices`` and the benchmark."""
-    return {
-        "mkl": f"Intel MKL (GPUMLP_BLAS={_choice}): products of m·n·k ≥ {MKL_MIN_MNK:,}, "
-        "SGD steps and updates; smaller products numpy.matmul",
-        "numpy": "numpy's own BLAS: numpy.matmul, and SGD steps and updates through its gemm and axpby",
-        "": "numpy.matmul and numpy operations (numpy's BLAS is out of reach for gemm and axpby)",
-    }[name()]
-
-
-def serves_products() -> bool:
-    """Whether the big products of forward and backward should go through ``gemm`` too: when it
-    reaches a faster BLAS than the one under ``numpy.matmul`` (MKL)."""
-    return name() == "mkl"
-
-
 def _operand(M: np.ndarray):
     """(transpose flag, leading dimension, address) of a 2-D operand that is C- or F-contiguous, else None."""
     if M.flags.c_contiguous:
@@ -222,13 +232,6 @@ def _operand(M: np.ndarray):
     if M.flags.f_contiguous:  # a transposed view of a C-contiguous matrix: BLAS reads it as such
         return _TRANS, max(M.shape[0], 1), _address(M.T)
     return None
-
-
-def gemm(A: np.ndarray, B: np.ndarray, C: np.ndarray, alpha: float, beta: float) -> bool:
-    """C ← α·A·B + β·C in place through the BLAS, for A (m, k), B (k, n), C (m, n) of one float
-    dtype, A and B C- or F-contiguous (a ``.T`` view is fine), C C-contiguous. Returns False, having
-    done nothing, when the BLAS is out of reach or the arrays do not qualify."""
-    return _gemm(_routines if _routines is not None else _get(), A, B, C, alpha, beta)
 
 
 def _gemm(routines: dict, A, B, C, alpha: float, beta: float) -> bool:
@@ -243,13 +246,6 @@ def _gemm(routines: dict, A, B, C, alpha: float, beta: float) -> bool:
         raise ValueError(f"gemm: shapes {A.shape} @ {B.shape} do not give {C.shape}")
     f(_ROW_MAJOR, a[0], b[0], m, n, k, alpha, a[2], a[1], b[2], b[1], beta, _address(C), max(n, 1))
     return True
-
-
-def axpby(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> bool:
-    """y ← α·x + β·y in place through the BLAS, for x and y C-contiguous arrays of one shape and
-    float dtype. Returns False, having done nothing, when the BLAS is out of reach or they do not
-    qualify."""
-    return _axpby(_routines if _routines is not None else _get(), alpha, x, beta, y)
 
 
 def _axpby(routines: dict, alpha: float, x, beta: float, y) -> bool:

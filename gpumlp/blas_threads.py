@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import time
 
-from gpumlp.blas import _library_paths, _mkl_paths, name
+from gpumlp.blas import _library_paths, _mkl_paths, chosen
 from gpumlp.errors import ConfigError
 
 THREADS_ENV = "GPUMLP_THREADS"
@@ -27,29 +28,31 @@ LOAD_SAMPLE_S = 0.05  # how long auto_threads watches /proc/stat: 5 ticks per co
 # OpenBLAS's thread-count functions, "{}" standing for get or set: numpy ≥ 2.0 wheels, 1.2x wheels, other builds
 _OPENBLAS_THREADS = ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads")
 _MKL_THREADS = ("MKL_{}_Max_Threads", "MKL_{}_Num_Threads")  # MKL's C API: get, set
-_controls_found: dict[str, list] = {}  # name() → [(get, set)] of each library CPU training calls
 _auto: tuple[int, str] | None = None  # auto_threads's choice and why: measured once per process
 
 
-def _thread_controls() -> list:
-    """``[(get, set)]`` of the thread count of numpy's OpenBLAS, and of MKL when it serves products:
-    each ``get()`` → int, ``set(n)``. Empty where neither is reachable (then threads are the libraries' own)."""
-    library = name()
-    if library not in _controls_found:
-        found = []
-        for path in _library_paths():
-            control = _control(path, [(p.format("get"), p.format("set")) for p in _OPENBLAS_THREADS])
+def _thread_controls(library: str | None = None) -> list:
+    """``[(get, set)]`` of the thread count of numpy's OpenBLAS, and of MKL when ``library`` (a
+    ``Blas.name``; None: the CPU backend's, ``gpumlp.blas.chosen()``) is MKL: each ``get()`` → int,
+    ``set(n)``. Empty where neither is reachable (then threads are the libraries' own)."""
+    return _controls_of(chosen().name if library is None else library)
+
+
+@functools.cache  # looked for once per library and process
+def _controls_of(library: str) -> list:
+    found = []
+    for path in _library_paths():
+        control = _control(path, [(p.format("get"), p.format("set")) for p in _OPENBLAS_THREADS])
+        if control:
+            found.append(control)
+            break
+    if library == "mkl":
+        for path in _mkl_paths():
+            control = _control(path, [(_MKL_THREADS[0].format("Get"), _MKL_THREADS[1].format("Set"))])
             if control:
                 found.append(control)
                 break
-        if library == "mkl":
-            for path in _mkl_paths():
-                control = _control(path, [(_MKL_THREADS[0].format("Get"), _MKL_THREADS[1].format("Set"))])
-                if control:
-                    found.append(control)
-                    break
-        _controls_found[library] = found
-    return _controls_found[library]
+    return found
 
 
 def _control(path: str, names: list[tuple[str, str]]):
@@ -66,18 +69,19 @@ def _control(path: str, names: list[tuple[str, str]]):
     return None
 
 
-def library_threads() -> int | None:
+def library_threads(library: str | None = None) -> int | None:
     """The thread count numpy's BLAS has now (at start: OPENBLAS_NUM_THREADS's, else every core);
-    None where gpumlp cannot reach it."""
-    controls = _thread_controls()
+    None where gpumlp cannot reach it. ``library``: as for ``threads``."""
+    controls = _thread_controls(library)
     return controls[0][0]() if controls else None
 
 
 @contextlib.contextmanager
-def threads(n: int | None):
+def threads(n: int | None, library: str | None = None):
     """Inside the block the BLAS libraries use ``n`` threads (None: leave them), and afterwards the
-    count they had before. The count is the process's, not the calling thread's."""
-    controls = _thread_controls() if n else []
+    count they had before. The count is the process's, not the calling thread's. ``library``: the
+    ``Blas.name`` the caller trains through (None: the CPU backend's)."""
+    controls = _thread_controls(library) if n else []
     before = [get() for get, _ in controls]
     for _, set_ in controls:
         set_(int(n))

@@ -81,13 +81,12 @@ def get_backend(device: str | Backend = "cpu") -> Backend:
 def describe_devices() -> dict:
     """What ``gpumlp devices`` reports: numpy and its BLAS, CuPy and CUDA, every GPU or why there
     is none, and what ``--device auto`` would choose. Imports CuPy (only here and for ``cuda``)."""
-    from gpumlp import blas as gpumlp_blas
 
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     info = {
         "numpy": np.__version__,
         "blas": " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or "unknown",
-        "cpu_blas": gpumlp_blas.describe(),  # what CPU training calls: numpy's BLAS or Intel MKL
+        "cpu_blas": CPU.blas.describe(),  # what CPU training calls: numpy's BLAS or Intel MKL
         "cpu_threads": _describe_threads(),  # how many threads a new CPU run would use
         "cupy": None,
         "gpus": [],

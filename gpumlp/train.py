@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import blas, blas_threads, checkpoint, datasets
+from gpumlp import blas_threads, checkpoint, datasets
 from gpumlp.atomic import deferred_sigint
 from gpumlp.augment import Augmenter
 from gpumlp.backend import on_device
@@ -370,7 +370,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
     state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
-    rec.start(model, state, **({"blas": blas.name() or "none"} if model.be.xp is np else {}))
+    rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
     if model.be.note:
         log(model.be.note)
     data = load_dataset(cfg.dataset, data_dir)

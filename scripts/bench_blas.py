@@ -4,11 +4,12 @@
     python scripts/bench_blas.py --rows 5-9
 
 Needs ``pip install 'gpumlp[mkl]'``. Each row of ``gpumlp bench`` is trained by two models made in
-this one process, one while numpy's BLAS is selected (``gpumlp.blas.select``; products through
-numpy.matmul), one while MKL is; their runs alternate (``gpumlp.bench.timed_pair``: numpy, MKL,
-numpy, …, each timed run right after an untimed one of the same library, which also lets the other
-library's idle threads stop spinning) and the ratio of median images/s is printed per row, MKL over
-numpy's. No PyTorch here: PyTorch's OpenMP threads and MKL's, in one process, take turns badly.
+this one process, one on a CPU backend owning numpy's BLAS (products through numpy.matmul), one on a
+backend owning MKL (``NumpyBackend(library=Blas(...))``); their runs alternate
+(``gpumlp.bench.timed_pair``: numpy, MKL, numpy, …, each timed run right after an untimed one of the
+same library, which also lets the other library's idle threads stop spinning) and the ratio of
+median images/s is printed per row, MKL over numpy's. No PyTorch here: PyTorch's OpenMP threads and
+MKL's, in one process, take turns badly.
 """
 
 from __future__ import annotations
@@ -19,37 +20,32 @@ import math
 import statistics
 import sys
 
+import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp import blas
-from gpumlp.backend import CPU
+from gpumlp.backend import NumpyBackend
 from gpumlp.bench import CONFIGS, RUST_ROWS, bench_data, command_line, prepare_config, row_result, table, timed_pair
+from gpumlp.blas import Blas
 from gpumlp.errors import GpumlpError
 
 
 def compare(indices: list[int], repeats: int = 5, data_dir=None) -> dict:
     """``{"command", "rows": [{name, batch_size, numpy, mkl, ratio}, …], "geomean_rust_rows"}``,
     images/s of each library per row; raises GpumlpError without MKL."""
-    blas.name()  # GPUMLP_BLAS, checked before anything runs (it is restored at the end)
-    blas.select("mkl")  # fails with the install command when MKL is missing
+    # Blas("mkl") fails with the install command when MKL is missing, before anything runs.
+    backends = {library: NumpyBackend("cpu", np, library=Blas(library)) for library in ("numpy", "mkl")}
     configs = [CONFIGS[i] for i in indices]
     X, y, source = bench_data(data_dir, max(c.images for c in configs))
     rows = []
-    try:
-        for i, cfg in zip(indices, configs):
-            work = {}
-            for library in ("numpy", "mkl"):
-                blas.select(library)  # the model made now multiplies through this library
-                run, n = prepare_config(cfg, CPU, X, y)
-                work[library] = lambda library=library, run=run: (blas.select(library), run())
-            numpy_s, mkl_s = timed_pair((CPU.synchronize, work["numpy"]), (CPU.synchronize, work["mkl"]), repeats)
-            speed = {lib: row_result(cfg, n, s)["images_per_s"] for lib, s in (("numpy", numpy_s), ("mkl", mkl_s))}
-            rows.append(
-                {"name": cfg.name, "batch_size": cfg.batch_size, "rust_row": i < RUST_ROWS, **speed,
-                 "ratio": statistics.median(numpy_s) / statistics.median(mkl_s)}
-            )  # fmt: skip
-    finally:
-        blas.select()  # what GPUMLP_BLAS picks, as before
+    for i, cfg in zip(indices, configs):
+        work = {library: prepare_config(cfg, be, X, y) for library, be in backends.items()}  # (run, n) each
+        n = work["numpy"][1]
+        numpy_s, mkl_s = timed_pair(*((be.synchronize, work[library][0]) for library, be in backends.items()), repeats)
+        speed = {lib: row_result(cfg, n, s)["images_per_s"] for lib, s in (("numpy", numpy_s), ("mkl", mkl_s))}
+        rows.append(
+            {"name": cfg.name, "batch_size": cfg.batch_size, "rust_row": i < RUST_ROWS, **speed,
+             "ratio": statistics.median(numpy_s) / statistics.median(mkl_s)}
+        )  # fmt: skip
     rust = [r["ratio"] for r in rows if r["rust_row"]]
     return {
         "command": command_line(),

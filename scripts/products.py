@@ -28,11 +28,14 @@ import time
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp import blas
-from gpumlp.backend import CPU
+from gpumlp.backend import NumpyBackend
 from gpumlp.bench import CONFIGS
+from gpumlp.blas import Blas
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
+
+# The numpy column is numpy's own BLAS, also where Intel MKL is installed.
+CPU = NumpyBackend("cpu", np, library=Blas("numpy"))
 
 
 def per_call(fn, target_s: float = 0.02) -> float:
@@ -96,7 +99,6 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
     if with_torch and importlib.util.find_spec("torch") is not None:
         import torch
     rng = np.random.default_rng(0)
-    blas.select("numpy")  # the numpy column is numpy's own BLAS, also where Intel MKL is installed
     products = {r: step_products(CONFIGS[r - 1]) for r in rows}
     # The two libraries take turns, row by row, `rounds` times, half a second apart, and each
     # product's median counts: each library's idle worker threads spin for a while after a call
@@ -138,7 +140,6 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
         if torch is not None:
             total += f" {'':8} {sum(torch_s[r]) * 1e6:9.1f} {'':8} {sum(numpy_s[r]) / sum(torch_s[r]):17.2f}"
         lines.append(total)
-    blas.select()  # back to what GPUMLP_BLAS picks for this process
     return "\n".join(lines)
 
 

@@ -290,9 +290,8 @@ def test_products_script_times_pytorch_beside_numpy(monkeypatch, capsys):
 def test_bench_blas_without_mkl_names_the_install(monkeypatch, mnist_dir):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     script = load_script("bench_blas")
-    monkeypatch.setattr(blas, "_mkl_paths", lambda: [])
-    monkeypatch.setattr(blas, "_libraries", {})
-    monkeypatch.setattr(blas, "_routines", None)
+    real = blas._library
+    monkeypatch.setattr(blas, "_library", lambda name: {} if name == "mkl" else real(name))  # as without MKL
     with pytest.raises(SystemExit, match=r"pip install 'gpumlp\[mkl\]'"):
         script.main(["--rows", "3", "--data-dir", str(mnist_dir)])
 
@@ -304,17 +303,20 @@ def test_bench_blas_alternates_the_two_libraries(monkeypatch, mnist_dir, capsys)
     script = load_script("bench_blas")
     big = BenchConfig("big", (784, 700, 10), "relu", "ce", 0.1, 128, 256)  # 128·784·700: MKL's
     monkeypatch.setattr(script, "CONFIGS", (TINY, big))
-    seen = []
-    real = blas.select
-    monkeypatch.setattr(blas, "select", lambda choice=None: seen.append(choice) or real(choice))
+    seen = []  # (row, the BLAS its model calls) of each model made
+    real = script.prepare_config
+
+    def prepare_config(cfg, be, X, y):
+        seen.append((cfg.name, be.blas.name))
+        return real(cfg, be, X, y)
+
+    monkeypatch.setattr(script, "prepare_config", prepare_config)
     result = script.compare([0, 1], repeats=2, data_dir=mnist_dir)
     assert [r["name"] for r in result["rows"]] == ["tiny", "big"]
     assert all(r["numpy"] > 0 and r["mkl"] > 0 and r["ratio"] > 0 for r in result["rows"])
     ratios = [r["ratio"] for r in result["rows"]]  # both count as Rust rows: they are rows 1 and 2 here
     assert result["geomean_rust_rows"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
-    timed = seen[1:-1]  # after the first check, before the restore: per row, the two models, then the runs
-    assert timed[:2] == ["numpy", "mkl"] and timed[2:10] == ["numpy", "numpy", "mkl", "mkl"] * 2
-    assert seen[-1] is None  # GPUMLP_BLAS's own choice restored
+    assert seen == [("tiny", "numpy"), ("tiny", "mkl"), ("big", "numpy"), ("big", "mkl")]
     out = script.format_compare(result)
     assert "MKL/numpy's" in out and "geometric mean" in out
 

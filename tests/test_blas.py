@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from gpumlp import blas
+from gpumlp.backend import NumpyBackend
+from gpumlp.blas import Blas
 from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
 
@@ -26,15 +30,25 @@ def backend(device: str):
     return get_backend(device)
 
 
+@pytest.fixture(autouse=True)
+def forget_libraries():
+    """Each test looks for the libraries afresh, and leaves no library found under its patches behind."""
+    blas._library.cache_clear()
+    blas._chosen.cache_clear()
+    yield
+    blas._library.cache_clear()
+    blas._chosen.cache_clear()
+
+
 def numpy_blas_is_openblas() -> bool:
     return "openblas" in np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
 
 
 @pytest.mark.skipif(not numpy_blas_is_openblas(), reason="numpy here is not built on its bundled OpenBLAS")
 def test_numpys_bundled_openblas_is_reached():
-    assert blas.available()
+    assert Blas("numpy").available and Blas("numpy").name == "numpy"
     A, B, C = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32), np.ones((2, 4), np.float32)
-    assert blas.gemm(A, B, C, 2.0, 1.0) and (C == 7).all()
+    assert Blas("numpy").gemm(A, B, C, 2.0, 1.0) and (C == 7).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -53,12 +67,12 @@ def test_gemm_is_alpha_a_b_plus_beta_c_in_place(device, dtype, layout, alpha, be
     np.testing.assert_allclose(be.to_numpy(C), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not blas.available(), reason="numpy's BLAS is out of reach here")
+@pytest.mark.skipif(not blas.chosen().available, reason="numpy's BLAS is out of reach here")
 def test_gemm_finds_each_operand_where_it_starts():
     """Operands as training passes them: views into the middle of a bigger buffer (a batch of a
     gathered chunk, a layer's W inside theta), read-only ones (a memory-mapped dataset), and a
     product over k = 0 (C ← βC): each is read at its own address."""
-    rng = np.random.default_rng(3)
+    b, rng = blas.chosen(), np.random.default_rng(3)
     big = rng.standard_normal((40, 5)).astype(np.float32)
     A = big[17:24]  # (7, 5), starts 17 rows in
     theta = rng.standard_normal(100).astype(np.float32)
@@ -67,39 +81,41 @@ def test_gemm_finds_each_operand_where_it_starts():
     C0 = rng.standard_normal((11, 3)).astype(np.float32)
     C = C0.copy()[4:11]  # C-contiguous view at offset 4 rows
     C_start = C.copy()
-    assert blas.gemm(A, B, C, -0.5, 2.0)
+    assert b.gemm(A, B, C, -0.5, 2.0)
     np.testing.assert_allclose(C, 2 * C_start - 0.5 * (A.astype(np.float64) @ B), rtol=1e-5, atol=1e-5)
-    assert blas.gemm(A.T[:0].T, B[:0], C, 1.0, 3.0)  # k = 0: no product, C is scaled
+    assert b.gemm(A.T[:0].T, B[:0], C, 1.0, 3.0)  # k = 0: no product, C is scaled
     np.testing.assert_allclose(C, 3 * (2 * C_start - 0.5 * (A.astype(np.float64) @ B)), rtol=1e-5, atol=1e-5)
     x = theta[50:60].copy()
     x.flags.writeable = False
     y = theta[60:70]
     y_start = y.copy()
-    assert blas.axpby(2.0, x, 1.0, y)
+    assert b.axpby(2.0, x, 1.0, y)
     np.testing.assert_allclose(y, y_start + 2 * x, rtol=1e-6)
 
 
 def test_without_numpys_blas_gemm_falls_back_to_numpy(monkeypatch):
-    """Another BLAS build: blas.gemm declines and Backend.gemm computes the same with matmul."""
-    monkeypatch.setattr(blas, "_routines", {})
-    assert not blas.available()
+    """Another BLAS build: Blas.gemm declines and the backend computes the same with matmul."""
+    monkeypatch.setattr(blas, "_library", lambda name: {})  # neither library reachable
+    none = Blas()
+    assert not none.available and none.name == ""
+    be = NumpyBackend("cpu", np, library=none)
     rng = np.random.default_rng(1)
     A, B, C = rng.random((4, 6), np.float32), rng.random((6, 2), np.float32), rng.random((4, 2), np.float32)
-    assert not blas.gemm(A, B, C.copy(), 1.0, 0.0)
+    assert not none.gemm(A, B, C.copy(), 1.0, 0.0)
     for alpha, beta in ((1.0, 0.0), (-0.3, 0.0), (-0.3, 1.0), (0.7, 0.5)):
         out = C.copy()
-        get_backend("cpu").gemm(A, B, out, alpha, beta)
+        be.gemm(A, B, out, alpha, beta)
         np.testing.assert_allclose(out, alpha * (A @ B) + beta * C, rtol=1e-6)
 
 
 def test_gemm_declines_what_it_cannot_hand_to_blas():
-    A, B = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
-    assert not blas.gemm(A, B, np.ones((4, 2), np.float32).T, 1.0, 0.0)  # C not C-contiguous
-    assert not blas.gemm(A.astype(np.float64), B, np.ones((2, 4), np.float32), 1.0, 0.0)  # mixed dtypes
-    assert not blas.gemm(A.astype(np.float16), B.astype(np.float16), np.ones((2, 4), np.float16), 1.0, 0.0)
-    if blas.available():
+    b, A, B = blas.chosen(), np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    assert not b.gemm(A, B, np.ones((4, 2), np.float32).T, 1.0, 0.0)  # C not C-contiguous
+    assert not b.gemm(A.astype(np.float64), B, np.ones((2, 4), np.float32), 1.0, 0.0)  # mixed dtypes
+    assert not b.gemm(A.astype(np.float16), B.astype(np.float16), np.ones((2, 4), np.float16), 1.0, 0.0)
+    if b.available:
         with pytest.raises(ValueError, match="shapes"):
-            blas.gemm(A, B, np.ones((2, 5), np.float32), 1.0, 0.0)
+            b.gemm(A, B, np.ones((2, 5), np.float32), 1.0, 0.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -117,20 +133,21 @@ def test_axpby_is_alpha_x_plus_beta_y_in_place(device, size, dtype, alpha, beta)
 
 
 def test_axpby_without_numpys_blas_falls_back_to_numpy(monkeypatch):
-    monkeypatch.setattr(blas, "_routines", {})
+    monkeypatch.setattr(blas, "_library", lambda name: {})  # neither library reachable
+    none = Blas()
     x, y = np.arange(1 << 18, dtype=np.float32), np.ones(1 << 18, np.float32)
-    assert not blas.axpby(2.0, x, 1.0, y.copy())
-    get_backend("cpu").axpby(2.0, x, 0.5, y)
+    assert not none.axpby(2.0, x, 1.0, y.copy())
+    NumpyBackend("cpu", np, library=none).axpby(2.0, x, 0.5, y)
     np.testing.assert_array_equal(y, 2 * np.arange(1 << 18, dtype=np.float32) + 0.5)
 
 
 def test_axpby_declines_what_it_cannot_hand_to_blas():
-    x, y = np.ones(8, np.float32), np.ones(8, np.float32)
-    assert not blas.axpby(1.0, x[::2], 1.0, y[:4])  # strided
-    assert not blas.axpby(1.0, x.astype(np.float64), 1.0, y)  # mixed dtypes
-    if blas.available():
+    b, x, y = blas.chosen(), np.ones(8, np.float32), np.ones(8, np.float32)
+    assert not b.axpby(1.0, x[::2], 1.0, y[:4])  # strided
+    assert not b.axpby(1.0, x.astype(np.float64), 1.0, y)  # mixed dtypes
+    if b.available:
         with pytest.raises(ValueError, match="shapes"):
-            blas.axpby(1.0, x, 1.0, np.ones(9, np.float32))
+            b.axpby(1.0, x, 1.0, np.ones(9, np.float32))
 
 
 # ---------------------------------------------------------------- which BLAS: numpy's own or Intel MKL
@@ -140,12 +157,12 @@ def mkl_installed() -> bool:
     return bool(blas._mkl_paths())
 
 
-def use_blas(monkeypatch, choice: str) -> None:
-    """Make gpumlp.blas choose again, as a fresh process with GPUMLP_BLAS=choice would."""
+def use_blas(monkeypatch, choice: str) -> Blas:
+    """The BLAS a fresh process with GPUMLP_BLAS=choice would choose (its libraries looked for again)."""
     monkeypatch.setenv("GPUMLP_BLAS", choice)
-    monkeypatch.setattr(blas, "_routines", None)
-    monkeypatch.setattr(blas, "_name", "")
-    monkeypatch.setattr(blas, "_libraries", {})  # and looks for the libraries again
+    blas._library.cache_clear()
+    blas._chosen.cache_clear()
+    return blas.chosen()
 
 
 LIBRARIES = [
@@ -157,60 +174,59 @@ LIBRARIES = [
 @pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_each_library_computes_gemm_and_axpby(monkeypatch, library, dtype):
-    use_blas(monkeypatch, library)
-    assert blas.name() == library and blas.serves_products() == (library == "mkl")
+    b = use_blas(monkeypatch, library)
+    assert b.name == library and b.serves_products == (library == "mkl")
     rng = np.random.default_rng(4)
     for layout in LAYOUTS:
         A, B = LAYOUTS[layout](rng.standard_normal((9, 6)).astype(dtype), rng.standard_normal((6, 4)).astype(dtype))
         C0 = rng.standard_normal((9, 4)).astype(dtype)
         C = C0.copy()
-        if blas.gemm(A, B, C, -0.25, 0.5):
+        if b.gemm(A, B, C, -0.25, 0.5):
             np.testing.assert_allclose(C, 0.5 * C0 - 0.25 * (A.astype(np.float64) @ B), rtol=1e-5, atol=1e-5)
         else:
             assert layout == "strided A"  # the one layout BLAS cannot take
     x, y0 = rng.standard_normal(1000).astype(dtype), rng.standard_normal(1000).astype(dtype)
     y = y0.copy()
-    assert blas.axpby(3.0, x, -1.0, y)
+    assert b.axpby(3.0, x, -1.0, y)
     np.testing.assert_allclose(y, 3.0 * x.astype(np.float64) - y0, rtol=1e-5, atol=1e-5)
 
 
 def test_gpumlp_blas_picks_the_library(monkeypatch):
     monkeypatch.setattr(blas, "_mkl_paths", lambda: [])  # as on a machine without the mkl wheel
-    use_blas(monkeypatch, "auto")
-    assert blas.name() == ("numpy" if numpy_blas_is_openblas() else "")
-    assert not blas.serves_products()
-    use_blas(monkeypatch, "NumPy ")  # case and spaces do not matter
-    assert blas.name() == ("numpy" if numpy_blas_is_openblas() else "")
-    use_blas(monkeypatch, "mkl")
+    b = use_blas(monkeypatch, "auto")
+    assert b.name == ("numpy" if numpy_blas_is_openblas() else "") and not b.serves_products
+    assert use_blas(monkeypatch, "NumPy ").name == b.name  # case and spaces do not matter
     with pytest.raises(
         ConfigError, match=r"GPUMLP_BLAS=mkl but Intel MKL is not installed, or incomplete: pip install 'gpumlp\[mkl\]'"
     ):
-        blas.name()
-    use_blas(monkeypatch, "openblas")
+        use_blas(monkeypatch, "mkl")
     with pytest.raises(ConfigError, match="GPUMLP_BLAS='openblas' is not a BLAS gpumlp knows: use auto, mkl, numpy"):
-        blas.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)), 1.0, 0.0)
+        use_blas(monkeypatch, "openblas")
 
 
 @pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")
 def test_auto_takes_mkl_when_installed(monkeypatch):
-    use_blas(monkeypatch, "auto")
-    assert blas.name() == "mkl" and blas.serves_products()
-    use_blas(monkeypatch, "numpy")
-    assert blas.name() == "numpy" and not blas.serves_products()
-    assert blas.select("mkl") == "mkl" and blas.serves_products()  # switched within the process
-    assert blas.select("numpy") == "numpy" and not blas.serves_products()
+    b = use_blas(monkeypatch, "auto")
+    assert b.name == "mkl" and b.serves_products
+    b = use_blas(monkeypatch, "numpy")
+    assert b.name == "numpy" and not b.serves_products
+    assert Blas("mkl").name == "mkl" and Blas("numpy").name == "numpy"  # both, side by side in one process
 
 
-def test_select_switches_and_checks_the_choice(monkeypatch):
-    use_blas(monkeypatch, "numpy")
-    assert blas.select("numpy") == ("numpy" if numpy_blas_is_openblas() else "")
+def test_each_backend_owns_its_blas(monkeypatch):
+    """Two CPU backends in one process, each calling its own library; the default one owns what
+    GPUMLP_BLAS picks, and a choice gpumlp does not know is refused when the BLAS is made."""
+    mine = Blas("numpy")
+    assert NumpyBackend("cpu", np, library=mine).blas is mine
+    monkeypatch.setenv("GPUMLP_BLAS", "numpy")
+    assert NumpyBackend("cpu", np).blas.choice == "numpy"
     with pytest.raises(ConfigError, match="'blis' is not a BLAS gpumlp knows"):
-        blas.select("blis")
+        Blas("blis")
 
 
 def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
     """With a BLAS that serves products (MKL), forward and backward's products of m·n·k ≥
-    MKL_MIN_MNK go through blas.gemm (α = 1, β = 0, into ``out`` when given), smaller ones and
+    MKL_MIN_MNK go through the BLAS's gemm (α = 1, β = 0, into ``out`` when given), smaller ones and
     any gemm declines through numpy. Checked with a recording gemm, so it runs without MKL."""
     calls = []
 
@@ -219,9 +235,7 @@ def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
         np.matmul(A, B, out=C)
         return True
 
-    monkeypatch.setattr(blas, "serves_products", lambda: True)
-    monkeypatch.setattr(blas, "gemm", recording_gemm)
-    mm = get_backend("cpu").matmul_function()
+    mm = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=True, gemm=recording_gemm)).matmul_function()
     assert mm is not np.matmul
     rng = np.random.default_rng(5)
     A, W = rng.random((128, 784), np.float32), rng.random((784, 100), np.float32)  # 10,035,200 ≥ 524,288
@@ -237,13 +251,13 @@ def test_matmul_function_sends_only_big_products_to_gemm(monkeypatch):
     expected = aliased @ aliased[:, :100]
     np.testing.assert_allclose(mm(aliased, aliased[:, :100].copy(), out=aliased[:, :100]), expected, rtol=1e-5)
     assert len(calls) == 2  # out overlaps an input: numpy's matmul, which copes, not gemm, which would not
-    monkeypatch.setattr(blas, "gemm", lambda *args: False)  # e.g. mixed dtypes: numpy computes it
-    np.testing.assert_array_equal(get_backend("cpu").matmul_function()(A, W), A @ W)
+    declining = SimpleNamespace(serves_products=True, gemm=lambda *args: False)  # e.g. mixed dtypes
+    np.testing.assert_array_equal(NumpyBackend("cpu", np, library=declining).matmul_function()(A, W), A @ W)
 
 
-def test_matmul_function_is_plain_matmul_without_mkl(monkeypatch):
-    monkeypatch.setattr(blas, "serves_products", lambda: False)
-    assert get_backend("cpu").matmul_function() is np.matmul  # nothing between numpy and its BLAS
+def test_matmul_function_is_plain_matmul_without_mkl():
+    numpy_only = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=False))
+    assert numpy_only.matmul_function() is np.matmul  # nothing between numpy and its BLAS
 
 
 @pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")
@@ -256,8 +270,7 @@ def test_training_with_mkl_matches_numpys_blas(monkeypatch):
     X, y = rng.random((400, 784), np.float32), rng.integers(0, 10, 400)
     thetas = []
     for library in ("numpy", "mkl"):
-        use_blas(monkeypatch, library)
-        model = MLP((784, 300, 10), "sigmoid", "mse", seed=1)
+        model = MLP((784, 300, 10), "sigmoid", "mse", seed=1, device=NumpyBackend("cpu", np, library=Blas(library)))
         assert (model._matmul is np.matmul) == (library == "numpy")
         fit(model, X, y, epochs=2, batch_size=10, lr=1.0, seed=0)
         thetas.append(model.theta.copy())

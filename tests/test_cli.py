@@ -105,11 +105,11 @@ def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist
 
 
 def test_an_unknown_gpumlp_blas_is_one_line_exit_2(monkeypatch, capsys, mnist_dir, tmp_path):
-    from gpumlp import blas
+    from gpumlp.backend import CPU
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPUMLP_BLAS", "atlas")
-    monkeypatch.setattr(blas, "_routines", None)  # chosen again, as in a fresh process
+    monkeypatch.delitem(CPU.__dict__, "blas", raising=False)  # chosen again on first use, as in a fresh process
     code, out, err = run_main(monkeypatch, capsys, "train", "--epochs", "1", "--data-dir", str(mnist_dir))
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err + out
     assert err.startswith("error: GPUMLP_BLAS='atlas' is not a BLAS gpumlp knows: use auto, mkl, numpy")

@@ -243,6 +243,7 @@ class HostCuda(CupyBackend):
     """CupyBackend's own fused methods, its kernels run on the host; products and transfers numpy's."""
 
     compiles_kernels = False
+    blas = property(lambda self: CPU.blas)  # the CPU's, for the products borrowed below
     asarray, to_numpy, matmul_function, gemm = (NumpyBackend.asarray, NumpyBackend.to_numpy,
                                                  NumpyBackend.matmul_function, NumpyBackend.gemm)  # fmt: skip
 

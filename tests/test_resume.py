@@ -160,12 +160,12 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, mnist_dir):
 
 
 def test_a_training_run_records_the_blas_it_trained_through(tmp_path, mnist_dir, monkeypatch):
-    from gpumlp import blas
+    from gpumlp.backend import CPU
+    from gpumlp.blas import Blas
 
-    monkeypatch.setenv("GPUMLP_BLAS", "numpy")  # numpy's own, as a fresh process with this setting
-    monkeypatch.setattr(blas, "_routines", None)
+    monkeypatch.setitem(CPU.__dict__, "blas", Blas("numpy"))  # numpy's own, as with GPUMLP_BLAS=numpy
     run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
-    assert checkpoint.read_metadata(tmp_path / "m.npz")["blas"] == (blas.name() or "none") == "numpy"
+    assert checkpoint.read_metadata(tmp_path / "m.npz")["blas"] == (CPU.blas.name or "none") == "numpy"
 
 
 def test_init_on_resume_is_checked_against_the_default_the_run_used():
