@@ -116,6 +116,31 @@ def with_blas_threads(f):
     return wrapper
 
 
+def _checked_recipe(model: MLP, X_train, X_val, *, epochs, batch_size, lr, seed, **recipe) -> dict:
+    """``fit``'s ``recipe`` with the defaults filled in, and every value checked as the CLI checks
+    it (by building the ``TrainConfig`` of the run)."""
+    unknown = set(recipe) - set(RECIPE)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {sorted(unknown)}")
+    r = {**DEFAULT_RECIPE, **recipe}
+    n_val = len(X_val) if X_val is not None else 0
+    TrainConfig(sizes=model.sizes, activation=model.activation, loss=model.loss, dtype=model.dtype, epochs=epochs,
+                batch_size=batch_size, lr=lr, seed=seed, train_size=len(X_train), val_size=n_val, test_size=0,
+                **r)  # fmt: skip
+    return r
+
+
+def _optimizer(model: MLP, r: dict, state: TrainState) -> Optimizer:
+    """The recipe's update rule for ``model``; a resumed run's (``state``) continues with its buffers."""
+    hyper = {k: r[k] for k in HYPERPARAMS}  # every rule's; the chosen one takes its own
+    opt = make_optimizer(r["optimizer"], model, weight_decay=r["weight_decay"], fuse=True, **hyper)
+    if state.epochs_done and state.optimizer is not None:
+        prefix = "optimizer."
+        buffers = {k[len(prefix) :]: v for k, v in state.arrays.items() if k.startswith(prefix)}
+        opt.load_state(state.optimizer, buffers)
+    return opt
+
+
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
 @with_blas_threads  # on the CPU: the run's BLAS thread count, kept by a resumed run
 @on_device  # on cuda:N, every allocation and kernel of the run goes to GPU N
@@ -150,19 +175,11 @@ def fit(
     ``on_progress(epoch, batches_done, n_batches, running_loss)``, for a progress display, is
     called about 50 times an epoch; each call reads the running loss from the device.
     """
-    unknown = set(recipe) - set(RECIPE)
-    if unknown:
-        raise TypeError(f"fit() got unknown options {sorted(unknown)}")
-    r = {**DEFAULT_RECIPE, **recipe}
-    # Every value checked as the CLI checks it, and the labels on the host: on a GPU, take()
-    # would wrap an out-of-range label into another class.
-    n_val = len(X_val) if X_val is not None else 0
-    TrainConfig(sizes=model.sizes, activation=model.activation, loss=model.loss, dtype=model.dtype, epochs=epochs,
-                batch_size=batch_size, lr=lr, seed=seed, train_size=len(X_train), val_size=n_val, test_size=0,
-                **r)  # fmt: skip
+    r = _checked_recipe(model, X_train, X_val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **recipe)
+    # The labels on the host: on a GPU, take() would wrap an out-of-range label into another class.
     y_train = check_labels(model.be, y_train, len(X_train), "y_train")
-    if n_val:
-        y_val = check_labels(model.be, y_val, n_val, "y_val")
+    if X_val is not None and len(X_val):
+        y_val = check_labels(model.be, y_val, len(X_val), "y_val")
     state = state if state is not None else TrainState()
     if state.stopped_epoch:
         raise ConfigError(
@@ -180,12 +197,7 @@ def fit(
         raise ConfigError(PATIENCE_NEEDS_VAL)
     n = X.shape[0]
     rng = shuffle_rng(seed, state.rng_state)
-    hyper = {k: r[k] for k in HYPERPARAMS}  # every rule's; the chosen one takes its own
-    opt = make_optimizer(r["optimizer"], model, weight_decay=r["weight_decay"], fuse=True, **hyper)
-    if state.epochs_done and state.optimizer is not None:  # a resumed run: the optimiser's buffers
-        prefix = "optimizer."
-        buffers = {k[len(prefix) :]: v for k, v in state.arrays.items() if k.startswith(prefix)}
-        opt.load_state(state.optimizer, buffers)
+    opt = _optimizer(model, r, state)
     stopping = EarlyStopping(model, state, r["patience"], r["monitor"]) if r["patience"] else None
     step = _make_step(model, opt, r, seed)
     last_complete = Rollback(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
