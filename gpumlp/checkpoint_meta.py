@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp import interop
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.datasets import DATASETS
 from gpumlp.errors import CheckpointError
+from gpumlp.formats import check_sizes, short
 from gpumlp.model import DTYPES, INITS, LOSSES
 
 
@@ -93,15 +93,10 @@ FIELDS = {
 }
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _check_fields(path: Path, obj: dict, fields: dict, where: str = "") -> None:
     for key, (check, what) in fields.items():
         if key in obj and not check(obj[key]):
-            raise CheckpointError(f"{path}: metadata {where}{key} must be {what}, got {_short(obj[key])}")
+            raise CheckpointError(f"{path}: metadata {where}{key} must be {what}, got {short(obj[key])}")
 
 
 def check_meta(path: Path, meta: dict) -> None:
@@ -109,7 +104,7 @@ def check_meta(path: Path, meta: dict) -> None:
     for key in ("sizes", "activation", "loss", "dtype"):
         if key not in meta:
             raise CheckpointError(f"{path}: metadata lacks {key!r}")
-    meta["sizes"] = list(interop.check_sizes(meta, "sizes", f"{path}: metadata"))
+    meta["sizes"] = list(check_sizes(meta, "sizes", f"{path}: metadata"))
     _check_fields(path, meta, FIELDS)
     for i, epoch in enumerate(meta.get("history") or []):
         for key in ("epoch", "train_loss"):  # what every epoch has had since the first gpumlp
@@ -122,16 +117,16 @@ def check_meta(path: Path, meta: dict) -> None:
     for key in ("sizes", "activation", "loss", "dtype", "dataset"):  # a resumed run takes these from config
         if key in meta and config.get(key) is not None and config[key] != meta[key]:
             raise CheckpointError(
-                f"{path}: metadata config.{key} {_short(config[key])} disagrees with the network's "
-                f"{key} {_short(meta[key])}; the file has been edited or damaged"
+                f"{path}: metadata config.{key} {short(config[key])} disagrees with the network's "
+                f"{key} {short(meta[key])}; the file has been edited or damaged"
             )
 
 
 def info_rows(d: dict) -> list[tuple[str, str]]:
     """The table ``gpumlp info`` prints for ``checkpoint.describe``'s dict: (label, text) rows."""
     cfg, h = d.get("config") or {}, d["history_summary"]
-    foreign = d.get("imported_from")
-    kind = f"{interop.NAMES[foreign]}" if foreign else f"{d['file_format']}, format version {d['version']}"
+    foreign = d.get("format_label")  # another project's file, read as it is (not one converted from it)
+    kind = foreign or f"{d['file_format']}, format version {d['version']}"
     rows = [
         ("checkpoint", f"{d['path']} ({kind}, {d['bytes']:,} bytes)"),
         (

@@ -106,9 +106,37 @@ def host_params(model: MLP) -> dict:
     return {k: model.be.to_numpy(v) for k, v in model.params.items()}
 
 
+def importer(read):
+    """``read`` (a parsed document → (metadata, float64 host parameters)) as an import: a document
+    → ``(MLP, metadata)`` in ``dtype``, the network built by ``checkpoint.build`` as ``load`` builds it."""
+
+    def import_document(doc, device="cpu", dtype="float32"):
+        meta, host = read(doc)
+        meta = dict(meta, dtype=dtype)
+        return checkpoint.build(meta, host, device), meta
+
+    return import_document
+
+
+def exporter(document):
+    """``document`` (metadata, host parameters → a foreign document) as a function of a model."""
+    return lambda model: document(checkpoint.build_metadata(model), host_params(model))
+
+
+from_rust, from_nielsen = importer(interop.read_rust_document), importer(interop.read_nielsen_document)
+to_rust, to_nielsen = exporter(interop.rust_document), exporter(interop.nielsen_document)
+RECORDS = {"rust": interop.RUST, "nielsen": interop.NIELSEN}
+
+
+def save_foreign(path, model: MLP, kind: str):
+    """Write ``model`` in the ``kind`` format through its record, as ``gpumlp convert --to`` does."""
+    RECORDS[kind].write(path, checkpoint.build_metadata(model), host_params(model), {})
+    return path
+
+
 FORMATS = {
-    "rust": (rust_doc, rust_forward, interop.from_rust, interop.to_rust),
-    "nielsen": (nielsen_doc, nielsen_forward, interop.from_nielsen, interop.to_nielsen),
+    "rust": (rust_doc, rust_forward, from_rust, to_rust),
+    "nielsen": (nielsen_doc, nielsen_forward, from_nielsen, to_nielsen),
 }
 
 
@@ -117,9 +145,11 @@ FORMATS = {
 
 @pytest.mark.parametrize("kind", FORMATS)
 def test_float64_import_reproduces_the_foreign_forward_pass(tmp_path, pixels, kind, device):
-    make, forward, importer, _ = FORMATS[kind]
-    doc = via_file(tmp_path, make())
-    model, meta = importer(doc, device=device, dtype="float64")
+    make, forward, _, _ = FORMATS[kind]
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(make()), encoding="utf-8")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    model, meta = checkpoint.load(path, device=device)  # float64, as every foreign network loads
     ref = forward(doc, pixels)
     np.testing.assert_allclose(outputs(model, pixels), ref, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(model.be.to_numpy(model.predict(gpumlp_inputs(pixels))), ref.argmax(axis=1))
@@ -151,7 +181,7 @@ def test_float32_import_predicts_the_same_labels(pixels, kind):
 
 def test_nielsen_cross_entropy_cost_imports_with_its_cost_recorded(pixels):
     doc = nielsen_doc(cost="CrossEntropyCost")
-    model, meta = interop.from_nielsen(doc, dtype="float64")
+    model, meta = from_nielsen(doc, dtype="float64")
     assert meta["cost"] == "CrossEntropyCost" and model.loss == "mse"  # same sigmoid outputs
     np.testing.assert_allclose(outputs(model, pixels), nielsen_forward(doc, pixels), rtol=1e-12, atol=0)
 
@@ -161,30 +191,37 @@ def test_rust_accepts_flat_weights_and_column_biases():
     flat = dict(
         doc, weights=[np.ravel(W).tolist() for W in doc["weights"]], biases=[[[x] for x in b] for b in doc["biases"]]
     )
-    a, _ = interop.from_rust(doc, dtype="float64")
-    b, _ = interop.from_rust(flat, dtype="float64")
+    a, _ = from_rust(doc, dtype="float64")
+    b, _ = from_rust(flat, dtype="float64")
     np.testing.assert_array_equal(a.theta, b.theta)
 
 
 def test_integer_values_are_numbers():
     doc = rust_doc(sizes=[784, 10])
     doc["biases"][0] = [0, 1, -2, 3, 0, 0, 0, 0, 0, 7]
-    model, _ = interop.from_rust(doc, dtype="float64")
+    model, _ = from_rust(doc, dtype="float64")
     assert model.be.to_numpy(model.params["b0"]).tolist() == [0, 1, -2, 3, 0, 0, 0, 0, 0, 7]
 
 
-def test_detect():
-    assert interop.detect(rust_doc()) == "rust"
-    assert interop.detect(nielsen_doc()) == "nielsen"
-    assert interop.detect({"layers": [784, 10]}) == "rust"  # partial: routed, then refused with a reason
-    assert interop.detect({"format": "gpumlp-checkpoint", "sizes": SIZES, "params": {}}) is None
-    assert interop.detect({"sizes": SIZES, "layers": SIZES}) is None  # ambiguous
-    assert interop.detect({"weights": []}) is None
-    assert interop.detect([1, 2]) is None and interop.detect(None) is None
-    with pytest.raises(CheckpointError, match="not a Rust MLP JSON or Nielsen"):
-        interop.from_foreign({"hello": 1})
-    assert interop.from_foreign(rust_doc())[1]["imported_from"] == "rust"
-    assert interop.from_foreign(nielsen_doc())[1]["imported_from"] == "nielsen"
+def detected(doc) -> list[str]:
+    """Which of the two foreign formats claim ``doc``."""
+    return [kind for kind, claims in (("rust", interop.is_rust), ("nielsen", interop.is_nielsen)) if claims(doc)]
+
+
+def test_detect(tmp_path):
+    assert detected(rust_doc()) == ["rust"]
+    assert detected(nielsen_doc()) == ["nielsen"]
+    assert detected({"layers": [784, 10]}) == ["rust"]  # partial: routed, then refused with a reason
+    assert detected({"format": "gpumlp-checkpoint", "sizes": SIZES, "params": {}}) == []
+    assert detected({"sizes": SIZES, "layers": SIZES}) == []  # ambiguous
+    assert detected({"weights": []}) == []
+    assert detected([1, 2]) == [] and detected(None) == []
+    (tmp_path / "hello.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(CheckpointError, match="is JSON, but not gpumlp JSON, Rust MLP JSON or Nielsen network2 JSON"):
+        checkpoint.load(tmp_path / "hello.json")
+    for kind, make in (("rust", rust_doc), ("nielsen", nielsen_doc)):
+        (tmp_path / "net.json").write_text(json.dumps(make()))
+        assert checkpoint.load(tmp_path / "net.json")[1]["imported_from"] == kind
 
 
 # ---------------------------------------------------------------- exports and round trips
@@ -200,10 +237,10 @@ def gpumlp_model(dtype="float64", activation="sigmoid", loss="mse", sizes=(784, 
 def test_gpumlp_to_nielsen_folds_the_input_scale(tmp_path, pixels, dtype):
     """Like Rust, network2 sees pixel / 256: only W0 is rescaled by 256/255, the rest is bit-exact."""
     model = gpumlp_model(dtype)
-    doc = via_file(tmp_path, interop.to_nielsen(model))
+    doc = via_file(tmp_path, to_nielsen(model))
     assert doc["cost"] == "QuadraticCost" and doc["sizes"] == [784, 5, 10]
     assert np.array(doc["weights"][0]).shape == (5, 784) and np.array(doc["biases"][1]).shape == (10, 1)
-    back, _ = interop.from_nielsen(doc, dtype=dtype)
+    back, _ = from_nielsen(doc, dtype=dtype)
     assert back.input_divisor == 256.0
     for k, P in host_params(model).items():
         if k != "W0":
@@ -215,14 +252,14 @@ def test_gpumlp_to_nielsen_folds_the_input_scale(tmp_path, pixels, dtype):
 
 def test_gpumlp_to_rust_folds_the_input_scale(tmp_path, pixels):
     model = gpumlp_model()
-    doc = via_file(tmp_path, interop.to_rust(model))
+    doc = via_file(tmp_path, to_rust(model))
     assert doc["layers"] == [784, 5, 10] and doc["activation_function"] == {"function_type": "Sigmoid"}
     W0 = host_params(model)["W0"]
     np.testing.assert_allclose(np.array(doc["weights"][0]), W0.T * 256 / 255, rtol=1e-15)
     np.testing.assert_array_equal(np.array(doc["weights"][1]), host_params(model)["W1"].T)  # only W0 rescaled
     ref = outputs(model, pixels)
     np.testing.assert_allclose(rust_forward(doc, pixels), ref, rtol=1e-12, atol=0)  # Rust sees pixel / 256
-    back, _ = interop.from_rust(doc, dtype="float64")
+    back, _ = from_rust(doc, dtype="float64")
     np.testing.assert_allclose(outputs(back, pixels), ref, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(outputs(back, pixels).argmax(1), ref.argmax(1))
 
@@ -236,22 +273,24 @@ def test_foreign_to_gpumlp_to_foreign_is_identical(tmp_path, kind):
 
 def test_rust_to_nielsen_conversion_agrees(pixels):
     doc = rust_doc(seed=2)
-    converted = interop.to_nielsen(interop.from_rust(doc, dtype="float64")[0])
+    converted = to_nielsen(from_rust(doc, dtype="float64")[0])
     np.testing.assert_allclose(nielsen_forward(converted, pixels), rust_forward(doc, pixels), rtol=1e-12, atol=0)
 
 
 def test_save_foreign_writes_loadable_json(tmp_path):
     model = gpumlp_model()
-    path = interop.save_foreign(tmp_path / "out" / "net.json", model, "nielsen")
-    assert json.loads(path.read_text()) == json.loads(json.dumps(interop.to_nielsen(model)))
+    path = save_foreign(tmp_path / "out" / "net.json", model, "nielsen")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(to_nielsen(model)))
     assert [p.name for p in path.parent.iterdir()] == ["net.json"]
-    with pytest.raises(CheckpointError, match="unknown export format 'onnx'"):
-        interop.save_foreign(tmp_path / "x.json", model, "onnx")
+    source = checkpoint.save(tmp_path / "m.npz", model)
+    with pytest.raises(CheckpointError, match="unknown --to 'onnx': choose gpumlp, rust or nielsen"):
+        checkpoint.convert(source, tmp_path / "x.json", to="onnx")
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_single_layer_net_exports_whatever_its_hidden_activation():
     model = gpumlp_model(activation="relu", sizes=(784, 10))  # no hidden layer: sigmoid(x W + b)
-    assert interop.to_rust(model)["layers"] == [784, 10]
+    assert to_rust(model)["layers"] == [784, 10]
 
 
 # ---------------------------------------------------------------- refusals
@@ -265,10 +304,10 @@ def refused(fn, *args, match: str, **kwargs) -> str:
 
 
 def test_rust_relu_is_refused():
-    msg = refused(interop.from_rust, rust_doc(function_type="ReLU"), match="ReLU on the output layer")
+    msg = refused(from_rust, rust_doc(function_type="ReLU"), match="ReLU on the output layer")
     assert "not representable in gpumlp" in msg and "only Sigmoid" in msg
-    refused(interop.from_rust, dict(rust_doc(), activation_function="Sigmoid"), match="'activation_function' must")
-    refused(interop.from_rust, rust_doc(function_type="Tanh"), match="'Tanh'")
+    refused(from_rust, dict(rust_doc(), activation_function="Sigmoid"), match="'activation_function' must")
+    refused(from_rust, rust_doc(function_type="Tanh"), match="'Tanh'")
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -324,11 +363,11 @@ def test_wrong_shapes_name_the_layer_and_both_shapes(kind):
 def test_nielsen_is_strict_about_bias_columns_and_cost():
     doc = nielsen_doc()
     doc["biases"][0] = [row[0] for row in doc["biases"][0]]  # (16,) instead of (16, 1)
-    refused(interop.from_nielsen, doc, match=r"biases\[0\] has shape \(16,\), sizes .* need \(16, 1\)")
+    refused(from_nielsen, doc, match=r"biases\[0\] has shape \(16,\), sizes .* need \(16, 1\)")
     doc = nielsen_doc()
     doc["weights"][0] = np.ravel(doc["weights"][0]).tolist()  # flat: Rust-only leniency
-    refused(interop.from_nielsen, doc, match=r"weights\[0\] has shape \(12544,\)")
-    refused(interop.from_nielsen, nielsen_doc(cost="LogCost"), match="'cost' must be one of")
+    refused(from_nielsen, doc, match=r"weights\[0\] has shape \(12544,\)")
+    refused(from_nielsen, nielsen_doc(cost="LogCost"), match="'cost' must be one of")
 
 
 @pytest.mark.parametrize("kind", FORMATS)
@@ -365,7 +404,7 @@ def test_a_foreign_network_is_found_by_content_whatever_its_name(tmp_path, name)
     """network2's ``save(filename)`` takes any name (issue 15): a name that says neither .npz nor
     .json is read by its first bytes, and the network loads exactly as under a .json name."""
     model = MLP((784, 12, 10), "sigmoid", "mse", seed=4)
-    reference = interop.save_foreign(tmp_path / "net.json", model, "nielsen")
+    reference = save_foreign(tmp_path / "net.json", model, "nielsen")
     odd = tmp_path / name
     odd.write_bytes(b"\n  " + reference.read_bytes())  # leading whitespace is still JSON
     loaded, meta = checkpoint.load(odd)
@@ -393,11 +432,11 @@ def test_info_on_a_foreign_file_shows_what_it_holds(tmp_path, kind):
 
     from gpumlp import cli
 
-    interop.save_foreign(tmp_path / "net.json", MLP((784, 12, 10), "sigmoid", "mse", seed=4), kind)
+    save_foreign(tmp_path / "net.json", MLP((784, 12, 10), "sigmoid", "mse", seed=4), kind)
     result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "net.json")])
     assert result.exit_code == 0, result.output
     assert "None" not in result.output and "trained on" not in result.output and "format version" not in result.output
-    assert interop.NAMES[kind] in result.output and interop.HOLDS[kind] in result.output
+    assert RECORDS[kind].label in result.output and RECORDS[kind].holds in result.output
     assert ("cost           QuadraticCost" in result.output) == (kind == "nielsen")
     d = checkpoint.describe(tmp_path / "net.json")
     assert "format" not in d and "version" not in d and d["imported_from"] == kind

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumlp import atomic, checkpoint, cli
+from gpumlp import atomic, checkpoint, cli, native
 from gpumlp import train as train_mod
 
 SMALL = ["--layers", "784,24,10", "--train-size", "2000", "--val-size", "300", "--batch-size", "20", "-q"]
@@ -71,7 +71,7 @@ def test_ctrl_c_during_the_final_save_lets_the_save_finish(tmp_path, mnist_dir, 
 
         return real_write(path, write_then_ctrl_c, what, fix)
 
-    monkeypatch.setattr(checkpoint, "atomic_write", interrupted_write)
+    monkeypatch.setattr(native, "atomic_write", interrupted_write)  # where gpumlp's own formats write
     ckpt = tmp_path / "m.npz"
     code, out, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "--epochs", "2", "--test-size", "500", "--save", ckpt)
     assert code == 130

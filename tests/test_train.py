@@ -179,7 +179,7 @@ def test_a_full_disk_for_the_metrics_file_warns_once_and_keeps_the_run(tmp_path,
 
         return real(path, fail, *how)
 
-    monkeypatch.setattr(atomic, "atomic_write", disk_full)  # the metrics writes; checkpoint.py holds its own
+    monkeypatch.setattr(atomic, "atomic_write", disk_full)  # the metrics writes; native.py holds its own
     lines = []
     result = run(TrainConfig(**{**RUN, "epochs": 3}), mnist_dir, tmp_path / "m.npz", log=lines.append)
     warnings = [line for line in lines if line.startswith("warning")]
