@@ -193,18 +193,20 @@ def _write_document(path: Path, doc: dict) -> None:
 # ---------------------------------------------------------------- the records
 
 
-RUST = Format(
-    "rust", RUST_LABEL, "JSON", (".json",), b"{",
-    read=lambda source: read_rust_document(source.document(), f"{source.path}: {RUST_LABEL}"),
-    write=lambda path, meta, host, state: _write_document(path, rust_document(meta, host)),
-    claims=lambda source: is_rust(source.document()),
-    holds="layers, weights, biases and activation_function",
-)  # fmt: skip
-NIELSEN = Format(
-    "nielsen", NIELSEN_LABEL, "JSON", (".json",), b"{",
-    read=lambda source: read_nielsen_document(source.document(), f"{source.path}: {NIELSEN_LABEL}"),
-    write=lambda path, meta, host, state: _write_document(path, nielsen_document(meta, host)),
-    claims=lambda source: is_nielsen(source.document()),
-    holds="sizes, weights, biases and cost",
-)  # fmt: skip
+def json_format(name: str, label: str, is_format, read_document, document, holds: str) -> Format:
+    """A foreign JSON format's record from its functions of a parsed document: ``is_format(doc)``,
+    ``read_document(doc, name) → (metadata, host)`` and ``document(metadata, host) → doc``."""
+    return Format(
+        name, label, "JSON", (".json",), b"{",
+        read=lambda source: read_document(source.document(), f"{source.path}: {label}"),
+        write=lambda path, meta, host, state: _write_document(path, document(meta, host)),
+        claims=lambda source: is_format(source.document()),
+        holds=holds,  # what its files hold, for `gpumlp info`
+    )  # fmt: skip
+
+
+RUST = json_format("rust", RUST_LABEL, is_rust, read_rust_document, rust_document,
+                   "layers, weights, biases and activation_function")  # fmt: skip
+NIELSEN = json_format("nielsen", NIELSEN_LABEL, is_nielsen, read_nielsen_document, nielsen_document,
+                      "sizes, weights, biases and cost")  # fmt: skip
 FOREIGN = (RUST, NIELSEN)  # other projects' formats: `gpumlp convert --to NAME` writes them
