@@ -38,21 +38,22 @@ NIELSEN_COSTS = ("QuadraticCost", "CrossEntropyCost")
 
 
 def is_rust(doc) -> bool:
-    """A parsed JSON document with the Rust project's keys and none of gpumlp's or network2's."""
-    return _has_keys(doc, ("layers", "activation_function"), ("sizes", "cost"))
+    """A parsed JSON document with one of the Rust project's keys (``layers``, ``activation_function``)."""
+    return _has_keys(doc, ("layers", "activation_function"))
 
 
 def is_nielsen(doc) -> bool:
-    """A parsed JSON document with network2's keys and none of gpumlp's or the Rust project's."""
-    return _has_keys(doc, ("sizes", "cost"), ("layers", "activation_function"))
+    """A parsed JSON document with one of network2's keys (``sizes``, ``cost``)."""
+    return _has_keys(doc, ("sizes", "cost"))
 
 
-def _has_keys(doc, own, others) -> bool:
-    """``doc`` has one of its format's ``own`` keys, none of the ``others`` (ambiguous: a file with
-    both sets is neither's) and no gpumlp ``format`` or ``params`` (gpumlp's JSON has ``sizes``)."""
+def _has_keys(doc, keys) -> bool:
+    """``doc`` is an object with one of ``keys`` and without gpumlp's ``format`` and ``params`` (a
+    gpumlp checkpoint has ``sizes`` too). A file with both projects' keys is claimed by both, and
+    refused as ambiguous."""
     if not isinstance(doc, dict) or "format" in doc or "params" in doc:
         return False
-    return any(k in doc for k in own) and not any(k in doc for k in others)
+    return any(k in doc for k in keys)
 
 
 # ---------------------------------------------------------------- strict reading

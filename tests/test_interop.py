@@ -213,12 +213,15 @@ def test_detect(tmp_path):
     assert detected(nielsen_doc()) == ["nielsen"]
     assert detected({"layers": [784, 10]}) == ["rust"]  # partial: routed, then refused with a reason
     assert detected({"format": "gpumlp-checkpoint", "sizes": SIZES, "params": {}}) == []
-    assert detected({"sizes": SIZES, "layers": SIZES}) == []  # ambiguous
+    assert detected({"sizes": SIZES, "layers": SIZES}) == ["rust", "nielsen"]  # ambiguous: refused below
     assert detected({"weights": []}) == []
     assert detected([1, 2]) == [] and detected(None) == []
     (tmp_path / "hello.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="is JSON, but not gpumlp JSON, Rust MLP JSON or Nielsen network2 JSON"):
         checkpoint.load(tmp_path / "hello.json")
+    (tmp_path / "both.json").write_text(json.dumps(dict(rust_doc(), sizes=SIZES)))
+    with pytest.raises(CheckpointError, match="has the keys of Rust MLP JSON and Nielsen network2 JSON at once"):
+        checkpoint.load(tmp_path / "both.json")
     for kind, make in (("rust", rust_doc), ("nielsen", nielsen_doc)):
         (tmp_path / "net.json").write_text(json.dumps(make()))
         assert checkpoint.load(tmp_path / "net.json")[1]["imported_from"] == kind
