@@ -110,7 +110,7 @@ def _detect(source: Source) -> Format:
     fitting = [fmt for fmt in FORMATS if fmt.fits(source)]
     if not fitting:
         raise CheckpointError(f"{source.path} is neither an npz nor a JSON network (by its name or its first bytes)")
-    found = [fmt for fmt in fitting if fmt.claims is None or fmt.claims(source)]
+    found = [fmt for fmt in fitting if fmt.detect(source)]
     if len(found) == 1:
         return found[0]
     if not found:

@@ -62,7 +62,7 @@ class Format:
     writes them atomically (``state``: training state arrays, which a foreign file has no place for).
     """
 
-    name: str  # what --to and messages call it: "npz", "json", "rust", "nielsen"
+    name: str  # "npz", "json", "rust", "nielsen"; a foreign format's is what `convert --to` takes
     label: str  # how messages and `gpumlp info` name it: "Rust MLP JSON"
     syntax: str  # how its bytes are laid out, as messages say it: "npz" or "JSON"
     suffixes: tuple[str, ...]  # names that mean this syntax, lower case: (".json",)
