@@ -177,3 +177,18 @@ def test_a_format_added_to_the_table_works_in_load_convert_and_info(tmp_path, mo
         checkpoint.convert(source, tmp_path / "x.toy", to="onnx")
     with pytest.raises(CheckpointError, match=r"the toy format is toy; name the file \.toy"):
         checkpoint.convert(source, tmp_path / "x.json", to="toy")
+
+
+def test_format_modules_neither_build_networks_nor_import_the_table():
+    """Only checkpoint.py builds an MLP from a file and holds the table: the modules with records
+    import neither gpumlp.checkpoint nor the MLP class (so adding a record cannot make a cycle)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(checkpoint.__file__).parent
+    for module in ("formats", "native", "interop"):
+        tree = ast.parse((package / f"{module}.py").read_text())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "MLP" not in imported and "checkpoint" not in imported, module
+        assert "gpumlp.checkpoint" not in modules, module
