@@ -306,8 +306,6 @@ class MLP:
         arch = "-".join(map(str, self.sizes))
         return f"MLP({arch}, {self.activation}, {self.loss}, {self.dtype}, device={self.be.name!r})"
 
-    # -- saving and loading (the format lives in checkpoint.py; imported here lazily, it imports us)
-
     # -- moving data in
 
     def inputs(self, X):
