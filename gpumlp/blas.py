@@ -225,6 +225,23 @@ def _address(M: np.ndarray) -> int:
         return M.ctypes.data
 
 
+@functools.cache  # asked once per process
+def openblas_core() -> str:
+    """The kernel set numpy's OpenBLAS chose for this CPU when it loaded (e.g. ``"skylakex"``),
+    lower case; ``""`` where numpy's BLAS is not an OpenBLAS gpumlp can ask."""
+    for path in _library_paths():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+            f = getattr(lib, symbol, None)
+            if f is not None:
+                f.argtypes, f.restype = [], ctypes.c_char_p
+                return (f() or b"").decode("ascii", "replace").strip().lower()
+    return ""
+
+
 def _operand(M: np.ndarray):
     """(transpose flag, leading dimension, address) of a 2-D operand that is C- or F-contiguous, else None."""
     if M.flags.c_contiguous:

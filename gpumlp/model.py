@@ -292,6 +292,7 @@ class MLP:
         self._dW, self._db = [self.grads[f"dW{l}"] for l in L], [self.grads[f"db{l}"] for l in L]
         # Every product of forward and backward: xp.matmul, or one that hands the big ones to MKL.
         self._matmul = self.be.matmul_function()
+        self._forward_mm = [self.be.layer_matmul_function(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:])]
 
     @property
     def n_layers(self) -> int:
@@ -339,17 +340,17 @@ class MLP:
         multiplier per hidden layer, 0 where a unit is dropped and 1/(1−p) where kept), Hs holds
         each hidden layer's output f(Z) and As what the next layer sees, H ⊙ M; without, Hs is As.
         With ``train``, the output layer stops at A_L−1 W_L−1: ``Backend.loss_delta`` adds its bias."""
-        mm, xp, W, b, be = self._matmul, self.be.xp, self._W, self._b, self.be
+        mm, xp, W, b, be = self._forward_mm, self.be.xp, self._W, self._b, self.be
         As = [X]  # A0: (n, 784)
         Hs = As if masks is None else [X]
         for l in range(self.n_layers - 1):
-            Z = mm(As[l], W[l])  # (n, n_{l+1}) A{l} @ W{l}
+            Z = mm[l](As[l], W[l])  # (n, n_{l+1}) A{l} @ W{l}
             H = be.bias_act(Z, b[l], self._act)  # A{l+1} = f(A{l} W{l} + b{l}), in Z's buffer
             if masks is not None:
                 Hs.append(H)
                 H = H * masks[l]  # (n, n_{l+1}) A{l+1} = H ⊙ M: E[A] = H, as without dropout
             As.append(H)
-        Z = mm(As[-1], W[-1])  # (n, 10)
+        Z = mm[-1](As[-1], W[-1])  # (n, 10)
         if train:
             return As, Hs, Z
         xp.add(Z, b[-1], out=Z)  # (n, 10) output pre-activation Z_L

@@ -191,8 +191,10 @@ class Momentum(Optimizer):
 
     def _update(self, lr: float) -> None:
         v = self.state_buffers["velocity"]
-        self.be.axpby(1.0, self.grad, self.hyper["momentum"], v)  # v ← μ v + g
-        self.be.axpby(-lr, v, 1.0, self.theta)  # θ ← θ − η v
+        self.be.axpby_chain([
+            (1.0, self.grad, self.hyper["momentum"], v),  # v ← μ v + g
+            (-lr, v, 1.0, self.theta),  # θ ← θ − η v
+        ])  # fmt: skip
 
 
 class Nesterov(Momentum):
@@ -206,10 +208,12 @@ class Nesterov(Momentum):
     )
 
     def _update(self, lr: float) -> None:
-        v, mu, g, axpby = self.state_buffers["velocity"], self.hyper["momentum"], self.grad, self.be.axpby
-        axpby(1.0, g, mu, v)  # v ← μ v + g
-        axpby(-lr, g, 1.0, self.theta)  # θ ← θ − η (g + μ v), in two passes that need no temporary
-        axpby(-lr * mu, v, 1.0, self.theta)
+        v, mu, g = self.state_buffers["velocity"], self.hyper["momentum"], self.grad
+        self.be.axpby_chain([
+            (1.0, g, mu, v),  # v ← μ v + g
+            (-lr, g, 1.0, self.theta),  # θ ← θ − η (g + μ v), in two passes that need no temporary
+            (-lr * mu, v, 1.0, self.theta),
+        ])  # fmt: skip
 
 
 class Adam(Optimizer):
