@@ -260,6 +260,82 @@ def test_matmul_function_is_plain_matmul_without_mkl():
     assert numpy_only.matmul_function() is np.matmul  # nothing between numpy and its BLAS
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "size", [1000, (1 << 18) + 777]
+)  # below AXPBY_BLAS_MIN; above, in pieces with a short last one
+def test_axpby_chain_is_each_axpby_in_order_bit_for_bit(size, dtype):
+    """Nesterov's three updates through ``axpby_chain`` (long vectors a piece at a time on the CPU)
+    give exactly what three whole-vector ``axpby`` calls give, and the reference backend's chain."""
+    from gpumlp.backend import Backend
+
+    rng = np.random.default_rng(3)
+    g, v, theta = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+    cpu = get_backend("cpu")
+    expected = [v.copy(), theta.copy()]
+    cpu.axpby(1.0, g, 0.95, expected[0])  # v ← μ v + g
+    cpu.axpby(-0.15, g, 1.0, expected[1])  # θ ← θ − η g
+    cpu.axpby(-0.15 * 0.95, expected[0], 1.0, expected[1])  # θ ← θ − η μ v
+    for chain in (cpu.axpby_chain, lambda ops: Backend.axpby_chain(cpu, ops)):
+        got = [v.copy(), theta.copy()]
+        chain([(1.0, g, 0.95, got[0]), (-0.15, g, 1.0, got[1]), (-0.15 * 0.95, got[0], 1.0, got[1])])
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(expected[1], theta - 0.15 * (g + 0.95 * (0.95 * v + g)), rtol=1e-4, atol=1e-5)
+
+
+def test_axpby_chain_without_numpys_blas_falls_back_to_numpy(monkeypatch):
+    monkeypatch.setattr(blas, "_routines", {})
+    x, y = np.arange(1 << 18, dtype=np.float32), np.ones(1 << 18, np.float32)
+    get_backend("cpu").axpby_chain([(2.0, x, 0.5, y), (1.0, x, 1.0, y)])
+    np.testing.assert_array_equal(y, 3 * np.arange(1 << 18, dtype=np.float32) + 0.5)
+
+
+def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monkeypatch):
+    """On OpenBLAS's AVX-512 kernel sets, a layer's forward product that one small batch makes just
+    too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces that fit it;
+    bigger batches, narrow layers, other kernel sets and MKL keep one product."""
+    from gpumlp import backend
+
+    calls, matmul = [], np.matmul
+
+    def recording_matmul(A, B, out=None):
+        calls.append((A.shape, B.shape))
+        return matmul(A, B, out=out)
+
+    cpu = get_backend("cpu")
+    monkeypatch.setattr(blas, "openblas_core", lambda: "skylakex")
+    monkeypatch.setattr(blas, "serves_products", lambda: False)
+    mm = cpu.layer_matmul_function(784, 300)
+    assert mm is backend._columns_matmul
+    assert cpu.layer_matmul_function(784, 100) is np.matmul  # too narrow to cut in two pieces of 64
+    rng = np.random.default_rng(6)
+    W = rng.random((784, 300), np.float32)
+    X10, X128 = rng.random((10, 784), np.float32), rng.random((128, 784), np.float32)
+    expected = X10 @ W
+    monkeypatch.setattr(np, "matmul", recording_matmul)
+    Z = mm(X10, W)
+    assert calls == [((10, 784), (784, 100))] * 3  # 10·784·100 ≤ 100³ < 10·784·300
+    assert Z.shape == (10, 300) and Z.flags.c_contiguous and Z.dtype == np.float32
+    np.testing.assert_allclose(Z, expected, rtol=1e-5)
+    calls.clear()
+    mm(X128, W)  # 128·784 per column: pieces of 9 columns would not pay
+    mm(X10[:1], W)  # 1·784·300 ≤ 100³: already one small product
+    assert calls == [((128, 784), (784, 300)), ((1, 784), (784, 300))]
+    monkeypatch.setattr(blas, "openblas_core", lambda: "haswell")  # no small-matrix kernel
+    assert cpu.layer_matmul_function(784, 300) is recording_matmul
+    monkeypatch.setattr(blas, "openblas_core", lambda: "skylakex")
+    monkeypatch.setattr(blas, "serves_products", lambda: True)  # MKL does the big products
+    assert cpu.layer_matmul_function(784, 300) is not backend._columns_matmul
+
+
+def test_openblas_core_names_numpys_kernel_set():
+    core = blas.openblas_core()
+    assert core == core.lower() and core.strip() == core
+    if numpy_blas_is_openblas():
+        assert core  # e.g. "haswell", "skylakex", "zen", "neoversen1"
+
+
 @pytest.mark.skipif(not mkl_installed(), reason="pip install 'gpumlp[mkl]'")
 def test_training_with_mkl_matches_numpys_blas(monkeypatch):
     """The same network trained through MKL's products and numpy's: equal up to float32 rounding."""

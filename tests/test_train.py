@@ -32,6 +32,21 @@ def test_fit_is_minibatch_sgd_over_a_fresh_permutation_with_the_partial_batch(de
     np.testing.assert_allclose(model.be.to_numpy(model.theta), reference.theta, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("gather", [1, 7, 256, 8192])
+def test_the_batches_do_not_depend_on_how_many_images_are_gathered_at_once(gather, monkeypatch):
+    """``_train_epoch`` gathers GATHER_IMAGES shuffled images at a time (whole batches, the chunk
+    rounded down to a multiple of the batch, at least one): any size trains the same batches."""
+    rng = np.random.default_rng(2)
+    X, y = rng.random((95, 784)), rng.integers(0, 10, 95)
+    thetas = []
+    for size in (gather, 10**6):
+        monkeypatch.setattr("gpumlp.train.GATHER_IMAGES", size)
+        m = MLP((784, 8, 10), "relu", "ce", seed=1)
+        fit(m, X, y, epochs=2, batch_size=10, lr=0.3, seed=4, optimizer="nesterov")
+        thetas.append(m.theta.copy())
+    np.testing.assert_array_equal(thetas[0], thetas[1])
+
+
 def test_same_seed_same_run_other_seed_other_run():
     rng = np.random.default_rng(1)
     X, y = rng.random((60, 784)), rng.integers(0, 10, 60)
