@@ -285,9 +285,9 @@ def test_axpby_chain_is_each_axpby_in_order_bit_for_bit(size, dtype):
 
 
 def test_axpby_chain_without_numpys_blas_falls_back_to_numpy(monkeypatch):
-    monkeypatch.setattr(blas, "_routines", {})
+    monkeypatch.setattr(blas, "_library", lambda name: {})  # neither library reachable
     x, y = np.arange(1 << 18, dtype=np.float32), np.ones(1 << 18, np.float32)
-    get_backend("cpu").axpby_chain([(2.0, x, 0.5, y), (1.0, x, 1.0, y)])
+    NumpyBackend("cpu", np, library=Blas()).axpby_chain([(2.0, x, 0.5, y), (1.0, x, 1.0, y)])
     np.testing.assert_array_equal(y, 3 * np.arange(1 << 18, dtype=np.float32) + 0.5)
 
 
@@ -303,9 +303,8 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
         calls.append((A.shape, B.shape))
         return matmul(A, B, out=out)
 
-    cpu = get_backend("cpu")
-    monkeypatch.setattr(blas, "openblas_core", lambda: "skylakex")
-    monkeypatch.setattr(blas, "serves_products", lambda: False)
+    cpu = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=False))  # numpy's OpenBLAS
+    monkeypatch.setattr(backend, "openblas_core", lambda: "skylakex")
     mm = cpu.layer_matmul_function(784, 300)
     assert mm is backend._columns_matmul
     assert cpu.layer_matmul_function(784, 100) is np.matmul  # too narrow to cut in two pieces of 64
@@ -322,11 +321,11 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     mm(X128, W)  # 128·784 per column: pieces of 9 columns would not pay
     mm(X10[:1], W)  # 1·784·300 ≤ 100³: already one small product
     assert calls == [((128, 784), (784, 300)), ((1, 784), (784, 300))]
-    monkeypatch.setattr(blas, "openblas_core", lambda: "haswell")  # no small-matrix kernel
+    monkeypatch.setattr(backend, "openblas_core", lambda: "haswell")  # no small-matrix kernel
     assert cpu.layer_matmul_function(784, 300) is recording_matmul
-    monkeypatch.setattr(blas, "openblas_core", lambda: "skylakex")
-    monkeypatch.setattr(blas, "serves_products", lambda: True)  # MKL does the big products
-    assert cpu.layer_matmul_function(784, 300) is not backend._columns_matmul
+    monkeypatch.setattr(backend, "openblas_core", lambda: "skylakex")
+    mkl = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=True, gemm=lambda *args: False))
+    assert mkl.layer_matmul_function(784, 300) is not backend._columns_matmul  # MKL does the big products
 
 
 def test_openblas_core_names_numpys_kernel_set():
