@@ -212,16 +212,24 @@ class NumpyBackend(Backend):
         return matmul
 
     def layer_matmul_function(self, n_in: int, n_out: int):
-        """On OpenBLAS's AVX-512 kernels, for a layer that a small batch can make just too big for
-        the small-matrix kernel (m·n_in·n_out > ``SMALL_MNK``): the product cut into column pieces
-        that each fit it, ``A @ W[:, j:j+w]`` into ``Z[:, j:j+w]``. A batch-10 784×300 first layer
-        takes 86 → 55 µs (the whole product packs all of W first; the pieces read it in place). Each
-        piece rounds as the small kernel does, so the result can differ from one product in the last
-        bits. Other layers, bigger batches and other BLAS: ``matmul_function``'s."""
-        mm = self.matmul_function()
-        if mm is not np.matmul or n_out < 2 * SPLIT_MIN_COLS or openblas_core() not in SMALL_KERNEL_CORES:
+        """On OpenBLAS's AVX-512 kernels running on one thread, for a layer that a small batch can
+        make just too big for the small-matrix kernel (m·n_in·n_out > ``SMALL_MNK``): the product
+        cut into column pieces that each fit it, ``A @ W[:, j:j+w]`` into ``Z[:, j:j+w]``. A batch-10
+        784×300 first layer takes 86 → 55 µs on one thread (the whole product packs all of W first;
+        the pieces read it in place). On two threads one product is faster (the pieces run on one),
+        so the count is read on each call. Each piece rounds as the small kernel does, so the result
+        can differ from one product in the last bits. Other layers, bigger batches and other BLAS:
+        ``matmul_function``'s."""
+        mm, threads = self.matmul_function(), _openblas_threads()
+        if mm is not np.matmul or n_out < 2 * SPLIT_MIN_COLS or threads is None:
             return mm
-        return _columns_matmul
+        if openblas_core() not in SMALL_KERNEL_CORES:
+            return mm
+
+        def matmul(A, W):
+            return _columns_matmul(A, W) if threads() == 1 else np.matmul(A, W)
+
+        return matmul
 
     def gemm(self, A, B, C, alpha: float = 1.0, beta: float = 0.0):
         if self.blas.gemm(A, B, C, alpha, beta):  # numpy's BLAS or MKL, one call
@@ -276,6 +284,13 @@ def on_device(f):
             return f(model, *args, **kwargs)
 
     return wrapper
+
+
+def _openblas_threads():
+    """A function → numpy's OpenBLAS's thread count now (one C call), or None where unreachable."""
+    from gpumlp.blas_threads import openblas_threads_getter
+
+    return openblas_threads_getter()
 
 
 def _columns_matmul(A, W):

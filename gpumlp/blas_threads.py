@@ -69,6 +69,13 @@ def _control(path: str, names: list[tuple[str, str]]):
     return None
 
 
+def openblas_threads_getter():
+    """numpy's OpenBLAS's ``get_num_threads`` (a C function → int, for a check in the hot loop),
+    or None where gpumlp cannot reach it."""
+    controls = _controls_of("numpy")
+    return controls[0][0] if controls else None
+
+
 def library_threads(library: str | None = None) -> int | None:
     """The thread count numpy's BLAS has now (at start: OPENBLAS_NUM_THREADS's, else every core);
     None where gpumlp cannot reach it. ``library``: as for ``threads``."""

@@ -292,9 +292,9 @@ def test_axpby_chain_without_numpys_blas_falls_back_to_numpy(monkeypatch):
 
 
 def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monkeypatch):
-    """On OpenBLAS's AVX-512 kernel sets, a layer's forward product that one small batch makes just
-    too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces that fit it;
-    bigger batches, narrow layers, other kernel sets and MKL keep one product."""
+    """On OpenBLAS's AVX-512 kernel sets on one thread, a layer's forward product that one small
+    batch makes just too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces
+    that fit it; two threads, bigger batches, narrow layers, other kernel sets and MKL keep one product."""
     from gpumlp import backend
 
     calls, matmul = [], np.matmul
@@ -305,8 +305,10 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
 
     cpu = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=False))  # numpy's OpenBLAS
     monkeypatch.setattr(backend, "openblas_core", lambda: "skylakex")
+    blas_threads = [1]
+    monkeypatch.setattr(backend, "_openblas_threads", lambda: lambda: blas_threads[0])
     mm = cpu.layer_matmul_function(784, 300)
-    assert mm is backend._columns_matmul
+    assert mm is not np.matmul
     assert cpu.layer_matmul_function(784, 100) is np.matmul  # too narrow to cut in two pieces of 64
     rng = np.random.default_rng(6)
     W = rng.random((784, 300), np.float32)
@@ -320,12 +322,16 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     calls.clear()
     mm(X128, W)  # 128·784 per column: pieces of 9 columns would not pay
     mm(X10[:1], W)  # 1·784·300 ≤ 100³: already one small product
-    assert calls == [((128, 784), (784, 300)), ((1, 784), (784, 300))]
+    blas_threads[0] = 2
+    mm(X10, W)  # on two threads one product (the pieces would run on one)
+    assert calls == [((128, 784), (784, 300)), ((1, 784), (784, 300)), ((10, 784), (784, 300))]
     monkeypatch.setattr(backend, "openblas_core", lambda: "haswell")  # no small-matrix kernel
     assert cpu.layer_matmul_function(784, 300) is recording_matmul
     monkeypatch.setattr(backend, "openblas_core", lambda: "skylakex")
     mkl = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=True, gemm=lambda *args: False))
-    assert mkl.layer_matmul_function(784, 300) is not backend._columns_matmul  # MKL does the big products
+    blas_threads[0], calls[:] = 1, []
+    mkl.layer_matmul_function(784, 300)(X10, W)  # MKL's product function (here declining to numpy), uncut
+    assert calls == [((10, 784), (784, 300))]
 
 
 def test_openblas_core_names_numpys_kernel_set():
