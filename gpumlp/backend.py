@@ -165,9 +165,10 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
 
-    def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
+    def training_threads(self, recorded: int | None = None, largest: int | None = None) -> tuple[int | None, str]:
         """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.blas_threads``), ``recorded``
-        being a resumed run's; ``(None, "")`` where the device does its own threading."""
+        being a resumed run's and ``largest`` its biggest product; ``(None, "")`` where the device
+        does its own threading."""
         return None, ""
 
     def threads(self, n: int | None):
@@ -260,10 +261,10 @@ class NumpyBackend(Backend):
                 axpby(alpha, x[i:j], beta, y[i:j])
         return None
 
-    def training_threads(self, recorded: int | None = None) -> tuple[int | None, str]:
+    def training_threads(self, recorded: int | None = None, largest: int | None = None) -> tuple[int | None, str]:
         from gpumlp import blas_threads
 
-        return blas_threads.training_threads(recorded)
+        return blas_threads.training_threads(recorded, largest)
 
     def threads(self, n: int | None):
         from gpumlp import blas_threads

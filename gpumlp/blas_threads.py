@@ -24,6 +24,13 @@ from gpumlp.errors import ConfigError
 
 THREADS_ENV = "GPUMLP_THREADS"
 MAX_THREADS = 1024
+# A run whose biggest product of a step is at most this many multiply-adds (batch × n_in × n_out)
+# trains on one thread, whatever the load: there a second thread's wake-up and wait cost more than
+# it saves, and on one thread a wide batch-10 layer takes OpenBLAS's small-matrix kernel
+# (``NumpyBackend.layer_matmul_function``). On a quiet 2-core Xeon VM, 1 thread against 2:
+# 784-300-100-50-10 at batch 10 (2,352,000) +27%; 784-16-16-10 and 784-100-50-10 ±0; 784-800-10
+# at batch 10 (6,272,000) −8%, 784-300-10 at batch 32 (7,526,400) −7%.
+ONE_THREAD_MNK = 4_000_000
 LOAD_SAMPLE_S = 0.05  # how long auto_threads watches /proc/stat: 5 ticks per core at 100 Hz
 # OpenBLAS's thread-count functions, "{}" standing for get or set: numpy ≥ 2.0 wheels, 1.2x wheels, other builds
 _OPENBLAS_THREADS = ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads")
@@ -182,13 +189,22 @@ def default_threads() -> int | None:
     return _initial_threads()
 
 
-def training_threads(recorded: int | None = None) -> tuple[int, str]:
+def largest_product(sizes, batch_size: int) -> int:
+    """Multiply-adds of the biggest product of a training step: batch × n_in × n_out of the widest layer."""
+    return int(batch_size) * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def training_threads(recorded: int | None = None, largest: int | None = None) -> tuple[int, str]:
     """``(count, why)``: the BLAS threads of a CPU run. ``GPUMLP_THREADS`` when set; else
     ``recorded``, the count a resumed run trained with (the same count gives the same bits);
-    else ``auto_threads``."""
+    else ``auto_threads``, or one thread when the run's biggest product (``largest``, from
+    ``largest_product``) is at most ``ONE_THREAD_MNK``."""
     forced = threads_from_env()
     if forced is not None:
         return forced, THREADS_ENV
     if recorded:
         return int(recorded), "as the resumed run"
-    return auto_threads()
+    n, why = auto_threads()
+    if n > 1 and largest is not None and largest <= ONE_THREAD_MNK:
+        return 1, f"{why}; 1 for products this small"
+    return n, why

@@ -109,7 +109,8 @@ def with_blas_threads(f):
     @functools.wraps(f)
     def wrapper(model, *args, state=None, **kwargs):
         state = state if state is not None else TrainState()
-        state.blas_threads = model.be.training_threads(state.blas_threads)[0]
+        largest = blas_threads.largest_product(model.sizes, kwargs["batch_size"]) if "batch_size" in kwargs else None
+        state.blas_threads = model.be.training_threads(state.blas_threads, largest)[0]
         with model.be.threads(state.blas_threads):
             return f(model, *args, state=state, **kwargs)
 
@@ -383,7 +384,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         state = TrainState()
     if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
         state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
-    state.blas_threads, why = model.be.training_threads(state.blas_threads)  # fit keeps this count
+    largest = blas_threads.largest_product(model.sizes, cfg.batch_size)
+    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
     if model.be.note:

@@ -69,6 +69,22 @@ def test_a_bad_gpumlp_threads_names_the_fix(value):
         blas_threads.threads_from_env({"GPUMLP_THREADS": value})
 
 
+def test_a_run_of_small_products_takes_one_thread_unless_told_otherwise(monkeypatch):
+    """Auto gives one thread to a run whose biggest product is at most ONE_THREAD_MNK multiply-adds
+    (784-300-100-50-10 at batch 10), the cores' count to bigger ones; GPUMLP_THREADS and a resumed
+    run's count still win."""
+    monkeypatch.setattr(blas_threads, "_auto", (2, "auto: stand-in"))
+    monkeypatch.delenv("GPUMLP_THREADS", raising=False)
+    small = blas_threads.largest_product((784, 300, 100, 50, 10), 10)
+    big = blas_threads.largest_product((784, 512, 10), 128)
+    assert small == 10 * 784 * 300 <= blas_threads.ONE_THREAD_MNK < 128 * 784 * 512 == big
+    assert blas_threads.training_threads(None, small) == (1, "auto: stand-in; 1 for products this small")
+    assert blas_threads.training_threads(None, big) == (2, "auto: stand-in")
+    assert blas_threads.training_threads(2, small) == (2, "as the resumed run")
+    monkeypatch.setenv("GPUMLP_THREADS", "2")
+    assert blas_threads.training_threads(None, small) == (2, "GPUMLP_THREADS")
+
+
 def test_training_threads_env_then_recorded_then_auto(monkeypatch):
     monkeypatch.setattr(blas_threads, "_auto", (2, "auto: stand-in"))
     monkeypatch.delenv("GPUMLP_THREADS", raising=False)
