@@ -95,6 +95,9 @@ def run_under_load(loads, configs, repeats: int = 3, data_dir=None, sgemm_n: int
 
             result = run_bench("cpu", repeats, configs, data_dir, extras=False, sgemm_n=sgemm_n, beside=one_thread)
             alive = sum(p.poll() is None for p in procs)
+            for row, cfg in zip(result["rows"], configs):  # what each row trained with (fit's own rule)
+                largest = blas_threads.largest_product(cfg.sizes, cfg.batch_size)
+                row["threads"] = blas_threads.training_threads(None, largest)[0]
         for row, (timed_images, seconds) in zip(result["rows"], ones):
             row["one_thread_seconds"] = seconds
             row["one_thread_images_per_s"] = timed_images / sorted(seconds)[len(seconds) // 2]
@@ -134,7 +137,7 @@ def format_under_load(result: dict) -> str:
     ]
     head = "load config threads batch images/s 1-thread_images/s ÷1-thread slowdown".split()
     body = [
-        [str(level["background"]), r["name"], str(level["threads"]), str(r["batch_size"]),
+        [str(level["background"]), r["name"], str(r["threads"]), str(r["batch_size"]),
          f"{r['images_per_s']:,.0f}", f"{r['one_thread_images_per_s']:,.0f}", f"{r['vs_one_thread']:.2f}",
          f"{r['slowdown']:.2f}×"]
         for level in result["loads"]
@@ -144,7 +147,8 @@ def format_under_load(result: dict) -> str:
     lines += [
         "",
         *(
-            f"load {lv['background']}: {lv['threads']} BLAS thread{'s' if lv['threads'] != 1 else ''} ({lv['why']})"
+            f"load {lv['background']}: {lv['threads']} BLAS thread{'s' if lv['threads'] != 1 else ''} ({lv['why']}; "
+            "1 for a row whose products are all small)"
             for lv in result["loads"]
         ),
     ]

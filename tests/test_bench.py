@@ -359,6 +359,7 @@ def test_run_under_load_on_a_tiny_row(monkeypatch):
     for level in result["loads"]:
         (row,) = level["rows"]
         assert row["name"] == "tiny" and level["threads"] >= 1 and level["why"].startswith("auto: ")
+        assert row["threads"] == 1  # what fit trained it with: its products are all small, whatever the load
         assert row["vs_one_thread"] == pytest.approx(row["images_per_s"] / row["one_thread_images_per_s"])
         assert len(row["one_thread_seconds"]) == 1
     assert result["loads"][0]["rows"][0]["slowdown"] == 1.0
