@@ -41,6 +41,7 @@ ENV_SHOWN = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "GPUMLP_BLAS",
+    "GPUMLP_THREADS",
     "CUPY_TF32",
 )
 

@@ -376,3 +376,14 @@ def test_background_load_option_parsing():
     for bad in ("", "a", "-1", "0,,1", "65"):
         with pytest.raises(SystemExit, match="--background-load"):
             bench.parse_loads(bad)
+
+
+def test_the_command_line_shows_the_settings_that_change_speed(monkeypatch):
+    """A figure's command must say what it ran with: the thread count and library choices too."""
+    from gpumlp.bench import command_line
+
+    monkeypatch.setenv("GPUMLP_THREADS", "1")
+    monkeypatch.setenv("GPUMLP_BLAS", "numpy")
+    monkeypatch.setattr("sys.argv", ["scripts/bench.py", "--rows", "1-5"])
+    assert "GPUMLP_BLAS=numpy GPUMLP_THREADS=1 " in command_line()
+    assert command_line().endswith("scripts/bench.py --rows 1-5")
