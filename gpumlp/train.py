@@ -249,12 +249,6 @@ def fit(
     return state.history
 
 
-# Images gathered at once by _train_epoch: 0.8 MB, which stays in the core's cache until its batches
-# are used (thread CPU time against 8192, 25 MB: 784-10 at batch 10 +33%, 784-16-16-10 +10%,
-# 784-100-10 at batch 128 +13%, 784-300-100-50-10 ±0).
-GATHER_IMAGES = 256
-
-
 def _warm_up(model: MLP, step, X, Y, batch_size: int, lr: float, rollback: Rollback, val) -> None:
     """One training step on the first batch and the epoch's reductions, then undone (``rollback``
     restores the parameters, optimiser state and step count): the first use of each kernel
@@ -296,10 +290,10 @@ def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, p
     except ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches."""
     n = X.shape[0]
     n_batches = -(-n // batch_size)
-    # The shuffled images are gathered a chunk of whole batches at a time (~GATHER_IMAGES), and each
-    # batch is a view into its chunk: two gathers per chunk instead of two per batch (at batch 10
-    # each costs ~2 µs of a ~50 µs step), without a shuffled copy of the whole set.
-    chunk = batch_size * max(1, GATHER_IMAGES // batch_size)
+    # The shuffled images are gathered a chunk of whole batches at a time (~``be.gather_images``),
+    # and each batch is a view into its chunk: two gathers per chunk instead of two per batch (at
+    # batch 10 each costs ~2 µs of a ~50 µs CPU step), without a shuffled copy of the whole set.
+    chunk = batch_size * max(1, be.gather_images // batch_size)
     total = be.xp.zeros((), dtype=X.dtype)  # summed loss, accumulated on the device
     batch = 0
     for first in range(0, n, chunk):

@@ -34,13 +34,13 @@ def test_fit_is_minibatch_sgd_over_a_fresh_permutation_with_the_partial_batch(de
 
 @pytest.mark.parametrize("gather", [1, 7, 256, 8192])
 def test_the_batches_do_not_depend_on_how_many_images_are_gathered_at_once(gather, monkeypatch):
-    """``_train_epoch`` gathers GATHER_IMAGES shuffled images at a time (whole batches, the chunk
-    rounded down to a multiple of the batch, at least one): any size trains the same batches."""
+    """``_train_epoch`` gathers ``be.gather_images`` shuffled images at a time (whole batches, the
+    chunk rounded down to a multiple of the batch, at least one): any size trains the same batches."""
     rng = np.random.default_rng(2)
     X, y = rng.random((95, 784)), rng.integers(0, 10, 95)
     thetas = []
     for size in (gather, 10**6):
-        monkeypatch.setattr("gpumlp.train.GATHER_IMAGES", size)
+        monkeypatch.setattr("gpumlp.backend.NumpyBackend.gather_images", size)
         m = MLP((784, 8, 10), "relu", "ce", seed=1)
         fit(m, X, y, epochs=2, batch_size=10, lr=0.3, seed=4, optimizer="nesterov")
         thetas.append(m.theta.copy())
