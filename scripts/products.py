@@ -31,6 +31,8 @@ from bench import parse_rows  # scripts/bench.py, beside this file
 from gpumlp.backend import NumpyBackend
 from gpumlp.bench import CONFIGS
 from gpumlp.blas import Blas
+from gpumlp.blas_threads import largest_product, training_threads
+from gpumlp.blas_threads import threads as blas_threads
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
 
@@ -69,10 +71,12 @@ def step_products(cfg) -> list[tuple[str, int, int, int, bool]]:
 
 
 def numpy_seconds(name: str, m: int, k: int, n: int, fused: bool, rng) -> float:
-    """One product as gpumlp's backward and forward call it (float32, its layouts)."""
+    """One product as gpumlp's backward and forward call it (float32, its layouts; a layer's forward
+    through ``layer_matmul_function``, in column pieces where training cuts it so)."""
     if name.startswith("forward"):
-        A, W, Z = rng.random((m, k), np.float32), rng.random((k, n), np.float32), np.empty((m, n), np.float32)
-        return per_call(lambda: np.matmul(A, W, out=Z))
+        A, W = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
+        mm = CPU.layer_matmul_function(k, n)
+        return per_call(lambda: mm(A, W))
     if name.startswith("dA"):
         dZ, W, dA = rng.random((m, k), np.float32), rng.random((n, k), np.float32), np.empty((m, n), np.float32)
         return per_call(lambda: np.matmul(dZ, W.T, out=dA))  # W (a, b) stored as gpumlp does, read transposed
@@ -107,10 +111,15 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
     # over tens of seconds, which one pass of each after the other would read as a difference.
     numpy_s = {r: [[] for _ in products[r]] for r in rows}
     torch_s = {r: [[] for _ in products[r]] for r in rows}
+    # Each row's numpy products run on the BLAS threads its training would (fit's rule: one for a
+    # row of small products), as `gpumlp bench` runs it.
+    largest = {r: largest_product(CONFIGS[r - 1].sizes, CONFIGS[r - 1].batch_size) for r in rows}
+    threads = {r: training_threads(None, largest[r])[0] for r in rows}
     for _ in range(rounds):
         for r in rows:
-            for k, p in enumerate(products[r]):
-                numpy_s[r][k].append(numpy_seconds(*p, rng))
+            with blas_threads(threads[r], CPU.blas.name):
+                for k, p in enumerate(products[r]):
+                    numpy_s[r][k].append(numpy_seconds(*p, rng))
             if torch is not None:
                 time.sleep(0.5)
                 for k, p in enumerate(products[r]):
@@ -128,7 +137,7 @@ def report(rows: list[int], with_torch: bool, rounds: int = 3) -> str:
     head += "  torch µs  GFLOP/s  numpy÷torch time" if torch else ""
     for r in rows:
         cfg = CONFIGS[r - 1]
-        lines += ["", f"{r}  {cfg.name}, batch {cfg.batch_size}", head]
+        lines += ["", f"{r}  {cfg.name}, batch {cfg.batch_size}, {threads[r] or 'default'} numpy BLAS thread(s)", head]
         for k, (name, m, kk, n, _) in enumerate(products[r]):
             flop, s = 2 * m * kk * n, numpy_s[r][k]
             line = f"   {name:30} {f'{m}×{kk}×{n}':>16} {s * 1e6:9.1f} {flop / s / 1e9:8.1f}"
