@@ -293,6 +293,7 @@ class MLP:
         # Every product of forward and backward: xp.matmul, or one that hands the big ones to MKL.
         self._matmul = self.be.matmul_function()
         self._forward_mm = [self.be.layer_matmul_function(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:])]
+        self._input_grad = [self.be.input_grad_function(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:])]
 
     @property
     def n_layers(self) -> int:
@@ -372,7 +373,7 @@ class MLP:
         mm, W, Hs, fused, be = self._matmul, self._W, As if Hs is None else Hs, fused or {}, self.be
         for l in reversed(range(self.n_layers)):
             # forward:  Z{l+1} = A{l} @ W{l} + b{l}
-            dA = mm(dZ, W[l].T) if l > 0 else None  # (n, n_in)  dA{l} = dZ W{l}ᵀ (the input layer needs none)
+            dA = self._input_grad[l](dZ, W[l]) if l > 0 else None  # (n, n_in) dA{l} = dZ W{l}ᵀ (input layer: none)
             if l in fused:  # SGD: W{l} ← (1 − ηλ) W{l} − η A{l}ᵀ dZ, with (α, β) = (−η, 1 − ηλ)
                 self.be.gemm(As[l].T, dZ, W[l], *fused[l])
             else:

@@ -12,6 +12,7 @@ from gpumlp.backend import NumpyBackend
 from gpumlp.blas import Blas
 from gpumlp.device import get_backend
 from gpumlp.errors import ConfigError
+from gpumlp.model import MLP
 
 LAYOUTS = {
     "A B": lambda A, B: (A, B),
@@ -332,6 +333,63 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     blas_threads[0], calls[:] = 1, []
     mkl.layer_matmul_function(784, 300)(X10, W)  # MKL's product function (here declining to numpy), uncut
     assert calls == [((10, 784), (784, 300))]
+
+
+def test_a_wide_layers_input_gradient_at_a_small_batch_goes_in_small_kernel_pieces(monkeypatch):
+    """The same kernel sets take dZ·Wᵀ by the small kernel only while m·n_in ≤ 1200 as well: at a
+    small batch on one thread, backward's input gradient of a layer with ≥ 64 outputs goes in pieces
+    of rows of W that fit, each into its columns of dA; narrow layers, batches over 18, two threads,
+    other kernel sets and MKL keep one product. The model's gradients are the same to rounding."""
+    from gpumlp import backend
+
+    calls, matmul = [], np.matmul
+
+    def recording_matmul(A, B, out=None):
+        calls.append((A.shape, B.shape, B.flags.f_contiguous))
+        return matmul(A, B, out=out)
+
+    cpu = NumpyBackend("cpu", np, library=SimpleNamespace(serves_products=False))  # numpy's OpenBLAS
+    monkeypatch.setattr(backend, "openblas_core", lambda: "skylakex")
+    blas_threads = [1]
+    monkeypatch.setattr(backend, "_openblas_threads", lambda: lambda: blas_threads[0])
+    rng = np.random.default_rng(7)
+    W, W_narrow = rng.random((300, 100), np.float32), rng.random((300, 50), np.float32)
+    dZ10, dZ32 = rng.random((10, 100), np.float32), rng.random((32, 100), np.float32)
+    expected = dZ10 @ W.T
+    monkeypatch.setattr(np, "matmul", recording_matmul)
+    dA, narrow = cpu.input_grad_function(300, 100), cpu.input_grad_function(300, 50)
+    got = dA(dZ10, W)
+    assert calls == [((10, 100), (100, 100), True)] * 3  # 10·300 > 1200 ≥ 10·100: three pieces of 100 rows
+    assert got.shape == (10, 300) and got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    calls.clear()
+    dA(dZ32, W)  # pieces of 37 rows would not pay
+    narrow(dZ10[:, :50], W_narrow)  # 50 outputs: too few for pieces to pay
+    dA(dZ10[:, :100], W[:100])  # 10·100 ≤ 1200: already the small kernel
+    blas_threads[0] = 2
+    dA(dZ10, W)  # on two threads one product
+    assert calls == [((32, 100), (100, 300), True), ((10, 50), (50, 300), True)] + [
+        ((10, 100), (100, 100), True),
+        ((10, 100), (100, 300), True),
+    ]
+    monkeypatch.setattr(np, "matmul", matmul)
+    blas_threads[0] = 1
+    monkeypatch.setattr(backend, "openblas_core", lambda: "haswell")  # no small-matrix kernel: one product
+    calls.clear()
+    monkeypatch.setattr(np, "matmul", recording_matmul)
+    cpu.input_grad_function(300, 100)(dZ10, W)
+    assert calls == [((10, 100), (100, 300), True)]
+    monkeypatch.setattr(np, "matmul", matmul)
+
+    # In a network: the same gradients as one product gives, to float32 rounding.
+    X, y = rng.random((10, 784)), rng.integers(0, 10, 10)
+    grads = {}
+    for core in ("skylakex", "haswell"):
+        monkeypatch.setattr(backend, "openblas_core", lambda core=core: core)
+        model = MLP((784, 300, 100, 10), "sigmoid", "mse", seed=3, device=cpu)
+        grads[core] = model.loss_and_grads(X, y)[1]
+    for k in grads["haswell"]:
+        np.testing.assert_allclose(grads["skylakex"][k], grads["haswell"][k], rtol=1e-4, atol=1e-7)
 
 
 def test_openblas_core_names_numpys_kernel_set():
