@@ -73,15 +73,14 @@ class CupyBackend(Backend):
             return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD, act))(H, dA)
         return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD_MASKED, act))(H, M, dA)
 
-    def loss_delta(self, Z, b, Y, loss, n: int):
+    def loss_delta(self, Z, b, Y, loss, n: int, losses):
         if not (Z.flags.c_contiguous and Y.flags.c_contiguous and b.flags.c_contiguous):
-            return super().loss_delta(Z, b, Y, loss, n)  # the kernel indexes rows of contiguous arrays
-        xp = self.xp
-        delta = xp.empty_like(Z)  # (n, k)
-        row = xp.empty((Z.shape[0],), dtype=Z.dtype)  # (n,) each row's loss
+            return super().loss_delta(Z, b, Y, loss, n, losses)  # the kernel indexes rows of contiguous arrays
+        delta = self.xp.empty_like(Z)  # (n, k)
         flat = (Z.reshape(-1), b, Y.reshape(-1), delta.reshape(-1))  # views: the kernel indexes i·k + j
-        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, row)
-        return row.sum(), delta  # (a device scalar, (n, k))
+        # Each row's loss is added into losses[i] (n,): no sum per step, the epoch sums once.
+        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]])
+        return delta  # (n, k)
 
     def optimizer_step(self, opt, lr: float) -> None:
         """The weight decay and the rule of ``opt`` in one kernel per span of θ (one span unless
