@@ -49,6 +49,7 @@ class Backend:
     note: str = ""  # why ``auto`` chose this device, empty otherwise
 
     compiles_kernels = False  # whether the first use of an operation compiles it (CuPy: NVRTC, CUB)
+    captures_graphs = False  # whether ``capture`` records device work as one replayable launch (CuPy)
     # Shuffled images a training epoch gathers at once (25 MB of them): each gather is a launch on a
     # GPU, so fewer and bigger ones (``NumpyBackend`` takes fewer at a time, for its caches).
     gather_images = 8192

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 from gpumlp.data import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
+from gpumlp.graph import graph_step
 from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.presets import preset_config
@@ -159,6 +161,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     state: TrainState | None = None,
     on_progress: Callable[[int, int, int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **recipe,
 ) -> list[EpochStats]:
     """Mini-batch training on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
@@ -174,7 +177,8 @@ def fit(
     score and the model ends with the best epoch's weights (``state.weights_epoch``).
 
     ``on_progress(epoch, batches_done, n_batches, running_loss)``, for a progress display, is
-    called about 50 times an epoch; each call reads the running loss from the device.
+    called about 50 times an epoch; each call reads the running loss from the device. ``log`` gets
+    the one-line notes of ``cuda_graph`` (ignored on the CPU; a capture that failed); default stderr.
     """
     r = _checked_recipe(model, X_train, X_val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **recipe)
     # The labels on the host: on a GPU, take() would wrap an out-of-range label into another class.
@@ -206,6 +210,8 @@ def fit(
     losses = xp.zeros((min(batch_size, n),), dtype=dtype)  # (batch,)
     if be.compiles_kernels and state.epochs_done < epochs:  # CuPy: keep compilation out of epoch 1's time
         _warm_up(model, step, X, Y, losses, lr, last_complete, (X_val, y_val) if has_val else None)
+    if r["cuda_graph"]:  # each whole batch one launch, captured after the warm-up (gpumlp/graph.py)
+        step = graph_step(model, opt, step, losses.shape[0], log or _to_stderr)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
@@ -249,6 +255,10 @@ def fit(
         with deferred_sigint():  # the model and ``state`` switch to the best epoch together
             stopping.finish()
     return state.history
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _warm_up(model: MLP, step, X, Y, losses, lr: float, rollback: Rollback, val) -> None:
@@ -407,7 +417,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
-            on_progress=on_progress,
+            on_progress=on_progress, log=log,
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
