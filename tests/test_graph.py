@@ -281,9 +281,9 @@ def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch)
     assert not np.array_equal(theta, MLP((784, 16, 12, 10), seed=1, dtype="float64").theta)  # it trained
 
 
-def step_parts(be, **recipe):
-    """The reference network's step, its optimiser and a batch of 10 on ``be``."""
-    m = MLP((784, 16, 16, 10), "sigmoid", "mse", device=be, dtype="float64")
+def step_parts(be, sizes=(784, 16, 16, 10), activation="sigmoid", loss="mse", **recipe):
+    """A network's step (the reference network by default), its optimiser and a batch of 10 on ``be``."""
+    m = MLP(sizes, activation, loss, device=be, dtype="float64")
     r = {**DEFAULT_RECIPE, **recipe}
     opt = make_optimizer(r["optimizer"], m, weight_decay=r["weight_decay"], fuse=True)
     rng = np.random.default_rng(0)
@@ -291,15 +291,23 @@ def step_parts(be, **recipe):
     return m, opt, _make_step(m, opt, r, seed=0), X, Y, be.xp.zeros((10,), dtype=X.dtype)
 
 
-def test_a_captured_step_is_one_launch_after_two_copies(graph_cuda):
-    """784-16-16-10, SGD, batch 10, counted on CupyBackend's own code: 17 launches uncaptured (as
-    the fake device counts them, tests/test_launches.py); with the graph, the batch's two copies
-    into the static buffers and one graph launch."""
-    m, opt, step, X, Y, losses = step_parts(graph_cuda)
+@pytest.mark.parametrize(
+    "network,uncaptured",
+    [
+        (dict(), 17),  # the reference network: 784-16-16-10 sigmoid mse SGD
+        (dict(sizes=(784, 800, 10), activation="relu", loss="ce"), 11),  # W0's SGD step inside backward's gemm
+        (dict(activation="tanh", optimizer="nesterov", weight_decay=1e-4, max_norm=3.0), 20),  # + 3 max-norm kernels
+    ],
+)
+def test_a_captured_step_is_one_launch_after_two_copies(graph_cuda, network, uncaptured):
+    """Batch 10, counted on CupyBackend's own code: uncaptured, the launches the fake device counts
+    (tests/test_launches.py); with the graph, the batch's two copies into the static buffers and
+    one graph launch."""
+    m, opt, step, X, Y, losses = step_parts(graph_cuda, **network)
     step(X, Y, 0.1, 1, 0, losses)  # the warm-up: first uses outside the count
     DEVICE.launches = 0
     step(X, Y, 0.1, 1, 1, losses)
-    assert DEVICE.launches == 17
+    assert DEVICE.launches == uncaptured
     graph = GraphStep(m, opt, step, 10, log=pytest.fail)
     graph(X, Y, 0.1, 1, 2, losses)  # captures, then launches
     DEVICE.launches = 0
