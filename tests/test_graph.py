@@ -281,6 +281,22 @@ def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch)
     assert not np.array_equal(theta, MLP((784, 16, 12, 10), seed=1, dtype="float64").theta)  # it trained
 
 
+def test_a_run_continued_with_the_graph_is_the_uninterrupted_run(graph_cuda):
+    """Two epochs with the graph, then fit continues the same state to four (a new capture on the
+    buffers the first run left): bit for bit the four epochs of an uncaptured run."""
+    theta, history, _ = train(graph_cuda, False, epochs=4, optimizer="momentum")
+    rng = np.random.default_rng(0)
+    X, y = rng.random((95, 784)), rng.integers(0, 10, 95)
+    m = MLP((784, 16, 12, 10), "relu", "ce", seed=1, device=graph_cuda, dtype="float64")
+    state, notes = TrainState(), []
+    for epochs in (2, 4):
+        h = fit(m, X, y, epochs=epochs, batch_size=10, lr=0.05, seed=2, X_val=X[:20], y_val=y[:20], state=state,
+                optimizer="momentum", cuda_graph=True, log=notes.append)  # fmt: skip
+    assert notes == [] and DEVICE.captures == 2 and DEVICE.graph_launches == 4 * 9
+    np.testing.assert_array_equal(graph_cuda.to_numpy(m.theta), theta)
+    assert [(e.train_loss, e.val_loss, e.val_accuracy) for e in h] == history
+
+
 def step_parts(be, sizes=(784, 16, 16, 10), activation="sigmoid", loss="mse", **recipe):
     """A network's step (the reference network by default), its optimiser and a batch of 10 on ``be``."""
     m = MLP(sizes, activation, loss, device=be, dtype="float64")
