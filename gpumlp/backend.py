@@ -53,6 +53,7 @@ class Backend:
     note: str = ""  # why ``auto`` chose this device, empty otherwise
 
     compiles_kernels = False  # whether the first use of an operation compiles it (CuPy: NVRTC, CUB)
+    captures_graphs = False  # whether ``capture`` records device work as one replayable launch (CuPy)
     # Shuffled images a training epoch gathers at once (25 MB of them): each gather is a launch on a
     # GPU, so fewer and bigger ones (``NumpyBackend`` takes fewer at a time, for its caches).
     gather_images = 8192
@@ -136,15 +137,18 @@ class Backend:
             dA *= M  # dropped units pass no gradient
         return xp.multiply(dA, act.grad(xp, H), out=dA)
 
-    def loss_delta(self, Z, b, Y, loss, n: int):
-        """``(total, delta)`` of the output layer: Z (n, k) the product A_L−1 W_L−1 *without* its bias
-        b (k,) (a temporary, overwritten), Y (n, k) one-hot; total the summed loss (a device scalar),
-        delta (n, k) the gradient of the *mean* loss w.r.t. Z + b. ``loss``: a ``gpumlp.model.Loss``."""
+    def loss_delta(self, Z, b, Y, loss, n: int, losses):
+        """delta (n, k) of the output layer, the gradient of the *mean* loss w.r.t. Z + b: Z (n, k) the
+        product A_L−1 W_L−1 *without* its bias b (k,) (a temporary, overwritten), Y (n, k) one-hot,
+        ``loss`` a ``gpumlp.model.Loss``. The batch's summed loss is added into ``losses`` (≥ n,), the
+        epoch's device accumulator, of which only the sum is read: here the batch's total goes into
+        losses[0]; CuPy's kernel adds each row's loss into losses[i] (one launch, no reduction)."""
         xp = self.xp
         xp.add(Z, b, out=Z)  # (n, k) output pre-activation Z_L
         total, delta = loss.total_and_delta(xp, Z, loss.output(xp, Z), Y)
+        losses[0] += total  # one element: on numpy ~0.1 µs, where a 0-d array sum costs ~1 µs
         xp.divide(delta, const(xp, delta.dtype, n), out=delta)  # d mean / d Z_L = delta / n
-        return total, delta
+        return delta
 
     def optimizer_step(self, opt, lr: float) -> None:
         """One update of ``opt``'s parameters (``gpumlp.optim.Optimizer``): its own readable rule."""

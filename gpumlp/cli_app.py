@@ -114,7 +114,7 @@ def _config_options() -> list[inspect.Parameter]:
     for f in dataclasses.fields(TrainConfig):
         m = f.metadata
         name = m.get("name", f.name)
-        typ = m.get("cli_type") or {"int": int, "float": float, "str": str}.get(f.type, str | None)
+        typ = m.get("cli_type") or {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str | None)
         flags = (f"--{name.replace('_', '-')}", *m.get("flags", ()))
         info = typer.Option(*flags, help=m["help"], rich_help_panel=m["panel"])
         default = m.get("cli_default", f.default)

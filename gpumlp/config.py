@@ -89,6 +89,11 @@ class TrainConfig:
     shear: float = option(0.1, "Max shear.", AUGMENT_PANEL)
     elastic_alpha: float = option(34.0, "Elastic distortion intensity, pixels (Simard et al. 2003).", AUGMENT_PANEL)
     elastic_sigma: float = option(4.0, "Elastic distortion smoothness, pixels.", AUGMENT_PANEL)
+    # -- how a step runs (never what it computes)
+    cuda_graph: bool = option(
+        False, "CUDA only: capture the training step once as a CUDA graph and replay it, one launch per batch "
+        "(sgd, momentum, nesterov; no dropout or augmentation). Ignored on the CPU, with a note.", RECIPE_PANEL,
+    )  # fmt: skip
     preset: str | None = option(
         None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
         "10–11 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
@@ -118,9 +123,15 @@ class TrainConfig:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
     def _check_types(self):
-        """Whole numbers where the field is an int, finite numbers where it is a float."""
+        """Whole numbers where the field is an int, finite numbers where it is a float, a flag where a bool."""
+        import numpy as np
+
         for f in fields(self):
             value, option = getattr(self, f.name), f"--{f.metadata.get('name', f.name).replace('_', '-')}"
+            if f.type == "bool":
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ConfigError(f"{option} is a flag: true or false (got {value!r})")
+                setattr(self, f.name, bool(value))
             if f.type not in ("int", "float"):
                 continue
             number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's numbers too
@@ -151,6 +162,12 @@ class TrainConfig:
             raise ConfigError(PATIENCE_NEEDS_VAL)
         self.augment = ",".join(parse_kinds(self.augment)) or "none"
         augment_config(self.recipe())  # checks the strengths
+        if self.cuda_graph:
+            from gpumlp.graph import refusal
+
+            why = refusal(self.recipe())
+            if why:
+                raise ConfigError(why)
 
     def recipe(self) -> dict:
         """The options ``fit`` takes beyond epochs, batch size, lr and seed."""
@@ -194,6 +211,8 @@ def describe_recipe(cfg: TrainConfig) -> str:
         parts.append(f"augment {cfg.augment}")
     if cfg.patience:
         parts.append(f"early stopping on val {cfg.monitor} (patience {cfg.patience})")
+    if cfg.cuda_graph:
+        parts.append("CUDA graph")
     return ", ".join(parts)
 
 

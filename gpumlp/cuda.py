@@ -29,6 +29,7 @@ class CupyBackend(Backend):
     (never TF32: see ``tf32``); the element-wise chains of the reference are one kernel each."""
 
     compiles_kernels = True
+    captures_graphs = True  # ``capture``: a training step as one CUDA graph (gpumlp.graph, --cuda-graph)
     # gpumlp's one choice: float32 products are computed in float32, never rounded to TF32 (10-bit
     # mantissa) on the tensor cores, whatever CUPY_TF32 says: results then agree with the CPU's to
     # float32 rounding, and a checkpoint records what ran. ``select_precision`` applies it.
@@ -73,15 +74,14 @@ class CupyBackend(Backend):
             return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD, act))(H, dA)
         return self._kernel(kernels.activation_kernel(kernels.ACT_GRAD_MASKED, act))(H, M, dA)
 
-    def loss_delta(self, Z, b, Y, loss, n: int):
+    def loss_delta(self, Z, b, Y, loss, n: int, losses):
         if not (Z.flags.c_contiguous and Y.flags.c_contiguous and b.flags.c_contiguous):
-            return super().loss_delta(Z, b, Y, loss, n)  # the kernel indexes rows of contiguous arrays
-        xp = self.xp
-        delta = xp.empty_like(Z)  # (n, k)
-        row = xp.empty((Z.shape[0],), dtype=Z.dtype)  # (n,) each row's loss
+            return super().loss_delta(Z, b, Y, loss, n, losses)  # the kernel indexes rows of contiguous arrays
+        delta = self.xp.empty_like(Z)  # (n, k)
         flat = (Z.reshape(-1), b, Y.reshape(-1), delta.reshape(-1))  # views: the kernel indexes i·k + j
-        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, row)
-        return row.sum(), delta  # (a device scalar, (n, k))
+        # Each row's loss is added into losses[i] (n,): no sum per step, the epoch sums once.
+        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]])
+        return delta  # (n, k)
 
     def optimizer_step(self, opt, lr: float) -> None:
         """The weight decay and the rule of ``opt`` in one kernel per span of θ (one span unless
@@ -139,12 +139,63 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.Device(self.device_id).synchronize()
 
+    def capture(self, record, nbytes: int):
+        """The device work of ``record()`` as a CUDA graph, whose ``launch()`` replays it on the
+        current stream; captured on a stream of its own: nothing runs now. Every array
+        ``record`` creates is carved from one block of ``nbytes`` reserved first (a bigger one if
+        that is too small), so no memory is allocated while capturing, and none that the graph uses
+        goes back to CuPy's pool for other arrays while the graph lives (its arrays hold the block)."""
+        cuda = self.xp.cuda
+        while True:
+            arena, stream = _Arena(cuda, nbytes), cuda.Stream(non_blocking=True)
+            try:
+                with stream, cuda.using_allocator(arena):
+                    stream.begin_capture()
+                    try:
+                        record()
+                    finally:
+                        graph = stream.end_capture()  # ends a failed capture too
+            except _ArenaFull:
+                nbytes *= 4
+                continue
+            return _Captured(graph, arena)
+
     def _kernel(self, spec: tuple[str, str, str]):
         kernel = _KERNELS.get(spec)
         if kernel is None:
             name = f"gpumlp_k{len(_KERNELS)}"
             kernel = _KERNELS[spec] = self.xp.ElementwiseKernel(*spec, name=name)
         return kernel
+
+
+class _Captured:
+    """A ``cupy.cuda.Graph`` and the block its arrays were carved from (the graph holds no reference
+    to its memory)."""
+
+    def __init__(self, graph, arena):
+        self.graph, self.arena = graph, arena
+
+    def launch(self) -> None:
+        self.graph.launch()  # on the current stream, after the copies into its input buffers
+
+
+class _ArenaFull(MemoryError):
+    """A capture needed more than its block: ``CupyBackend.capture`` tries again with a bigger one."""
+
+
+class _Arena:
+    """A bump allocator for ``cupy.cuda.using_allocator``: each request gets the next bytes of one
+    block reserved before capturing, never reused while the block lives (rounded to 512 bytes, as
+    CuPy's pool rounds)."""
+
+    def __init__(self, cuda, nbytes: int):
+        self.block, self.size, self.used = cuda.alloc(nbytes), nbytes, 0
+
+    def __call__(self, nbytes: int):
+        start, self.used = self.used, self.used + -(-nbytes // 512) * 512
+        if self.used > self.size:
+            raise _ArenaFull(f"a captured step needs more than {self.size} bytes")
+        return self.block + start
 
 
 def _reason(e: BaseException) -> str:

@@ -22,8 +22,8 @@ ACT_GRAD = ("T a", "T d", "d = d * ({grad});")
 ACT_GRAD_MASKED = ("T a, T m", "T d", "d = (d * m) * ({grad});")
 
 # The output layer and the loss, one thread per row of k classes: adds the bias, applies the output
-# function, writes delta = d(mean loss)/dZ (n, k) and the row's loss; the batch's total is then one
-# sum of ``row``. Z (n, k), Y (n, k) and delta (n, k) must be C-contiguous.
+# function, writes delta = d(mean loss)/dZ (n, k) and *adds* the row's loss into ``row``, the row's
+# place in the epoch's accumulator (summed once an epoch). Z (n, k), Y (n, k), delta (n, k) C-contiguous.
 _LOSS_PARAMS = "raw T z, raw T bias, raw T y, raw T delta, int32 k, T inv_n"
 LOSS_MSE = (
     _LOSS_PARAMS,
@@ -37,7 +37,7 @@ LOSS_MSE = (
         s += T(0.5) * d * d;                        // ½‖a − y‖²
         delta[o] = d * (a * (T(1) - a)) * inv_n;    // (a − y) σ'(z) / n
     }
-    row = s;
+    row += s;
     """,
 )
 LOSS_CE = (
@@ -56,7 +56,7 @@ LOSS_CE = (
         zy += v * y[r + j];
         delta[r + j] = (exp(v - lse) - y[r + j]) * inv_n;   // (softmax(z) − y) / n
     }
-    row = lse - zy;                                 // −log softmax(z)_y for a one-hot y
+    row += lse - zy;                                // −log softmax(z)_y for a one-hot y
     """,
 )
 

@@ -385,15 +385,19 @@ class MLP:
                 dZ = be.act_grad_mul(dA, Hs[l], self._act, M)  # (n, n_in) dZ{l} = dA{l} (⊙ M{l}) ⊙ f'(Z{l})
         return self.grads
 
-    def batch_loss_and_grads(self, X, Y, masks=None, fused=None):
-        """Summed loss of a device batch X (n, 784), Y one-hot (n, 10), as a device scalar (no
-        sync); fills ``self.grads`` with the gradients of the *mean* loss. ``masks``: dropout's
-        (see ``dropout_masks``), or None; ``fused``: see ``backward``."""
+    def batch_loss_and_grads(self, X, Y, masks=None, fused=None, losses=None):
+        """Fills ``self.grads`` with the gradients of the *mean* loss of a device batch X (n, 784),
+        Y one-hot (n, 10), and adds its summed loss into ``losses``: a device vector of ≥ n entries
+        whose sum is what counts (the training loop's accumulator, read once an epoch; None: a fresh
+        one). Returns ``losses``; no sync. ``masks``: dropout's (see ``dropout_masks``), or None;
+        ``fused``: see ``backward``."""
+        if losses is None:
+            losses = self.be.xp.zeros((X.shape[0],), dtype=DTYPES[self.dtype])  # (n,)
         As, Hs, Z = self._forward(X, masks, train=True)
         # The output bias, activation, loss and its gradient: d mean / d Z_L = delta / n
-        total, delta = self.be.loss_delta(Z, self._b[-1], Y, self._loss, X.shape[0])
+        delta = self.be.loss_delta(Z, self._b[-1], Y, self._loss, X.shape[0], losses)
         self.backward(As, delta, masks, Hs, fused)
-        return total
+        return losses
 
     def dropout_masks(self, rng, p: float, n: int, *coords: int) -> list:
         """Inverted-dropout multipliers for a batch of n: per hidden layer (n, n_l) on the device,
@@ -413,7 +417,7 @@ class MLP:
     def loss_and_grads(self, X, y) -> tuple[float, dict]:
         """Mean loss (a Python float, a sync point) and its gradients for images X (n, 784), labels y (n,)."""
         X = self.inputs(X)
-        total = self.batch_loss_and_grads(X, self.one_hot(check_labels(self.be, y, X.shape[0])))
+        total = self.batch_loss_and_grads(X, self.one_hot(check_labels(self.be, y, X.shape[0]))).sum()
         grads = {k: v.copy() for k, v in self.grads.items()}
         return float(self.be.to_numpy(total)) / X.shape[0], grads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 from gpumlp.data import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
+from gpumlp.graph import graph_step
 from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.presets import preset_config
@@ -159,6 +161,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     state: TrainState | None = None,
     on_progress: Callable[[int, int, int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **recipe,
 ) -> list[EpochStats]:
     """Mini-batch training on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
@@ -174,7 +177,8 @@ def fit(
     score and the model ends with the best epoch's weights (``state.weights_epoch``).
 
     ``on_progress(epoch, batches_done, n_batches, running_loss)``, for a progress display, is
-    called about 50 times an epoch; each call reads the running loss from the device.
+    called about 50 times an epoch; each call reads the running loss from the device. ``log`` gets
+    the one-line notes of ``cuda_graph`` (ignored on the CPU; a capture that failed); default stderr.
     """
     r = _checked_recipe(model, X_train, X_val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **recipe)
     # The labels on the host: on a GPU, take() would wrap an out-of-range label into another class.
@@ -202,8 +206,12 @@ def fit(
     stopping = EarlyStopping(model, state, r["patience"], r["monitor"]) if r["patience"] else None
     step = _make_step(model, opt, r, seed)
     last_complete = Rollback(model, opt)  # device copies: what Ctrl-C or divergence rolls back to
+    # The epoch's summed loss, accumulated on the device: each step adds its batch's loss into it.
+    losses = xp.zeros((min(batch_size, n),), dtype=dtype)  # (batch,)
     if be.compiles_kernels and state.epochs_done < epochs:  # CuPy: keep compilation out of epoch 1's time
-        _warm_up(model, step, X, Y, batch_size, lr, last_complete, (X_val, y_val) if has_val else None)
+        _warm_up(model, step, X, Y, losses, lr, last_complete, (X_val, y_val) if has_val else None)
+    if r["cuda_graph"]:  # each whole batch one launch, captured after the warm-up (gpumlp/graph.py)
+        step = graph_step(model, opt, step, losses.shape[0], log or _to_stderr)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
@@ -212,10 +220,10 @@ def fit(
         try:
             perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
             report = functools.partial(on_progress, epoch) if on_progress is not None else None
-            total = _train_epoch(be, step, X, Y, perm, batch_size, lr_e, epoch, progress_every, report)
+            _train_epoch(be, step, X, Y, perm, batch_size, lr_e, epoch, progress_every, losses, report)
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
-            loss_sum, param_sum = be.to_numpy(xp.stack([total, model.theta.sum()]))
+            loss_sum, param_sum = be.to_numpy(xp.stack([losses.sum(), model.theta.sum()]))
             Rollback.check_finite(loss_sum, param_sum, epoch, n, lr_e)
             train_loss = float(loss_sum) / n
             train_seconds = time.perf_counter() - t0  # synchronised by the read above
@@ -249,13 +257,18 @@ def fit(
     return state.history
 
 
-def _warm_up(model: MLP, step, X, Y, batch_size: int, lr: float, rollback: Rollback, val) -> None:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _warm_up(model: MLP, step, X, Y, losses, lr: float, rollback: Rollback, val) -> None:
     """One training step on the first batch and the epoch's reductions, then undone (``rollback``
-    restores the parameters, optimiser state and step count): the first use of each kernel
-    compiles it (NVRTC, CUB), ~0.1–1 s that would otherwise count as epoch 1's training time."""
-    b = min(batch_size, X.shape[0])
-    total = step(X[:b], Y[:b], lr, 1, 0)
-    model.be.to_numpy(model.be.xp.stack([total, model.theta.sum()]))  # as each epoch's end does
+    restores the parameters, optimiser state and step count; each epoch zeroes ``losses``): the
+    first use of each kernel compiles it (NVRTC, CUB), ~0.1–1 s that would otherwise count as
+    epoch 1's training time."""
+    b = losses.shape[0]  # a whole batch
+    step(X[:b], Y[:b], lr, 1, 0, losses)
+    model.be.to_numpy(model.be.xp.stack([losses.sum(), model.theta.sum()]))  # as each epoch's end does
     if val is not None:
         evaluate_loss(model, val[0][:b], val[1][:b])
     rollback.restore()
@@ -263,50 +276,50 @@ def _warm_up(model: MLP, step, X, Y, batch_size: int, lr: float, rollback: Rollb
 
 
 def _make_step(model: MLP, opt: Optimizer, r: dict, seed: int) -> Callable:
-    """``step(Xb, Yb, lr, epoch, batch) -> summed loss``: one training step on a device batch,
-    with the recipe's augmentation, dropout and max-norm; no sync."""
+    """``step(Xb, Yb, lr, epoch, batch, losses)``: one training step on a device batch, with the
+    recipe's augmentation, dropout and max-norm, adding the batch's loss into the device vector
+    ``losses`` (``MLP.batch_loss_and_grads``); no sync."""
     p, max_norm = r["dropout"], r["max_norm"]
     drop_rng = DeviceRNG(model.be, seed, "dropout") if p else None
     aug = augment_config(r)
     augmenter = Augmenter(model.be, aug, seed, DTYPES[model.dtype]) if aug.kinds else None
 
-    def step(Xb, Yb, lr: float, epoch: int, batch: int):
+    def step(Xb, Yb, lr: float, epoch: int, batch: int, losses) -> None:
         if augmenter is not None:
             Xb = augmenter(Xb, epoch, batch)  # (b, 784) new random distortions of this batch
         masks = model.dropout_masks(drop_rng, p, Xb.shape[0], epoch, batch) if p else None
         # Fills model.grad, and for SGD already steps the big weight matrices (Optimizer.fused_update).
-        total = model.batch_loss_and_grads(Xb, Yb, masks, opt.fused_update(lr))
+        model.batch_loss_and_grads(Xb, Yb, masks, opt.fused_update(lr), losses)
         opt.step(lr)
         if max_norm:
             apply_max_norm(model, max_norm)
-        return total
 
     return step
 
 
-def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, progress_every: int, report=None):
+def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, progress_every: int, losses,
+                 report=None) -> None:  # fmt: skip
     """One pass over the device arrays X (n, 784), Y (n, 10) in the order of the device permutation
-    ``perm`` (n,), one ``step`` per batch. Returns the summed loss as a device scalar: no sync,
-    except ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches."""
+    ``perm`` (n,), one ``step`` per batch, each adding its loss into the device vector ``losses``
+    (batch,), zeroed first: its sum is the epoch's summed loss. No sync, except
+    ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches."""
     n = X.shape[0]
     n_batches = -(-n // batch_size)
     # The shuffled images are gathered a chunk of whole batches at a time (~``be.gather_images``),
     # and each batch is a view into its chunk: two gathers per chunk instead of two per batch (at
     # batch 10 each costs ~2 µs of a ~50 µs CPU step), without a shuffled copy of the whole set.
     chunk = batch_size * max(1, be.gather_images // batch_size)
-    total = be.xp.zeros((), dtype=X.dtype)  # summed loss, accumulated on the device
+    losses[...] = 0  # (batch,) the epoch's loss, summed at its end: no per-step sum or running total
     batch = 0
     for first in range(0, n, chunk):
         idx = perm[first : first + chunk]  # a view, no copy
         Xc, Yc = X.take(idx, axis=0), Y.take(idx, axis=0)  # (≤ chunk, 784), (≤ chunk, 10)
         for start in range(0, Xc.shape[0], batch_size):
             Xb, Yb = Xc[start : start + batch_size], Yc[start : start + batch_size]  # (b, 784), (b, 10) views
-            total = total + step(Xb, Yb, lr, epoch, batch)  # not +=: on numpy a scalar sum skips a
-            # 0-d array write, ~2 µs of a ~70 µs batch-10 step
+            step(Xb, Yb, lr, epoch, batch, losses)
             batch += 1
             if report is not None and batch % progress_every == 0:  # a sync point, for a progress display only
-                report(batch, n_batches, float(be.to_numpy(total)) / min(n, batch * batch_size))
-    return total
+                report(batch, n_batches, float(be.to_numpy(losses.sum())) / min(n, batch * batch_size))
 
 
 def _score(score: float | None, monitor: str) -> str:
@@ -404,7 +417,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
-            on_progress=on_progress,
+            on_progress=on_progress, log=log,
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:

@@ -10,12 +10,12 @@ from ``--data-dir`` (default $GPUMLP_DATA_DIR, else the checkout's git-ignored `
 
 Steps, each timed and recorded as pass, fail or skip, in this order (the most telling first; each
 gets what is left of ``--budget`` seconds): the GPU (nvidia-smi, ``gpumlp devices``), choosing CUDA
-(the probe), ``pytest -m gpu``, the reference network (``--preset seed``) and ``--preset fast``
-trained on CUDA and tested on the CPU, 784-800-10 at batch 1024, ``gpumlp bench --device cuda``,
-the same rows with PyTorch on CUDA (``scripts/bench_torch.py``), and the test suite with every
-device the fixture allows. Writes ``gpu-check.json`` and ``gpu-check.log`` (every step's whole
-output) to $OUT, and nothing else there; exits 0 only
-when every step passed; without a GPU the steps that need one are skipped and it exits 1, saying so.
+(the probe), ``pytest -m gpu``, the reference network (``--preset seed``, then again with
+``--cuda-graph``) and ``--preset fast`` trained on CUDA and tested on the CPU, 784-800-10 at batch
+1024, ``gpumlp bench --device cuda``, the same rows with PyTorch on CUDA (``scripts/bench_torch.py``),
+and the test suite with every device the fixture allows. Writes ``gpu-check.json`` and
+``gpu-check.log`` (every step's whole output) to $OUT, and nothing else there; exits 0 only when
+every step passed; without a GPU the steps that need one are skipped and it exits 1, saying so.
 """
 
 from __future__ import annotations
@@ -126,12 +126,18 @@ def probe(check: Check, python: str) -> None:
     check.gpu = step["status"] == "pass"
 
 
-def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeout: float, tmp: Path) -> None:
-    """``--preset`` on CUDA, then its checkpoint tested on the CPU; epoch times from the metrics file."""
-    ckpt = tmp / f"{preset}.npz"
+def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeout: float, tmp: Path,
+                   graph: bool = False) -> None:  # fmt: skip
+    """``--preset`` on CUDA (with ``graph``, ``--cuda-graph``: step ``train-PRESET-graph``), then its
+    checkpoint tested on the CPU; epoch times from the metrics file."""
+    name = f"{preset}-graph" if graph else preset
+    ckpt = tmp / f"{name}.npz"
     gpumlp = [python, "-m", "gpumlp"]
-    step, _ = check.run(f"train-{preset}", [*gpumlp, "train", "--preset", preset, "--device", "cuda", "--quiet",
-                                         "--data-dir", data_dir, "--save", str(ckpt)], timeout)  # fmt: skip
+    step, _ = check.run(f"train-{name}", [*gpumlp, "train", "--preset", preset, "--device", "cuda", "--quiet",
+                                       "--data-dir", data_dir, "--save", str(ckpt),
+                                       *(["--cuda-graph"] if graph else [])], timeout)  # fmt: skip
+    if graph and step["status"] == "pass":  # a capture that failed trains on without the graph, saying so
+        step["graph_fell_back"] = "--cuda-graph: capturing the training step failed" in step["tail"]
     if step["status"] == "pass":
         m = re.search(r"test accuracy (\S+)%", step["tail"])
         step["test_accuracy_percent"] = float(m.group(1)) if m else None
@@ -142,10 +148,10 @@ def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeou
             step["images_per_s"] = [round(e["images_per_s"] or 0) for e in epochs]
             step["training_seconds"] = round(sum(e["seconds"] for e in epochs), 3)
     if step["status"] != "pass":
-        why = step["reason"] if step.get("reason") == "not among --only" else f"train-{preset} did not pass"
-        check.result["steps"][f"test-{preset}-on-cpu"] = {"status": "skip", "reason": why}
+        why = step["reason"] if step.get("reason") == "not among --only" else f"train-{name} did not pass"
+        check.result["steps"][f"test-{name}-on-cpu"] = {"status": "skip", "reason": why}
         return
-    cpu, _ = check.run(f"test-{preset}-on-cpu", [*gpumlp, "test", str(ckpt), "--device", "cpu", "--data-dir", data_dir],
+    cpu, _ = check.run(f"test-{name}-on-cpu", [*gpumlp, "test", str(ckpt), "--device", "cpu", "--data-dir", data_dir],
                     60, needs_gpu=False)  # fmt: skip
     m = re.search(r"test accuracy (\S+)%", cpu.get("tail", ""))
     cpu["test_accuracy_percent"] = float(m.group(1)) if m and cpu["status"] == "pass" else None
@@ -180,6 +186,7 @@ def main(argv=None) -> int:
     check.run("pytest-gpu", [*pytest, "-m", "gpu"], 150)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # checkpoints: not among the results
     train_and_test(check, a.python, data_dir, "seed", 90, tmp)
+    train_and_test(check, a.python, data_dir, "seed", 90, tmp, graph=True)  # the same, one launch per batch
     train_and_test(check, a.python, data_dir, "fast", 60, tmp)
     check.run("large-batch-784-800-10", [a.python, "scripts/epoch_speed.py", "--device", "cuda", "--layers",
               "784,800,10", "--activation", "relu", "--loss", "ce", "--batch-size", "1024", "--lr", "0.1",

@@ -319,8 +319,8 @@ class FakeBackend(Backend):
     def act_grad_mul(self, dA, H, act, M=None):
         return self._as_launches(1, super().act_grad_mul, dA, H, act, M)
 
-    def loss_delta(self, Z, b, Y, loss, n):
-        return self._as_launches(2, super().loss_delta, Z, b, Y, loss, n)  # the row kernel and a sum
+    def loss_delta(self, Z, b, Y, loss, n, losses):
+        return self._as_launches(1, super().loss_delta, Z, b, Y, loss, n, losses)  # the row kernel, into losses
 
     def augment_draw(self, aug, b, coords):
         kinds = aug.cfg.kinds

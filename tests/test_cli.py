@@ -30,7 +30,8 @@ def test_help_lists_every_option_with_its_default(command):
     assert result.exit_code == 0
     options = {
         "train": ["--device", "--layers", "--activation", "--loss", "--init", "--epochs", "--batch-size", "--lr",
-                  "--train-size", "--val-size", "--test-size", "--seed", "--dtype", "--data-dir", "--save"],
+                  "--train-size", "--val-size", "--test-size", "--seed", "--dtype", "--data-dir", "--save",
+                  "--cuda-graph"],
         "test": ["--device", "--data-dir", "--test-size"],
     }[command]  # fmt: skip
     for option in options:
@@ -60,6 +61,9 @@ def test_help_lists_every_option_with_its_default(command):
         (["train", "--augment", "blur"], "unknown --augment 'blur'"),
         (["train", "--patience", "3", "--val-size", "0"], "--patience needs validation images"),
         (["train", "--monitor", "f1"], "unknown --monitor 'f1'"),
+        (["train", "--cuda-graph", "--optimizer", "adam"], "--cuda-graph cannot capture --optimizer adam: Adam's"),
+        (["train", "--cuda-graph", "--dropout", "0.2"], "--cuda-graph cannot capture --dropout"),
+        (["train", "--cuda-graph", "--augment", "shift"], "--cuda-graph cannot capture --augment"),
         (["train", "--device", "cuda:7"], "cuda"),
         (["train", "--dtype", "float16"], "unknown dtype"),
         (["train", "--save-every", "-1"], "--save-every must be 0 or more"),
@@ -191,6 +195,17 @@ def test_default_save_path_is_under_checkpoints(tmp_path, mnist_dir, monkeypatch
     assert result.exit_code == 0, result.output
     assert (tmp_path / "checkpoints" / "784-10-sigmoid-mse.npz").is_file()
     assert "test accuracy" not in result.output
+
+
+def test_cuda_graph_on_the_cpu_trains_and_says_it_is_ignored(tmp_path, mnist_dir):
+    args = ["train", "--epochs", "1", "--train-size", "100", "--val-size", "0", "--test-size", "0", "--quiet"]
+    result = runner.invoke(
+        cli.app, [*args, "--data-dir", str(mnist_dir), "--cuda-graph", "--save", str(tmp_path / "g.npz")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sgd lr 3, CUDA graph" in result.output  # the run's line names the option
+    assert "--cuda-graph: ignored on cpu (CUDA graphs need --device cuda)" in result.output
+    assert (tmp_path / "g.npz").is_file()
 
 
 @pytest.mark.parametrize("entry", [["gpumlp"], [sys.executable, "-m", "gpumlp"]])

@@ -286,9 +286,13 @@ def test_loss_kernels_match_numpy(host_cuda, name):
     Z, b = rand(7, 10) * 3, rand(10, seed=1)
     Z[0, 3] = 800.0  # exp would overflow without the shift
     Y = np.eye(10)[np.random.default_rng(2).integers(0, 10, 7)]
-    total, delta = host_cuda.loss_delta(Z.copy(), b, Y, LOSSES[name], 7)
-    ref_total, ref_delta = CPU.loss_delta(Z.copy(), b, Y, LOSSES[name], 7)
-    assert np.isfinite(total) and total == pytest.approx(float(ref_total), rel=1e-13)
+    rows, ref_rows = np.full(7, 0.25), np.full(7, 0.25)  # an accumulator that already holds 7 × 0.25
+    delta = host_cuda.loss_delta(Z.copy(), b, Y, LOSSES[name], 7, rows)
+    ref_delta = CPU.loss_delta(Z.copy(), b, Y, LOSSES[name], 7, ref_rows)
+    assert np.isfinite(rows).all() and rows.sum() == pytest.approx(ref_rows.sum(), rel=1e-13)
+    assert (rows > 0.25).all()  # the kernel adds each row's loss into its entry
+    ref_total, _ = LOSSES[name].total_and_delta(np, Z + b, LOSSES[name].output(np, Z + b), Y)
+    assert rows.sum() - 7 * 0.25 == pytest.approx(float(ref_total), rel=1e-12)
     np.testing.assert_allclose(delta, ref_delta, rtol=1e-12, atol=1e-15)
 
 
@@ -411,9 +415,10 @@ def test_gpu_kernels_match_numpy_one_by_one(gpu, dtype):
     Y = np.eye(10, dtype=d)[np.random.default_rng(4).integers(0, 10, 64)]
     Zo, bo = Z[:, :10].copy(), b[:10].copy()
     for loss in LOSSES.values():
-        total, delta = gpu.loss_delta(gpu.asarray(Zo), gpu.asarray(bo), gpu.asarray(Y), loss, 64)
-        ref_total, ref_delta = CPU.loss_delta(Zo.copy(), bo, Y, loss, 64)
-        assert float(gpu.to_numpy(total)) == pytest.approx(float(ref_total), rel=tol["rtol"] * 10)
+        rows, ref_rows = gpu.asarray(np.zeros(64, dtype=d)), np.zeros(64, dtype=d)
+        delta = gpu.loss_delta(gpu.asarray(Zo), gpu.asarray(bo), gpu.asarray(Y), loss, 64, rows)
+        ref_delta = CPU.loss_delta(Zo.copy(), bo, Y, loss, 64, ref_rows)
+        assert float(gpu.to_numpy(rows.sum())) == pytest.approx(float(ref_rows.sum()), rel=tol["rtol"] * 10)
         np.testing.assert_allclose(gpu.to_numpy(delta), ref_delta, **tol)
     x, y = rand(1000).astype(d), rand(1000, seed=5).astype(d)
     np.testing.assert_allclose(gpu.to_numpy(gpu.axpby(0.3, gpu.asarray(x), 0.7, gpu.asarray(y))),

@@ -55,9 +55,9 @@ def test_dropout_gradients_match_finite_differences():
     for i in rng.choice(m.n_params, 80, replace=False).tolist() + list(range(m.n_params - 60, m.n_params)):
         old = m.theta[i]
         m.theta[i] = old + eps
-        up = m.batch_loss_and_grads(X, Y, masks)
+        up = m.batch_loss_and_grads(X, Y, masks).sum()
         m.theta[i] = old - eps
-        down = m.batch_loss_and_grads(X, Y, masks)
+        down = m.batch_loss_and_grads(X, Y, masks).sum()
         m.theta[i] = old
         numeric[i] = (up - down) / (2 * eps) / 4  # of the mean loss
         np.testing.assert_allclose(analytic[i], numeric[i], rtol=1e-5, atol=1e-9)

@@ -84,11 +84,11 @@ def test_interrupt_mid_epoch_saves_the_last_complete_epoch(tmp_path, mnist_dir, 
     calls = {"n": 0}
     original = MLP.batch_loss_and_grads
 
-    def interrupted(self, X, Y, masks=None, fused=None):
+    def interrupted(self, X, Y, masks=None, fused=None, losses=None):
         calls["n"] += 1
         if calls["n"] == 2 * 188 + 50:  # 188 batches of 16 per epoch: the middle of epoch 3
             raise KeyboardInterrupt
-        return original(self, X, Y, masks, fused)
+        return original(self, X, Y, masks, fused, losses)
 
     monkeypatch.setattr(MLP, "batch_loss_and_grads", interrupted)
     with pytest.raises(TrainingInterrupted) as e:
