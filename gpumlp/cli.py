@@ -184,7 +184,7 @@ def bench_cli(
     as_json: JsonOpt = False,
     dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
 ):
-    """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against this machine's sgemm."""
+    """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against the computer's own sgemm."""
     from gpumlp.bench import format_bench, run_bench
 
     result = run_bench(device, repeats, data_dir=data_dir, extras=extras, dataset=dataset)

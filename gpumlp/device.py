@@ -54,7 +54,7 @@ def _cuda_backend(device_id: int) -> Backend:
     if device_id >= count:
         plural = "GPU" if count == 1 else "GPUs"
         raise BackendUnavailable(
-            f"cuda:{device_id} does not exist: this machine has {count} {plural} (cuda:0 to cuda:{count - 1})"
+            f"cuda:{device_id} does not exist: CUDA sees {count} {plural} (cuda:0 to cuda:{count - 1})"
         )
     # Probe what training uses (cuBLAS, NVRTC, one kernel), then make the device current.
     from gpumlp.cuda import cuda_backend
