@@ -156,9 +156,7 @@ def test_cuda_n_chooses_that_gpu_and_refuses_one_beyond_the_count(monkeypatch):
     be = get_backend("cuda:1")
     assert be.name == "cuda:1" and be.device_id == 1 and be.is_cuda and be.xp is sys.modules["cupy"]
     assert sys.modules["cupy"].current == 1  # made the current device, where CuPy launches kernels
-    with pytest.raises(
-        BackendUnavailable, match=r"cuda:5 does not exist: CUDA sees 2 GPUs \(cuda:0 to cuda:1\)"
-    ):
+    with pytest.raises(BackendUnavailable, match=r"cuda:5 does not exist: CUDA sees 2 GPUs \(cuda:0 to cuda:1\)"):
         get_backend("cuda:5")
 
 
