@@ -179,6 +179,16 @@ class Backend:
         M *= dtype(1 / (1 - p))
         return M
 
+    def next_batch(self, X, Y, perm, pos, Xs, Ys) -> None:
+        """Xs (b, 784), Ys (b, 10) ← the rows perm[pos : pos + b] of X (n, 784), Y (n, 10), then
+        pos += b: the next batch of the epoch's order perm (n,), for a step captured on Xs, Ys
+        (``--cuda-graph``). pos (1,) lives on the device, so the host never reads it. That is,
+        ``Xs[...] = X.take(perm[pos : pos + b], axis=0)`` with pos a host integer."""
+        rows = perm.take(pos + self.xp.arange(Xs.shape[0]))  # (b,) perm[pos : pos + b]
+        X.take(rows, axis=0, out=Xs)
+        Y.take(rows, axis=0, out=Ys)
+        pos += Xs.shape[0]
+
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
 

@@ -122,6 +122,14 @@ class CupyBackend(Backend):
         self._kernel(kernels.WARP)(X.reshape(-1), *parts, *flags, Y)
         return Y
 
+    def next_batch(self, X, Y, perm, pos, Xs, Ys) -> None:
+        if not all(a.flags.c_contiguous for a in (X, Y, Ys)):
+            return super().next_batch(X, Y, perm, pos, Xs, Ys)  # the kernel indexes rows of contiguous arrays
+        d, k = np.int32(X.shape[1]), np.int32(Y.shape[1])
+        self._kernel(kernels.GATHER_BATCH)(X.reshape(-1), Y.reshape(-1), perm, pos, d, k, Ys.reshape(-1), Xs)
+        self._kernel(kernels.ADVANCE)(np.int32(Xs.shape[0]), pos)  # one thread, after the gather has read pos
+        return None
+
     def max_norm_(self, W, c: float):
         rows, cols = W.shape
         norms = self.xp.empty((cols,), dtype=W.dtype)  # (n_out,) written by the kernel, not needed after

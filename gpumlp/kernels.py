@@ -63,6 +63,24 @@ LOSS_CE = (
 # y ← α·x + β·y: Backend.axpby.
 AXPBY = ("T x, T alpha, T beta", "T y", "y = beta * y + alpha * x;")
 
+# The batch a captured step trains on (``--cuda-graph``, gpumlp.graph), gathered inside the graph:
+# rows perm[pos + r] (r < b) of X (n, d) and Y (n, k), C-contiguous and flat, into xs (b, d) and
+# ys (b, k), one thread per element of xs (it writes ys's elements j ≡ its column mod d, so any k).
+# pos (1,) is read on the device: the graph's launches walk the epoch's permutation by themselves
+# (``ADVANCE`` moves pos on after). Indices are not checked: pos + b ≤ n (whole batches only).
+GATHER_BATCH = (
+    "raw T x, raw T y, raw int64 perm, raw int64 pos, int32 d, int32 k, raw T ys",
+    "T xs",
+    """
+    const ptrdiff_t r = i / d, c = i % d;
+    const ptrdiff_t src = perm[pos[0] + r];         // the image in row r of the batch
+    xs = x[src * d + c];
+    for (ptrdiff_t j = c; j < k; j += d) ys[r * k + j] = y[src * k + j];
+    """,
+)
+# pos (1,) += b, one thread: after the gather, so that the next launch takes the next batch.
+ADVANCE = ("int32 b", "int64 pos", "pos += b;")
+
 # The optimisers' fused kernels live with their readable rules, as each class's ``cuda`` in
 # gpumlp/optim.py: adding a rule is one class there.
 

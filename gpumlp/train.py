@@ -35,7 +35,7 @@ from gpumlp.config import (  # noqa: F401  (TrainConfig and resume_config: re-ex
 from gpumlp.data import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.evaluation import evaluate, evaluate_loss  # noqa: F401  (evaluate: re-exported for callers)
-from gpumlp.graph import graph_step
+from gpumlp.graph import graph_epoch
 from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.presets import preset_config
@@ -210,8 +210,9 @@ def fit(
     losses = xp.zeros((min(batch_size, n),), dtype=dtype)  # (batch,)
     if be.compiles_kernels and state.epochs_done < epochs:  # CuPy: keep compilation out of epoch 1's time
         _warm_up(model, step, X, Y, losses, lr, last_complete, (X_val, y_val) if has_val else None)
+    train_epoch = _train_epoch
     if r["cuda_graph"]:  # each whole batch one launch, captured after the warm-up (gpumlp/graph.py)
-        step = graph_step(model, opt, step, losses.shape[0], log or _to_stderr)
+        train_epoch = graph_epoch(model, opt, X, Y, losses.shape[0], _train_epoch, log or _to_stderr)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
     for epoch in range(state.epochs_done + 1, epochs + 1):
         lr_e = lr_at(epoch, lr=lr, epochs=epochs, schedule=r["schedule"], warmup=r["warmup"],
@@ -219,8 +220,8 @@ def fit(
         t0 = time.perf_counter()
         try:
             perm = be.asarray(rng.permutation(n))  # the epoch's one host → device transfer
-            report = functools.partial(on_progress, epoch) if on_progress is not None else None
-            _train_epoch(be, step, X, Y, perm, batch_size, lr_e, epoch, progress_every, losses, report)
+            report = _progress(be, on_progress, epoch, n, batch_size, losses) if on_progress is not None else None
+            train_epoch(be, step, X, Y, perm, batch_size, lr_e, epoch, progress_every, losses, report)
             # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
             # NaN or Inf in either means training diverged.
             loss_sum, param_sum = be.to_numpy(xp.stack([losses.sum(), model.theta.sum()]))
@@ -297,14 +298,24 @@ def _make_step(model: MLP, opt: Optimizer, r: dict, seed: int) -> Callable:
     return step
 
 
+def _progress(be, on_progress: Callable, epoch: int, n: int, batch_size: int, losses) -> Callable[[int], None]:
+    """``report(batches_done)``: ``on_progress(epoch, batches_done, n_batches, running_mean_loss)``,
+    the running mean read from the epoch's device loss vector ``losses`` (a sync point)."""
+    n_batches = -(-n // batch_size)
+
+    def report(batch: int) -> None:
+        on_progress(epoch, batch, n_batches, float(be.to_numpy(losses.sum())) / min(n, batch * batch_size))
+
+    return report
+
+
 def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, progress_every: int, losses,
                  report=None) -> None:  # fmt: skip
     """One pass over the device arrays X (n, 784), Y (n, 10) in the order of the device permutation
     ``perm`` (n,), one ``step`` per batch, each adding its loss into the device vector ``losses``
     (batch,), zeroed first: its sum is the epoch's summed loss. No sync, except
-    ``report(batches_done, n_batches, running_mean_loss)`` every ``progress_every`` batches."""
+    ``report(batches_done)`` (``_progress``) every ``progress_every`` batches."""
     n = X.shape[0]
-    n_batches = -(-n // batch_size)
     # The shuffled images are gathered a chunk of whole batches at a time (~``be.gather_images``),
     # and each batch is a view into its chunk: two gathers per chunk instead of two per batch (at
     # batch 10 each costs ~2 µs of a ~50 µs CPU step), without a shuffled copy of the whole set.
@@ -319,7 +330,7 @@ def _train_epoch(be, step, X, Y, perm, batch_size: int, lr: float, epoch: int, p
             step(Xb, Yb, lr, epoch, batch, losses)
             batch += 1
             if report is not None and batch % progress_every == 0:  # a sync point, for a progress display only
-                report(batch, n_batches, float(be.to_numpy(losses.sum())) / min(n, batch * batch_size))
+                report(batch)
 
 
 def _score(score: float | None, monitor: str) -> str:

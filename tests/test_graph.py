@@ -26,7 +26,7 @@ from gpumlp.cuda import CupyBackend
 from gpumlp.graph import GraphStep
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
-from gpumlp.train import TrainState, _make_step, fit
+from gpumlp.train import TrainState, _make_step, _train_epoch, fit
 
 
 class Device:
@@ -107,7 +107,7 @@ class DeviceArray(np.ndarray):
 
     def take(self, indices, axis=None):
         if DEVICE.records is not None:
-            raise AssertionError("a gather while capturing: the training loop gathers outside the graph")
+            raise AssertionError("take() while capturing: the graph gathers its batch with next_batch's kernel")
         DEVICE.launches += 1
         return self.view(np.ndarray).take(_plain(indices), axis=axis).view(DeviceArray)
 
@@ -240,15 +240,17 @@ def graph_cuda(host_library, monkeypatch):  # noqa: F811
     return GraphHostCuda("hostcuda", xp)
 
 
-def train(be, cuda_graph: bool, notes: list | None = None, epochs=3, n=95, **recipe):
-    """A float64 run of 784-16-12-10 on n random images in batches of 10 (the last one partial)."""
+def train(be, cuda_graph: bool, notes: list | None = None, epochs=3, n=95, progress: list | None = None, **recipe):
+    """A float64 run of 784-16-12-10 on n random images in batches of 10 (the last one partial);
+    ``progress`` gets ``on_progress``'s calls (after every batch)."""
     rng = np.random.default_rng(0)
     X, y = rng.random((n, 784)), rng.integers(0, 10, n)
     activation, loss = ("sigmoid", "mse") if recipe.get("optimizer", "sgd") == "sgd" else ("relu", "ce")
     m = MLP((784, 16, 12, 10), activation, loss, seed=1, device=be, dtype="float64")
     state = TrainState()
     h = fit(m, X, y, epochs=epochs, batch_size=10, lr=0.05, seed=2, X_val=X[:20], y_val=y[:20], state=state,
-            cuda_graph=cuda_graph, log=(notes if notes is not None else []).append, **recipe)  # fmt: skip
+            cuda_graph=cuda_graph, log=(notes if notes is not None else []).append,
+            on_progress=None if progress is None else lambda *a: progress.append(a), **recipe)  # fmt: skip
     return be.to_numpy(m.theta), [(e.train_loss, e.val_loss, e.val_accuracy) for e in h], state
 
 
@@ -262,15 +264,17 @@ RECIPES = {
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch):
     """Three epochs of 9 whole batches and a partial one: with the graph, the same parameters,
-    losses, validation and optimiser state bit for bit, every whole batch one graph launch, one
-    capture per learning rate (the step schedule changes it every epoch)."""
+    losses, validation, progress reports and optimiser state bit for bit, every whole batch one
+    graph launch, one capture per learning rate (the step schedule changes it every epoch)."""
     monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 1000)  # SGD's W0 stepped inside backward's gemm
     recipe = RECIPES[name]
-    theta, history, state = train(graph_cuda, False, **recipe)
+    progress, g_progress = [], []
+    theta, history, state = train(graph_cuda, False, progress=progress, **recipe)
     assert DEVICE.graph_launches == 0
     notes = []
-    g_theta, g_history, g_state = train(graph_cuda, True, notes, **recipe)
+    g_theta, g_history, g_state = train(graph_cuda, True, notes, progress=g_progress, **recipe)
     assert notes == []
+    assert g_progress == progress and [p[1] for p in progress[:10]] == list(range(1, 11))  # the partial batch's too
     assert DEVICE.graph_launches == 3 * 9  # the partial batch of 5 ran uncaptured
     assert DEVICE.captures == (3 if "schedule" in recipe else 1)
     np.testing.assert_array_equal(g_theta, theta)
@@ -297,13 +301,14 @@ def test_a_run_continued_with_the_graph_is_the_uninterrupted_run(graph_cuda):
     assert [(e.train_loss, e.val_loss, e.val_accuracy) for e in h] == history
 
 
-def step_parts(be, sizes=(784, 16, 16, 10), activation="sigmoid", loss="mse", **recipe):
-    """A network's step (the reference network by default), its optimiser and a batch of 10 on ``be``."""
+def step_parts(be, sizes=(784, 16, 16, 10), activation="sigmoid", loss="mse", n=10, **recipe):
+    """A network's step (the reference network by default), its optimiser, n images X (n, 784) and
+    targets Y (n, 10) on ``be``, and a loss vector for batches of 10."""
     m = MLP(sizes, activation, loss, device=be, dtype="float64")
     r = {**DEFAULT_RECIPE, **recipe}
     opt = make_optimizer(r["optimizer"], m, weight_decay=r["weight_decay"], fuse=True)
     rng = np.random.default_rng(0)
-    X, Y = m.inputs(rng.random((10, 784))), m.one_hot(rng.integers(0, 10, 10))
+    X, Y = m.inputs(rng.random((n, 784))), m.one_hot(rng.integers(0, 10, n))
     return m, opt, _make_step(m, opt, r, seed=0), X, Y, be.xp.zeros((10,), dtype=X.dtype)
 
 
@@ -315,21 +320,26 @@ def step_parts(be, sizes=(784, 16, 16, 10), activation="sigmoid", loss="mse", **
         (dict(activation="tanh", optimizer="nesterov", weight_decay=1e-4, max_norm=3.0), 20),  # + 3 max-norm kernels
     ],
 )
-def test_a_captured_step_is_one_launch_after_two_copies(graph_cuda, network, uncaptured):
-    """Batch 10, counted on CupyBackend's own code: uncaptured, the launches the fake device counts
-    (tests/test_launches.py); with the graph, the batch's two copies into the static buffers and
-    one graph launch."""
-    m, opt, step, X, Y, losses = step_parts(graph_cuda, **network)
-    step(X, Y, 0.1, 1, 0, losses)  # the warm-up: first uses outside the count
+@pytest.mark.parametrize("n", [40, 45])  # 4 whole batches of 10, and a partial one of 5
+def test_a_whole_batch_is_one_launch(graph_cuda, network, uncaptured, n):
+    """Batch 10, counted on CupyBackend's own code: a step uncaptured is the launches the fake device
+    counts (tests/test_launches.py); with the graph, an epoch is 3 launches of its own (the loss
+    vector zeroed, the permutation copied into the graph's buffer, the position zeroed), then one
+    graph launch per whole batch, its gather inside, and nothing else; a partial batch is its two
+    gathers and the uncaptured step."""
+    m, opt, step, X, Y, losses = step_parts(graph_cuda, n=n, **network)
+    step(X[:10], Y[:10], 0.1, 1, 0, losses)  # the warm-up: first uses outside the count
     DEVICE.launches = 0
-    step(X, Y, 0.1, 1, 1, losses)
+    step(X[:10], Y[:10], 0.1, 1, 1, losses)
     assert DEVICE.launches == uncaptured
-    graph = GraphStep(m, opt, step, 10, log=pytest.fail)
-    graph(X, Y, 0.1, 1, 2, losses)  # captures, then launches
-    DEVICE.launches = 0
-    graph(X, Y, 0.1, 1, 3, losses)
-    assert (DEVICE.launches, DEVICE.graph_launches, DEVICE.captures) == (3, 2, 1)
-    assert opt.t == 4  # the capture's own call to step() does not count
+    graph = GraphStep(m, opt, X, Y, 10, _train_epoch, log=pytest.fail)
+    perm = graph_cuda.asarray(np.random.default_rng(1).permutation(n))  # (n,) as fit's, on the device
+    graph.train_epoch(graph_cuda, step, X, Y, perm, 10, 0.1, 1, 1, losses)  # captures, then launches
+    DEVICE.launches, DEVICE.graph_launches = 0, 0
+    graph.train_epoch(graph_cuda, step, X, Y, perm, 10, 0.1, 2, 1, losses)
+    whole, partial = n // 10, (2 + uncaptured if n % 10 else 0)
+    assert (DEVICE.launches, DEVICE.graph_launches, DEVICE.captures) == (3 + whole + partial, whole, 1)
+    assert opt.t == 2 + 2 * -(-n // 10)  # the capture's own call to step() does not count
 
 
 def test_the_step_creates_its_arrays_from_a_block_reserved_before_capture(graph_cuda):

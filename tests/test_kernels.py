@@ -41,6 +41,8 @@ def all_specs() -> dict[str, tuple[str, str, str]]:
         "warp": kernels.WARP,
         "affine_draw": kernels.AFFINE_DRAW,
         "elastic_field": kernels.ELASTIC_FIELD,
+        "gather_batch": kernels.GATHER_BATCH,
+        "advance": kernels.ADVANCE,
     }
     specs.update({f"loss_{k}": v for k, v in kernels.LOSSES.items()})
     specs.update({f"opt_{k}": rule.cuda for k, rule in RULES.items()})
@@ -185,7 +187,11 @@ SCALARS.update(
     affine_draw=("k", "shift", "rot", "scale", "shear"),
     elastic_field=("k",),
 )
-CTYPES = {"int32": "int", "uint32": "unsigned int"}  # the C type of a parameter typed other than T
+CTYPES = {
+    "int32": "int",
+    "uint32": "unsigned int",
+    "int64": "long long",
+}  # the C type of a parameter typed other than T
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
@@ -199,6 +205,9 @@ def test_every_kernel_compiles_as_cupy_wraps_it(tmp_path):
     cmd = [NVCC, "-c", f"-I{include}", "-o", str(tmp_path / "c.o"), str(src)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+HOST_TYPES = {"uint32": (np.uint32, ctypes.c_uint32), "int64": (np.int64, ctypes.c_int64)}  # T: float64
 
 
 class HostKernel:
@@ -222,7 +231,7 @@ class HostKernel:
             if t == "int32":
                 c_args.append(ctypes.c_int(int(a)))
                 continue
-            dtype, ctype = (np.uint32, ctypes.c_uint32) if t == "uint32" else (np.float64, ctypes.c_double)
+            dtype, ctype = HOST_TYPES.get(t, (np.float64, ctypes.c_double))
             a = np.asarray(a, dtype=dtype) if not isinstance(a, np.ndarray) else a
             assert a.dtype == dtype and a.flags.c_contiguous
             keep.append(a)
@@ -356,6 +365,30 @@ def test_axpby_kernel_matches_numpy(host_cuda):
     np.testing.assert_allclose(host_cuda.axpby(-0.3, x, 0.9, y.copy()), CPU.axpby(-0.3, x, 0.9, y.copy()), rtol=1e-14)
 
 
+def batches_by_take(X, Y, perm, b: int, count: int):
+    """The numpy reference of the graph's gather: batch j is ``X.take(perm[j b : (j + 1) b])``."""
+    return [
+        (X.take(perm[j * b : (j + 1) * b], axis=0), Y.take(perm[j * b : (j + 1) * b], axis=0)) for j in range(count)
+    ]
+
+
+@pytest.mark.parametrize("d,k", [(7, 3), (4, 10)])  # Y's rows wider than X's too: threads write several
+def test_next_batch_kernels_walk_the_permutation_like_take(host_cuda, d, k):
+    """The gather kernel and the one-thread advance, run one batch after the other on the same
+    buffers and counter, give exactly ``X.take(perm[pos : pos + b])`` and move pos by b each time;
+    the reference ``Backend.next_batch`` the same."""
+    rng = np.random.default_rng(0)
+    n, b = 23, 5
+    X, Y, perm = rng.random((n, d)), rng.random((n, k)), rng.permutation(n)  # perm: int64, as fit's
+    for be in (host_cuda, CPU):
+        pos, Xs, Ys = np.zeros(1, np.int64), np.full((b, d), np.nan), np.full((b, k), np.nan)
+        for j, (Xr, Yr) in enumerate(batches_by_take(X, Y, perm, b, n // b)):
+            be.next_batch(X, Y, perm, pos, Xs, Ys)
+            np.testing.assert_array_equal(Xs, Xr)
+            np.testing.assert_array_equal(Ys, Yr)
+            assert pos.tolist() == [(j + 1) * b]
+
+
 @pytest.mark.parametrize("optimizer", list(RULES))
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_training_through_the_kernels_matches_numpy(host_cuda, optimizer, weight_decay, monkeypatch):
@@ -449,6 +482,24 @@ def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
     np.testing.assert_array_equal(gpu.to_numpy(drawn.t), w.t)
     np.testing.assert_allclose(gpu.to_numpy(drawn.A), w.A, rtol=0, atol=1e-6)
     np.testing.assert_allclose(gpu.to_numpy(drawn.D), w.D, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_next_batch_kernels_match_take(gpu, dtype):
+    """The graph's gather and advance on a GPU, batch after batch of MNIST's shape: bit for bit
+    ``X.take(perm[pos : pos + b])`` on the host (a copy: no rounding), pos moved by b each time."""
+    rng = np.random.default_rng(0)
+    n, b = 1000, 64
+    X, Y = rng.random((n, 784)).astype(dtype), np.eye(10, dtype=dtype)[rng.integers(0, 10, n)]
+    perm = rng.permutation(n)
+    dX, dY, dperm = gpu.asarray(X), gpu.asarray(Y), gpu.asarray(perm)
+    pos, Xs, Ys = gpu.xp.zeros((1,), np.int64), gpu.xp.empty((b, 784), dtype), gpu.xp.empty((b, 10), dtype)
+    for j, (Xr, Yr) in enumerate(batches_by_take(X, Y, perm, b, n // b)):
+        gpu.next_batch(dX, dY, dperm, pos, Xs, Ys)
+        np.testing.assert_array_equal(gpu.to_numpy(Xs), Xr)
+        np.testing.assert_array_equal(gpu.to_numpy(Ys), Yr)
+        assert gpu.to_numpy(pos).tolist() == [(j + 1) * b]
 
 
 @pytest.mark.gpu
