@@ -184,7 +184,7 @@ class _Captured:
         self.graph, self.arena = graph, arena
 
     def launch(self) -> None:
-        self.graph.launch()  # on the current stream, after the copies into its input buffers
+        self.graph.launch()  # on the current stream, queued after the work before it
 
 
 class _ArenaFull(MemoryError):
