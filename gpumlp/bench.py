@@ -166,16 +166,28 @@ def timed_pair(a: tuple[Callable, Callable], b: tuple[Callable, Callable], repea
     return seconds
 
 
-def prepare_config(cfg: BenchConfig, be: Backend, X, y) -> tuple[Callable[[], None], int]:
+def graph_for(cfg: BenchConfig, be: Backend, cuda_graph: bool) -> bool:
+    """Whether ``cfg`` trains with ``--cuda-graph`` when it is asked for: on a device that captures
+    graphs, for a recipe the graph can replay (``gpumlp.graph.refusal``)."""
+    from gpumlp.config import DEFAULT_RECIPE
+    from gpumlp.graph import refusal
+
+    return cuda_graph and be.captures_graphs and refusal({**DEFAULT_RECIPE, **dict(cfg.recipe)}) is None
+
+
+def prepare_config(cfg: BenchConfig, be: Backend, X, y, graph: bool = False, notes=None) -> tuple[Callable, int]:
     """``(work, n)``: ``work()`` runs ``fit`` for ``cfg.epochs`` epochs over the first n images
-    (whole batches of the first ``cfg.images``) of the host arrays X (N, 784), y (N,)."""
+    (whole batches of the first ``cfg.images``) of the host arrays X (N, 784), y (N,); with
+    ``graph``, as ``--cuda-graph`` (its notes, a capture that failed, appended to ``notes``)."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size  # whole batches only
     model = MLP(cfg.sizes, cfg.activation, cfg.loss, seed=0, device=be)
     X_dev = model.inputs(X[:n])  # (n, 784) on the device once, so no transfer of it is timed
     y_dev = be.asarray(y[:n])  # (n,) labels, also moved once
+    extra = {"cuda_graph": True, "log": (notes if notes is not None else []).append} if graph else {}
 
     def work():
-        fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0, **dict(cfg.recipe))
+        fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0,
+            **dict(cfg.recipe), **extra)  # fmt: skip
 
     return work, n
 
@@ -289,18 +301,21 @@ def run_bench(
     sgemm_n: int = 2048,
     beside: Callable[[BenchConfig], tuple[Callable, Callable, Callable] | None] | None = None,
     dataset: str = "mnist",
+    cuda_graph: bool = False,
 ) -> dict:
     """The whole benchmark as one JSON-ready dict. ``configs`` defaults to ``CONFIGS``; ``extras``
     adds ``process_costs``. ``beside(cfg)`` may return another framework's ``(synchronize, work,
     done)`` for the same configuration: its timings then alternate with gpumlp's (``timed_pair``)
-    and ``done(seconds)`` receives its own; None skips it for that row."""
+    and ``done(seconds)`` receives its own; None skips it for that row. ``cuda_graph``: each row
+    whose recipe a CUDA graph can replay trains with ``--cuda-graph`` (on CUDA; rows say which)."""
     configs = CONFIGS if configs is None else tuple(configs)
     be = MLP((784, 10), device=device).be  # the backend MLP(device=…) resolves, as training would
     X, y, source = bench_data(data_dir, max(c.images for c in configs), dataset)
     sgemm = sgemm_gflops(be, sgemm_n, repeats)
     rows = []
     for cfg in configs:
-        work, n = prepare_config(cfg, be, X, y)
+        graph, notes = graph_for(cfg, be, cuda_graph), []
+        work, n = prepare_config(cfg, be, X, y, graph, notes)
         other = beside(cfg) if beside is not None else None
         if other is None:
             seconds = timed(be, work, repeats)
@@ -309,6 +324,7 @@ def run_bench(
             other[2](other_seconds)
         row = row_result(cfg, n, seconds)
         row["efficiency"] = efficiency(row["gflops"], sgemm)
+        row["cuda_graph"], row["notes"] = graph, sorted(set(notes))  # notes: a capture that fell back
         rows.append(row)
     return {
         "command": command_line(),
@@ -316,6 +332,7 @@ def run_bench(
         "machine": machine_info(be),
         "data": source,
         "repeats": repeats,
+        "cuda_graph": cuda_graph,
         "sgemm": {"n": sgemm_n, "gflops": sgemm},
         "rows": rows,
         "process": process_costs(data_dir, be.name if be.is_cuda else "cpu") if extras else None,
@@ -345,6 +362,7 @@ def format_bench(result: dict) -> str:
             else []
         ),
         f"data {result['data']}",
+        *([graph_line(result)] if result.get("cuda_graph") else []),
         f"sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s (median of {result['repeats']})",
         f"each row: median of {result['repeats']} timed gpumlp.fit calls (after 1 warm-up) over its first `images` "
         f"training images for `epochs` epochs; s/epoch for {EPOCH_IMAGES} images; efficiency = GFLOP/s ÷ sgemm's",
@@ -371,6 +389,17 @@ def format_bench(result: dict) -> str:
             f"load_mnist(), decoded cache warm: {load} (median of 3 fresh processes, the call only)",
         ]
     return "\n".join(lines)
+
+
+def graph_line(result: dict) -> str:
+    """Which rows ``--cuda-graph`` trained with a CUDA graph, and any that fell back."""
+    rows = result["rows"]
+    used = [str(i) for i, r in enumerate(rows, 1) if r.get("cuda_graph")]
+    if not used:
+        return f"--cuda-graph: no row captured ({result['machine']['device']}: CUDA graphs need --device cuda)"
+    line = f"--cuda-graph: rows {', '.join(used)} trained with a CUDA graph (the others' recipes cannot be captured)"
+    fell = [f"{i} ({'; '.join(r['notes'])})" for i, r in enumerate(rows, 1) if r.get("notes")]
+    return line + (f"; fell back: {', '.join(fell)}" if fell else "")
 
 
 def table(head: list[str], body: list[list[str]]) -> list[str]:

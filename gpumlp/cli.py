@@ -183,11 +183,18 @@ def bench_cli(
     ] = True,  # fmt: skip
     as_json: JsonOpt = False,
     dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
+    cuda_graph: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graph",
+            help="On CUDA, train each row whose recipe allows it with --cuda-graph (one launch a batch).",
+        ),
+    ] = False,  # fmt: skip
 ):
     """Training speed: images/s, s/epoch and GFLOP/s over a matrix of networks, against the computer's own sgemm."""
     from gpumlp.bench import format_bench, run_bench
 
-    result = run_bench(device, repeats, data_dir=data_dir, extras=extras, dataset=dataset)
+    result = run_bench(device, repeats, data_dir=data_dir, extras=extras, dataset=dataset, cuda_graph=cuda_graph)
     echo_json(result) if as_json else typer.echo(format_bench(result))
 
 

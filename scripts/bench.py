@@ -115,6 +115,7 @@ def main(argv=None) -> None:
     p.add_argument("--compare", choices=["torch"], help="also time each row in PyTorch and print the ratios")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--background-load", metavar="N[,N…]", help="time each row beside N busy processes, e.g. 0,1,2")
+    p.add_argument("--cuda-graph", action="store_true", help="on CUDA, rows whose recipe allows it use --cuda-graph")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
             done = lambda seconds: bt.add_row(torch_result, bt.row_result(cfg, n, seconds))  # noqa: E731
             return (lambda: bt.synchronize(torch_device)), work, done
 
-    result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, beside=beside)
+    result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, beside=beside,
+                       cuda_graph=a.cuda_graph)  # fmt: skip
     if torch_result is None:
         print(json.dumps(result, indent=2) if a.json else format_bench(result))
         return

@@ -13,9 +13,10 @@ gets what is left of ``--budget`` seconds): the GPU (nvidia-smi, ``gpumlp device
 (the probe), ``pytest -m gpu``, the reference network (``--preset seed``, then again with
 ``--cuda-graph``) and ``--preset fast`` trained on CUDA and tested on the CPU, 784-800-10 at batch
 1024, ``gpumlp bench --device cuda``, the same rows with PyTorch on CUDA (``scripts/bench_torch.py``),
-and the test suite with every device the fixture allows. Writes ``gpu-check.json`` and
-``gpu-check.log`` (every step's whole output) to $OUT, and nothing else there; exits 0 only when
-every step passed; without a GPU the steps that need one are skipped and it exits 1, saying so.
+``gpumlp bench --device cuda --cuda-graph``, and the test suite with every device the fixture
+allows. Writes ``gpu-check.json`` and ``gpu-check.log`` (every step's whole output) to $OUT, and
+nothing else there; exits 0 only when every step passed; without a GPU the steps that need one are
+skipped and it exits 1, saying so.
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ def main(argv=None) -> int:
         check.result["bench_torch_cuda"] = _json_in(output) if torch["status"] == "pass" else None
     else:
         check.result["steps"]["bench-torch-cuda"] = {"status": "skip", "reason": "PyTorch is not installed"}
+    # The same rows again, each that a graph can replay (every row but --preset best's) through one.
+    graph, output = check.run("bench-cuda-graph", [a.python, "-m", "gpumlp", "bench", "--device", "cuda",
+                              "--cuda-graph", "--repeats", "3", "--no-extras", "--json", "--data-dir", data_dir],
+                              120)  # fmt: skip
+    check.result["bench_cuda_graph"] = _json_in(output) if graph["status"] == "pass" else None
     # The whole suite last: on a GPU its device fixture adds a cuda case to every device test.
     check.run("pytest-all-devices", [*pytest, "-m", "not slow"], 240, needs_gpu=False)
     check.save()

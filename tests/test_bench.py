@@ -239,6 +239,9 @@ def test_gpumlp_bench_command_prints_the_table_and_json(monkeypatch, mnist_dir):
     result = json.loads(out.output)
     assert [r["name"] for r in result["rows"]] == ["tiny"] and result["rows"][0]["images_per_s"] > 0
     assert result["process"] is None
+    out = CliRunner().invoke(cli.app, [*args, "--cuda-graph"])  # on the CPU: every row without, said once
+    assert out.exit_code == 0, out.output
+    assert "--cuda-graph: no row captured (cpu: CUDA graphs need --device cuda)" in out.output
 
 
 def load_products(monkeypatch):

@@ -342,6 +342,24 @@ def test_a_whole_batch_is_one_launch(graph_cuda, network, uncaptured, n):
     assert opt.t == 2 + 2 * -(-n // 10)  # the capture's own call to step() does not count
 
 
+def test_bench_times_the_rows_a_graph_can_replay_through_one(graph_cuda, monkeypatch, mnist_dir):
+    """``gpumlp bench --cuda-graph``: a row whose recipe the graph replays trains through it (a graph
+    launch per whole batch, in the warm-up and the timed run), a row it cannot (dropout) without; the
+    report says which."""
+    import functools
+
+    from gpumlp import bench
+
+    monkeypatch.setattr(bench, "MLP", functools.partial(MLP, dtype="float64"))  # the harness computes in float64
+    sgd = bench.BenchConfig("tiny-sgd", (784, 8, 10), "sigmoid", "mse", 3.0, 10, 60)
+    dropout = bench.BenchConfig("tiny-dropout", (784, 8, 10), "relu", "ce", 0.1, 10, 60, 1, (("dropout", 0.2),))
+    result = bench.run_bench(graph_cuda, repeats=1, configs=[sgd, dropout], data_dir=mnist_dir, extras=False,
+                             sgemm_n=16, cuda_graph=True)  # fmt: skip
+    assert [(r["cuda_graph"], r["notes"]) for r in result["rows"]] == [(True, []), (False, [])]
+    assert DEVICE.graph_launches == 2 * 6  # warm-up and one timed run of 60 images in batches of 10
+    assert "--cuda-graph: rows 1 trained with a CUDA graph" in bench.format_bench(result)
+
+
 def test_the_step_creates_its_arrays_from_a_block_reserved_before_capture(graph_cuda):
     """No device memory is reserved while capturing, and the harness fails an array created then
     that does not come from the capture's block; a block too small for the step is replaced by a
