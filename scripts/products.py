@@ -72,14 +72,16 @@ def step_products(cfg) -> list[tuple[str, int, int, int, bool]]:
 
 def numpy_seconds(name: str, m: int, k: int, n: int, fused: bool, rng) -> float:
     """One product as gpumlp's backward and forward call it (float32, its layouts; a layer's forward
-    through ``layer_matmul_function``, in column pieces where training cuts it so)."""
+    and input gradient through ``layer_matmul_function`` and ``input_grad_function``, in pieces where
+    training cuts them so)."""
     if name.startswith("forward"):
         A, W = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
         mm = CPU.layer_matmul_function(k, n)
         return per_call(lambda: mm(A, W))
     if name.startswith("dA"):
-        dZ, W, dA = rng.random((m, k), np.float32), rng.random((n, k), np.float32), np.empty((m, n), np.float32)
-        return per_call(lambda: np.matmul(dZ, W.T, out=dA))  # W (a, b) stored as gpumlp does, read transposed
+        dZ, W = rng.random((m, k), np.float32), rng.random((n, k), np.float32)  # W (a, b) as gpumlp stores it
+        dA = CPU.input_grad_function(n, k)  # dZ·Wᵀ, in row pieces of W where training cuts it so
+        return per_call(lambda: dA(dZ, W))
     A, dZ, W = rng.random((k, m), np.float32), rng.random((k, n), np.float32), rng.random((m, n), np.float32)
     if fused:
         return per_call(lambda: CPU.gemm(A.T, dZ, W, -1e-6, 1.0))
