@@ -78,9 +78,10 @@ class CupyBackend(Backend):
         if not (Z.flags.c_contiguous and Y.flags.c_contiguous and b.flags.c_contiguous):
             return super().loss_delta(Z, b, Y, loss, n, losses)  # the kernel indexes rows of contiguous arrays
         delta = self.xp.empty_like(Z)  # (n, k)
-        flat = (Z.reshape(-1), b, Y.reshape(-1), delta.reshape(-1))  # views: the kernel indexes i·k + j
+        flat = (Z.reshape(-1), b, Y.reshape(-1))  # views: the kernel indexes i·k + j
         # Each row's loss is added into losses[i] (n,): no sum per step, the epoch sums once.
-        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]])
+        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]],
+                                                delta.reshape(-1))  # fmt: skip
         return delta  # (n, k)
 
     def optimizer_step(self, opt, lr: float) -> None:
@@ -103,7 +104,7 @@ class CupyBackend(Backend):
             knobs = (dt(cfg.shift), dt(math.radians(cfg.rotate)), dt(cfg.scale), dt(cfg.shear))
             a = A if A is not None else v0  # (not written without affine)
             self._kernel(kernels.AFFINE_DRAW)(aug.rng.base(6 * b), aug.rng.draw_key(*coords, 0), *knobs,
-                                              np.int32(A is not None), t, a, v0)  # fmt: skip
+                                              np.int32(A is not None), v0, t, a)  # fmt: skip
         if "elastic" in kinds:
             F = xp.empty((b, 2, SIDE, SIDE), dtype=dt)
             self._kernel(kernels.ELASTIC_FIELD)(aug.rng.base(b * SIDE * SIDE), aug.rng.draw_key(*coords, 1), F)
@@ -126,14 +127,14 @@ class CupyBackend(Backend):
         if not all(a.flags.c_contiguous for a in (X, Y, Ys)):
             return super().next_batch(X, Y, perm, pos, Xs, Ys)  # the kernel indexes rows of contiguous arrays
         d, k = np.int32(X.shape[1]), np.int32(Y.shape[1])
-        self._kernel(kernels.GATHER_BATCH)(X.reshape(-1), Y.reshape(-1), perm, pos, d, k, Ys.reshape(-1), Xs)
+        self._kernel(kernels.GATHER_BATCH)(X.reshape(-1), Y.reshape(-1), perm, pos, d, k, Xs, Ys.reshape(-1))
         self._kernel(kernels.ADVANCE)(np.int32(Xs.shape[0]), pos)  # one thread, after the gather has read pos
         return None
 
     def max_norm_(self, W, c: float):
         rows, cols = W.shape
         norms = self.xp.empty((cols,), dtype=W.dtype)  # (n_out,) written by the kernel, not needed after
-        self._kernel(kernels.MAX_NORM)(W.reshape(-1), np.int32(rows), np.int32(cols), c, norms)
+        self._kernel(kernels.MAX_NORM)(np.int32(rows), np.int32(cols), c, norms, W.reshape(-1))
         return W
 
     def dropout_mask(self, rng, shape, p: float, coords: tuple, dtype):

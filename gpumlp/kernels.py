@@ -24,10 +24,12 @@ ACT_GRAD_MASKED = ("T a, T m", "T d", "d = (d * m) * ({grad});")
 # The output layer and the loss, one thread per row of k classes: adds the bias, applies the output
 # function, writes delta = d(mean loss)/dZ (n, k) and *adds* the row's loss into ``row``, the row's
 # place in the epoch's accumulator (summed once an epoch). Z (n, k), Y (n, k), delta (n, k) C-contiguous.
-_LOSS_PARAMS = "raw T z, raw T bias, raw T y, raw T delta, int32 k, T inv_n"
+# Every array a kernel writes is an output: CuPy declares inputs, raw ones too, const.
+_LOSS_PARAMS = "raw T z, raw T bias, raw T y, int32 k, T inv_n"
+_LOSS_OUT = "T row, raw T delta"
 LOSS_MSE = (
     _LOSS_PARAMS,
-    "T row",
+    _LOSS_OUT,
     """
     T s = 0;
     for (int j = 0; j < k; ++j) {
@@ -42,7 +44,7 @@ LOSS_MSE = (
 )
 LOSS_CE = (
     _LOSS_PARAMS,
-    "T row",
+    _LOSS_OUT,
     """
     const ptrdiff_t r = (ptrdiff_t)i * k;
     T m = z[r] + bias[0];
@@ -69,8 +71,8 @@ AXPBY = ("T x, T alpha, T beta", "T y", "y = beta * y + alpha * x;")
 # pos (1,) is read on the device: the graph's launches walk the epoch's permutation by themselves
 # (``ADVANCE`` moves pos on after). Indices are not checked: pos + b ≤ n (whole batches only).
 GATHER_BATCH = (
-    "raw T x, raw T y, raw int64 perm, raw int64 pos, int32 d, int32 k, raw T ys",
-    "T xs",
+    "raw T x, raw T y, raw int64 perm, raw int64 pos, int32 d, int32 k",
+    "T xs, raw T ys",
     """
     const ptrdiff_t r = i / d, c = i % d;
     const ptrdiff_t src = perm[pos[0] + r];         // the image in row r of the batch
@@ -99,8 +101,8 @@ DROPOUT_MASK = (
 # Max-norm, one thread per column j of W (rows, cols), C-contiguous and flat: its norm, then the
 # column scaled by min(1, c / max(norm, 1e-12)) (columns within the bound are left as they are).
 MAX_NORM = (
-    "raw T w, int32 rows, int32 cols, T c",
-    "T norm",
+    "int32 rows, int32 cols, T c",
+    "T norm, raw T w",
     """
     T s = 0;
     for (int r = 0; r < rows; ++r) { const T v = w[(ptrdiff_t)r * cols + i]; s += v * v; }
@@ -118,8 +120,8 @@ _HASH = "x ^= x >> 16; x *= 0x7FEB352DU; x ^= x >> 15; x *= 0x846CA68BU; x ^= x 
 # uniforms in [−1, 1) from the counter-based bits h(base[6i + j] + k), 24 bits each (exact), then the
 # translation t (b, 2) and, with ``affine``, A = R(θ) S H (b, 2, 2), written through raw arrays.
 AFFINE_DRAW = (
-    "raw uint32 base, uint32 k, T shift, T rot, T scale, T shear, int32 affine, raw T t, raw T a",
-    "T v0",
+    "raw uint32 base, uint32 k, T shift, T rot, T scale, T shear, int32 affine",
+    "T v0, raw T t, raw T a",
     """
     T v[6];
     for (int j = 0; j < 6; ++j) {

@@ -84,7 +84,12 @@ def c_source(specs) -> str:
         decl = []
         for p, t, raw, is_out in ps:
             ctype = CTYPES.get(t, "T")
-            decl.append(f"{ctype} *{p}" if raw else (f"{ctype} &{p}" if is_out else f"const {ctype} {p}"))
+            # As CuPy declares them: inputs const, raw ones included; so a kernel that writes through
+            # an input fails to compile here as it would under NVRTC.
+            if raw:
+                decl.append(f"{ctype} *{p}" if is_out else f"const {ctype} *{p}")
+            else:
+                decl.append(f"{ctype} &{p}" if is_out else f"const {ctype} {p}")
         lines.append(
             f"template <typename T> __host__ __device__ inline void op_{name}(ptrdiff_t i, {', '.join(decl)}) {{"
         )
@@ -160,12 +165,13 @@ def cupy_form_source(specs) -> str:
             args, prologue = [], []
             for p, t, raw, is_out in params(spec):
                 ctype = CTYPES.get(t, "T")
+                const = "" if is_out else "const "  # CuPy declares every input const, raw ones too
                 if t == "int32":
-                    args.append(f"int {p}")
+                    args.append(f"{const}int {p}")
                 elif raw:
-                    args.append(f"CArray<{ctype}, 1, true, true> {p}")
+                    args.append(f"{const}CArray<{ctype}, 1, true, true> {p}")
                 elif p in SCALARS.get(name, ()):
-                    args.append(f"{ctype} {p}")
+                    args.append(f"{const}{ctype} {p}")
                 else:
                     args.append(f"CArray<{ctype}, 1, true, true> _raw_{p}")
                     prologue.append(f"{ctype + ' &' if is_out else 'const ' + ctype} {p} = _raw_{p}[_ind.get()];")
