@@ -28,6 +28,10 @@ Capture follows ``fit``'s warm-up step and a first gather, so that compilation (
 first-use buffers are done before it. No memory is allocated while capturing: every array the step
 creates is carved from one block reserved before the capture (``CupyBackend.capture``) and kept for
 the graph's life. If capturing fails, training goes on without a graph, and says so once.
+
+The step's products are cuBLAS gemms that gpumlp calls itself (``gpumlp.cuda._raw_gemm``): CuPy
+refuses every cuBLAS call of its own while a stream captures. Where the probe could not call cuBLAS
+directly, ``--cuda-graph`` is ignored with that reason (``CupyBackend.graph_unavailable``).
 """
 
 from __future__ import annotations
@@ -62,7 +66,12 @@ def graph_epoch(model, opt, X, Y, batch: int, train_epoch: Callable, log: Callab
     training set X (n, 784), Y (n, 10) one launch of a CUDA graph of its ``step``, where the device
     captures graphs; elsewhere ``train_epoch`` itself, after saying why."""
     if not model.be.captures_graphs:
-        log(f"--cuda-graph: ignored on {model.be.name} (CUDA graphs need --device cuda)")
+        why = getattr(model.be, "graph_unavailable", None)  # a CUDA device whose probe refused direct cuBLAS
+        log(
+            f"--cuda-graph: ignored: {why}"
+            if why
+            else f"--cuda-graph: ignored on {model.be.name} (CUDA graphs need --device cuda)"
+        )
         return train_epoch
     return GraphStep(model, opt, X, Y, batch, train_epoch, log).train_epoch
 

@@ -119,6 +119,7 @@ def probe(check: Check, python: str) -> None:
         "except gpumlp.BackendUnavailable as e:\n"
         "    raise SystemExit(f'error: {e}')\n"
         "print('chose', be.name, 'tf32', be.tf32)\n"
+        "print('graphs', 'yes' if be.captures_graphs else f'no: {be.graph_unavailable}')\n"
     )
     check.run("devices", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                           "--format=csv"], 30, needs_gpu=False)  # fmt: skip
@@ -137,8 +138,11 @@ def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeou
     step, _ = check.run(f"train-{name}", [*gpumlp, "train", "--preset", preset, "--device", "cuda", "--quiet",
                                        "--data-dir", data_dir, "--save", str(ckpt),
                                        *(["--cuda-graph"] if graph else [])], timeout)  # fmt: skip
-    if graph and step["status"] == "pass":  # a capture that failed trains on without the graph, saying so
-        step["graph_fell_back"] = "--cuda-graph: capturing the training step failed" in step["tail"]
+    if graph and step["status"] == "pass":  # a capture that failed (or direct cuBLAS refused) trains on without
+        tail = step["tail"]
+        step["graph_fell_back"] = (
+            "--cuda-graph: capturing the training step failed" in tail or "--cuda-graph: ignored" in tail
+        )
     if step["status"] == "pass":
         m = re.search(r"test accuracy (\S+)%", step["tail"])
         step["test_accuracy_percent"] = float(m.group(1)) if m else None

@@ -4,22 +4,28 @@ Without a GPU, ``CupyBackend``'s own code runs on the host harness of tests/test
 kernels' CUDA C compiled for the host), with a stand-in ``cupy.cuda`` that emulates stream capture
 as CUDA does it: while a stream captures, every kernel, product, reduction and copy is *recorded*,
 with the very arrays and numbers it was given, and nothing runs; ``graph.launch()`` replays the
-records. Device memory may not be reserved while capturing (``cuda.alloc`` fails), and every array
-created while capturing must come from the allocator the capture installed (CuPy's
-``using_allocator``), i.e. from a block reserved before it; anything else fails the test. Every array
-operation the emulation cannot record (a numpy function on device arrays) fails too, so a step that
+records. Every product goes through ``gpumlp.cuda._raw_gemm``, the real ctypes code, into a
+stand-in libcublas (tests/test_raw_gemm.py) whose gemm checks the handle's state when it is called
+and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. Device memory may not
+be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
+come from the allocator the capture installed (CuPy's ``using_allocator``), i.e. from a block
+reserved before it; anything else fails the test. Every array operation the emulation cannot record
+(a numpy function on device arrays) fails too, so a step that
 would compute something at capture time instead of in the graph cannot pass unnoticed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import types
 
 import numpy as np
 import pytest
 from test_kernels import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
+from test_raw_gemm import cublas_standin  # noqa: F401  (a fixture)
 
+from gpumlp import cuda
 from gpumlp.backend import CPU
 from gpumlp.config import DEFAULT_RECIPE
 from gpumlp.cuda import CupyBackend
@@ -37,6 +43,8 @@ class Device:
         self.records = None
         self.allocator = None
         self.streams = []
+        self.stream_ptrs = []
+        self.gemms = []  # the stream each product was enqueued on (0: the default stream)
         self.launches = self.graph_launches = self.captures = 0
         self.blocks = []
         self.fail_capture = None  # a message: begin_capture raises it, as CuPy would
@@ -105,6 +113,11 @@ class DeviceArray(np.ndarray):
         out[...] = self
         return out
 
+    @property
+    def data(self):
+        """cupy.ndarray.data: its ``ptr`` is the address of the view's first element."""
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
     def take(self, indices, axis=None):
         if DEVICE.records is not None:
             raise AssertionError("take() while capturing: the graph gathers its batch with next_batch's kernel")
@@ -120,6 +133,10 @@ class Pointer:
 
     def __add__(self, offset):
         return Pointer(self.block, self.offset + int(offset))
+
+    @property
+    def ptr(self):
+        return self.block.ctypes.data + self.offset
 
 
 def _alloc(nbytes):
@@ -154,6 +171,8 @@ class Graph:
 class Stream:
     def __init__(self, non_blocking=False):
         assert non_blocking, "capture on a stream of its own, which the default stream does not wait on"
+        self.ptr = 0x100000 + 16 * len(DEVICE.stream_ptrs)  # a cudaStream_t, never the default stream's 0
+        DEVICE.stream_ptrs.append(self.ptr)
 
     def __enter__(self):
         DEVICE.streams.append(self)
@@ -172,6 +191,39 @@ class Stream:
         records, DEVICE.records = DEVICE.records, None
         DEVICE.captures += 1
         return Graph(records)
+
+
+LEGACY_STREAM = types.SimpleNamespace(ptr=0)
+CUBLAS_HANDLE = 0xB1A5
+
+
+def current_stream():
+    return DEVICE.streams[-1] if DEVICE.streams else LEGACY_STREAM
+
+
+class StandinGemm:
+    """The stand-in's gemm as cuBLAS runs it: checked when called (its status returned then), and
+    its computation one launch, recorded while the stream captures and replayed with the graph."""
+
+    def __init__(self, lib, api: str, compute: str, scalar):
+        self.api, self.enqueue, self.compute = getattr(lib, api), lib.standin_enqueue, getattr(lib, compute)
+        p, vp, i = ctypes.POINTER(scalar), ctypes.c_void_p, ctypes.c_int
+        self.compute.argtypes = (vp, i, i, i, i, i, p, vp, i, vp, i, p, vp, i)
+        self.lib = lib
+
+    def __call__(self, h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        args = (h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+        if DEVICE.records is None:
+            DEVICE.launches += 1
+            status = self.api(*args)
+        else:
+            status = self.enqueue(h, ta, tb, m, n, k, lda, ldb, ldc)
+            if status == 0:
+                DEVICE.records.append(lambda: self.compute(*args))  # alpha, beta: kept alive by the byrefs
+        if status == 0:
+            assert (ctypes.c_void_p.in_dll(self.lib, "standin_stream").value or 0) == current_stream().ptr
+            DEVICE.gemms.append(current_stream().ptr)
+        return status
 
 
 class CapturingKernel(HostKernel):
@@ -203,10 +255,10 @@ class GraphXP(types.ModuleType):
 
 class GraphHostCuda(HostCuda):
     """CupyBackend's own methods, capture included, over the emulated device: its products are
-    CupyBackend's (an empty array and one gemm), each gemm a launch."""
+    CupyBackend's (an empty array and ``_raw_gemm``), each gemm a launch of the stand-in cuBLAS."""
 
     compiles_kernels = True  # as on CuPy: fit warms up before the capture
-    matmul_function = CupyBackend.matmul_function
+    matmul_function, gemm = CupyBackend.matmul_function, CupyBackend.gemm
 
     def asarray(self, a, dtype=None):
         if isinstance(a, DeviceArray) and (dtype is None or a.dtype == dtype):
@@ -218,25 +270,29 @@ class GraphHostCuda(HostCuda):
         assert DEVICE.records is None, "a read back to the host while capturing"
         return np.array(_plain(a))
 
-    def gemm(self, A, B, C, alpha=1.0, beta=0.0):
-        A, B, C_ = _plain(A), _plain(B), _plain(C)
-        DEVICE.launch(lambda: CPU.gemm(A, B, C_, alpha, beta))
-        return C
-
     def synchronize(self):
         assert DEVICE.records is None, "a synchronisation while capturing"
 
 
 @pytest.fixture
-def graph_cuda(host_library, monkeypatch):  # noqa: F811
+def graph_cuda(host_library, cublas_standin, monkeypatch):  # noqa: F811
     global DEVICE
     DEVICE = Device()
     HostKernel.library = host_library
     xp = GraphXP("graph_xp")
     xp.ElementwiseKernel = CapturingKernel
-    xp.cuda = types.SimpleNamespace(Stream=Stream, alloc=_alloc, using_allocator=_using_allocator)
-    monkeypatch.setattr("gpumlp.cuda._KERNELS", {})
-    monkeypatch.setattr("gpumlp.cuda._MATMUL_FP32", False)
+    xp.cuda = types.SimpleNamespace(Stream=Stream, alloc=_alloc, using_allocator=_using_allocator,
+                                    get_current_stream=current_stream,
+                                    device=types.SimpleNamespace(get_cublas_handle=lambda: CUBLAS_HANDLE))  # fmt: skip
+    lib = ctypes.CDLL(str(cublas_standin))
+    lib.standin_reset()
+    blas = cuda._Cublas(lib)  # the real ctypes bindings, their gemm run as the emulated device runs it
+    blas.gemm = {c: (StandinGemm(lib, name, f"standin_{c}gemm".replace("fgemm", "sgemm"), scalar), scalar, name)
+                 for c, (_, scalar, name) in blas.gemm.items()}  # fmt: skip
+    monkeypatch.setattr(cuda, "_LIB", blas)
+    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    monkeypatch.setattr(cuda, "_KERNELS", {})
+    monkeypatch.setattr(cuda, "_MATMUL_FP32", False)
     return GraphHostCuda("hostcuda", xp)
 
 
@@ -403,6 +459,51 @@ def test_a_failed_capture_trains_without_the_graph_and_says_so_once(graph_cuda):
     assert g_history == history
 
 
+def test_the_products_are_enqueued_on_the_capturing_stream_and_replayed(graph_cuda):
+    """Every product of the step goes through ``_raw_gemm``: uncaptured on the default stream, while
+    capturing on the capture's own stream (the stand-in checks the handle's state at each call), each
+    recorded as one launch and replayed by the graph: 8 for 784-16-16-10 (3 forward, 3 weight
+    gradients, 2 input gradients)."""
+    m, opt, step, X, Y, losses = step_parts(graph_cuda, optimizer="momentum")
+    step(X, Y, 0.1, 1, 0, losses)
+    assert DEVICE.gemms == [0] * 8 and len(DEVICE.blocks) >= 1  # the workspace: reserved at the first product
+    DEVICE.gemms.clear()
+    captured = graph_cuda.capture(lambda: step(X, Y, 0.1, 1, 1, losses), 1 << 20)
+    assert DEVICE.gemms == [DEVICE.stream_ptrs[-1]] * 8 and DEVICE.stream_ptrs[-1] != 0
+    before = m.theta.copy()
+    captured.launch()
+    assert not np.array_equal(m.theta, before)
+
+
+def test_a_product_refused_while_capturing_trains_without_the_graph_with_its_reason(graph_cuda, monkeypatch):
+    """CuPy's own cuBLAS refuses a capturing stream (cublas.pyx's setStream): were a product to
+    raise so, the capture ends (its own error, cudaErrorStreamCaptureInvalidated, swallowed), the
+    note gives the product's reason, and training goes on without a graph, bit for bit."""
+    theta, history, _ = train(graph_cuda, False)
+    real = cuda._raw_gemm
+
+    def refusing(xp, A, B, C, alpha, beta):
+        if DEVICE.records is not None:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        return real(xp, A, B, C, alpha, beta)
+
+    def invalidated(self):
+        DEVICE.records = None
+        raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
+
+    monkeypatch.setattr(cuda, "_raw_gemm", refusing)
+    monkeypatch.setattr(Stream, "end_capture", invalidated)
+    notes = []
+    g_theta, g_history, _ = train(graph_cuda, True, notes)
+    assert notes == [
+        "--cuda-graph: capturing the training step failed (calling cuBLAS API during stream capture is "
+        "currently unsupported); training without a graph"
+    ]
+    assert DEVICE.records is None and not DEVICE.streams and DEVICE.graph_launches == 0
+    np.testing.assert_array_equal(g_theta, theta)
+    assert g_history == history
+
+
 def test_on_the_cpu_the_flag_is_ignored_with_a_note():
     notes = []
     runs = [train(CPU, flag, notes, epochs=1)[0] for flag in (False, True)]
@@ -427,10 +528,12 @@ def test_recipes_a_graph_would_replay_wrongly_are_refused(recipe):
 def test_gpu_training_with_the_graph_matches_without(name):
     """On a GPU: the graph captured by CUDA itself, against the same run uncaptured (float64). The
     same kernels in the same order: equal to the last bits (cuBLAS may choose another algorithm
-    inside a graph, hence a tolerance); and the graph really ran (no fallback note)."""
+    inside a graph, hence a tolerance: the same routine with the same workspace is expected to be
+    bit-equal); and the graph really ran, its products included (no fallback note)."""
     from gpumlp.device import get_backend
 
     be = get_backend("cuda")
+    assert be.captures_graphs, be.graph_unavailable  # the probe called cuBLAS directly: products capturable
     theta, history, _ = train(be, False, **RECIPES[name])
     notes = []
     g_theta, g_history, _ = train(be, True, notes, **RECIPES[name])

@@ -1,0 +1,361 @@
+"""``gpumlp.cuda._raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
+products (CuPy refuses its own cuBLAS calls while a stream captures), tested without a GPU.
+
+A stand-in libcublas (``STANDIN``, C++ built here with the host compiler) has the entry points
+``_raw_gemm`` calls, with cuBLAS's signatures and column-major semantics, computing on host
+pointers with a reference triple loop. It keeps the handle's state as cuBLAS does: setting a stream
+resets the workspace to cuBLAS's own pool. A gemm is refused (CUBLAS_STATUS_NOT_INITIALIZED) unless
+the stream and the pointer mode were set since the previous gemm, the pointer mode is host and a
+workspace of the caller's own is in place; a leading dimension too small is CUBLAS_STATUS_INVALID_VALUE.
+The real ctypes code of ``_raw_gemm`` runs against it, on host arrays that expose ``data.ptr`` as
+CuPy's do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from gpumlp import cuda
+from gpumlp.errors import BackendUnavailable
+
+CXX = shutil.which("c++") or shutil.which("g++")
+
+STANDIN = r"""
+#include <cstddef>
+#include <cmath>
+typedef void *H;
+extern "C" {
+void *standin_handle = 0, *standin_stream = 0, *standin_workspace = 0;  // as at the last gemm
+size_t standin_workspace_size = 0;
+int standin_mode = -1;
+long standin_gemms = 0;
+}
+static void *g_stream = 0, *g_ws = 0;
+static size_t g_ws_size = 0;
+static int g_mode = 0, g_stream_set = 0, g_mode_set = 0;
+
+extern "C" void standin_reset() {
+  standin_handle = standin_stream = standin_workspace = g_stream = g_ws = 0;
+  standin_workspace_size = g_ws_size = 0;
+  standin_mode = -1; standin_gemms = 0; g_mode = g_stream_set = g_mode_set = 0;
+}
+extern "C" int cublasSetStream_v2(H h, void *s) {
+  g_stream = s; g_stream_set = 1;
+  g_ws = 0; g_ws_size = 0;  // "unconditionally resets the cuBLAS library workspace back to the default pool"
+  return 0;
+}
+extern "C" int cublasSetWorkspace_v2(H h, void *w, size_t n) { g_ws = w; g_ws_size = n; return 0; }
+extern "C" int cublasSetPointerMode_v2(H h, int mode) { g_mode = mode; g_mode_set = 1; return 0; }
+
+static int mx(int a) { return a > 1 ? a : 1; }
+
+// What cuBLAS checks when a gemm is called (also while a stream captures): the state, the sizes.
+extern "C" int standin_enqueue(H h, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc) {
+  if (!g_stream_set || !g_mode_set || g_mode != 0 || g_ws == 0 || g_ws_size == 0) return 1;
+  if (ta < 0 || ta > 1 || tb < 0 || tb > 1 || m < 0 || n < 0 || k < 0) return 7;
+  if (lda < mx(ta ? k : m) || ldb < mx(tb ? n : k) || ldc < mx(m)) return 7;
+  standin_handle = h; standin_stream = g_stream; standin_mode = g_mode;
+  standin_workspace = g_ws; standin_workspace_size = g_ws_size;
+  g_stream_set = g_mode_set = 0;  // the next gemm must set them again
+  ++standin_gemms;
+  return 0;
+}
+
+// C (m, n) = alpha op(A) op(B) + beta C, column-major; C is not read when beta is 0.
+template <typename T>
+static void compute(int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda, const T *B,
+                    int ldb, const T *beta, T *C, int ldc) {
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double s = 0;
+      for (int l = 0; l < k; ++l)
+        s += (double)(ta ? A[l + (size_t)i * lda] : A[i + (size_t)l * lda]) *
+             (double)(tb ? B[j + (size_t)l * ldb] : B[l + (size_t)j * ldb]);
+      T &c = C[i + (size_t)j * ldc];
+      c = (T)((*beta == 0 ? 0.0 : (double)*beta * c) + (double)*alpha * s);
+    }
+}
+
+#define GEMM(NAME, COMPUTE, T)                                                                      \
+  extern "C" void COMPUTE(H h, int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda, \
+                          const T *B, int ldb, const T *beta, T *C, int ldc) {                      \
+    compute<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);                                \
+  }                                                                                                 \
+  extern "C" int NAME(H h, int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda,   \
+                      const T *B, int ldb, const T *beta, T *C, int ldc) {                          \
+    int status = standin_enqueue(h, ta, tb, m, n, k, lda, ldb, ldc);                                \
+    if (status == 0) COMPUTE(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);               \
+    return status;                                                                                  \
+  }
+GEMM(cublasSgemm_v2, standin_sgemm, float)
+GEMM(cublasDgemm_v2, standin_dgemm, double)
+"""
+
+
+@pytest.fixture(scope="module")
+def cublas_standin(tmp_path_factory):
+    """The stand-in libcublas, built with the host C++ compiler: its path."""
+    if CXX is None:
+        pytest.skip("no C++ compiler is installed")
+    d = tmp_path_factory.mktemp("cublas")
+    (d / "standin.cpp").write_text(STANDIN)
+    lib = d / "libcublas.so.99"
+    out = subprocess.run([CXX, "-shared", "-fPIC", "-O1", "-o", str(lib), str(d / "standin.cpp")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    return lib
+
+
+def standin_value(lib, name: str, ctype=ctypes.c_void_p):
+    return ctype.in_dll(lib, name).value
+
+
+class HostArray(np.ndarray):
+    """A host array that gives its first element's address as CuPy's ``a.data.ptr`` does."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+
+HANDLE = 0x5EED
+
+
+class HostStream:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+def host_xp(stream_ptr=0):
+    """An array module with what ``_raw_gemm`` asks of CuPy: the handle, the current stream, alloc."""
+    xp = types.SimpleNamespace(current=HostStream(stream_ptr), blocks=[])
+
+    def alloc(nbytes):
+        block = np.zeros(nbytes, np.uint8)
+        xp.blocks.append(block)
+        return types.SimpleNamespace(ptr=block.ctypes.data, block=block)
+
+    xp.cuda = types.SimpleNamespace(
+        device=types.SimpleNamespace(get_cublas_handle=lambda: HANDLE),
+        get_current_stream=lambda: xp.current,
+        alloc=alloc,
+    )
+    xp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(HostArray)
+    return xp
+
+
+def dev(a):
+    return np.asarray(a).view(HostArray)
+
+
+@pytest.fixture
+def standin(cublas_standin, monkeypatch):
+    """``_raw_gemm``'s library is the stand-in (loaded with the real ``_Cublas``), no workspaces yet."""
+    lib = ctypes.CDLL(str(cublas_standin))
+    lib.standin_reset()  # (one library for the module: its state from the tests before)
+    monkeypatch.setattr(cuda, "_LIB", cuda._Cublas(lib))
+    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    return lib
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-0.5, 1.0), (2.0, 0.25)])
+def test_every_transposition_and_accumulation_against_numpy(standin, dtype, ta, tb, alpha, beta):
+    """A (5, 7) and B (7, 3), each either C-contiguous or the ``.T`` of one, into C (5, 3) with
+    α, β: non-square everywhere, so a leading dimension or an operand order mixed up fails."""
+    m, k, n = 5, 7, 3
+    A = rand(k, m, seed=1).T if ta else rand(m, k, seed=1)  # (m, k)
+    B = rand(n, k, seed=2).T if tb else rand(k, n, seed=2)  # (k, n)
+    A, B, C0 = A.astype(dtype), B.astype(dtype), rand(m, n, seed=3).astype(dtype)
+    assert A.flags.f_contiguous == ta and B.flags.f_contiguous == tb
+    C = dev(C0.copy())
+    out = cuda._raw_gemm(host_xp(), dev(A), dev(B), C, alpha, beta)
+    want = alpha * (A.astype(np.float64) @ B.astype(np.float64)) + beta * C0.astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    assert out is C and C.dtype == dtype
+    np.testing.assert_allclose(np.asarray(C), want, **tol)
+    assert standin_value(standin, "standin_gemms", ctypes.c_long) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_views_at_an_offset_of_a_flat_theta(standin, dtype):
+    """Training's products read and write views into the flat θ and gradient buffers: W (4, 3) at
+    an odd offset, its ``.T``, and dW written in place at another offset, the rest untouched."""
+    theta, grad = dev(rand(40, seed=4).astype(dtype)), dev(np.full(40, 7.0, dtype=dtype))
+    W = theta[5:17].reshape(4, 3)  # (n_in, n_out)
+    X, dZ = rand(6, 4, seed=5).astype(dtype), rand(6, 3, seed=6).astype(dtype)
+    xp = host_xp()
+    Z = cuda._raw_gemm(xp, dev(X), W, dev(np.empty((6, 3), dtype)), 1.0, 0.0)  # forward
+    dA = cuda._raw_gemm(xp, dev(dZ), W.T, dev(np.empty((6, 4), dtype)), 1.0, 0.0)  # input gradient
+    dW = grad[3:15].reshape(4, 3)
+    cuda._raw_gemm(xp, dev(X).T, dev(dZ), dW, 1.0, 0.0)  # weight gradient, into the flat buffer
+    Wh = np.asarray(W).astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(Z), X @ Wh, **tol)
+    np.testing.assert_allclose(np.asarray(dA), dZ @ Wh.T, **tol)
+    np.testing.assert_allclose(np.asarray(grad[3:15]).reshape(4, 3), X.T @ dZ, **tol)
+    assert (np.asarray(grad[:3]) == 7).all() and (np.asarray(grad[15:]) == 7).all()
+
+
+def test_the_stream_workspace_and_pointer_mode_are_set_before_each_gemm(standin):
+    """Each gemm runs on the stream current at its call, with the handle CuPy gives, the host
+    pointer mode and gpumlp's own 32 MiB workspace (set after the stream, which resets it): the
+    stand-in refuses a gemm otherwise, and reports what it saw."""
+    xp = host_xp(stream_ptr=0x1000)
+    A, B = dev(rand(3, 2)), dev(rand(2, 4))
+    for stream in (0x1000, 0x2000, 0):  # a capture's stream, another, the legacy default stream
+        xp.current = HostStream(stream)
+        cuda._raw_gemm(xp, A, B, dev(np.empty((3, 4))), 1.0, 0.0)
+        assert standin_value(standin, "standin_stream") == (stream or None)
+        assert standin_value(standin, "standin_handle") == HANDLE
+        assert standin_value(standin, "standin_mode", ctypes.c_int) == 0  # CUBLAS_POINTER_MODE_HOST
+        assert standin_value(standin, "standin_workspace") == xp.blocks[0].ctypes.data
+        assert standin_value(standin, "standin_workspace_size", ctypes.c_size_t) == 32 << 20
+    assert len(xp.blocks) == 1  # one workspace for the handle, reserved at its first product
+
+
+def test_a_refused_gemm_is_an_error_naming_the_call_and_status(standin, monkeypatch):
+    """The stand-in's checks have teeth: a gemm without the stream set first (here: setting it does
+    nothing) comes back CUBLAS_STATUS_NOT_INITIALIZED, and ``_raw_gemm`` raises naming it."""
+    monkeypatch.setattr(cuda._LIB, "set_stream", lambda h, s: 0)
+    with pytest.raises(BackendUnavailable, match=r"cuBLAS's cublasDgemm_v2 failed on the GPU: "
+                                                 r"CUBLAS_STATUS_NOT_INITIALIZED \(1\); .*--device cpu"):  # fmt: skip
+        cuda._raw_gemm(host_xp(), dev(rand(2, 2)), dev(rand(2, 2)), dev(np.empty((2, 2))), 1.0, 0.0)
+
+
+def test_size_zero_and_strided_operands(standin):
+    """No call for an empty product (k = 0 leaves β·C, BLAS's rule); an operand neither C- nor
+    F-contiguous (a column slice) goes through a contiguous copy; mixed dtypes are refused."""
+    xp = host_xp()
+    C = dev(np.full((2, 3), 4.0))
+    cuda._raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.5)
+    np.testing.assert_array_equal(np.asarray(C), np.full((2, 3), 2.0))
+    cuda._raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.0)
+    np.testing.assert_array_equal(np.asarray(C), np.zeros((2, 3)))
+    cuda._raw_gemm(xp, dev(np.empty((0, 4))), dev(np.empty((4, 3))), dev(np.empty((0, 3))), 1.0, 0.0)
+    assert standin_value(standin, "standin_gemms", ctypes.c_long) == 0
+    A = rand(4, 10, seed=7)[:, 1:8:2]  # (4, 4) strided
+    B = rand(4, 3, seed=8)
+    got = cuda._raw_gemm(xp, dev(A), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
+    np.testing.assert_allclose(np.asarray(got), A @ B, rtol=1e-13)
+    with pytest.raises(TypeError, match="one dtype"):
+        cuda._raw_gemm(xp, dev(A.astype(np.float32)), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
+
+
+def test_the_probe_check_accepts_a_correct_library_and_rejects_a_wrong_one(standin, monkeypatch):
+    """``_check_raw_products`` (run by the probe on the GPU): exact products NN, NT, TN and β = 1 in
+    float32 and float64 pass through the stand-in; a library whose sgemm leaves C as it was, or one
+    that is missing, gives the reason instead."""
+    xp = host_xp()
+    xp.asarray, xp.empty = dev, lambda shape, dtype: dev(np.empty(shape, dtype))
+    xp.asnumpy = np.asarray
+    assert cuda._check_raw_products(xp) is None
+    assert standin_value(standin, "standin_gemms", ctypes.c_long) == 8  # 4 products × 2 dtypes
+    gemm, scalar, name = cuda._LIB.gemm["f"]
+    monkeypatch.setitem(cuda._LIB.gemm, "f", (lambda *a: 0, scalar, name))
+    assert cuda._check_raw_products(xp).startswith("a direct cuBLAS product was wrong (")
+    monkeypatch.setattr(cuda, "_LIB", None)
+    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
+    why = cuda._check_raw_products(xp)
+    assert why.startswith("cuBLAS could not be called directly (no libcublas could be loaded (")
+    assert "libcublas-missing.so.0" in why and "\n" not in why
+
+
+def test_the_library_cupy_loaded_is_found_in_the_memory_map(cublas_standin, tmp_path, monkeypatch):
+    """``_find_cublas`` takes the libcublas the process has mapped (CuPy's: its handles are valid
+    only there) before trying sonames; a library without cuBLAS's symbols is refused by name."""
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f0000000000-7f0000001000 r-xp 00000000 08:01 42   /opt/x/libcublasLt.so.12\n"
+        f"7f0000001000-7f0000002000 r-xp 00000000 08:01 43   {cublas_standin}\n"
+        "7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n"
+    )
+    monkeypatch.setattr(cuda, "MAPS", str(maps))
+    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ())
+    lib = cuda._find_cublas()
+    assert lib.set_stream(None, ctypes.c_void_p(0x77)) == 0
+    assert lib.gemm["d"][2] == "cublasDgemm_v2"
+    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libm.so.6",))
+    with pytest.raises(AttributeError, match="cublasSetStream_v2"):
+        cuda._find_cublas()
+
+
+def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monkeypatch):
+    """The probe's verdict: where ``_check_raw_products`` fails, the backend keeps CuPy's products,
+    captures no graphs, and ``--cuda-graph`` logs one line with the reason."""
+    from test_backend import fake_cupy
+
+    from gpumlp.device import get_backend
+    from gpumlp.graph import graph_epoch
+
+    fake_cupy(1, monkeypatch=monkeypatch)
+    monkeypatch.setattr(cuda, "_LIB", None)
+    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
+    be = get_backend("cuda")
+    assert not be.captures_graphs
+    assert be.graph_unavailable.startswith("cuBLAS could not be called directly (no libcublas could be loaded")
+    assert be.graph_unavailable.endswith("CuPy refuses its own cuBLAS calls while a stream captures, "
+                                         "so a graph cannot hold the products")  # fmt: skip
+    C = np.empty((2, 2), np.float32)
+    be.gemm(np.eye(2, dtype=np.float32), np.full((2, 2), 3.0, np.float32), C)  # the fake's cupy.cublas.gemm
+    np.testing.assert_array_equal(C, np.full((2, 2), 3.0))
+    notes, plain = [], object()
+    epoch = graph_epoch(types.SimpleNamespace(be=be), None, None, None, 10, plain, notes.append)
+    assert epoch is plain and notes == [f"--cuda-graph: ignored: {be.graph_unavailable}"]
+    monkeypatch.setattr(cuda, "_check_raw_products", lambda cp: None)  # a library that passes
+    be = get_backend("cuda")
+    assert be.captures_graphs and be.graph_unavailable is None
+
+
+# ---------------------------------------------------------------- on a real GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_direct_cublas_matches_cupy_and_replays_from_a_graph(dtype):
+    """On a GPU: the probe found direct cuBLAS usable; ``_raw_gemm`` agrees with ``cupy.matmul`` in
+    the four transpositions with β accumulation; one captured in a CUDA graph (CuPy's own would
+    raise NotImplementedError there) runs nothing at capture and, replayed, writes the uncaptured
+    result bit for bit."""
+    from gpumlp.device import get_backend
+
+    be = get_backend("cuda")
+    assert be.graph_unavailable is None and be.captures_graphs
+    cp = be.xp
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    m, k, n = 33, 70, 17
+    for ta in (False, True):
+        for tb in (False, True):
+            A = cp.asarray(rand(k, m, seed=1).T if ta else rand(m, k, seed=1), dtype=dtype)
+            B = cp.asarray(rand(n, k, seed=2).T if tb else rand(k, n, seed=2), dtype=dtype)
+            A, B = (A.T.copy().T if ta else A), (B.T.copy().T if tb else B)  # F-contiguous as .T views are
+            C0 = cp.asarray(rand(m, n, seed=3), dtype=dtype)
+            got = cuda._raw_gemm(cp, A, B, C0.copy(), -0.5, 1.0)
+            np.testing.assert_allclose(cp.asnumpy(got), cp.asnumpy(C0 - 0.5 * cp.matmul(A, B)), **tol)
+    A, B = cp.asarray(rand(m, k), dtype=dtype), cp.asarray(rand(n, k, seed=1), dtype=dtype).T
+    eager = cuda._raw_gemm(cp, A, B, cp.empty((m, n), dtype=dtype), 1.0, 0.0)
+    C = cp.zeros((m, n), dtype=dtype)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cuda._raw_gemm(cp, A, B, C, 1.0, 0.0)
+        graph = stream.end_capture()
+    assert not bool(C.any())  # captured, not run
+    graph.launch()
+    cp.cuda.Device().synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(C), cp.asnumpy(eager))
