@@ -341,6 +341,20 @@ def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch)
     assert not np.array_equal(theta, MLP((784, 16, 12, 10), seed=1, dtype="float64").theta)  # it trained
 
 
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_training_through_the_direct_cublas_products_matches_the_cpu(graph_cuda, name, monkeypatch):
+    """The products of whole runs through ``_raw_gemm`` (forward, input and weight gradients, SGD's
+    step inside backward with β = 1 − ηλ) and the stand-in cuBLAS, with and without the graph,
+    against the numpy reference on the CPU: same math, other roundings."""
+    monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 1000)
+    ref, ref_history, _ = train(CPU, False, **RECIPES[name])
+    for flag in (False, True):
+        theta, history, _ = train(graph_cuda, flag, **RECIPES[name])
+        np.testing.assert_allclose(theta, ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.array(history), np.array(ref_history), rtol=1e-9)
+    assert DEVICE.gemms and DEVICE.graph_launches == 3 * 9
+
+
 def test_a_run_continued_with_the_graph_is_the_uninterrupted_run(graph_cuda):
     """Two epochs with the graph, then fit continues the same state to four (a new capture on the
     buffers the first run left): bit for bit the four epochs of an uncaptured run."""
