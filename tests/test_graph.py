@@ -10,8 +10,8 @@ and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. De
 be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
 come from the allocator the capture installed (CuPy's ``using_allocator``), i.e. from a block
 reserved before it; anything else fails the test. Every array operation the emulation cannot record
-(a numpy function on device arrays) fails too, so a step that
-would compute something at capture time instead of in the graph cannot pass unnoticed.
+(a numpy function on device arrays) fails too, so a step that would compute something at capture
+time instead of in the graph cannot pass unnoticed.
 """
 
 from __future__ import annotations
