@@ -333,6 +333,7 @@ def run_bench(
         "data": source,
         "repeats": repeats,
         "cuda_graph": cuda_graph,
+        "graph_unavailable": getattr(be, "graph_unavailable", None),  # a CUDA device without direct cuBLAS
         "sgemm": {"n": sgemm_n, "gflops": sgemm},
         "rows": rows,
         "process": process_costs(data_dir, be.name if be.is_cuda else "cpu") if extras else None,
@@ -396,7 +397,8 @@ def graph_line(result: dict) -> str:
     rows = result["rows"]
     used = [str(i) for i, r in enumerate(rows, 1) if r.get("cuda_graph")]
     if not used:
-        return f"--cuda-graph: no row captured ({result['machine']['device']}: CUDA graphs need --device cuda)"
+        why = result.get("graph_unavailable") or "CUDA graphs need --device cuda"
+        return f"--cuda-graph: no row captured ({result['machine']['device']}: {why})"
     line = f"--cuda-graph: rows {', '.join(used)} trained with a CUDA graph (the others' recipes cannot be captured)"
     fell = [f"{i} ({'; '.join(r['notes'])})" for i, r in enumerate(rows, 1) if r.get("notes")]
     return line + (f"; fell back: {', '.join(fell)}" if fell else "")

@@ -317,6 +317,14 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
     notes, plain = [], object()
     epoch = graph_epoch(types.SimpleNamespace(be=be), None, None, None, 10, plain, notes.append)
     assert epoch is plain and notes == [f"--cuda-graph: ignored: {be.graph_unavailable}"]
+    from gpumlp.bench import graph_line
+
+    result = {
+        "rows": [{"cuda_graph": False}],
+        "machine": {"device": "cuda:0"},
+        "graph_unavailable": be.graph_unavailable,
+    }
+    assert graph_line(result) == f"--cuda-graph: no row captured (cuda:0: {be.graph_unavailable})"
     monkeypatch.setattr(cuda, "_check_raw_products", lambda cp: None)  # a library that passes
     be = get_backend("cuda")
     assert be.captures_graphs and be.graph_unavailable is None
