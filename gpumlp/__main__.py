@@ -8,7 +8,7 @@ import sys
 
 def main() -> None:
     try:
-        from gpumlp.cli import main as cli_main
+        from gpumlp.cli.commands import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

@@ -2,7 +2,7 @@
 
 A record holds the function and its derivative for the readable array path (numpy, or CuPy
 without fused kernels), the same two as CUDA C expressions for the fused kernels
-(``gpumlp.kernels``), the ONNX operator of an export (``gpumlp.export``) and the initialisation
+(``gpumlp.backends.kernels``), the ONNX operator of an export (``gpumlp.formats.export``) and the initialisation
 that suits it. Adding an activation is one record here (and its tests).
 
 Each derivative is written in terms of the activation's *output* A = f(Z), which the forward
@@ -63,9 +63,9 @@ class Activation:
     f: Callable  # (xp, Z) -> A; may overwrite Z, a temporary of the forward pass
     grad: Callable  # (xp, A) -> f'(Z), from the output A = f(Z)
     default_init: str  # gpumlp.model.INITS: the initialisation whose variance suits f
-    cuda_f: str  # f as a CUDA C expression of x (type T), for the fused kernels (gpumlp.kernels)
+    cuda_f: str  # f as a CUDA C expression of x (type T), for the fused kernels (gpumlp.backends.kernels)
     cuda_grad: str  # f' as a CUDA C expression of the output a
-    onnx: str | None  # the ONNX operator computing f (gpumlp.export); None: no export
+    onnx: str | None  # the ONNX operator computing f (gpumlp.formats.export); None: no export
 
 
 ACTIVATIONS = {

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpumlp.activations import ACTIVATIONS, sigmoid, sigmoid_grad
-from gpumlp.backend import Backend
-from gpumlp.device import get_backend
+from gpumlp.backends.base import Backend
+from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 
 N_INPUTS, N_CLASSES = 784, 10
@@ -63,7 +63,7 @@ def cross_entropy(xp, Z, A, Y):
 
 @dataclass(frozen=True)
 class Loss:
-    name: str  # also names its fused CUDA kernel (gpumlp.kernels.LOSSES)
+    name: str  # also names its fused CUDA kernel (gpumlp.backends.kernels.LOSSES)
     output: Callable  # (xp, Z_L) -> A_L
     total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L)
 
@@ -402,7 +402,7 @@ class MLP:
     def dropout_masks(self, rng, p: float, n: int, *coords: int) -> list:
         """Inverted-dropout multipliers for a batch of n: per hidden layer (n, n_l) on the device,
         0 with probability p and 1/(1−p) otherwise, from the device generator ``rng``
-        (``gpumlp.rng.DeviceRNG``) at ``coords`` (epoch, batch), so every device draws the same."""
+        (``gpumlp.backends.rng.DeviceRNG``) at ``coords`` (epoch, batch), so every device draws the same."""
         dtype = DTYPES[self.dtype]
         return [self.be.dropout_mask(rng, (n, size), p, (*coords, l), dtype) for l, size in enumerate(self.sizes[1:-1])]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gpumlp.errors import ConfigError
 
-# numpy and gpumlp.model are imported on first use: gpumlp/config.py reads the hyper-parameters
+# numpy and gpumlp.model are imported on first use: gpumlp/training/config.py reads the hyper-parameters
 # below to build `gpumlp train`'s options, and `gpumlp --help` should not wait for numpy.
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -32,7 +32,7 @@ FUSE_MIN_WEIGHTS = 1 << 14
 @dataclass(frozen=True)
 class Hyper:
     """A hyper-parameter of an update rule: its default, its help text (``gpumlp train``'s option
-    of the same name is built from both, in gpumlp/config.py) and the range it must lie in."""
+    of the same name is built from both, in gpumlp/training/config.py) and the range it must lie in."""
 
     default: float
     help: str
@@ -55,7 +55,7 @@ class Optimizer:
     A rule is a subclass: its ``name`` (``--optimizer``), its ``hyperparams`` with their defaults,
     its state ``buffers``, the readable update ``_update`` and the same math as one fused CUDA
     kernel, ``cuda`` (``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``, see
-    ``gpumlp.kernels``; ``g, wd`` and the ``kernel_scalars`` in, ``p`` and the buffers out)."""
+    ``gpumlp.backends.kernels``; ``g, wd`` and the ``kernel_scalars`` in, ``p`` and the buffers out)."""
 
     name = "sgd"
     hyperparams: dict[str, Hyper] = {}  # the rule's hyper-parameters beyond the learning rate

@@ -3,7 +3,7 @@
     python scripts/augment_samples.py              # docs/augment.png
     python scripts/augment_samples.py out.png --count 12 --seed 3 --data-dir ~/mnist
 
-Default strengths (gpumlp.augment.AugmentConfig); each row draws its own random transforms.
+Default strengths (gpumlp.training.augment.AugmentConfig); each row draws its own random transforms.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import gpumlp
-from gpumlp.augment import AugmentConfig, Augmenter, parse_kinds
-from gpumlp.backend import CPU
+from gpumlp.backends.base import CPU
+from gpumlp.training.augment import AugmentConfig, Augmenter, parse_kinds
 
 ROWS = ("none", "shift", "affine", "elastic", "affine,elastic")
 

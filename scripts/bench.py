@@ -1,4 +1,4 @@
-"""Training speed of gpumlp over its benchmark matrix (gpumlp/bench.py), optionally beside PyTorch.
+"""Training speed of gpumlp over its benchmark matrix (gpumlp/cli/bench.py), optionally beside PyTorch.
 
     python scripts/bench.py                    # the table
     python scripts/bench.py --compare torch    # and PyTorch, row by row
@@ -11,7 +11,7 @@ untimed one of the same framework) so both see the same load on a shared machine
 of their median images/s is printed per row with its geometric mean over the Rust table's rows.
 
 With ``--background-load N[,N…]`` each row is timed while N busy processes (started and stopped
-here, see gpumlp/bench_load.py) run beside it, as gpumlp chooses its BLAS threads and with one
+here, see gpumlp/cli/bench_load.py) run beside it, as gpumlp chooses its BLAS threads and with one
 thread, and its slowdown against the first load is printed.
 """
 
@@ -25,7 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gpumlp.bench import CONFIGS, RUST_ROWS, format_bench, run_bench, table
+from gpumlp.cli.bench import CONFIGS, RUST_ROWS, format_bench, run_bench, table
 
 TORCH_HINT = "pip install torch==2.13.0"
 MKL_NOTE = (
@@ -61,7 +61,7 @@ def parse_loads(spec: str) -> list[int]:
 
 def under_load(a, configs) -> None:
     """--background-load: the rows beside each load; the busy processes die with this one (SIGTERM too)."""
-    from gpumlp.bench_load import format_under_load, run_under_load
+    from gpumlp.cli.bench_load import format_under_load, run_under_load
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so background_load's cleanup runs
     result = run_under_load(parse_loads(a.background_load), configs, a.repeats, a.data_dir)

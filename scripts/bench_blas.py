@@ -6,7 +6,7 @@
 Needs ``pip install 'gpumlp[mkl]'``. Each row of ``gpumlp bench`` is trained by two models made in
 this one process, one on a CPU backend owning numpy's BLAS (products through numpy.matmul), one on a
 backend owning MKL (``NumpyBackend(library=Blas(...))``); their runs alternate
-(``gpumlp.bench.timed_pair``: numpy, MKL, numpy, …, each timed run right after an untimed one of the
+(``gpumlp.cli.bench.timed_pair``: numpy, MKL, numpy, …, each timed run right after an untimed one of the
 same library, which also lets the other library's idle threads stop spinning) and the ratio of
 median images/s is printed per row, MKL over numpy's. No PyTorch here: PyTorch's OpenMP threads and
 MKL's, in one process, take turns badly.
@@ -23,9 +23,9 @@ import sys
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp.backend import NumpyBackend
-from gpumlp.bench import CONFIGS, RUST_ROWS, bench_data, command_line, prepare_config, row_result, table, timed_pair
-from gpumlp.blas import Blas
+from gpumlp.backends.base import NumpyBackend
+from gpumlp.backends.blas import Blas
+from gpumlp.cli.bench import CONFIGS, RUST_ROWS, bench_data, command_line, prepare_config, row_result, table, timed_pair
 from gpumlp.errors import GpumlpError
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from gpumlp.data import load_mnist
+from gpumlp.data.load import load_mnist
 
 
 def drawing(x784) -> bytes:

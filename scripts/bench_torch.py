@@ -1,4 +1,4 @@
-"""The configurations of ``gpumlp.bench`` trained with PyTorch, timed the same way, for comparison.
+"""The configurations of ``gpumlp.cli.bench`` trained with PyTorch, timed the same way, for comparison.
 
     python scripts/bench_torch.py            # CPU, and CUDA when present
     python scripts/bench_torch.py --device cpu --json
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpumlp.bench import CONFIGS, EPOCH_IMAGES, BenchConfig, bench_data, efficiency, flops_per_image
+from gpumlp.cli.bench import CONFIGS, EPOCH_IMAGES, BenchConfig, bench_data, efficiency, flops_per_image
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,7 +95,7 @@ def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray):
-    """``(work, n)`` as ``gpumlp.bench.prepare_config``: ``cfg.epochs`` epochs over the first n images;
+    """``(work, n)`` as ``gpumlp.cli.bench.prepare_config``: ``cfg.epochs`` epochs over the first n images;
     or ``(None, n)`` for a configuration PyTorch alone cannot run (see ``skipped``)."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size
     recipe = dict(cfg.recipe)
@@ -157,7 +157,7 @@ def row_result(cfg: BenchConfig, n: int, seconds: list[float] | None) -> dict:
 
 
 def time_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray, repeats: int) -> dict:
-    """One row, as a row of ``gpumlp.bench.run_bench``, timed on its own (after one warm-up)."""
+    """One row, as a row of ``gpumlp.cli.bench.run_bench``, timed on its own (after one warm-up)."""
     work, n = prepare_config(cfg, device, X, y)
     return row_result(cfg, n, None if work is None else timed(device, work, repeats))
 

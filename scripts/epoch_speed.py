@@ -12,7 +12,7 @@ import argparse
 import statistics
 
 import gpumlp
-from gpumlp.data import split
+from gpumlp.data.load import split
 
 
 def main() -> None:

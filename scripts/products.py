@@ -2,7 +2,7 @@
 each timed alone, as gpumlp calls numpy's BLAS and, beside it, as PyTorch's ``torch.mm`` (MKL on
 its CPU wheels) computes the same product.
 
-    python scripts/products.py                  # every row of gpumlp.bench.CONFIGS
+    python scripts/products.py                  # every row of gpumlp.cli.bench.CONFIGS
     python scripts/products.py --rows 5,8       # rows numbered as `gpumlp bench` numbers them
     python scripts/products.py --no-torch       # numpy only
 
@@ -28,11 +28,11 @@ import time
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp.backend import NumpyBackend
-from gpumlp.bench import CONFIGS
-from gpumlp.blas import Blas
-from gpumlp.blas_threads import largest_product, training_threads
-from gpumlp.blas_threads import threads as blas_threads
+from gpumlp.backends.base import NumpyBackend
+from gpumlp.backends.blas import Blas
+from gpumlp.backends.blas_threads import largest_product, training_threads
+from gpumlp.backends.blas_threads import threads as blas_threads
+from gpumlp.cli.bench import CONFIGS
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
 

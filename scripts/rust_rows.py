@@ -26,9 +26,9 @@ import time
 import numpy as np
 
 import gpumlp
-from gpumlp.data import split
+from gpumlp.data.load import split
 from gpumlp.model import INITS
-from gpumlp.train import evaluate, fit
+from gpumlp.training.loop import evaluate, fit
 
 RUST_TEST = 1000  # the Rust table tested on the first 1000 test images
 BATCH, LR = 10, 3.0

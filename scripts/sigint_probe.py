@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpumlp import checkpoint
+from gpumlp.formats import checkpoint
 
 
 def probe(data_dir: str, delay: float, folder: Path) -> tuple[str, str | None]:

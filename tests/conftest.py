@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp.data import default_cache_dir, locate_mnist
-from gpumlp.device import get_backend
+from gpumlp.backends.registry import get_backend
+from gpumlp.data.load import default_cache_dir, locate_mnist
 from gpumlp.errors import BackendUnavailable, GpumlpError
 
 DATA_FIXTURES = {"mnist_dir", "mnist"}  # the fixtures that need the real MNIST files
@@ -112,7 +112,7 @@ def mnist_dir(request) -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     """(X_train, y_train, X_test, y_test) on the host, loaded once per test session."""
-    from gpumlp.data import load_mnist
+    from gpumlp.data.load import load_mnist
 
     return load_mnist(mnist_dir, download=False)
 

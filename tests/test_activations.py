@@ -9,8 +9,9 @@ from test_model import numerical_grad
 from typer.testing import CliRunner
 
 import gpumlp
-from gpumlp import activations, cli
+from gpumlp import activations
 from gpumlp.activations import ACTIVATIONS, Activation
+from gpumlp.cli import commands as cli
 from gpumlp.model import MLP
 
 runner = CliRunner()

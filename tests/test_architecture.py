@@ -33,7 +33,10 @@ def _runtime_imports(tree: ast.AST, module: str, known: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {f"gpumlp.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    modules = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return {m: _runtime_imports(ast.parse(p.read_text()), m, set(modules)) for m, p in modules.items()}
 
 

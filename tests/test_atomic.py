@@ -1,4 +1,4 @@
-"""gpumlp/atomic.py: atomic writes through symlinks keeping the mode, Ctrl-C held back during a
+"""gpumlp/formats/atomic.py: atomic writes through symlinks keeping the mode, Ctrl-C held back during a
 write, the run lock, free default names, and the up-front check of a target."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from gpumlp.atomic import DeferredInterrupt, RunLock, atomic_write, check_target, deferred_sigint, free_path
 from gpumlp.errors import CheckpointError
+from gpumlp.formats.atomic import DeferredInterrupt, RunLock, atomic_write, check_target, deferred_sigint, free_path
 
 
 def test_an_overwrite_keeps_the_mode_of_the_file(tmp_path):
@@ -96,7 +96,7 @@ def test_the_lock_is_per_real_file_and_held_across_processes(tmp_path):
     link = tmp_path / "link.npz"
     link.symlink_to(target)
     code = (
-        "import sys, time; from gpumlp.atomic import RunLock; "
+        "import sys, time; from gpumlp.formats.atomic import RunLock; "
         f"assert RunLock({str(target)!r}).acquire(); print('held', flush=True); time.sleep(30)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backend import CPU
-from gpumlp.device import describe_devices, get_backend, parse_device
+from gpumlp.backends.base import CPU
+from gpumlp.backends.registry import describe_devices, get_backend, parse_device
 from gpumlp.errors import BackendUnavailable
 
 
@@ -99,7 +99,7 @@ def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) 
         # No compute-type switch (a real CuPy imported earlier must not be reached), and the
         # choice select_precision records is put back after the test.
         monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
-        monkeypatch.setattr("gpumlp.cuda._MATMUL_FP32", False)
+        monkeypatch.setattr("gpumlp.backends.cuda._MATMUL_FP32", False)
     return cp
 
 
@@ -199,7 +199,7 @@ def test_choosing_cuda_probes_what_training_uses(monkeypatch, fail, message):
 def test_cli_reports_a_failed_probe_in_one_line_exit_2(monkeypatch):
     from typer.testing import CliRunner
 
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     fake_cupy(1, "cublas", monkeypatch)
     out = CliRunner().invoke(cli.app, ["test", "missing.npz", "--device", "cuda"])
@@ -236,7 +236,7 @@ def test_importing_gpumlp_and_cpu_training_never_import_cupy(tmp_path):
 def test_devices_lists_every_gpu_and_the_auto_choice(monkeypatch):
     from typer.testing import CliRunner
 
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     fake_cupy(2, monkeypatch=monkeypatch)
     assert describe_devices()["auto"] == "cuda:0"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import use_fake_device
 
-from gpumlp import blas
-from gpumlp.bench import (
+from gpumlp.backends import blas
+from gpumlp.cli.bench import (
     CONFIGS,
     RUST_ROWS,
     BenchConfig,
@@ -31,7 +31,7 @@ from gpumlp.bench import (
     timed_pair,
 )
 from gpumlp.model import MLP
-from gpumlp.presets import PRESETS
+from gpumlp.training.presets import PRESETS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TINY = BenchConfig("tiny", (784, 8, 10), "sigmoid", "mse", 3.0, 10, 200)
@@ -166,7 +166,7 @@ def test_compare_torch_without_torch_names_the_install(monkeypatch):
 
 
 def test_gpumlp_bench_never_imports_torch():
-    source = (Path(__file__).resolve().parents[1] / "gpumlp" / "bench.py").read_text()
+    source = (Path(__file__).resolve().parents[1] / "gpumlp" / "cli" / "bench.py").read_text()
     assert "import torch" not in source
 
 
@@ -226,10 +226,10 @@ def test_gpumlp_bench_command_prints_the_table_and_json(monkeypatch, mnist_dir):
     """`gpumlp bench` through typer's CliRunner on one tiny row: the table, then --json."""
     from typer.testing import CliRunner
 
-    import gpumlp.bench
-    from gpumlp import cli
+    import gpumlp.cli.bench
+    from gpumlp.cli import commands as cli
 
-    monkeypatch.setattr(gpumlp.bench, "CONFIGS", (TINY,))
+    monkeypatch.setattr(gpumlp.cli.bench, "CONFIGS", (TINY,))
     args = ["bench", "--no-extras", "--repeats", "1", "--data-dir", str(mnist_dir)]
     out = CliRunner().invoke(cli.app, args)
     assert out.exit_code == 0, out.output
@@ -328,7 +328,7 @@ def test_bench_blas_alternates_the_two_libraries(monkeypatch, mnist_dir, capsys)
 
 
 def test_background_load_starts_and_always_stops_its_busy_processes():
-    from gpumlp.bench_load import background_load
+    from gpumlp.cli.bench_load import background_load
 
     with background_load(2, settle_s=0) as procs:
         assert len(procs) == 2 and all(p.poll() is None for p in procs)
@@ -342,8 +342,8 @@ def test_background_load_starts_and_always_stops_its_busy_processes():
 
 
 def test_run_under_load_on_a_tiny_row(monkeypatch):
-    from gpumlp import blas_threads
-    from gpumlp.bench_load import format_under_load, run_under_load
+    from gpumlp.backends import blas_threads
+    from gpumlp.cli.bench_load import format_under_load, run_under_load
 
     monkeypatch.setattr(blas_threads, "_auto", None)  # measured afresh per load; the process's choice comes back after
     monkeypatch.delenv("GPUMLP_THREADS", raising=False)
@@ -383,7 +383,7 @@ def test_background_load_option_parsing():
 
 def test_the_command_line_shows_the_settings_that_change_speed(monkeypatch):
     """A figure's command must say what it ran with: the thread count and library choices too."""
-    from gpumlp.bench import command_line
+    from gpumlp.cli.bench import command_line
 
     monkeypatch.setenv("GPUMLP_THREADS", "1")
     monkeypatch.setenv("GPUMLP_BLAS", "numpy")

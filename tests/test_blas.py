@@ -1,4 +1,4 @@
-"""C ← αAB + βC through numpy's own BLAS (gpumlp.blas) and every backend's ``gemm``."""
+"""C ← αAB + βC through numpy's own BLAS (gpumlp.backends.blas) and every backend's ``gemm``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gpumlp import blas
-from gpumlp.backend import NumpyBackend
-from gpumlp.blas import Blas
-from gpumlp.device import get_backend
+from gpumlp.backends import blas
+from gpumlp.backends.base import NumpyBackend
+from gpumlp.backends.blas import Blas
+from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
 
@@ -268,7 +268,7 @@ def test_matmul_function_is_plain_matmul_without_mkl():
 def test_axpby_chain_is_each_axpby_in_order_bit_for_bit(size, dtype):
     """Nesterov's three updates through ``axpby_chain`` (long vectors a piece at a time on the CPU)
     give exactly what three whole-vector ``axpby`` calls give, and the reference backend's chain."""
-    from gpumlp.backend import Backend
+    from gpumlp.backends.base import Backend
 
     rng = np.random.default_rng(3)
     g, v, theta = (rng.standard_normal(size).astype(dtype) for _ in range(3))
@@ -296,7 +296,7 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     """On OpenBLAS's AVX-512 kernel sets on one thread, a layer's forward product that one small
     batch makes just too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces
     that fit it; two threads, bigger batches, narrow layers, other kernel sets and MKL keep one product."""
-    from gpumlp import backend
+    from gpumlp.backends import base as backend
 
     calls, matmul = [], np.matmul
 
@@ -340,7 +340,7 @@ def test_a_wide_layers_input_gradient_at_a_small_batch_goes_in_small_kernel_piec
     small batch on one thread, backward's input gradient of a layer with ≥ 64 outputs goes in pieces
     of rows of W that fit, each into its columns of dA; narrow layers, batches over 18, two threads,
     other kernel sets and MKL keep one product. The model's gradients are the same to rounding."""
-    from gpumlp import backend
+    from gpumlp.backends import base as backend
 
     calls, matmul = [], np.matmul
 
@@ -403,7 +403,7 @@ def test_openblas_core_names_numpys_kernel_set():
 def test_training_with_mkl_matches_numpys_blas(monkeypatch):
     """The same network trained through MKL's products and numpy's: equal up to float32 rounding."""
     from gpumlp.model import MLP
-    from gpumlp.train import fit
+    from gpumlp.training.loop import fit
 
     rng = np.random.default_rng(6)
     X, y = rng.random((400, 784), np.float32), rng.integers(0, 10, 400)

@@ -1,4 +1,4 @@
-"""The BLAS threads of a CPU run (gpumlp.blas_threads): the rule on stand-in load readings,
+"""The BLAS threads of a CPU run (gpumlp.backends.blas_threads): the rule on stand-in load readings,
 GPUMLP_THREADS, and setting numpy's OpenBLAS. That a run records its count and a resumed run keeps
 it is in test_resume.py; the CLI's one-line errors in test_cli.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpumlp import blas_threads
+from gpumlp.backends import blas_threads
 from gpumlp.errors import ConfigError
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import gpumlp
-from gpumlp import checkpoint
 from gpumlp.errors import CheckpointError, ConfigError
+from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 
 
@@ -52,7 +52,7 @@ def test_npz_is_readable_with_numpy_alone(tmp_path):
         np.testing.assert_array_equal(z["W0"], model.params["W0"])
     assert meta["sizes"] == [784, 12, 10] and meta["history"] == [{"epoch": 1}]
     assert meta["versions"]["numpy"] == np.__version__ and meta["device"] == "cpu"
-    assert "blas" not in meta  # only a training run says which BLAS trained it (gpumlp.train.run)
+    assert "blas" not in meta  # only a training run says which BLAS trained it (gpumlp.training.loop.run)
 
 
 def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):
@@ -155,7 +155,7 @@ def test_writer_killed_mid_save_leaves_previous_checkpoint_intact(tmp_path):
     before = path.read_bytes()
     code = (
         "import sys, time, numpy as np\n"
-        "from gpumlp import checkpoint\n"
+        "from gpumlp.formats import checkpoint\n"
         "from gpumlp.model import MLP\n"
         "real = np.savez\n"
         "def slow(f, **arrays):\n"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gpumlp import cli
+from gpumlp.cli import commands as cli
 
 runner = CliRunner()
 
 
 def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Call the real entry point ``gpumlp.cli.main`` as the console script would."""
+    """Call the real entry point ``gpumlp.cli.commands.main`` as the console script would."""
     monkeypatch.setattr(sys, "argv", ["gpumlp", *args])
     with pytest.raises(SystemExit) as e:
         cli.main()
@@ -109,7 +109,7 @@ def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist
 
 
 def test_an_unknown_gpumlp_blas_is_one_line_exit_2(monkeypatch, capsys, mnist_dir, tmp_path):
-    from gpumlp.backend import CPU
+    from gpumlp.backends.base import CPU
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPUMLP_BLAS", "atlas")
@@ -260,7 +260,7 @@ def test_convert_round_trip_and_foreign_formats(tmp_path, mnist_dir, monkeypatch
     the Rust project's JSON loads back in `gpumlp test` with the same accuracy."""
     import numpy as np
 
-    from gpumlp import checkpoint
+    from gpumlp.formats import checkpoint
 
     src = tmp_path / "a.npz"
     args = ["train", "--epochs", "1", "--train-size", "3000", "--val-size", "0", "--test-size", "1000"]
@@ -386,7 +386,7 @@ def test_help_imports_neither_numpy_nor_cupy():
     """`gpumlp --help` stays light: the package's names are imported on first use."""
     code = (
         "import sys\n"
-        "from gpumlp import cli\n"
+        "from gpumlp.cli import commands as cli\n"
         "sys.argv = ['gpumlp', '--help']\n"
         "try:\n"
         "    cli.main()\n"

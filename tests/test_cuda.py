@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp import checkpoint
-from gpumlp.device import get_backend
+from gpumlp.backends.registry import get_backend
 from gpumlp.errors import BackendUnavailable
+from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
-from gpumlp.train import fit
+from gpumlp.training.loop import fit
 
 _SCRIPT = Path(sys.executable).parent / "gpumlp"
 # The console script, or the module where gpumlp runs from a checkout without an install.
@@ -72,7 +72,7 @@ def test_cpu_train_and_test_never_import_cupy_even_when_installed(tmp_path, mnis
     pytest.importorskip("cupy", reason="CuPy is not installed here (CI installs it with the cuda12 extra)")
     code = (
         "import sys\n"
-        "from gpumlp import cli\n"
+        "from gpumlp.cli import commands as cli\n"
         "for argv in (['gpumlp', 'train', '--epochs', '1', '--train-size', '500', '--val-size', '100',\n"
         "              '--test-size', '100', '--save', sys.argv[1]], ['gpumlp', 'test', sys.argv[1]]):\n"
         "    sys.argv = argv\n"

@@ -1,4 +1,4 @@
-"""Tests for gpumlp.data: IDX parsing, conversion, splits, locating, downloading, real MNIST.
+"""Tests for gpumlp.data.load: IDX parsing, conversion, splits, locating, downloading, real MNIST.
 
 Every file these tests read is written by the tests themselves, except in the real-MNIST tests,
 which read the folder conftest.py finds as gpumlp does (--data-dir, $GPUMLP_DATA_DIR, the cache).
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp import data
+from gpumlp.data import load as data
 from gpumlp.errors import ConfigError, DataError
 
 

@@ -1,4 +1,4 @@
-"""Tests for gpumlp/datasets.py and the datasets it describes: the records, downloading and verifying a
+"""Tests for gpumlp/data/datasets.py and the datasets it describes: the records, downloading and verifying a
 Fashion-MNIST-like dataset (small generated files, served on 127.0.0.1), --dataset on the command
 line, and checkpoints that remember their dataset.
 
@@ -22,13 +22,15 @@ import pytest
 from test_cli import run_main
 from test_data import _isolated_env, refused_url, serve, server  # noqa: F401  (fixtures; the first autouse)
 
-from gpumlp import checkpoint, data, datasets
-from gpumlp.bench import bench_data
-from gpumlp.checkpoint_meta import check_meta
-from gpumlp.config import TrainConfig, resume_config
-from gpumlp.datasets import DATASETS, FASHION_MNIST, IDX_SIZES, KMNIST, MNIST
+from gpumlp.cli.bench import bench_data
+from gpumlp.data import datasets
+from gpumlp.data import load as data
+from gpumlp.data.datasets import DATASETS, FASHION_MNIST, IDX_SIZES, KMNIST, MNIST
 from gpumlp.errors import CheckpointError, ConfigError, DataError
+from gpumlp.formats import checkpoint
+from gpumlp.formats.metadata import check_meta
 from gpumlp.model import MLP
+from gpumlp.training.config import TrainConfig, resume_config
 
 N_TRAIN, N_TEST = 60, 20  # the generated dataset: enough for --train-size 40 --val-size 10 --test-size 20
 

@@ -9,10 +9,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpumlp import checkpoint, cli
-from gpumlp.display import TrainDisplay, choose_mode, epoch_line
+from gpumlp.cli import commands as cli
+from gpumlp.cli.display import TrainDisplay, choose_mode, epoch_line
 from gpumlp.errors import ConfigError
-from gpumlp.train import EpochStats
+from gpumlp.formats import checkpoint
+from gpumlp.training.loop import EpochStats
 
 runner = CliRunner()
 SMALL = ["--train-size", "3000", "--val-size", "500", "--test-size", "500", "--epochs", "3"]

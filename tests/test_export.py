@@ -1,4 +1,4 @@
-"""ONNX export (gpumlp.export, `gpumlp export`), checked by a real client: onnxruntime on all
+"""ONNX export (gpumlp.formats.export, `gpumlp export`), checked by a real client: onnxruntime on all
 10,000 MNIST test images must give gpumlp predict's digits, and its probabilities within 1e-5."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 from test_cli import run_main
 
 import gpumlp
-from gpumlp import cli, export
 from gpumlp.activations import ACTIVATIONS
+from gpumlp.cli import commands as cli
+from gpumlp.cli.predict import predict_images
+from gpumlp.formats import export
 from gpumlp.model import MLP
-from gpumlp.predict import predict_images
-from gpumlp.train import fit
+from gpumlp.training.loop import fit
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")
@@ -99,7 +100,7 @@ def test_a_rust_json_network_exports_with_its_own_input_scaling(tmp_path, test_s
     X, pixels, _ = test_set
     trained = MLP((784, 16, 10), "sigmoid", "mse", seed=3)
     fit(trained, X[:2000], test_set[2][:2000], epochs=1, batch_size=10, lr=3.0, seed=0)
-    gpumlp.checkpoint.convert(gpumlp.save(tmp_path / "a.npz", trained), tmp_path / "rust.json", to="rust")
+    gpumlp.formats.checkpoint.convert(gpumlp.save(tmp_path / "a.npz", trained), tmp_path / "rust.json", to="rust")
     cli_export(tmp_path / "rust.json", tmp_path / "rust.onnx")
     model, meta = gpumlp.load(tmp_path / "rust.json")
     assert model.input_divisor == 256.0 and meta["imported_from"] == "rust"
@@ -172,14 +173,14 @@ def test_export_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, case, 
     elif case == "too-big":
         monkeypatch.setattr(export, "MAX_PROTO_BYTES", 100_000)
     elif case == "activation":  # an activation added to gpumlp without an ONNX operator
-        real = gpumlp.checkpoint.load
+        real = gpumlp.formats.checkpoint.load
 
         def load_as_gelu(path):
             model, meta = real(path)
             model.activation = "gelu"
             return model, meta
 
-        monkeypatch.setattr(gpumlp.checkpoint, "load", load_as_gelu)
+        monkeypatch.setattr(gpumlp.formats.checkpoint, "load", load_as_gelu)
     elif case == "no-onnx":
         monkeypatch.setitem(sys.modules, "onnx", None)
     elif case == "folder":

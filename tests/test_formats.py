@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gpumlp import checkpoint, cli, interop, native
-from gpumlp.atomic import atomic_write
+from gpumlp.cli import commands as cli
 from gpumlp.errors import CheckpointError
-from gpumlp.formats import Format, Source, check_sizes, get
+from gpumlp.formats import checkpoint, interop, native
+from gpumlp.formats.atomic import atomic_write
+from gpumlp.formats.base import Format, Source, check_sizes, get
 from gpumlp.model import MLP
 
 NAMES = ["npz", "json", "rust", "nielsen"]
@@ -181,14 +182,14 @@ def test_a_format_added_to_the_table_works_in_load_convert_and_info(tmp_path, mo
 
 def test_format_modules_neither_build_networks_nor_import_the_table():
     """Only checkpoint.py builds an MLP from a file and holds the table: the modules with records
-    import neither gpumlp.checkpoint nor the MLP class (so adding a record cannot make a cycle)."""
+    import neither gpumlp.formats.checkpoint nor the MLP class (so adding a record cannot make a cycle)."""
     import ast
     from pathlib import Path
 
     package = Path(checkpoint.__file__).parent
-    for module in ("formats", "native", "interop"):
+    for module in ("base", "native", "interop"):
         tree = ast.parse((package / f"{module}.py").read_text())
         imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
         modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "MLP" not in imported and "checkpoint" not in imported, module
-        assert "gpumlp.checkpoint" not in modules, module
+        assert "gpumlp.formats.checkpoint" not in modules, module

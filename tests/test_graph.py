@@ -1,10 +1,10 @@
-"""``--cuda-graph`` (gpumlp/graph.py, ``CupyBackend.capture``) without a GPU, and on one.
+"""``--cuda-graph`` (gpumlp/backends/graph.py, ``CupyBackend.capture``) without a GPU, and on one.
 
 Without a GPU, ``CupyBackend``'s own code runs on the host harness of tests/test_kernels.py (its
 kernels' CUDA C compiled for the host), with a stand-in ``cupy.cuda`` that emulates stream capture
 as CUDA does it: while a stream captures, every kernel, product, reduction and copy is *recorded*,
 with the very arrays and numbers it was given, and nothing runs; ``graph.launch()`` replays the
-records. Every product goes through ``gpumlp.cuda._raw_gemm``, the real ctypes code, into a
+records. Every product goes through ``gpumlp.backends.cuda._raw_gemm``, the real ctypes code, into a
 stand-in libcublas (tests/test_raw_gemm.py) whose gemm checks the handle's state when it is called
 and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. Device memory may not
 be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
@@ -25,14 +25,14 @@ import pytest
 from test_kernels import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
 from test_raw_gemm import cublas_standin  # noqa: F401  (a fixture)
 
-from gpumlp import cuda
-from gpumlp.backend import CPU
-from gpumlp.config import DEFAULT_RECIPE
-from gpumlp.cuda import CupyBackend
-from gpumlp.graph import GraphStep
+from gpumlp.backends import cuda
+from gpumlp.backends.base import CPU
+from gpumlp.backends.cuda import CupyBackend
+from gpumlp.backends.graph import GraphStep
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
-from gpumlp.train import TrainState, _make_step, _train_epoch, fit
+from gpumlp.training.config import DEFAULT_RECIPE
+from gpumlp.training.loop import TrainState, _make_step, _train_epoch, fit
 
 
 class Device:
@@ -418,7 +418,7 @@ def test_bench_times_the_rows_a_graph_can_replay_through_one(graph_cuda, monkeyp
     report says which."""
     import functools
 
-    from gpumlp import bench
+    from gpumlp.cli import bench
 
     monkeypatch.setattr(bench, "MLP", functools.partial(MLP, dtype="float64"))  # the harness computes in float64
     sgd = bench.BenchConfig("tiny-sgd", (784, 8, 10), "sigmoid", "mse", 3.0, 10, 60)
@@ -544,7 +544,7 @@ def test_gpu_training_with_the_graph_matches_without(name):
     same kernels in the same order: equal to the last bits (cuBLAS may choose another algorithm
     inside a graph, hence a tolerance: the same routine with the same workspace is expected to be
     bit-equal); and the graph really ran, its products included (no fallback note)."""
-    from gpumlp.device import get_backend
+    from gpumlp.backends.registry import get_backend
 
     be = get_backend("cuda")
     assert be.captures_graphs, be.graph_unavailable  # the probe called cuBLAS directly: products capturable

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp import checkpoint
+from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 
 resource = pytest.importorskip("resource", reason="RLIMIT_AS and FIFOs are POSIX")
@@ -489,7 +489,7 @@ def _field_case(tmp: Path, case: str) -> Path:
 def test_a_malformed_checkpoint_field_is_one_line(tmp_path, case, monkeypatch, capsys):
     """Every field refused by name; in-process through the real entry point (fast), on the two
     commands that read a checkpoint differently: info (all metadata) and --resume (read_metadata)."""
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     path = _field_case(tmp_path, case)
     fragment = FIELD_CASES[case][1]
@@ -544,7 +544,7 @@ def test_data_dir_naming_a_file_is_one_line(tmp_path):
 def test_an_unwritable_data_folder_is_one_line(tmp_path, monkeypatch):
     """mkstemp failing in the download folder (read-only, full, no permission) is a DataError
     naming the folder, not an OSError traceback."""
-    from gpumlp import data
+    from gpumlp.data import load as data
     from gpumlp.errors import DataError
 
     def refuse(*args, **kwargs):
@@ -565,8 +565,8 @@ def test_every_metadata_field_with_every_wrong_type_is_a_checkpoint_error(tmp_pa
     ``gpumlp info`` either work or raise ``GpumlpError``, never anything else (~500 cases)."""
     import copy
 
-    from gpumlp.checkpoint_meta import info_rows
     from gpumlp.errors import GpumlpError
+    from gpumlp.formats.metadata import info_rows
 
     m = MLP((784, 8, 10), seed=1)
     rng_state = np.random.default_rng([0, 1]).bit_generator.state
@@ -618,7 +618,8 @@ def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
     import io
     import random
 
-    from gpumlp import data, predict
+    from gpumlp.cli import predict
+    from gpumlp.data import load as data
     from gpumlp.errors import GpumlpError
 
     rng = random.Random(0)

@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from gpumlp import checkpoint, interop
 from gpumlp.errors import CheckpointError
+from gpumlp.formats import checkpoint, interop
 from gpumlp.model import MLP
 
 RUST_SCALE, NIELSEN_SCALE = 256.0, 256.0  # what each project divides integer pixels by
@@ -433,7 +433,7 @@ def test_info_on_a_foreign_file_shows_what_it_holds(tmp_path, kind):
     file that has neither. Now it names the format and what the file holds, and nothing it lacks."""
     from typer.testing import CliRunner
 
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     save_foreign(tmp_path / "net.json", MLP((784, 12, 10), "sigmoid", "mse", seed=4), kind)
     result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "net.json")])

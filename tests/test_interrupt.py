@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gpumlp import atomic, checkpoint, cli, native
-from gpumlp import train as train_mod
+from gpumlp.cli import commands as cli
+from gpumlp.formats import atomic, checkpoint, native
+from gpumlp.training import loop as train_mod
 
 SMALL = ["--layers", "784,24,10", "--train-size", "2000", "--val-size", "300", "--batch-size", "20", "-q"]
 
@@ -91,7 +92,7 @@ def test_ctrl_c_mid_run_resume_command_is_quoted_and_complete(tmp_path, mnist_di
         if stats.epoch == 2:
             raise KeyboardInterrupt  # between epochs 2 and 3: epoch 2 is complete
 
-    from gpumlp.display import TrainDisplay
+    from gpumlp.cli.display import TrainDisplay
 
     monkeypatch.setattr(TrainDisplay, "epoch", on_epoch)
     argv = ["train", *SMALL, "--epochs", "4", "--save", ckpt, "--data-dir", mnist_dir, "--save-every", "3"]
@@ -109,7 +110,7 @@ def test_ctrl_c_mid_run_resume_command_is_quoted_and_complete(tmp_path, mnist_di
 
 
 def test_ctrl_c_in_other_commands_is_one_line(tmp_path, monkeypatch, capsys):
-    from gpumlp import checkpoint as ckpt_mod
+    from gpumlp.formats import checkpoint as ckpt_mod
 
     monkeypatch.setattr(ckpt_mod, "describe", ctrl_c)
     code, out, err = gpumlp(monkeypatch, capsys, "info", tmp_path / "m.npz")

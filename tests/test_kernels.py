@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (gpumlp/kernels.py) against the numpy reference they replace.
+"""The fused CUDA kernels (gpumlp/backends/kernels.py) against the numpy reference they replace.
 
 Without a GPU: every kernel body is compiled, with ``nvcc`` for the device (float and double) where
 nvcc exists, and for the host with nvcc or a C++ compiler; the host build then runs the *same*
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp import kernels
 from gpumlp.activations import ACTIVATIONS
-from gpumlp.backend import CPU, NumpyBackend
-from gpumlp.cuda import CupyBackend
+from gpumlp.backends import kernels
+from gpumlp.backends.base import CPU, NumpyBackend
+from gpumlp.backends.cuda import CupyBackend
 from gpumlp.model import LOSSES, MLP
 from gpumlp.optim import RULES
-from gpumlp.train import fit
+from gpumlp.training.loop import fit
 
 NVCC = shutil.which("nvcc")
 CXX = shutil.which("c++") or shutil.which("g++")
@@ -274,7 +274,7 @@ def host_cuda(host_library, monkeypatch):
     HostKernel.library = host_library
     xp = _HostXP("host_xp")
     xp.ElementwiseKernel = HostKernel
-    monkeypatch.setattr("gpumlp.cuda._KERNELS", {})
+    monkeypatch.setattr("gpumlp.backends.cuda._KERNELS", {})
     return HostCuda("hostcuda", xp)
 
 
@@ -312,9 +312,9 @@ def test_loss_kernels_match_numpy(host_cuda, name):
 
 
 def test_dropout_mask_kernel_draws_the_same_bits_as_numpy(host_cuda):
-    """The integer hash in CUDA C against gpumlp.rng's array operations: identical masks (0 or
+    """The integer hash in CUDA C against gpumlp.backends.rng's array operations: identical masks (0 or
     exactly 1/(1−p)), for several draws and keep probabilities."""
-    from gpumlp.rng import DeviceRNG
+    from gpumlp.backends.rng import DeviceRNG
 
     for p, coords in ((0.1, (1, 2, 0)), (0.5, (3, 7, 1)), (0.9, (2**33, 5, 2))):
         masks = [
@@ -336,7 +336,7 @@ def test_max_norm_kernel_matches_numpy(host_cuda):
 def test_warp_kernel_matches_the_resample(host_cuda, kinds):
     """Augmentation's source coordinates and bilinear resample in one kernel, against
     Augmenter.reference_warp on the same drawn transforms (strong ones: pixels pulled from outside)."""
-    from gpumlp.augment import AugmentConfig, Augmenter
+    from gpumlp.training.augment import AugmentConfig, Augmenter
 
     cfg = AugmentConfig(kinds=tuple(kinds.split(",")), shift=4.0, rotate=40.0, scale=0.3, shear=0.4, alpha=60.0)
     X = np.random.default_rng(0).random((6, 784))
@@ -353,7 +353,7 @@ def test_draw_kernels_match_the_reference_draw(host_cuda, kinds):
     """Augmentation's draws from the counter-based hash in CUDA C: the translations bit for bit
     (exact uniforms times one number), the affine matrices and elastic fields to rounding (cos/sin,
     the smoothing products)."""
-    from gpumlp.augment import AugmentConfig, Augmenter
+    from gpumlp.training.augment import AugmentConfig, Augmenter
 
     cfg = AugmentConfig(kinds=tuple(kinds.split(",")), shift=3.0, rotate=25.0, scale=0.2, shear=0.3, alpha=50.0)
     ref = Augmenter(CPU, cfg, 11, np.float64).reference_draw(9, 4, 7)
@@ -431,7 +431,7 @@ def test_the_source_names_every_parameter_it_uses():
 
 @pytest.fixture
 def gpu():
-    from gpumlp.device import get_backend
+    from gpumlp.backends.registry import get_backend
 
     return get_backend("cuda")
 
@@ -466,7 +466,7 @@ def test_gpu_kernels_match_numpy_one_by_one(gpu, dtype):
 
 @pytest.mark.gpu
 def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
-    from gpumlp.rng import DeviceRNG
+    from gpumlp.backends.rng import DeviceRNG
 
     for dtype in (np.float32, np.float64):
         M = gpu.dropout_mask(DeviceRNG(gpu, 3, "dropout"), (128, 800), 0.3, (4, 9, 1), dtype)
@@ -475,7 +475,7 @@ def test_gpu_dropout_and_max_norm_kernels_match_numpy(gpu):
         W = (rand(784, 800) * 0.2).astype(dtype)
         got = gpu.to_numpy(gpu.max_norm_(gpu.asarray(W), 3.0))
         np.testing.assert_allclose(got, CPU.max_norm_(W.copy(), 3.0), rtol=1e-5 if dtype == np.float32 else 1e-12)
-    from gpumlp.augment import AugmentConfig, Augmenter
+    from gpumlp.training.augment import AugmentConfig, Augmenter
 
     cfg = AugmentConfig(kinds=("affine", "elastic"), rotate=30.0, alpha=40.0)
     X = np.random.default_rng(0).random((64, 784)).astype(np.float32)

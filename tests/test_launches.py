@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from fake_device import FAKE, FAKE_UNFUSED, FakeBackend, counters, xp
 
-from gpumlp.config import DEFAULT_RECIPE
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
-from gpumlp.train import _make_step, evaluate, fit
+from gpumlp.training.config import DEFAULT_RECIPE
+from gpumlp.training.loop import _make_step, evaluate, fit
 
 
 @pytest.fixture(autouse=True)

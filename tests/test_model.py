@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gpumlp.activations import ACTIVATIONS, relu_grad, sigmoid
-from gpumlp.checkpoint import load
 from gpumlp.errors import ConfigError
+from gpumlp.formats.checkpoint import load
 from gpumlp.model import LOSSES, MLP, flatten, parse_sizes, softmax
 
 SMALL = (784, 6, 5, 10)
@@ -216,8 +216,8 @@ def test_checkpoints_store_the_parameters_back_to_back(tmp_path):
     """The alignment is in memory only: a checkpoint's arrays and state vectors have the packed
     layout (n_params,), as before, and a shipped network loads and predicts as a plain numpy
     forward pass of its arrays does."""
-    from gpumlp import checkpoint
-    from gpumlp.train import TrainState, fit
+    from gpumlp.formats import checkpoint
+    from gpumlp.training.loop import TrainState, fit
 
     rng = np.random.default_rng(0)
     X, y = rng.random((40, 784)), rng.integers(0, 10, 40)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from gpumlp import optim
-from gpumlp.device import get_backend
+from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
 from gpumlp.optim import FUSE_MIN_WEIGHTS, OPTIMIZERS, apply_max_norm, lr_at, make_optimizer
-from gpumlp.train import fit
+from gpumlp.training.loop import fit
 
 
 def two_by_two(W, dW):
@@ -217,7 +217,7 @@ def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
     X, y = rng.random((200, 784)), rng.integers(0, 10, 200)
     thetas = []
     for threshold in (1 << 30, 0):  # numpy everywhere, BLAS everywhere
-        monkeypatch.setattr("gpumlp.backend.AXPBY_BLAS_MIN", threshold)
+        monkeypatch.setattr("gpumlp.backends.base.AXPBY_BLAS_MIN", threshold)
         m = MLP((784, 200, 10), "relu", "ce", seed=3)
         fit(m, X, y, epochs=2, batch_size=20, lr=0.05 if name != "adam" else 1e-3, seed=1, optimizer=name,
             weight_decay=1e-3)  # fmt: skip
@@ -265,8 +265,8 @@ def test_an_update_rule_added_as_one_class_steps_trains_and_resumes(monkeypatch,
 
     from typer.testing import CliRunner
 
-    from gpumlp import cli
-    from gpumlp.checkpoint import read_metadata
+    from gpumlp.cli import commands as cli
+    from gpumlp.formats.checkpoint import read_metadata
 
     save = tmp_path / "rms.npz"
     common = ["--data-dir", str(mnist_dir), "--save", str(save)]

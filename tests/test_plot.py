@@ -11,9 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from gpumlp import plot, report
-from gpumlp.checkpoint import load
+from gpumlp.cli import plot, report
 from gpumlp.errors import GpumlpError
+from gpumlp.formats.checkpoint import load
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -232,7 +232,7 @@ def test_show_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fr
 def test_plot_without_out_never_replaces_an_existing_picture(tmp_path, monkeypatch, capsys):
     import sys
 
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     f = write_metrics(tmp_path / "a.metrics.jsonl")
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""Reading digits from image files (gpumlp.predict): MNIST-style preprocessing, errors, predictions."""
+"""Reading digits from image files (gpumlp.cli.predict): MNIST-style preprocessing, errors, predictions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import gpumlp
+from gpumlp.cli.predict import PILLOW_HINT, ascii_preview, load_digit, load_image, predict_images, to_mnist
 from gpumlp.errors import ConfigError, GpumlpError
-from gpumlp.predict import PILLOW_HINT, ascii_preview, load_digit, load_image, predict_images, to_mnist
 
 Image = pytest.importorskip("PIL.Image", reason="the images extra (Pillow) is not installed")
 

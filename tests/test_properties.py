@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gpumlp import checkpoint
 from gpumlp.activations import ACTIVATIONS
-from gpumlp.data import parse_idx
+from gpumlp.data.load import parse_idx
+from gpumlp.formats import checkpoint
 from gpumlp.model import LOSSES, MLP
 
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}

@@ -1,4 +1,4 @@
-"""``gpumlp.cuda._raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
+"""``gpumlp.backends.cuda._raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
 products (CuPy refuses its own cuBLAS calls while a stream captures), tested without a GPU.
 
 A stand-in libcublas (``STANDIN``, C++ built here with the host compiler) has the entry points
@@ -21,7 +21,7 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp import cuda
+from gpumlp.backends import cuda
 from gpumlp.errors import BackendUnavailable
 
 CXX = shutil.which("c++") or shutil.which("g++")
@@ -299,8 +299,8 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
     captures no graphs, and ``--cuda-graph`` logs one line with the reason."""
     from test_backend import fake_cupy
 
-    from gpumlp.device import get_backend
-    from gpumlp.graph import graph_epoch
+    from gpumlp.backends.graph import graph_epoch
+    from gpumlp.backends.registry import get_backend
 
     fake_cupy(1, monkeypatch=monkeypatch)
     monkeypatch.setattr(cuda, "_LIB", None)
@@ -317,7 +317,7 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
     notes, plain = [], object()
     epoch = graph_epoch(types.SimpleNamespace(be=be), None, None, None, 10, plain, notes.append)
     assert epoch is plain and notes == [f"--cuda-graph: ignored: {be.graph_unavailable}"]
-    from gpumlp.bench import graph_line
+    from gpumlp.cli.bench import graph_line
 
     result = {
         "rows": [{"cuda_graph": False}],
@@ -340,7 +340,7 @@ def test_gpu_direct_cublas_matches_cupy_and_replays_from_a_graph(dtype):
     the four transpositions with β accumulation; one captured in a CUDA graph (CuPy's own would
     raise NotImplementedError there) runs nothing at capture and, replayed, writes the uncaptured
     result bit for bit."""
-    from gpumlp.device import get_backend
+    from gpumlp.backends.registry import get_backend
 
     be = get_backend("cuda")
     assert be.graph_unavailable is None and be.captures_graphs

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import gpumlp.data
-import gpumlp.train
-from gpumlp import checkpoint
+import gpumlp.data.load
+import gpumlp.training.loop
+from gpumlp.backends.rng import DeviceRNG
 from gpumlp.errors import ConfigError
+from gpumlp.formats import checkpoint
 from gpumlp.model import MLP, pack
-from gpumlp.presets import PRESETS, preset_config
-from gpumlp.rng import DeviceRNG
-from gpumlp.train import TrainConfig, fit, resume_config, run
+from gpumlp.training.loop import TrainConfig, fit, resume_config, run
+from gpumlp.training.presets import PRESETS, preset_config
 
 SMALL = dict(sizes=(784, 24, 10), activation="relu", loss="ce", train_size=2000, val_size=500, test_size=500,
              batch_size=32, lr=0.05, seed=3)  # fmt: skip
@@ -81,12 +81,12 @@ def test_dropout_is_off_at_evaluation(mnist_dir):
 def test_early_stopping_restores_the_best_epoch(monkeypatch):
     """A scripted validation history: best at epoch 2, two epochs without improvement → stop."""
     scores = iter([0.50, 0.70, 0.60, 0.65, 0.90, 0.95])
-    monkeypatch.setattr(gpumlp.train, "evaluate_loss", lambda model, X, y: (1.0, next(scores)))
+    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y: (1.0, next(scores)))
     rng = np.random.default_rng(0)
     X, y = rng.random((100, 784)), rng.integers(0, 10, 100)
     m = MLP((784, 8, 10), "relu", "ce", seed=0)
     seen = {}
-    state = gpumlp.train.TrainState()
+    state = gpumlp.training.loop.TrainState()
     history = fit(m, X, y, epochs=6, batch_size=10, lr=0.1, seed=0, X_val=X[:10], y_val=y[:10], state=state,
                   on_epoch=lambda e: seen.__setitem__(e.epoch, m.theta.copy()), patience=2)  # fmt: skip
     assert [e.epoch for e in history] == [1, 2, 3, 4]  # stopped: 3 and 4 were no better than 2
@@ -98,7 +98,7 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch):
 
 def test_early_stopping_on_loss_and_the_checkpoint_records_the_epoch(tmp_path, mnist_dir, monkeypatch):
     losses = iter([(0.9, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8)])  # loss best at epoch 2, accuracy rising
-    monkeypatch.setattr(gpumlp.train, "evaluate_loss", lambda model, X, y: next(losses))
+    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y: next(losses))
     cfg = TrainConfig(epochs=10, patience=2, monitor="loss", **SMALL)
     lines = []
     r = run(cfg, mnist_dir, tmp_path / "es.npz", log=lines.append)
@@ -143,8 +143,8 @@ def test_two_plus_two_epochs_equal_four_with_every_option(tmp_path, mnist_dir, n
 def test_the_checkpoint_holds_the_optimizer_state_exactly(tmp_path, mnist_dir):
     """Adam's moments go to the file bit for bit (npz arrays, JSON lists) and come back on load."""
     model = MLP((784, 24, 10), "relu", "ce", seed=3)
-    state = gpumlp.train.TrainState()
-    X, y, _, _ = gpumlp.data.load_mnist(mnist_dir)
+    state = gpumlp.training.loop.TrainState()
+    X, y, _, _ = gpumlp.data.load.load_mnist(mnist_dir)
     fit(model, X[:2000], y[:2000], epochs=1, batch_size=32, lr=0.001, seed=3, state=state, optimizer="adam")
     m, v = state.arrays["optimizer.m"].copy(), state.arrays["optimizer.v"].copy()
     assert np.abs(m).max() > 0 and v.min() >= 0 and v.max() > 0
@@ -189,7 +189,7 @@ def test_presets_parse_and_explicit_options_override():
 def test_preset_through_the_cli_keeps_explicit_options(tmp_path, mnist_dir):
     from typer.testing import CliRunner
 
-    from gpumlp.cli import app
+    from gpumlp.cli.commands import app
 
     out = tmp_path / "p.npz"
     args = ["train", "--preset", "fast", "--epochs", "1", "--train-size", "3000", "--val-size", "500",

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from fake_device import FAKE, counters
 
-from gpumlp import evaluation, report
-from gpumlp.checkpoint import load
+from gpumlp.cli import report
 from gpumlp.errors import ConfigError
+from gpumlp.formats.checkpoint import load
 from gpumlp.model import MLP
-from gpumlp.train import evaluate
+from gpumlp.training import evaluation
+from gpumlp.training.loop import evaluate
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumlp.presets import PRESETS
+from gpumlp.training.presets import PRESETS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
 RUST_HEAD = "| layers | train imgs | epochs | acc (500) | acc (first 500) | Rust acc |"

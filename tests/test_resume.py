@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp import checkpoint
 from gpumlp.errors import ConfigError
+from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
-from gpumlp.train import TrainConfig, TrainingInterrupted, resume_config, run
+from gpumlp.training.loop import TrainConfig, TrainingInterrupted, resume_config, run
 
 SMALL = dict(sizes=(784, 24, 10), train_size=3000, val_size=500, test_size=500, batch_size=16, lr=0.5, seed=7)
 
@@ -128,7 +128,7 @@ def test_real_sigint_saves_prints_the_resume_command_and_exits_130(tmp_path, mni
 def test_divergence_stops_keeps_the_last_finite_epoch_and_never_writes_nan(tmp_path, mnist_dir, monkeypatch, capsys):
     """Resuming with --lr 1e6 blows up in epoch 2: one line suggesting a lower --lr, exit 2, and the
     checkpoint holds epoch 1's (finite) parameters, exactly as before."""
-    from gpumlp import cli
+    from gpumlp.cli import commands as cli
 
     small = ["--train-size", "2000", "--val-size", "0", "--test-size", "0", "--activation", "relu", "--loss", "ce"]
     ckpt = tmp_path / "d.npz"
@@ -160,8 +160,8 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, mnist_dir):
 
 
 def test_a_training_run_records_the_blas_it_trained_through(tmp_path, mnist_dir, monkeypatch):
-    from gpumlp.backend import CPU
-    from gpumlp.blas import Blas
+    from gpumlp.backends.base import CPU
+    from gpumlp.backends.blas import Blas
 
     monkeypatch.setitem(CPU.__dict__, "blas", Blas("numpy"))  # numpy's own, as with GPUMLP_BLAS=numpy
     run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)
@@ -187,7 +187,7 @@ def test_a_resumed_run_keeps_its_recorded_blas_thread_count(tmp_path, mnist_dir,
     """The checkpoint records the run's BLAS threads and a resumed run trains with that count, not
     with what its own process would choose, so it still equals the uninterrupted run bit for bit;
     GPUMLP_THREADS overrides the record."""
-    from gpumlp import blas_threads
+    from gpumlp.backends import blas_threads
 
     seen = []  # the BLAS's thread count while each epoch trained
 
@@ -220,7 +220,7 @@ def test_a_checkpoint_from_before_counts_were_recorded_resumes_with_the_blas_def
     keeps that count, not the automatic choice."""
     import json
 
-    from gpumlp import blas_threads
+    from gpumlp.backends import blas_threads
 
     monkeypatch.setenv("GPUMLP_THREADS", str(blas_threads.default_threads()))
     run(TrainConfig(epochs=1, **THREADED), mnist_dir, tmp_path / "old.json", log=quiet)
@@ -241,8 +241,8 @@ def test_a_checkpoint_from_before_counts_were_recorded_resumes_with_the_blas_def
 
 
 def test_a_bad_recorded_blas_thread_count_is_refused(tmp_path):
-    from gpumlp.checkpoint_meta import check_meta
     from gpumlp.errors import CheckpointError
+    from gpumlp.formats.metadata import check_meta
 
     for bad in (0, "2", 1.5, True):
         meta = {"sizes": [784, 10], "activation": "relu", "loss": "ce", "dtype": "float32",

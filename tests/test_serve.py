@@ -1,4 +1,4 @@
-"""`gpumlp serve` (gpumlp.serve): the HTTP API through Starlette's TestClient, then a real server
+"""`gpumlp serve` (gpumlp.cli.serve): the HTTP API through Starlette's TestClient, then a real server
 process for concurrency, a busy port and Ctrl-C. The browser test is tests/test_serve_browser.py."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from test_cli import run_main
 from typer.testing import CliRunner
 
 import gpumlp
-from gpumlp import cli, serve
-from gpumlp.predict import load_digit
+from gpumlp.cli import commands as cli
+from gpumlp.cli import serve
+from gpumlp.cli.predict import load_digit
 
 pytest.importorskip("starlette", reason="the serve extra (Starlette) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
@@ -262,7 +263,7 @@ def test_the_server_runs_on_one_blas_thread_and_restores_the_count(monkeypatch):
     server holds one thread while it runs and gives the process its count back afterwards."""
     import uvicorn
 
-    from gpumlp import blas_threads
+    from gpumlp.backends import blas_threads
 
     before = blas_threads.library_threads()
     if before is None:

@@ -10,7 +10,7 @@ import pytest
 
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
-from gpumlp.train import TrainConfig, evaluate, fit, run, shuffle_rng
+from gpumlp.training.loop import TrainConfig, evaluate, fit, run, shuffle_rng
 
 
 def test_fit_is_minibatch_sgd_over_a_fresh_permutation_with_the_partial_batch(device):
@@ -40,7 +40,7 @@ def test_the_batches_do_not_depend_on_how_many_images_are_gathered_at_once(gathe
     X, y = rng.random((95, 784)), rng.integers(0, 10, 95)
     thetas = []
     for size in (gather, 10**6):
-        monkeypatch.setattr("gpumlp.backend.NumpyBackend.gather_images", size)
+        monkeypatch.setattr("gpumlp.backends.base.NumpyBackend.gather_images", size)
         m = MLP((784, 8, 10), "relu", "ce", seed=1)
         fit(m, X, y, epochs=2, batch_size=10, lr=0.3, seed=4, optimizer="nesterov")
         thetas.append(m.theta.copy())
@@ -137,7 +137,7 @@ def test_default_checkpoint_names_never_replace_an_earlier_run(tmp_path, mnist_d
 
 
 def test_a_named_save_path_is_replaced(tmp_path, mnist_dir):
-    from gpumlp import checkpoint
+    from gpumlp.formats import checkpoint
 
     run(TrainConfig(**RUN), mnist_dir, tmp_path / "m.npz", log=lambda *_: None)
     run(TrainConfig(**{**RUN, "seed": 1}), mnist_dir, tmp_path / "m.npz", log=lambda *_: None)
@@ -146,8 +146,8 @@ def test_a_named_save_path_is_replaced(tmp_path, mnist_dir):
 
 
 def test_a_run_saving_where_another_run_saves_is_refused_up_front(tmp_path, mnist_dir, monkeypatch):
-    from gpumlp.atomic import RunLock
     from gpumlp.errors import CheckpointError
+    from gpumlp.formats.atomic import RunLock
 
     other = RunLock(tmp_path / "m.npz")
     assert other.acquire()  # "another run", holding the lock on m.npz
@@ -183,7 +183,7 @@ def test_a_full_disk_for_the_metrics_file_warns_once_and_keeps_the_run(tmp_path,
     """Before: the OSError ended the run after epoch 1 and left a 0-byte metrics file."""
     import errno
 
-    from gpumlp import atomic, checkpoint
+    from gpumlp.formats import atomic, checkpoint
 
     real = atomic.atomic_write
 

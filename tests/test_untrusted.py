@@ -1,4 +1,4 @@
-"""gpumlp.untrusted: the bounded readers every user-supplied file goes through."""
+"""gpumlp.formats.untrusted: the bounded readers every user-supplied file goes through."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import zipfile
 
 import pytest
 
-from gpumlp import untrusted
 from gpumlp.errors import DataError
+from gpumlp.formats import untrusted
 
 
 def gunzip(data: bytes, limit: int, hasher=None):

@@ -1,0 +1,1 @@
+"""The ``gpumlp`` command: the typer app (app), its commands (commands), and what they print."""

@@ -1,0 +1,197 @@
+"""The typer app and what every ``gpumlp`` command shares: option types declared once, library
+errors turned into one line (``command``), ``gpumlp train``'s options built from ``TrainConfig``,
+and the entry point. The commands themselves are in ``gpumlp/cli/commands.py``, which registers them on
+``app`` when it is imported (``gpumlp.cli.commands.main`` is the console script).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import functools
+import inspect
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpumlp.data.datasets import CHOICES
+from gpumlp.errors import GpumlpError
+
+# typer re-exports BadParameter from the click it runs on (click itself, or the copy vendored in
+# recent typer); its base class is that click's UsageError, shared by every bad-option error.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+app = typer.Typer(
+    add_completion=True,  # gpumlp --install-completion (bash, zsh, fish, PowerShell)
+    pretty_exceptions_enable=False,
+    help="A from-scratch multilayer perceptron for MNIST, on numpy (CPU) or CuPy (CUDA GPU).",
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")]
+CheckpointArg = Annotated[
+    Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen network2 .json.")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with the dataset's files; else $GPUMLP_DATA_DIR, else ~/.cache/gpumlp/DATASET "
+        "(downloaded if missing)."
+    ),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help=f"{CHOICES}. Default: the one the checkpoint was trained on."),
+]
+AnyDatasetOpt = Annotated[
+    bool, typer.Option("--any-dataset", help="Allow a --dataset other than the one the checkpoint was trained on.")
+]
+
+
+TestSizeOpt = Annotated[int, typer.Option(min=1, help="Test images, from the start of the test file.")]
+PlotDirOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also save confusion.png and mistakes.png in this folder (needs matplotlib)."),
+]
+
+
+def png_out(default: str):
+    """``--out/-o``: the PNG a command writes, by default ``default`` (or ``-2``, … if it exists)."""
+    stem, suffix = default.rsplit(".", 1)
+    help = f"The PNG to write. Default: {default}, or {stem}-2.{suffix}, … if that exists."
+    return Annotated[Path | None, typer.Option("--out", "-o", help=help)]
+
+
+def echo_json(document) -> None:
+    """One JSON document on stdout, for scripts (``--json``)."""
+    import json
+
+    typer.echo(json.dumps(document, indent=2))
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+_said_interrupted = []  # a command said what Ctrl-C kept; main() says "interrupted" otherwise
+
+
+def interrupted(message: str) -> typer.Exit:
+    """Exit 130 after saying, in one line, what Ctrl-C kept (main() then says nothing more)."""
+    typer.echo(message, err=True)
+    _said_interrupted.append(message)
+    return typer.Exit(130)
+
+
+def command(name: str):
+    """``@app.command(name)`` whose library errors (``GpumlpError``) become one line on stderr and
+    exit code 2, caught here once for every command."""
+
+    def register(func):
+        @functools.wraps(func)
+        def run_command(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except GpumlpError as e:
+                raise _fail(str(e)) from None
+
+        return app.command(name)(run_command)
+
+    return register
+
+
+def _config_options() -> list[inspect.Parameter]:
+    """One typer option per ``TrainConfig`` field, with the default, help and panel declared there."""
+    from gpumlp.training.config import TrainConfig
+
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        m = f.metadata
+        name = m.get("name", f.name)
+        typ = m.get("cli_type") or {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str | None)
+        flags = (f"--{name.replace('_', '-')}", *m.get("flags", ()))
+        info = typer.Option(*flags, help=m["help"], rich_help_panel=m["panel"])
+        default = m.get("cli_default", f.default)
+        params.append(inspect.Parameter(name, KEYWORD, default=default, annotation=Annotated[typ, info]))
+    return params
+
+
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configuration
+    ("data_dir", DataDirOpt, None),
+    ("save", Annotated[Path | None, typer.Option(
+        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, "
+        "else checkpoints/LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
+    ("resume", Annotated[Path | None, typer.Option(
+        help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
+    ("save_every", Annotated[int, typer.Option(
+        help="Also save the checkpoint every K epochs (0: only at the end).")], 0),
+    ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")], False),
+    ("log_format", Annotated[str, typer.Option(
+        help="text, or json: one JSON object per epoch and one at the end, on stdout.")], "text"),
+]  # fmt: skip
+
+
+def with_train_options(train_cli):
+    """``train_cli(ctx, **options)`` given its typer options: the run's configuration (TrainConfig's
+    fields, ``_config_options``), then how to run it (``RUN_OPTIONS``)."""
+    train_cli.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+            *_config_options(),
+            *(inspect.Parameter(name, KEYWORD, default=d, annotation=t) for name, t, d in RUN_OPTIONS),
+        ]
+    )
+    train_cli.__annotations__ = {p.name: p.annotation for p in train_cli.__signature__.parameters.values()}
+    return train_cli
+
+
+def given_options(ctx: typer.Context, options: dict) -> dict:
+    """The options typed on the command line (not left at their defaults)."""
+    sources = {name: ctx.get_parameter_source(name) for name in options}
+    return {k: v for k, v in options.items() if sources[k] is not None and sources[k].name == "COMMANDLINE"}
+
+
+def train_arguments(ctx: typer.Context, kw: dict) -> tuple[dict, dict, dict]:
+    """``(run arguments, options, given)`` of ``gpumlp train``: the run's own (``RUN_OPTIONS``),
+    every ``TrainConfig`` field's value by field name (``--layers`` is ``sizes``) plus ``preset``,
+    and those of them typed on the command line."""
+    run_args = {name: kw.pop(name) for name, _, _ in RUN_OPTIONS}
+    given = given_options(ctx, kw)
+    options, given = ({("sizes" if k == "layers" else k): v for k, v in d.items()} for d in (kw, given))
+    given.pop("preset", None)
+    return run_args, options, given
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main() -> None:
+    """Entry point: run the app, turning option errors into one line and exit code 2."""
+    args = sys.argv[1:] or ["--help"]
+    _said_interrupted.clear()
+    # Once the command is done and has said so, Ctrl-C while the interpreter shuts down (a few
+    # hundred ms of module teardown) would only turn a clean exit into a kill by SIGINT.
+    atexit.unregister(_ignore_sigint)
+    atexit.register(_ignore_sigint)
+    try:
+        rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
+    except UsageError as e:  # bad, missing or unknown option, unknown command
+        ctx = getattr(e, "ctx", None)
+        where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"
+        typer.echo(f"error: {e.format_message()} (see {where})", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        rc = 130
+    except typer.Exit as e:
+        rc = e.exit_code
+    if rc == 130 and not _said_interrupted:  # typer turns Ctrl-C into exit code 130, silently
+        typer.echo("interrupted", err=True)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,142 @@
+"""The files of one training run, and what of the run they hold: the checkpoint (locked while the
+run trains, saved atomically), the metrics file beside it, and the one line a Ctrl-C prints about
+them. ``gpumlp.training.loop.run`` drives it; writing itself goes through ``gpumlp.formats.atomic``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpumlp.data.datasets import checkpoint_fields
+from gpumlp.errors import CheckpointError, GpumlpError
+from gpumlp.formats import atomic, checkpoint
+
+if TYPE_CHECKING:
+    from gpumlp.model import MLP
+    from gpumlp.training.config import TrainConfig
+    from gpumlp.training.loop import TrainState
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during ``run``: every completed epoch is in ``checkpoint`` (None: nothing to keep).
+
+    ``str(e)`` is the one line to show: what is kept where, and the command that goes on."""
+
+    def __init__(self, message: str, checkpoint: Path | None, epochs_done: int, resume_command: str):
+        super().__init__(message)
+        self.checkpoint, self.epochs_done, self.resume_command = checkpoint, epochs_done, resume_command
+
+
+def metrics_path(checkpoint_path: Path) -> Path:
+    """``checkpoints/run.npz`` → ``checkpoints/run.metrics.jsonl`` (readable by pandas.read_json(lines=True))."""
+    return checkpoint_path.with_name(checkpoint_path.stem + ".metrics.jsonl")
+
+
+class RunFiles:
+    """The files of one run, and what of the run they hold: the checkpoint (``saved``: its epochs),
+    the metrics beside it, and the one line a Ctrl-C prints."""
+
+    def __init__(self, path: Path | None, cfg: TrainConfig, log, data_dir, save_every: int):
+        self.path, self.cfg, self.log, self.data_dir, self.save_every = path, cfg, log, data_dir, save_every
+        self.model, self.state, self.extra = None, None, {}
+        self.saved, self.tested, self.warned, self.lock = 0, False, set(), None
+
+    def start(self, model: MLP, state: TrainState, **extra) -> None:
+        self.model, self.state, self.extra = model, state, extra
+        self.saved = state.epochs_done  # a resumed run's epochs are on disk already
+
+    def claim(self, named: bool) -> None:
+        """Lock the checkpoint for this run. A named path (--save, --resume) is refused while
+        another run holds it; a default name moves on to the next free suffix (-2, -3, …)."""
+        if self.path is None:
+            return
+        for path in [self.path] if named else atomic.numbered(self.path):
+            if not named and atomic.taken(path, lambda p: [metrics_path(p)]):
+                continue
+            lock = atomic.RunLock(path)
+            if lock.acquire():
+                break
+            if named:
+                raise CheckpointError(
+                    f"another gpumlp run ({lock.holder()}) is saving to {path}; wait for it to end "
+                    "or choose another --save path"
+                )
+        else:
+            raise CheckpointError(f"no free name beside {self.path}; choose a --save path")
+        self.path, self.lock = path, lock
+        atomic.check_target(metrics_path(path), "a metrics file")
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def save(self, test_accuracy=None, n_test: int = 0) -> None:
+        if self.path is None:
+            return
+        s = self.state
+        try:
+            checkpoint.save(
+                self.path, self.model, s.arrays, config=self.cfg.to_dict(), history=[asdict(e) for e in s.history],
+                train_state=s.to_dict(), optimizer=s.optimizer, **checkpoint_fields(self.cfg.dataset),
+                test_accuracy=test_accuracy, test_size=n_test if test_accuracy is not None else 0, **self.extra,
+            )  # fmt: skip
+        except atomic.DeferredInterrupt:  # Ctrl-C during the write, which completed first
+            self.saved, self.tested = s.epochs_done, test_accuracy is not None
+            raise
+        self.saved, self.tested = s.epochs_done, test_accuracy is not None
+
+    def write_metrics(self) -> None:
+        """Rewrite the metrics file with the whole history (it and the checkpoint always agree)."""
+        if self.path is not None:
+            lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.state.history).encode()
+            self._try(lambda: atomic.atomic_write(metrics_path(self.path), lambda f: f.write(lines), "a metrics file"))
+
+    def save_every_k(self, epoch: int) -> None:
+        if self.path is not None and self.save_every and epoch % self.save_every == 0 and epoch < self.cfg.epochs:
+            self._try(self.save)
+
+    def _try(self, write) -> None:
+        """A write during training that fails warns once and training goes on: the final save,
+        which must succeed, keeps every epoch."""
+        try:
+            write()
+        except GpumlpError as e:
+            if not self.warned:
+                self.log(f"warning: {e}; training goes on, and the final save keeps every epoch")
+            self.warned.add(str(e))
+
+    def command(self, *args: str) -> str:
+        """A shell-quoted ``gpumlp`` command line for this run's checkpoint, with its --data-dir."""
+        data = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
+        return shlex.join(["gpumlp", *args, *data])
+
+    def interrupted(self) -> TrainingInterrupted:
+        """After Ctrl-C: save what the checkpoint lacks (a second Ctrl-C waits for that save), and
+        say in one line what is kept where, and how to go on."""
+        s, path = self.state, self.path
+        done = s.epochs_done if s is not None else 0
+        if path is not None and done > self.saved:
+            try:
+                self.save()
+            except atomic.DeferredInterrupt:  # a second Ctrl-C: raised once the save is complete
+                pass
+        if done == 0:
+            return TrainingInterrupted("interrupted before the first epoch ended: nothing to save", None, 0, "")
+        if path is None:
+            return TrainingInterrupted(f"interrupted after epoch {done} (save=False: nothing saved)", None, done, "")
+        if done >= self.cfg.epochs or s.stopped_epoch:
+            test = self.command("test", str(path))
+            message = (
+                f"interrupted: all {done} epochs are tested and saved in {path}"
+                if self.tested
+                else f"interrupted in the test pass: all {done} epochs are saved in {path}; test it with: {test}"
+            )
+            return TrainingInterrupted(message, path, done, "" if self.tested else test)
+        every = ["--save-every", str(self.save_every)] if self.save_every else []
+        go_on = self.command("train", "--resume", str(path), "--epochs", str(self.cfg.epochs), *every)
+        message = f"interrupted: epochs 1-{done} of {self.cfg.epochs} are saved in {path}; resume with: {go_on}"
+        return TrainingInterrupted(message, path, done, go_on)
