@@ -6,9 +6,11 @@ What it runs, in order:
    ``scripts/rust_rows.py`` trains them (sigmoid, mse, batch 10, lr 3.0, gpumlp's default init,
    no validation so the time is training only), with the first of ``--seeds``; each is tested on
    the 10000 test images and, as the Rust table was, on the first 1000.
-2. Each preset of ``gpumlp.training.presets.PRESETS`` (``seed``, ``fast``, ``best``) once per seed (0, 1, 2
-   by default) through ``gpumlp.training.loop.run``: 50000 training images (10000 for ``seed``), 10000
-   for validation, the 10000 test images read once at the end.
+2. ``default`` (plain ``gpumlp train``: the reference network on 50000 images for 30 epochs), then
+   each preset of ``gpumlp.training.presets.PRESETS`` (``seed``, ``fast``, ``best``) once per seed
+   (0, 1, 2 by default; ``--seeds-for best=0`` gives one preset its own seeds) through
+   ``gpumlp.training.loop.run``: 50000 training images (10000 for ``seed``), 10000 for validation,
+   the 10000 test images read once at the end.
 
 For each preset it reports the test accuracy (mean and min–max over seeds), the epochs run (early
 stopping may end a run early), the training seconds (training only: the sum over epochs of
@@ -20,7 +22,7 @@ How long: on this project's 2-core CPU the Rust rows take ~15 s, ``seed`` and ``
 a minute per seed, and ``best`` about 15 minutes per seed, so the default run (3 seeds) takes
 about 50 minutes. Progress goes to stderr; stdout carries only the markdown.
 
-    python scripts/reproduce.py --json docs/results.json --out docs/results.md
+    python scripts/reproduce.py --json docs/results.json --out docs/results.md --seeds-for best=0
     python scripts/reproduce.py --presets fast --seeds 0 --no-rust-rows
     python scripts/reproduce.py --device cuda --save-dir checkpoints/reproduce
     python scripts/reproduce.py --smoke     # seconds; checks the script only
@@ -45,6 +47,7 @@ import gpumlp
 from gpumlp.cli.bench import command_line, machine_info
 from gpumlp.errors import GpumlpError
 from gpumlp.training.loop import EpochStats, describe_recipe, run
+from gpumlp.training.config import TrainConfig
 from gpumlp.training.presets import PRESETS, preset_config
 
 SMOKE_LABEL = "SMOKE RUN: not results"
@@ -53,6 +56,8 @@ SMOKE_OPTIONS = dict(train_size=2000, val_size=500, test_size=500, epochs=1)
 SMOKE_SIZES = {"best": (784, 32, 10)}
 SMOKE_RUST = dict(train_images=1000, epochs=1, test_size=500)  # each Rust row, shrunk
 TEST_SIZE = 10_000  # the Rust rows are tested on all the test images (and their first 1000)
+DEFAULT = "default"  # plain `gpumlp train`: TrainConfig's defaults, no preset
+RUNS = (DEFAULT, *PRESETS)  # what --presets may name, in the order they run
 
 
 def load_rust_rows():
@@ -67,8 +72,8 @@ def preset_list(text: str) -> list[str]:
     """``"seed,fast"`` → ["seed", "fast"]; an unknown name is an argparse error that names the choices."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names or [text]:
-        if name not in PRESETS:
-            raise argparse.ArgumentTypeError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+        if name not in RUNS:
+            raise argparse.ArgumentTypeError(f"unknown preset {name!r}: choose from {', '.join(RUNS)}")
     return list(dict.fromkeys(names))
 
 
@@ -83,18 +88,29 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def seeds_for(text: str) -> tuple[str, list[int]]:
+    """``"best=0"`` → ("best", [0]): one preset's own seeds."""
+    name, sep, seeds = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected PRESET=SEEDS such as best=0 (got {text!r})")
+    return preset_list(name)[0], seed_list(seeds)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: $GPUMLP_DATA_DIR or the cache)")
-    p.add_argument("--presets", type=preset_list, default=list(PRESETS), help="comma list (default: seed,fast,best)")
+    p.add_argument("--presets", type=preset_list, default=list(RUNS), help=f"comma list (default: {','.join(RUNS)})")
     p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma list of seeds (default: 0,1,2)")
+    p.add_argument("--seeds-for", type=seeds_for, action="append", default=[], metavar="PRESET=SEEDS",
+                   help="one preset's own seeds, e.g. best=0 (repeatable)")  # fmt: skip
     p.add_argument("--no-rust-rows", action="store_true", help="skip the Rust project's five rows")
     p.add_argument("--json", metavar="PATH", help="also write everything (per-seed runs, histories) as JSON")
     p.add_argument("--out", metavar="PATH", help="also write the markdown to PATH")
     p.add_argument("--save-dir", metavar="DIR", help="save each run's checkpoint as DIR/<preset>-seed<k>.npz")
     p.add_argument("--smoke", action="store_true", help=f"tiny runs in seconds, to test the script ({SMOKE_LABEL})")
     args = p.parse_args(argv)
+    args.seeds_for = dict(args.seeds_for)
     for path in (args.json, args.out):  # fail now, not after 50 minutes of training
         if path and Path(path).is_dir():
             p.error(f"{path} is a folder: give a file name, e.g. {Path(path) / 'results.md'}")
@@ -145,7 +161,7 @@ def preset_run_config(args, name: str, seed: int):
         overrides.update(SMOKE_OPTIONS)
         if name in SMOKE_SIZES:
             overrides["sizes"] = SMOKE_SIZES[name]
-    return preset_config(name, **overrides)
+    return TrainConfig(**overrides) if name == DEFAULT else preset_config(name, **overrides)
 
 
 def run_one(args, name: str, seed: int) -> dict:
@@ -190,8 +206,9 @@ def spread(values: list[float]) -> dict:
 
 def run_preset(args, name: str) -> dict:
     """Every seed of one preset, and their summary (mean, min, max of each measure)."""
-    runs = [run_one(args, name, seed) for seed in args.seeds]
-    cfg = preset_run_config(args, name, args.seeds[0])
+    seeds = args.seeds_for.get(name, args.seeds)
+    runs = [run_one(args, name, seed) for seed in seeds]
+    cfg = preset_run_config(args, name, seeds[0])
     measures = ("test_accuracy", "train_seconds", "wall_seconds", "images_per_s")
     summary = {k: spread([r[k] for r in runs]) for k in measures}
     summary["epochs_run"] = [r["epochs_run"] for r in runs]
@@ -199,7 +216,7 @@ def run_preset(args, name: str) -> dict:
         f"{'-'.join(map(str, cfg.sizes))} {cfg.activation}/{cfg.loss}, {describe_recipe(cfg)}, batch "
         f"{cfg.batch_size}, {plural(cfg.epochs, 'epoch')}, {cfg.train_size} training images ({cfg.val_size} validation)"
     )
-    return {"seeds": list(args.seeds), "summary": summary, "runs": runs}
+    return {"seeds": list(seeds), "summary": summary, "runs": runs}
 
 
 def md_table(head: list[str], body: list[list[str]]) -> str:
@@ -248,9 +265,9 @@ def format_markdown(result: dict) -> str:
             "",
         ]
     if result["presets"]:
-        n = len(result["seeds"])
         lines += [
-            f"The presets, {n} seed{'s' if n > 1 else ''} each (training s: training only, the sum over epochs; "
+            "The presets, and `default` (plain `gpumlp train`), each over the seeds shown (training s: "
+            "training only, the sum over epochs; "
             "run s: the whole run, with validation after each epoch, the test and loading):",
             "",
             preset_table(result["presets"]),

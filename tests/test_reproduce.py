@@ -12,6 +12,8 @@ import pytest
 
 from gpumlp.training.presets import PRESETS
 
+RUNS = ["default", *PRESETS]  # scripts/reproduce.py runs plain `gpumlp train` first
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
 RUST_HEAD = "| layers | train imgs | epochs | acc (500) | acc (first 500) | Rust acc |"
 PRESET_HEAD = "| preset | network | seeds | test acc. mean | test acc. min–max | epochs |"
@@ -45,7 +47,7 @@ def percent(cell: str) -> float:
 def smoke(mnist_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     out = reproduce(
-        ["--smoke", "--seeds", "0,1", "--json", str(tmp / "r.json"), "--out", str(tmp / "r.md")], mnist_dir, tmp
+        ["--smoke", "--seeds", "0,1", "--seeds-for", "best=0", "--json", str(tmp / "r.json"), "--out", str(tmp / "r.md")], mnist_dir, tmp
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return out, json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text()
@@ -60,12 +62,12 @@ def test_smoke_run_prints_both_tables(smoke):
     for row in rust:
         percent(row[3]), percent(row[4]), percent(row[5])  # this run's two accuracies, and the Rust table's
     presets = table_rows(out.stdout, PRESET_HEAD)
-    assert [r[0] for r in presets] == list(PRESETS)
+    assert [r[0] for r in presets] == RUNS
     for row in presets:
         mean = percent(row[3])
         low, high = (percent(x) for x in row[4].rstrip("%").split("–"))
         assert low <= mean <= high
-        assert row[2] == "0,1" and row[5] == "1"  # the seeds, and one epoch each
+        assert row[2] == ("0" if row[0] == "best" else "0,1") and row[5] == "1"  # the seeds, one epoch each
     assert "Machine: " in out.stdout and "numpy" in out.stdout
     assert "Command: `" in out.stdout and "reproduce.py --smoke --seeds 0,1" in out.stdout
     assert "preset fast, seed 1: " in out.stderr  # progress goes to stderr, not into the table
@@ -76,12 +78,12 @@ def test_smoke_json_has_every_run(smoke):
     assert result["smoke"] is True and result["label"] == "SMOKE RUN: not results"
     assert result["seeds"] == [0, 1] and result["machine"]["numpy"] and result["command"] and result["date"]
     assert len(result["rust_rows"]["rows"]) == 5
-    assert list(result["presets"]) == list(PRESETS)
+    assert list(result["presets"]) == RUNS
     for name, preset in result["presets"].items():
         runs = preset["runs"]
-        assert [r["seed"] for r in runs] == [0, 1]
+        assert [r["seed"] for r in runs] == ([0] if name == "best" else [0, 1])  # --seeds-for best=0
         for r in runs:
-            assert r["config"]["preset"] == name and r["config"]["seed"] == r["seed"]
+            assert (r["config"]["preset"] or "default") == name and r["config"]["seed"] == r["seed"]
             assert 0 < r["test_accuracy"] <= 1 and r["epochs_run"] == len(r["history"]) == 1
             assert r["history"][0]["epoch"] == 1 and r["history"][0]["images_per_s"] > 0
             assert 0 < r["train_seconds"] <= r["wall_seconds"] and r["checkpoint"] is None
@@ -99,4 +101,4 @@ def test_unknown_preset_is_a_one_line_usage_error(mnist_dir, tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     error = out.stderr.strip().splitlines()[-1]
     assert "error:" in error and "'nope'" in error
-    assert all(name in error for name in PRESETS)
+    assert all(name in error for name in RUNS)

@@ -1,0 +1,127 @@
+"""README's results section, written from the files that measured it.
+
+    python scripts/published.py            # rewrite the section between README's results markers
+    python scripts/published.py --check    # exit 1, saying so, when README differs from the files
+
+The table comes from docs/results.json (``scripts/reproduce.py --json``), the speed sentence from
+docs/bench.json (``scripts/bench.py --compare torch --no-extras --json``); each names its CPU, its
+date and the command that wrote it. tests/test_published.py fails when README and the files disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN = "<!-- results: written by `python scripts/published.py` from docs/results.json and docs/bench.json -->"
+END = "<!-- results: end -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _s(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _cpu(m: dict) -> str:
+    return f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']} with {m['blas']}"
+
+
+def _network(cfg: dict) -> str:
+    sizes = "-".join(map(str, cfg["sizes"]))
+    extras = [x for x, on in (("dropout", cfg["dropout"]), ("max-norm", cfg["max_norm"])) if on]
+    extras += [cfg["augment"].replace(",", "+")] if cfg["augment"] != "none" else []
+    return (
+        f"{sizes} {cfg['activation']}/{cfg['loss']}, {cfg['optimizer']}{', ' + ', '.join(extras) if extras else ''}, "
+        f"{cfg['epochs']} epochs on {cfg['train_size']:,} images"
+    )
+
+
+def _spread(s: dict, fmt, unit: str = "") -> str:
+    if s["min"] == s["max"]:
+        return f"{fmt(s['mean'])}{unit}"
+    return f"{fmt(s['mean'])}{unit} ({fmt(s['min'])}–{fmt(s['max'])}{unit})"
+
+
+def results_table(results: dict) -> list[str]:
+    lines = [
+        "Test accuracy on the 10,000 MNIST test images; every hyper-parameter chosen on the validation "
+        "images (the 10,000 training-file images after the first 50,000), never on the test set. Measured on "
+        f"{_cpu(results['machine'])}, {results['date'][:10]}:",
+        "",
+        "| command | network | seeds | test accuracy | training time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, p in results["presets"].items():
+        s, cfg = p["summary"], p["runs"][0]["config"]
+        command = "`gpumlp train`" if name == "default" else f"`gpumlp train --preset {name}`"
+        acc = _spread(s["test_accuracy"], _pct)
+        lines.append(
+            f"| {command} | {_network(cfg)} | {','.join(map(str, p['seeds']))} | {acc} | "
+            f"{_spread(s['train_seconds'], _s, ' s')} |"
+        )
+    lines += [
+        "",
+        "Mean (min–max) over the seeds shown; training time is the epochs' training, without validation, "
+        f"loading and the test. Command: `{results['command']}`.",
+    ]
+    return lines
+
+
+def speed_sentence(bench: dict) -> list[str]:
+    g, t, comp = bench["gpumlp"], bench["torch"], bench["comparison"]
+    rows = {r["name"]: (r, gr) for r, gr in zip(comp["rows"], g["rows"])}
+    rust = [r["ratio"] for r in comp["rows"] if r["rust_row"] and r["ratio"]]
+    others = [
+        f"{r['ratio']:.2f}× for {name} at batch {gr['batch_size']}"
+        for name, (r, gr) in rows.items()
+        if not r["rust_row"] and r["ratio"]
+    ]
+    return [
+        f"Speed beside PyTorch {t['info']['torch']} on the same CPU ({_cpu(g['machine'])}), side by side in one "
+        f"run (`{g['command']}`, {g['date'][:10]}): {comp['geomean_rust_rows']:.2f}× PyTorch's images/s at "
+        f"batch 10 (geometric mean of the Rust project's {len(rust)} networks; {min(rust):.2f}× to "
+        f"{max(rust):.2f}× per network), {', '.join(others)}."
+    ]
+
+
+def section(results: dict, bench: dict) -> str:
+    return "\n".join([BEGIN, *results_table(results), "", *speed_sentence(bench), END])
+
+
+def current(readme: str) -> str:
+    start, end = readme.index(BEGIN), readme.index(END) + len(END)
+    return readme[start:end]
+
+
+def load(root: Path = ROOT) -> tuple[str, str]:
+    """``(README's section, the section the files give)``."""
+    results = json.loads((root / "docs" / "results.json").read_text())
+    bench = json.loads((root / "docs" / "bench.json").read_text())
+    return current((root / "README.md").read_text()), section(results, bench)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only say whether README agrees with the files")
+    args = p.parse_args(argv)
+    have, want = load()
+    if have == want:
+        print("README's results agree with docs/results.json and docs/bench.json")
+        return 0
+    if args.check:
+        print("README's results differ from docs/results.json or docs/bench.json: run python scripts/published.py")
+        return 1
+    readme = ROOT / "README.md"
+    readme.write_text(readme.read_text().replace(have, want))
+    print("rewrote README's results section")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

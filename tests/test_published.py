@@ -1,0 +1,44 @@
+"""README's results section is what docs/results.json and docs/bench.json say (scripts/published.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def published():
+    spec = importlib.util.spec_from_file_location("published", ROOT / "scripts" / "published.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_are_the_files_results():
+    have, want = published().load()
+    assert have == want, "README's results differ from docs/results.json or docs/bench.json: run scripts/published.py"
+
+
+def test_a_changed_measurement_changes_the_section(tmp_path):
+    pub = published()
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copy(ROOT / "docs" / "bench.json", tmp_path / "docs" / "bench.json")
+    results = json.loads((ROOT / "docs" / "results.json").read_text())
+    first = next(iter(results["presets"].values()))["summary"]["test_accuracy"]
+    first["mean"] = first["min"] = first["max"] = 0.1234
+    (tmp_path / "docs" / "results.json").write_text(json.dumps(results))
+    have, want = pub.load(tmp_path)
+    assert have != want and "12.34%" in want
+
+
+def test_each_row_names_its_cpu_and_command():
+    _, want = published().load()
+    results = json.loads((ROOT / "docs" / "results.json").read_text())
+    bench = json.loads((ROOT / "docs" / "bench.json").read_text())
+    assert want.count(results["machine"]["cpu"]) >= 1 and bench["gpumlp"]["machine"]["cpu"] in want
+    assert results["command"] in want and bench["gpumlp"]["command"] in want
+    assert want.count("| `gpumlp train") == len(results["presets"])
