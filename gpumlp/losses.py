@@ -72,21 +72,31 @@ MSE_KERNEL = """
     }
     row += s;
     """
-CE_KERNEL = """
+
+
+def softmax_kernel(target: str) -> str:
+    """The body of a softmax loss's kernel, Σ −t·log softmax(z) against the target ``t``, a CUDA
+    expression of the one-hot ``y[r + j]`` (and ``k``): one pass for the shifted log Σ exp z, one
+    for the loss and delta (n, k)."""
+    return """
     const ptrdiff_t r = (ptrdiff_t)i * k;
     T m = z[r] + bias[0];
     for (int j = 1; j < k; ++j) { const T v = z[r + j] + bias[j]; m = v > m ? v : m; }
     T s = 0;
     for (int j = 0; j < k; ++j) s += exp(z[r + j] + bias[j] - m);
     const T lse = m + log(s);                       // log Σ exp z, shifted so exp never overflows
-    T zy = 0;
+    T zt = 0;
     for (int j = 0; j < k; ++j) {
         const T v = z[r + j] + bias[j];
-        zy += v * y[r + j];
-        delta[r + j] = (exp(v - lse) - y[r + j]) * inv_n;   // (softmax(z) − y) / n
+        const T t = TARGET;
+        zt += v * t;
+        delta[r + j] = (exp(v - lse) - t) * inv_n;  // (softmax(z) − t) / n
     }
-    row += lse - zy;                                // −log softmax(z)_y for a one-hot y
-    """
+    row += lse - zt;                                // −t·log softmax(z), as Σt = 1
+    """.replace("TARGET", target)
+
+
+CE_KERNEL = softmax_kernel("y[r + j]")  # t = y: −log softmax(z)_y
 
 
 # ---------------------------------------------------------------- ONNX: the head after the last Gemm

@@ -16,7 +16,18 @@ from gpumlp.cli import commands as cli
 from gpumlp.cli.predict import predict_images
 from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
-from gpumlp.losses import LOSSES, Loss, get, logsumexp, register, registered, share_of_sum, softmax, softmax_head
+from gpumlp.losses import (
+    LOSSES,
+    Loss,
+    get,
+    logsumexp,
+    register,
+    registered,
+    share_of_sum,
+    softmax,
+    softmax_head,
+    softmax_kernel,
+)
 
 runner = CliRunner()
 EPS = 0.1  # the share of each target spread evenly over the 10 classes
@@ -35,22 +46,7 @@ def ls_cross_entropy(xp, Z, A, Y):
     return total, A - T  # (n, 10) d total / dz = softmax(z) − t
 
 
-LS_CE_KERNEL = """
-    const ptrdiff_t r = (ptrdiff_t)i * k;
-    T m = z[r] + bias[0];
-    for (int j = 1; j < k; ++j) { const T v = z[r + j] + bias[j]; m = v > m ? v : m; }
-    T s = 0;
-    for (int j = 0; j < k; ++j) s += exp(z[r + j] + bias[j] - m);
-    const T lse = m + log(s);                       // log Σ exp z, shifted
-    T zt = 0;
-    for (int j = 0; j < k; ++j) {
-        const T v = z[r + j] + bias[j];
-        const T t = y[r + j] * (T(1) - T(0.1)) + T(0.1) / T(k);   // the smoothed target
-        zt += v * t;
-        delta[r + j] = (exp(v - lse) - t) * inv_n;  // (softmax(z) − t) / n
-    }
-    row += lse - zt;                                // −t·log softmax(z)
-    """
+LS_CE_KERNEL = softmax_kernel(f"y[r + j] * (T(1) - T({EPS})) + T({EPS}) / T(k)")  # t, as smoothed() makes it
 
 LS_CE = Loss("ls-ce", "softmax, cross-entropy against targets smoothed by 0.1", softmax, ls_cross_entropy,
              LS_CE_KERNEL, softmax_head, "softmax probability (label-smoothed)", "softmax (label-smoothed training)",
