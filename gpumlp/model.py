@@ -1,11 +1,11 @@
-"""The multilayer perceptron: parameters, losses, and forward/backward for a mini-batch.
+"""The multilayer perceptron: parameters, and forward/backward for a mini-batch.
 
 Notation (one mini-batch of n images, layers l = 0 … L-1):
 
     A0 = X                                  # (n, 784)   pixels in [0, 1]
     Z{l+1} = A{l} @ W{l} + b{l}             # (n, n_out) W{l}: (n_in, n_out), b{l}: (n_out,)
     A{l+1} = f(Z{l+1})                      # hidden layers: an activation of gpumlp.activations
-    A{L}   = sigmoid(Z{L}) for mse, softmax(Z{L}) for ce
+    A{L}   = output(Z{L})                   # the loss record's output: gpumlp.losses
 
 The loss is the *mean* over the batch, and every gradient is of that mean. Backward walks the
 same lines upwards, each formula under the forward line it differentiates. No loop over samples:
@@ -19,59 +19,19 @@ skips about 3 µs of dispatch per call, a third of a whole batch-10 training ste
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from gpumlp.activations import ACTIVATIONS, sigmoid, sigmoid_grad
+from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends.base import Backend
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
+from gpumlp.losses import LOSSES
 
 N_INPUTS, N_CLASSES = 784, 10
 DTYPES = {"float32": np.float32, "float64": np.float64}
 INITS = ("normal", "lecun", "he", "xavier")
-
-
-# ---------------------------------------------------------------- output layer and loss
-# Each loss returns ``(total, delta)``: the loss *summed* over the batch (a device scalar) and
-# d total / d Z_L (n, 10). Computing both together shares their common term. Dividing by n gives
-# the mean loss and its gradient.
-
-
-def logsumexp(xp, Z):
-    M = Z.max(axis=1, keepdims=True)  # (n, 1) shift so exp never overflows
-    return M[:, 0] + xp.log(xp.exp(Z - M).sum(axis=1))  # (n,)
-
-
-def softmax(xp, Z):
-    return xp.exp(Z - logsumexp(xp, Z)[:, None])  # (n, 10), rows sum to 1
-
-
-def mse(xp, Z, A, Y):
-    D = xp.subtract(A, Y)  # (n, 10) with A = σ(Z)
-    total = 0.5 * xp.vdot(D, D)  # Σ ½‖a − y‖²
-    G = sigmoid_grad(xp, A)
-    return total, xp.multiply(G, D, out=G)  # (a − y) σ'(z)
-
-
-def cross_entropy(xp, Z, A, Y):
-    total = logsumexp(xp, Z).sum() - xp.vdot(Z, Y)  # Σ −log softmax(z)_y, with A = softmax(Z)
-    return total, A - Y  # softmax and cross-entropy together: a − y
-
-
-@dataclass(frozen=True)
-class Loss:
-    name: str  # also names its fused CUDA kernel (gpumlp.backends.kernels.LOSSES)
-    output: Callable  # (xp, Z_L) -> A_L
-    total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L)
-
-
-LOSSES = {
-    "mse": Loss("mse", sigmoid, mse),
-    "ce": Loss("ce", softmax, cross_entropy),
-}
 
 
 # ---------------------------------------------------------------- configuration checks
@@ -80,7 +40,7 @@ LOSSES = {
 # Far above any network worth training on MNIST (784-4096-4096-10 has 20.0 M parameters), far
 # below what exhausts memory: with gradients, snapshots and Adam's buffers a parameter costs ~24 bytes.
 MAX_PARAMS = 100_000_000
-MAX_LAYERS = 64
+MAX_TRAIN_LAYERS = 64  # layer sizes, inputs included: gpumlp trains at most 63 weight layers
 
 
 def parse_sizes(sizes: str | Sequence[int]) -> tuple[int, ...]:
@@ -113,10 +73,10 @@ def parse_sizes(sizes: str | Sequence[int]) -> tuple[int, ...]:
             f"(digits), e.g. 784,16,16,10 (got {','.join(map(str, sizes))})"
         )
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    if n_params > MAX_PARAMS or len(sizes) > MAX_LAYERS:
+    if n_params > MAX_PARAMS or len(sizes) > MAX_TRAIN_LAYERS:
         raise ConfigError(
             f"--layers {','.join(map(str, sizes))} has {n_params:,} parameters in {len(sizes) - 1} layers; "
-            f"gpumlp trains at most {MAX_PARAMS:,} parameters and {MAX_LAYERS - 1} layers"
+            f"gpumlp trains at most {MAX_PARAMS:,} parameters and {MAX_TRAIN_LAYERS - 1} layers"
         )
     return sizes
 
@@ -224,11 +184,6 @@ def unpack_into(be, dst, packed, sizes) -> None:
         size = int(np.prod(shape))
         dst[offset : offset + size] = src[start : start + size]
         start += size
-
-
-def sorted_keys(params: dict) -> list[str]:
-    n = len(params) // 2
-    return [k for l in range(n) for k in (f"W{l}", f"b{l}")]
 
 
 def unflatten(flat, sizes, prefix: str = "") -> dict:
@@ -355,7 +310,7 @@ class MLP:
         if train:
             return As, Hs, Z
         xp.add(Z, b[-1], out=Z)  # (n, 10) output pre-activation Z_L
-        As.append(self._loss.output(xp, Z))  # (n, 10) sigmoid or softmax
+        As.append(self._loss.output(xp, Z))  # (n, 10) the loss's output: sigmoid, softmax, …
         return As, Hs, Z
 
     def backward(self, As: list, dZ, masks=None, Hs=None, fused=None) -> dict:
@@ -422,7 +377,8 @@ class MLP:
         return float(self.be.to_numpy(total)) / X.shape[0], grads
 
     def predict_proba(self, X):
-        """Output activations (n, 10) on the device: softmax probabilities for ce, sigmoids for mse."""
+        """Output activations (n, 10) on the device: the loss record's output (``gpumlp.losses``), e.g.
+        softmax probabilities for ce, sigmoids for mse."""
         return self.forward(self.inputs(X))[0][-1]
 
     def predict(self, X):

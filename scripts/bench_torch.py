@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from gpumlp.cli.bench import CONFIGS, EPOCH_IMAGES, BenchConfig, bench_data, efficiency, flops_per_image
+from gpumlp.losses import LOSSES
 
 
 def synchronize(device: torch.device) -> None:
@@ -62,8 +63,8 @@ def sgemm_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float
 
 
 def network(cfg: BenchConfig) -> nn.Sequential:
-    """Linear layers with the hidden activation between them; a final Sigmoid for mse (ce's
-    softmax lives in the loss)."""
+    """Linear layers with the hidden activation between them; a final Sigmoid for a loss with
+    sigmoid outputs, mse (ce's softmax lives in the loss)."""
     act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]
     dropout = dict(cfg.recipe).get("dropout", 0.0)
     layers = []
@@ -73,7 +74,7 @@ def network(cfg: BenchConfig) -> nn.Sequential:
             layers.append(act())
             if dropout:
                 layers.append(nn.Dropout(dropout))
-    if cfg.loss == "mse":
+    if LOSSES[cfg.loss].sigmoid_outputs:  # mse
         layers.append(nn.Sigmoid())
     return nn.Sequential(*layers)
 
@@ -108,9 +109,9 @@ def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.
     linears = [m for m in net if isinstance(m, nn.Linear)]
     X_dev = torch.from_numpy(np.ascontiguousarray(X[:n], dtype=np.float32)).to(device)  # (n, 784), once
     labels = torch.from_numpy(y[:n].astype(np.int64)).to(device)  # (n,)
-    if cfg.loss == "mse":
+    if LOSSES[cfg.loss].sigmoid_outputs:  # mse: ½‖σ(z) − y‖²
         targets, loss_fn = nn.functional.one_hot(labels, cfg.sizes[-1]).float(), half_sse_mean  # (n, 10)
-    else:
+    else:  # ce: softmax and cross-entropy in one
         targets, loss_fn = labels, nn.CrossEntropyLoss()
 
     def work():

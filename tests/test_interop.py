@@ -317,7 +317,7 @@ def test_rust_relu_is_refused():
 @pytest.mark.parametrize(
     "activation,loss,match",
     [("relu", "mse", "relu hidden layers"), ("tanh", "mse", "tanh hidden layers"),
-     ("sigmoid", "ce", "softmax/cross-entropy output")],
+     ("sigmoid", "ce", "loss 'ce' has softmax outputs, not sigmoids")],
 )  # fmt: skip
 def test_export_refuses_what_does_not_fit(kind, activation, loss, match):
     refused(FORMATS[kind][3], gpumlp_model(activation=activation, loss=loss), match=match)

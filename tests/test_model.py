@@ -11,7 +11,8 @@ import pytest
 from gpumlp.activations import ACTIVATIONS, relu_grad, sigmoid
 from gpumlp.errors import ConfigError
 from gpumlp.formats.checkpoint import load
-from gpumlp.model import LOSSES, MLP, flatten, parse_sizes, softmax
+from gpumlp.losses import LOSSES, softmax
+from gpumlp.model import MLP, flatten, parse_sizes
 
 SMALL = (784, 6, 5, 10)
 

@@ -14,7 +14,8 @@ from hypothesis.extra import numpy as hnp
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.data.load import parse_idx
 from gpumlp.formats import checkpoint
-from gpumlp.model import LOSSES, MLP
+from gpumlp.losses import LOSSES
+from gpumlp.model import MLP
 
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

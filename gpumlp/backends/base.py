@@ -140,7 +140,7 @@ class Backend:
     def loss_delta(self, Z, b, Y, loss, n: int, losses):
         """delta (n, k) of the output layer, the gradient of the *mean* loss w.r.t. Z + b: Z (n, k) the
         product A_L−1 W_L−1 *without* its bias b (k,) (a temporary, overwritten), Y (n, k) one-hot,
-        ``loss`` a ``gpumlp.model.Loss``. The batch's summed loss is added into ``losses`` (≥ n,), the
+        ``loss`` a ``gpumlp.losses.Loss``. The batch's summed loss is added into ``losses`` (≥ n,), the
         epoch's device accumulator, of which only the sum is read: here the batch's total goes into
         losses[0]; CuPy's kernel adds each row's loss into losses[i] (one launch, no reduction)."""
         xp = self.xp

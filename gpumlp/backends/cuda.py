@@ -111,8 +111,7 @@ class CupyBackend(Backend):
         delta = self.xp.empty_like(Z)  # (n, k)
         flat = (Z.reshape(-1), b, Y.reshape(-1))  # views: the kernel indexes i·k + j
         # Each row's loss is added into losses[i] (n,): no sum per step, the epoch sums once.
-        self._kernel(kernels.LOSSES[loss.name])(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]],
-                                                delta.reshape(-1))  # fmt: skip
+        self._kernel(loss.cuda)(*flat, np.int32(Z.shape[1]), 1.0 / n, losses[: Z.shape[0]], delta.reshape(-1))
         return delta  # (n, k)
 
     def optimizer_step(self, opt, lr: float) -> None:

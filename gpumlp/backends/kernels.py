@@ -21,46 +21,7 @@ BIAS_ACT = ("T b", "T z", "const T x = z + b; z = {f};")
 ACT_GRAD = ("T a", "T d", "d = d * ({grad});")
 ACT_GRAD_MASKED = ("T a, T m", "T d", "d = (d * m) * ({grad});")
 
-# The output layer and the loss, one thread per row of k classes: adds the bias, applies the output
-# function, writes delta = d(mean loss)/dZ (n, k) and *adds* the row's loss into ``row``, the row's
-# place in the epoch's accumulator (summed once an epoch). Z (n, k), Y (n, k), delta (n, k) C-contiguous.
-# Every array a kernel writes is an output: CuPy declares inputs, raw ones too, const.
-_LOSS_PARAMS = "raw T z, raw T bias, raw T y, int32 k, T inv_n"
-_LOSS_OUT = "T row, raw T delta"
-LOSS_MSE = (
-    _LOSS_PARAMS,
-    _LOSS_OUT,
-    """
-    T s = 0;
-    for (int j = 0; j < k; ++j) {
-        const ptrdiff_t o = (ptrdiff_t)i * k + j;
-        const T a = T(0.5) * tanh(T(0.5) * (z[o] + bias[j])) + T(0.5);  // sigmoid, no overflow
-        const T d = a - y[o];
-        s += T(0.5) * d * d;                        // ½‖a − y‖²
-        delta[o] = d * (a * (T(1) - a)) * inv_n;    // (a − y) σ'(z) / n
-    }
-    row += s;
-    """,
-)
-LOSS_CE = (
-    _LOSS_PARAMS,
-    _LOSS_OUT,
-    """
-    const ptrdiff_t r = (ptrdiff_t)i * k;
-    T m = z[r] + bias[0];
-    for (int j = 1; j < k; ++j) { const T v = z[r + j] + bias[j]; m = v > m ? v : m; }
-    T s = 0;
-    for (int j = 0; j < k; ++j) s += exp(z[r + j] + bias[j] - m);
-    const T lse = m + log(s);                       // log Σ exp z, shifted so exp never overflows
-    T zy = 0;
-    for (int j = 0; j < k; ++j) {
-        const T v = z[r + j] + bias[j];
-        zy += v * y[r + j];
-        delta[r + j] = (exp(v - lse) - y[r + j]) * inv_n;   // (softmax(z) − y) / n
-    }
-    row += lse - zy;                                // −log softmax(z)_y for a one-hot y
-    """,
-)
+# The output layer and the loss: each loss record's own kernel (``Loss.cuda``, gpumlp/losses.py).
 
 # y ← α·x + β·y: Backend.axpby.
 AXPBY = ("T x, T alpha, T beta", "T y", "y = beta * y + alpha * x;")
@@ -191,8 +152,6 @@ WARP = (
     y = (lower - upper) * wr + upper;
     """,
 )
-
-LOSSES = {"mse": LOSS_MSE, "ce": LOSS_CE}
 
 # One tiny kernel compiled (NVRTC) and launched when a CUDA device is chosen: y = 2x + 1.
 PROBE = ("T x", "T y", "y = x + x + T(1);")

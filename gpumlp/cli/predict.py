@@ -23,6 +23,7 @@ import numpy as np
 
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.formats.untrusted import open_regular
+from gpumlp.losses import LOSSES
 
 PILLOW_HINT = "reading images needs Pillow: pip install 'gpumlp[images]'"
 INK_THRESHOLD = 0.1  # after inversion and background removal, a pixel above this is ink
@@ -176,7 +177,7 @@ def predict_images(model, images, class_names: tuple[str, ...] | None = None) ->
     if X.shape[1] != model.sizes[0]:
         raise ConfigError(f"expected images of {model.sizes[0]} pixels, got {X.shape[1]}")
     A = model.be.to_numpy(model.predict_proba(X)).astype(np.float64)  # (n, 10); host → device → host, once
-    P = A / np.maximum(A.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)  # (n, 10) rows sum to 1
+    P = LOSSES[model.loss].confidences(np, A)  # (n, 10) rows sum to 1: the loss record's rule
     order = np.argsort(-P, axis=1, kind="stable")  # (n, 10) most probable first
     return [
         {
@@ -201,7 +202,7 @@ class Predictions:
 
     @property
     def kind(self) -> str:
-        return "softmax" if self.model.loss == "ce" else "sigmoid outputs divided by their sum"
+        return LOSSES[self.model.loss].confidence_name
 
     def as_json(self) -> dict:
         rows = [dict(source=s, label=y, **r) for (s, y), r in zip(self.sources, self.results)]
@@ -244,7 +245,7 @@ def predict_files(checkpoint, images, index, device="cpu", data_dir=None, datase
 
 def format_predictions(run: Predictions, preview: bool = True) -> str:
     """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the preview."""
-    lines = [] if run.model.loss == "ce" else [f"({run.model}: probabilities are {run.kind})"]
+    lines = [] if LOSSES[run.model.loss].probabilities else [f"({run.model}: probabilities are {run.kind})"]
     names = run.dataset.class_names
     for (source, label), r, x in zip(run.sources, run.results, run.inputs):
         top = ", ".join(f"{class_label(d, names)} {100 * p:.1f}%" for d, p in r["top3"])

@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from gpumlp.errors import ConfigError
+from gpumlp.losses import LOSSES
 from gpumlp.model import MLP, N_CLASSES
 from gpumlp.training.evaluation import outputs
-
-CONFIDENCE = {"ce": "softmax probability", "mse": "sigmoid output"}
 
 
 def predictions(model: MLP, X) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +99,7 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10, class_names: tuple[str, 
         "classes": classes,
         "macro": {k: float(np.mean([c[k] for c in classes])) for k in ("precision", "recall", "f1")},
         "confusion": cm.tolist(),
-        "confidence": CONFIDENCE[model.loss],
+        "confidence": LOSSES[model.loss].output_name,
         "mistakes": [
             {"index": int(i), "true": int(y[i]), "predicted": int(pred[i]), "confidence": float(conf[i])} for i in order
         ],

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp.errors import GpumlpError
+from gpumlp.losses import LOSSES
 
 SERVE_HINT = "gpumlp serve needs Starlette and uvicorn: pip install 'gpumlp[serve]'"
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body; more → 413
@@ -48,7 +49,7 @@ class Predictor:
             "dtype": m.dtype,
             "n_params": m.n_params,
             "input_divisor": m.input_divisor,
-            "probabilities": "softmax" if m.loss == "ce" else "sigmoid outputs divided by their sum",
+            "probabilities": LOSSES[m.loss].confidence_name,
             "test_accuracy": meta.get("test_accuracy"),
             "test_size": meta.get("test_size"),
             "imported_from": meta.get("imported_from"),

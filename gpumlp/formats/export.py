@@ -6,7 +6,8 @@ The graph takes what a user has, raw pixels, and gives what ``gpumlp predict`` r
     X = pixels / input_divisor        Div: the network's input scaling (255; 256 for Rust/Nielsen)
     Z{l+1} = Gemm(A{l}, W{l}, b{l})   each layer, W{l} (n_in, n_out) as gpumlp stores it
     A{l+1} = Sigmoid | Relu | Tanh …  hidden layers: the activation record's ONNX operator
-    probabilities  (batch, 10)        ce: Softmax(Z_L); mse: Sigmoid(Z_L) / ReduceSum(Sigmoid(Z_L))
+    probabilities  (batch, 10)        the loss record's ONNX head (gpumlp.losses): ce Softmax(Z_L);
+                                      mse Sigmoid(Z_L) / ReduceSum(Sigmoid(Z_L))
 
 An mse network's outputs are ten independent sigmoids; ``gpumlp predict`` divides them by their
 sum, and so does the graph, so both report the same numbers (a ranking, not a calibrated law).
@@ -24,6 +25,7 @@ import numpy as np
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.errors import ExportError
+from gpumlp.losses import LOSSES
 
 OPSET = 17  # Softmax(axis=-1) and ReduceSum with axes as an input: opset 13 and later
 IR_VERSION = 8  # the IR that goes with opset 17; newer onnx writes a newer IR by default
@@ -56,8 +58,8 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
     ``meta``: the checkpoint's metadata; its test accuracy and origin go into the model's metadata.
     """
     onnx, checker, helper, numpy_helper = _onnx()
-    act = ACTIVATIONS.get(model.activation)
-    if act is None or act.onnx is None or model.loss not in ("mse", "ce"):
+    act, loss = ACTIVATIONS.get(model.activation), LOSSES.get(model.loss)
+    if act is None or act.onnx is None or loss is None or loss.onnx_head is None:
         raise ExportError(f"{model.activation} hidden units with {model.loss} output have no ONNX export")
     meta = meta or {}
     nbytes = 4 * model.n_params
@@ -78,16 +80,8 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
         A = f"A{l + 1}"
         if l < model.n_layers - 1:
             nodes.append(helper.make_node(act.onnx, [f"Z{l + 1}"], [A], name=f"act{l}"))
-    Z = f"Z{model.n_layers}"
-    if model.loss == "ce":
-        nodes.append(helper.make_node("Softmax", [Z], [OUTPUT], axis=-1, name="softmax"))
-    else:  # what gpumlp predict reports for mse: the sigmoids divided by their sum
-        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "class_axis"))
-        nodes += [
-            helper.make_node("Sigmoid", [Z], ["sigmoids"], name="sigmoid"),
-            helper.make_node("ReduceSum", ["sigmoids", "class_axis"], ["sigmoid_sum"], keepdims=1, name="sum"),
-            helper.make_node("Div", ["sigmoids", "sigmoid_sum"], [OUTPUT], name="normalise"),
-        ]
+    head_nodes, head_inits = loss.onnx_head(helper, numpy_helper, f"Z{model.n_layers}", OUTPUT)  # the confidences
+    nodes, inits = nodes + head_nodes, inits + head_inits
     batch = ["batch", model.sizes[0]]
     graph = helper.make_graph(
         nodes,
@@ -114,7 +108,8 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
 
 def describe(model, meta: dict) -> str:
     """The model's doc string: what goes in, what comes out."""
-    out = "softmax" if model.loss == "ce" else "sigmoid outputs divided by their sum (as gpumlp predict reports)"
+    loss = LOSSES[model.loss]
+    out = loss.confidence_name + ("" if loss.probabilities else " (as gpumlp predict reports)")
     return (
         f"gpumlp MLP {'-'.join(map(str, model.sizes))}, {model.activation} hidden, {model.loss} output. "
         f"Input '{INPUT}': (batch, 784) float32 raw pixel values 0-255 of a 28x28 digit, bright ink on black, "
@@ -130,7 +125,7 @@ def _metadata(model, meta: dict) -> dict[str, str]:
         "loss": model.loss,
         "input": f"raw pixels 0-255, divided by {model.input_divisor:g} in the graph",
         "input_divisor": f"{model.input_divisor:g}",
-        "output": "softmax" if model.loss == "ce" else "sigmoid outputs divided by their sum",
+        "output": LOSSES[model.loss].confidence_name,
         "checkpoint_dtype": model.dtype,
     }
     for key in ("test_accuracy", "test_size", "imported_from", "created"):

@@ -28,6 +28,7 @@ import numpy as np
 from gpumlp.errors import CheckpointError
 from gpumlp.formats.atomic import atomic_write
 from gpumlp.formats.base import Format, check_sizes, get, short
+from gpumlp.losses import LOSSES
 
 RUST_LABEL, NIELSEN_LABEL = "Rust MLP JSON", "Nielsen network2 JSON"  # how messages name the formats
 DIVISOR = 256.0  # both projects' network input is pixel / 256
@@ -158,8 +159,13 @@ def _export(meta: dict, host: dict, name: str) -> tuple[list, list]:
     """Their weights (n_out, n_in) and biases (n_out,) as float64 host arrays, W0 rescaled for their inputs.
 
     ``meta``: the network's ``sizes, activation, loss, input_divisor``; ``host``: ``{W0: (n_in, n_out), …}``."""
-    if meta["loss"] != "mse":
-        raise CheckpointError(f"cannot export to {name}: softmax/cross-entropy output (loss 'ce'); it needs loss 'mse'")
+    loss = LOSSES.get(meta["loss"])
+    if loss is None or not loss.sigmoid_outputs:
+        fits = ", ".join(repr(k) for k, v in LOSSES.items() if v.sigmoid_outputs)
+        what = f"{loss.confidence_name} outputs" if loss else "outputs"
+        raise CheckpointError(
+            f"cannot export to {name}: loss {meta['loss']!r} has {what}, not sigmoids; it needs loss {fits}"
+        )
     n_layers, activation = len(meta["sizes"]) - 1, meta["activation"]
     if activation != "sigmoid" and n_layers > 1:
         raise CheckpointError(f"cannot export to {name}: {activation} hidden layers; it uses sigmoid everywhere")

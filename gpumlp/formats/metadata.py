@@ -17,7 +17,8 @@ from gpumlp.activations import ACTIVATIONS
 from gpumlp.data.datasets import DATASETS
 from gpumlp.errors import CheckpointError
 from gpumlp.formats.base import check_sizes, short
-from gpumlp.model import DTYPES, INITS, LOSSES
+from gpumlp.losses import LOSSES, choices
+from gpumlp.model import DTYPES, INITS
 
 
 def _number(v) -> bool:
@@ -48,7 +49,8 @@ def _rng_state(v) -> bool:
     return True
 
 
-# Field → (check, what it must be). A field that is absent is not checked; ``None`` is "unknown".
+# Field → (check, what it must be: text, or a function giving it when read). A field that is absent
+# is not checked; ``None`` is "unknown".
 EPOCH_FIELDS = {
     "epoch": (_count, "an epoch number"),
     "batch_size": (_count, "an integer"),
@@ -71,7 +73,7 @@ TRAIN_STATE_FIELDS = {
 OPTIMIZER_FIELDS = {"name": (lambda v: isinstance(v, str), "an optimiser name"), "t": (_count, "a step count")}
 FIELDS = {
     "activation": (lambda v: v in tuple(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)}"),
-    "loss": (lambda v: v in tuple(LOSSES), f"one of {', '.join(LOSSES)}"),
+    "loss": (lambda v: v in tuple(LOSSES), lambda: f"one of {choices()}"),  # what is registered when read
     "dtype": (lambda v: v in tuple(DTYPES), f"one of {', '.join(DTYPES)}"),
     "init": (_or_none(lambda v: v in INITS), f"one of {', '.join(INITS)} or null"),
     "input_divisor": (lambda v: _number(v) and v > 0, "a positive number, e.g. 255 (the network sees pixel / it)"),
@@ -96,6 +98,7 @@ FIELDS = {
 def _check_fields(path: Path, obj: dict, fields: dict, where: str = "") -> None:
     for key, (check, what) in fields.items():
         if key in obj and not check(obj[key]):
+            what = what() if callable(what) else what
             raise CheckpointError(f"{path}: metadata {where}{key} must be {what}, got {short(obj[key])}")
 
 

@@ -8,13 +8,13 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpumlp import activations, optim
+from gpumlp import activations, losses, optim
 from gpumlp.data import datasets
 from gpumlp.errors import ConfigError
 
 # numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
 # builds the train command's options from TrainConfig and should not wait for numpy (datasets,
-# activations and optim, read here for names, defaults and help texts, do not import it).
+# activations, losses and optim, read here for names, defaults and help texts, do not import it).
 
 
 def option(default, help: str, panel: str | None = None, **cli):
@@ -42,7 +42,7 @@ class TrainConfig:
         name="layers", cli_type=str, cli_default="784,16,16,10",
     )  # fmt: skip
     activation: str = option("sigmoid", f"Hidden activation: {activations.CHOICES} (gpumlp/activations.py).")
-    loss: str = option("mse", "mse (sigmoid outputs, ½‖a−y‖²) or ce (softmax, cross-entropy).")
+    loss: str = option("mse", f"Output and loss: {losses.help_text()} (gpumlp/losses.py).")
     init: str | None = option(
         None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu."
     )
@@ -120,6 +120,7 @@ class TrainConfig:
                 "use a smaller batch or more training images"
             )
         datasets.get(self.dataset)  # a name gpumlp/data/datasets.py has a record of
+        losses.get(self.loss)  # a name registered in gpumlp/losses.py when the run is configured
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 

@@ -1,0 +1,194 @@
+"""Output layers and their losses: one record each, with everything every part of gpumlp needs.
+
+A record holds the output function and the loss with its delta for the readable array path (numpy,
+or CuPy without fused kernels), the same as one fused CUDA kernel (``gpumlp.backends.cuda``), the
+ONNX head an export ends with (``gpumlp.formats.export``) and what the outputs mean: how
+``gpumlp predict``, ``serve``, ``test`` and the ONNX graph turn them into confidences, and whether
+the Rust project's and Nielsen's formats (sigmoid outputs) can hold the network. Adding a loss is
+one record here, registered with ``register`` (and its tests).
+
+Each ``total_and_delta`` returns ``(total, delta)``: the loss *summed* over the batch (a device
+scalar) and d total / d Z_L (n, 10); computing both together shares their common term, and
+dividing by n gives the mean loss and its gradient. numpy is not imported here: ``xp`` is passed
+in, and ``gpumlp train --help`` lists these names without waiting for numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+from gpumlp.activations import sigmoid, sigmoid_grad
+from gpumlp.errors import ConfigError
+
+# ---------------------------------------------------------------- numpy: forward, and beside it backward
+
+
+def logsumexp(xp, Z):
+    M = Z.max(axis=1, keepdims=True)  # (n, 1) shift so exp never overflows
+    return M[:, 0] + xp.log(xp.exp(Z - M).sum(axis=1))  # (n,)
+
+
+def softmax(xp, Z):
+    return xp.exp(Z - logsumexp(xp, Z)[:, None])  # (n, 10), rows sum to 1
+
+
+def mse(xp, Z, A, Y):
+    D = xp.subtract(A, Y)  # (n, 10) with A = σ(Z)
+    total = 0.5 * xp.vdot(D, D)  # Σ ½‖a − y‖²
+    G = sigmoid_grad(xp, A)
+    return total, xp.multiply(G, D, out=G)  # (n, 10) d total / dz = (a − y) σ'(z)
+
+
+def cross_entropy(xp, Z, A, Y):
+    total = logsumexp(xp, Z).sum() - xp.vdot(Z, Y)  # Σ −log softmax(z)_y, with A = softmax(Z)
+    return total, A - Y  # (n, 10) softmax and cross-entropy together: a − y
+
+
+def share_of_sum(xp, A):
+    """Outputs (n, 10) → confidences (n, 10), each row divided by its sum so it adds up to 1 (for
+    sigmoids a ranking, not a calibrated law; for a softmax the same numbers, renormalised)."""
+    return A / xp.maximum(A.sum(axis=1, keepdims=True), xp.finfo(A.dtype).tiny)
+
+
+# ---------------------------------------------------------------- CUDA: the same in one fused kernel
+# One thread per row of k classes: adds the bias, applies the output function, writes
+# delta = d(mean loss)/dZ (n, k) and *adds* the row's loss into ``row``, the row's place in the
+# epoch's accumulator (summed once an epoch). Z (n, k), Y (n, k), delta (n, k) C-contiguous. Every
+# array a kernel writes is an output: CuPy declares inputs, raw ones too, const.
+KERNEL_PARAMS = "raw T z, raw T bias, raw T y, int32 k, T inv_n"
+KERNEL_OUT = "T row, raw T delta"
+
+MSE_KERNEL = """
+    T s = 0;
+    for (int j = 0; j < k; ++j) {
+        const ptrdiff_t o = (ptrdiff_t)i * k + j;
+        const T a = T(0.5) * tanh(T(0.5) * (z[o] + bias[j])) + T(0.5);  // sigmoid, no overflow
+        const T d = a - y[o];
+        s += T(0.5) * d * d;                        // ½‖a − y‖²
+        delta[o] = d * (a * (T(1) - a)) * inv_n;    // (a − y) σ'(z) / n
+    }
+    row += s;
+    """
+
+
+def softmax_kernel(target: str) -> str:
+    """The body of a softmax loss's kernel, Σ −t·log softmax(z) against the target ``t``, a CUDA
+    expression of the one-hot ``y[r + j]`` (and ``k``): one pass for the shifted log Σ exp z, one
+    for the loss and delta (n, k)."""
+    return """
+    const ptrdiff_t r = (ptrdiff_t)i * k;
+    T m = z[r] + bias[0];
+    for (int j = 1; j < k; ++j) { const T v = z[r + j] + bias[j]; m = v > m ? v : m; }
+    T s = 0;
+    for (int j = 0; j < k; ++j) s += exp(z[r + j] + bias[j] - m);
+    const T lse = m + log(s);                       // log Σ exp z, shifted so exp never overflows
+    T zt = 0;
+    for (int j = 0; j < k; ++j) {
+        const T v = z[r + j] + bias[j];
+        const T t = TARGET;
+        zt += v * t;
+        delta[r + j] = (exp(v - lse) - t) * inv_n;  // (softmax(z) − t) / n
+    }
+    row += lse - zt;                                // −t·log softmax(z), as Σt = 1
+    """.replace("TARGET", target)
+
+
+CE_KERNEL = softmax_kernel("y[r + j]")  # t = y: −log softmax(z)_y
+
+
+# ---------------------------------------------------------------- ONNX: the head after the last Gemm
+# ``head(helper, numpy_helper, Z, out) -> (nodes, initializers)``: the graph from the output
+# pre-activation named Z to the confidences named out, what ``confidences`` computes.
+
+
+def softmax_head(helper, numpy_helper, Z: str, out: str) -> tuple[list, list]:
+    return [helper.make_node("Softmax", [Z], [out], axis=-1, name="softmax")], []
+
+
+def sigmoid_share_head(helper, numpy_helper, Z: str, out: str) -> tuple[list, list]:
+    import numpy as np
+
+    nodes = [
+        helper.make_node("Sigmoid", [Z], ["sigmoids"], name="sigmoid"),
+        helper.make_node("ReduceSum", ["sigmoids", "class_axis"], ["sigmoid_sum"], keepdims=1, name="sum"),
+        helper.make_node("Div", ["sigmoids", "sigmoid_sum"], [out], name="normalise"),
+    ]
+    return nodes, [numpy_helper.from_array(np.array([1], dtype=np.int64), "class_axis")]
+
+
+# ---------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str  # what --loss, MLP(loss=…) and a checkpoint's metadata call it
+    help: str  # its part of `gpumlp train --loss`'s help
+    output: Callable  # (xp, Z_L) -> A_L (n, 10)
+    total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L (n, 10))
+    cuda_body: str  # the fused kernel's body, of KERNEL_PARAMS and KERNEL_OUT (one thread per row)
+    onnx_head: Callable | None  # (helper, numpy_helper, Z, out) -> (nodes, initializers); None: no export
+    output_name: str  # what one output is, for `gpumlp test`'s confidence: "softmax probability"
+    confidence_name: str  # what `predict`, `serve` and the ONNX graph report: "softmax"
+    probabilities: bool  # the outputs are already a probability law over the classes
+    sigmoid_outputs: bool  # each output an independent sigmoid (Rust/Nielsen formats hold only these)
+    confidences: Callable = share_of_sum  # (xp, A_L) -> (n, 10) rows summing to 1: the confidence rule
+
+    @cached_property  # one tuple, looked up in the backend's kernel cache every step
+    def cuda(self) -> tuple[str, str, str]:
+        """``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``."""
+        return KERNEL_PARAMS, KERNEL_OUT, self.cuda_body
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def register(loss: Loss) -> Loss:
+    """Add ``loss`` to ``LOSSES``, after which MLP, --loss, checkpoints and every command accept it."""
+    if loss.name in LOSSES:
+        raise ConfigError(f"a loss named {loss.name!r} is already registered; give the new record another name")
+    LOSSES[loss.name] = loss
+    return loss
+
+
+def unregister(name: str) -> None:
+    LOSSES.pop(name, None)
+
+
+@contextmanager
+def registered(loss: Loss) -> Iterator[Loss]:
+    """``register(loss)`` for the duration of a ``with`` block (tests)."""
+    register(loss)
+    try:
+        yield loss
+    finally:
+        unregister(loss.name)
+
+
+def get(name: str) -> Loss:
+    """The record of ``name``, refused with the choices when there is none."""
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}: choose one of {choices()}")
+    return LOSSES[name]
+
+
+def choices() -> str:
+    """``"mse, ce"``: the registered names, read at call time."""
+    return ", ".join(LOSSES)
+
+
+def help_text() -> str:
+    """``"mse (sigmoid outputs, ½‖a−y‖²) or ce (softmax, cross-entropy)"``, for ``--loss``'s help."""
+    return " or ".join(f"{name} ({loss.help})" for name, loss in LOSSES.items())
+
+
+register(
+    Loss("mse", "sigmoid outputs, ½‖a−y‖²", sigmoid, mse, MSE_KERNEL, sigmoid_share_head,
+         "sigmoid output", "sigmoid outputs divided by their sum", probabilities=False, sigmoid_outputs=True)
+)  # fmt: skip
+register(
+    Loss("ce", "softmax, cross-entropy", softmax, cross_entropy, CE_KERNEL, softmax_head,
+         "softmax probability", "softmax", probabilities=True, sigmoid_outputs=False)
+)  # fmt: skip
