@@ -7,7 +7,7 @@ What it runs, in order:
    no validation so the time is training only), with the first of ``--seeds``; each is tested on
    the 10000 test images and, as the Rust table was, on the first 1000.
 2. Each preset of ``gpumlp.training.presets.PRESETS`` (``seed``, ``fast``, ``best``) once per seed (0, 1, 2
-   by default) through ``gpumlp.training.loop.run``: 50000 training images (10000 for ``seed``), 10000
+   by default) through ``gpumlp.training.run.run``: 50000 training images (10000 for ``seed``), 10000
    for validation, the 10000 test images read once at the end.
 
 For each preset it reports the test accuracy (mean and min–max over seeds), the epochs run (early
@@ -44,8 +44,10 @@ from pathlib import Path
 import gpumlp
 from gpumlp.cli.bench import command_line, machine_info
 from gpumlp.errors import GpumlpError
-from gpumlp.training.loop import EpochStats, describe_recipe, run
+from gpumlp.training.config import describe_recipe
 from gpumlp.training.presets import PRESETS, preset_config
+from gpumlp.training.run import run
+from gpumlp.training.state import EpochStats
 
 SMOKE_LABEL = "SMOKE RUN: not results"
 # --smoke: every preset shrunk to seconds; `best` also gets a much smaller network.
@@ -149,7 +151,7 @@ def preset_run_config(args, name: str, seed: int):
 
 
 def run_one(args, name: str, seed: int) -> dict:
-    """One preset with one seed through gpumlp.training.loop.run; the per-seed record of the JSON."""
+    """One preset with one seed through gpumlp.training.run.run; the per-seed record of the JSON."""
     cfg = preset_run_config(args, name, seed)
     save = Path(args.save_dir) / f"{name}-seed{seed}.npz" if args.save_dir else False
 
