@@ -30,7 +30,7 @@ _EXPORTS = {
     "make_optimizer": "gpumlp.optim",
     "evaluate": "gpumlp.training.evaluation",
     "fit": "gpumlp.training.loop",
-    "run": "gpumlp.training.loop",
+    "run": "gpumlp.training.run",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -112,7 +112,8 @@ def install(check: Check, python: str) -> None:
 def probe(check: Check, python: str) -> None:
     code = (
         "import json, gpumlp\n"
-        "from gpumlp.backends.registry import describe_devices, get_backend\n"
+        "from gpumlp.backends.registry import get_backend\n"
+        "from gpumlp.cli.devices import describe_devices\n"
         "d = describe_devices(); print(json.dumps(d))\n"
         "try:\n"
         "    be = get_backend('cuda')\n"

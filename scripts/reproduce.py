@@ -9,7 +9,7 @@ What it runs, in order:
 2. ``default`` (plain ``gpumlp train``: the reference network on 50000 images for 30 epochs), then
    each preset of ``gpumlp.training.presets.PRESETS`` (``seed``, ``fast``, ``best``) once per seed
    (0, 1, 2 by default; ``--seeds-for best=0`` gives one preset its own seeds) through
-   ``gpumlp.training.loop.run``: 50000 training images (10000 for ``seed``), 10000 for validation,
+   ``gpumlp.training.run.run``: 50000 training images (10000 for ``seed``), 10000 for validation,
    the 10000 test images read once at the end.
 
 For each preset it reports the test accuracy (mean and min–max over seeds), the epochs run (early
@@ -46,9 +46,10 @@ from pathlib import Path
 import gpumlp
 from gpumlp.cli.bench import command_line, machine_info
 from gpumlp.errors import GpumlpError
-from gpumlp.training.loop import EpochStats, describe_recipe, run
-from gpumlp.training.config import TrainConfig
+from gpumlp.training.config import TrainConfig, describe_recipe
 from gpumlp.training.presets import PRESETS, preset_config
+from gpumlp.training.run import run
+from gpumlp.training.state import EpochStats
 
 SMOKE_LABEL = "SMOKE RUN: not results"
 # --smoke: every preset shrunk to seconds; `best` also gets a much smaller network.
@@ -165,7 +166,7 @@ def preset_run_config(args, name: str, seed: int):
 
 
 def run_one(args, name: str, seed: int) -> dict:
-    """One preset with one seed through gpumlp.training.loop.run; the per-seed record of the JSON."""
+    """One preset with one seed through gpumlp.training.run.run; the per-seed record of the JSON."""
     cfg = preset_run_config(args, name, seed)
     save = Path(args.save_dir) / f"{name}-seed{seed}.npz" if args.save_dir else False
 

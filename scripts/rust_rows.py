@@ -28,7 +28,8 @@ import numpy as np
 import gpumlp
 from gpumlp.data.load import split
 from gpumlp.model import INITS
-from gpumlp.training.loop import evaluate, fit
+from gpumlp.training.evaluation import evaluate
+from gpumlp.training.loop import fit
 
 RUST_TEST = 1000  # the Rust table tested on the first 1000 test images
 BATCH, LR = 10, 3.0

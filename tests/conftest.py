@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpumlp.backends import registry
 from gpumlp.backends.registry import get_backend
 from gpumlp.data.load import default_cache_dir, locate_mnist
 from gpumlp.errors import BackendUnavailable, GpumlpError
+from standins.fake_device import FAKE
+from standins.local_server import local_server, refusing_url
 
 DATA_FIXTURES = {"mnist_dir", "mnist"}  # the fixtures that need the real MNIST files
 
@@ -24,6 +27,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
+    registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
     # Where the user's data is, read before _private_cache points XDG_CACHE_HOME at a temporary folder.
     # Relative paths are resolved once, here: some tests change the working directory.
     given = config.getoption("--data-dir") or os.environ.get("GPUMLP_DATA_DIR")
@@ -73,22 +78,56 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(params=["cpu", "fake", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request, monkeypatch) -> str:
-    """Every device the math must work on: numpy; the strict fake device (tests/fake_device.py),
-    which fails on the host/device mixing that only a real GPU would catch; CuPy when usable."""
-    if request.param == "fake":
-        use_fake_device(monkeypatch)
+def device(request) -> str:
+    """Every device the math must work on: numpy; the strict fake device (tests/standins/fake_device.py,
+    registered as ``"fake"`` for the whole session), which fails on the host/device mixing that only
+    a real GPU would catch; CuPy when usable."""
     return request.param
 
 
-def use_fake_device(monkeypatch) -> None:
-    """Make ``device="fake"`` mean the strict fake device wherever gpumlp builds a model."""
-    from fake_device import FAKE
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No test sees the user's cache, data folder or proxies."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("GPUMLP_DATA_DIR", raising=False)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
 
-    import gpumlp.model
 
-    original = gpumlp.model.get_backend
-    monkeypatch.setattr(gpumlp.model, "get_backend", lambda d="cpu": FAKE if d == "fake" else original(d))
+@pytest.fixture
+def server():
+    """A local HTTP server (tests/standins/local_server.py): ``server.routes[path] = serve(body)``."""
+    with local_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def refused_url():
+    """A URL on 127.0.0.1 whose port is bound but not listening: connections are refused."""
+    with refusing_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def host_library(tmp_path_factory):
+    """Every kernel built for the host (tests/standins/kernel_harness.py), as a loaded library."""
+    from standins import kernel_harness  # imports gpumlp.backends.cuda: only for the tests that need it
+
+    if kernel_harness.NVCC is None and kernel_harness.CXX is None:
+        pytest.skip("neither nvcc nor a C++ compiler is installed")
+    return kernel_harness.build_kernels(tmp_path_factory.mktemp("kernels"))
+
+
+@pytest.fixture(scope="module")
+def cublas_standin(tmp_path_factory):
+    """The stand-in libcublas (tests/standins/cublas.py), built with the host C++ compiler: its path."""
+    from standins import cublas
+
+    if cublas.CXX is None:
+        pytest.skip("no C++ compiler is installed")
+    return cublas.build_cublas(tmp_path_factory.mktemp("cublas"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_model import numerical_grad
 from typer.testing import CliRunner
 
 import gpumlp
@@ -13,6 +12,7 @@ from gpumlp import activations
 from gpumlp.activations import ACTIVATIONS, Activation
 from gpumlp.cli import commands as cli
 from gpumlp.model import MLP
+from standins.gradcheck import numerical_grad
 
 runner = CliRunner()
 

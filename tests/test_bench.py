@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import use_fake_device
 
 from gpumlp.backends import blas
 from gpumlp.cli.bench import (
@@ -111,9 +110,8 @@ def test_runs_on_the_strict_fake_device_crossing_only_through_the_backend(monkey
     only with be.asarray; and it reads nothing back itself: the only device → host transfers are
     fit's: the check of the device labels' range when it starts, and one per epoch (warm-up and
     one timed run, one epoch each)."""
-    from fake_device import counters
+    from standins.fake_device import counters
 
-    use_fake_device(monkeypatch)
     counters.reset()
     result = run_bench("fake", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=32)
     check_result(result)

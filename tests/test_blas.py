@@ -25,7 +25,7 @@ LAYOUTS = {
 def backend(device: str):
     """The backend under test: numpy, the strict fake device (tests/fake_device.py) or CuPy."""
     if device == "fake":
-        from fake_device import FAKE
+        from standins.fake_device import FAKE
 
         return FAKE
     return get_backend(device)

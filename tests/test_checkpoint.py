@@ -52,7 +52,7 @@ def test_npz_is_readable_with_numpy_alone(tmp_path):
         np.testing.assert_array_equal(z["W0"], model.params["W0"])
     assert meta["sizes"] == [784, 12, 10] and meta["history"] == [{"epoch": 1}]
     assert meta["versions"]["numpy"] == np.__version__ and meta["device"] == "cpu"
-    assert "blas" not in meta  # only a training run says which BLAS trained it (gpumlp.training.loop.run)
+    assert "blas" not in meta  # only a training run says which BLAS trained it (gpumlp.training.run.run)
 
 
 def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path):

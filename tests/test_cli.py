@@ -11,17 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gpumlp.cli import commands as cli
+from standins.entry_point import run_main
 
 runner = CliRunner()
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Call the real entry point ``gpumlp.cli.commands.main`` as the console script would."""
-    monkeypatch.setattr(sys, "argv", ["gpumlp", *args])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize("command", ["train", "test"])

@@ -11,12 +11,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,9 @@ import pytest
 
 from gpumlp.data import load as data
 from gpumlp.errors import ConfigError, DataError
+from standins.local_server import serve
 
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """No test sees the user's cache, data folder or proxies."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("GPUMLP_DATA_DIR", raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
+pytestmark = pytest.mark.usefixtures("isolated_env")  # no test sees the user's cache, data or proxies
 
 
 # ---------------------------------------------------------------- IDX helpers
@@ -374,38 +364,6 @@ TINY_GZ = gzip.compress(TINY)
 OTHER_GZ = gzip.compress(idx_of(sample_images(3, seed=8)))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Looks up ``self.path`` in ``server.routes``: a callable that answers, or 404."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
-        else:
-            route(self)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out and hung up is expected here
-
-
-def serve(body: bytes):
-    def route(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-
-    return route
-
-
 def drop(body: bytes, declared: int):
     """Announce ``declared`` bytes, send ``body``, then close the connection."""
 
@@ -444,29 +402,6 @@ def fail_first(times: int, failing, then):
         (failing if calls[0] <= times else then)(h)
 
     return route
-
-
-@pytest.fixture
-def server():
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.routes, srv.requests, srv.stop = {}, [], threading.Event()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
-
-
-@pytest.fixture
-def refused_url():
-    """A URL on 127.0.0.1 whose port is bound but not listening: connections are refused."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    sock.close()
 
 
 def dest_listing(dest: Path) -> list[str]:

@@ -19,8 +19,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_cli import run_main
-from test_data import _isolated_env, refused_url, serve, server  # noqa: F401  (fixtures; the first autouse)
 
 from gpumlp.cli.bench import bench_data
 from gpumlp.data import datasets
@@ -31,6 +29,10 @@ from gpumlp.formats import checkpoint
 from gpumlp.formats.metadata import check_meta
 from gpumlp.model import MLP
 from gpumlp.training.config import TrainConfig, resume_config
+from standins.entry_point import run_main
+from standins.local_server import serve
+
+pytestmark = pytest.mark.usefixtures("isolated_env")  # no test sees the user's cache, data or proxies
 
 N_TRAIN, N_TEST = 60, 20  # the generated dataset: enough for --train-size 40 --val-size 10 --test-size 20
 

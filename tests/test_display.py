@@ -13,7 +13,7 @@ from gpumlp.cli import commands as cli
 from gpumlp.cli.display import TrainDisplay, choose_mode, epoch_line
 from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
-from gpumlp.training.loop import EpochStats
+from gpumlp.training.state import EpochStats
 
 runner = CliRunner()
 SMALL = ["--train-size", "3000", "--val-size", "500", "--test-size", "500", "--epochs", "3"]

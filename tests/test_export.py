@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_main
 
 import gpumlp
 from gpumlp.activations import ACTIVATIONS
@@ -17,6 +16,7 @@ from gpumlp.cli.predict import predict_images
 from gpumlp.formats import export
 from gpumlp.model import MLP
 from gpumlp.training.loop import fit
+from standins.entry_point import run_main
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) is not installed")

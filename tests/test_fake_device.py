@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import use_fake_device
-from fake_device import FAKE, DeviceMixError, counters
 
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
-from gpumlp.training.loop import TrainConfig, fit, run
+from gpumlp.training.config import TrainConfig
+from gpumlp.training.loop import fit
+from gpumlp.training.run import run
+from standins.fake_device import FAKE, DeviceMixError, counters
 
 SMALL = dict(sizes=(784, 24, 10), train_size=2000, val_size=300, test_size=300, batch_size=20, lr=0.5, seed=3)
 
 
 @pytest.fixture(autouse=True)
-def fake(monkeypatch):
-    use_fake_device(monkeypatch)
+def fake():
     counters.reset()
 
 
@@ -149,7 +149,7 @@ def test_the_recipe_adds_no_transfer_to_the_batch_loop():
 def test_labels_already_on_the_device_are_checked_with_one_transfer():
     """CuPy's take() wraps an out-of-range label into another class: the check reads min and max back."""
     from gpumlp.errors import ConfigError
-    from gpumlp.training.loop import evaluate
+    from gpumlp.training.evaluation import evaluate
 
     m = MLP((784, 8, 10), device="fake")
     X = np.random.default_rng(0).random((5, 784))

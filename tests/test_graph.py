@@ -1,11 +1,11 @@
 """``--cuda-graph`` (gpumlp/backends/graph.py, ``CupyBackend.capture``) without a GPU, and on one.
 
-Without a GPU, ``CupyBackend``'s own code runs on the host harness of tests/test_kernels.py (its
+Without a GPU, ``CupyBackend``'s own code runs on the kernels' host harness (tests/standins/kernel_harness.py) (its
 kernels' CUDA C compiled for the host), with a stand-in ``cupy.cuda`` that emulates stream capture
 as CUDA does it: while a stream captures, every kernel, product, reduction and copy is *recorded*,
 with the very arrays and numbers it was given, and nothing runs; ``graph.launch()`` replays the
 records. Every product goes through ``gpumlp.backends.cuda._raw_gemm``, the real ctypes code, into a
-stand-in libcublas (tests/test_raw_gemm.py) whose gemm checks the handle's state when it is called
+stand-in libcublas (tests/standins/cublas.py) whose gemm checks the handle's state when it is called
 and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. Device memory may not
 be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
 come from the allocator the capture installed (CuPy's ``using_allocator``), i.e. from a block
@@ -22,8 +22,6 @@ import types
 
 import numpy as np
 import pytest
-from standins.kernel_harness import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
-from test_raw_gemm import cublas_standin  # noqa: F401  (a fixture)
 
 from gpumlp.backends import cuda
 from gpumlp.backends.base import CPU
@@ -32,7 +30,9 @@ from gpumlp.backends.graph import GraphStep
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
 from gpumlp.training.config import DEFAULT_RECIPE
-from gpumlp.training.loop import TrainState, _make_step, _train_epoch, fit
+from gpumlp.training.loop import _make_step, _train_epoch, fit
+from gpumlp.training.state import TrainState
+from standins.kernel_harness import HostCuda, HostKernel
 
 
 class Device:
@@ -275,7 +275,7 @@ class GraphHostCuda(HostCuda):
 
 
 @pytest.fixture
-def graph_cuda(host_library, cublas_standin, monkeypatch):  # noqa: F811
+def graph_cuda(host_library, cublas_standin, monkeypatch):
     global DEVICE
     DEVICE = Device()
     HostKernel.library = host_library

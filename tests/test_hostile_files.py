@@ -565,8 +565,8 @@ def test_every_metadata_field_with_every_wrong_type_is_a_checkpoint_error(tmp_pa
     ``gpumlp info`` either work or raise ``GpumlpError``, never anything else (~500 cases)."""
     import copy
 
+    from gpumlp.cli.info import info_rows
     from gpumlp.errors import GpumlpError
-    from gpumlp.formats.metadata import info_rows
 
     m = MLP((784, 8, 10), seed=1)
     rng_state = np.random.default_rng([0, 1]).bit_generator.state

@@ -15,7 +15,7 @@ import pytest
 
 from gpumlp.cli import commands as cli
 from gpumlp.formats import atomic, checkpoint, native
-from gpumlp.training import loop as train_mod
+from gpumlp.training import run as train_mod
 
 SMALL = ["--layers", "784,24,10", "--train-size", "2000", "--val-size", "300", "--batch-size", "20", "-q"]
 

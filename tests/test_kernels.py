@@ -15,16 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from standins.kernel_harness import (  # noqa: F401  (host_library: a fixture)
-    CTYPES,
-    NVCC,
-    all_specs,
-    c_name,
-    c_source,
-    host_backend,
-    host_library,
-    params,
-)
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends.base import CPU
@@ -32,6 +22,15 @@ from gpumlp.losses import LOSSES
 from gpumlp.model import MLP
 from gpumlp.optim import RULES
 from gpumlp.training.loop import fit
+from standins.kernel_harness import (
+    CTYPES,
+    NVCC,
+    all_specs,
+    c_name,
+    c_source,
+    host_backend,
+    params,
+)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_device import FAKE, FAKE_UNFUSED, FakeBackend, counters, xp
 
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer
 from gpumlp.training.config import DEFAULT_RECIPE
-from gpumlp.training.loop import _make_step, evaluate, fit
+from gpumlp.training.evaluation import evaluate
+from gpumlp.training.loop import _make_step, fit
+from standins.fake_device import FAKE, FAKE_UNFUSED, FakeBackend, counters, xp
 
 
 @pytest.fixture(autouse=True)

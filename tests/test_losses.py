@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from standins.kernel_harness import CXX, NVCC, all_specs, build_kernels, c_name, host_backend
 from typer.testing import CliRunner
 
 import gpumlp
@@ -28,6 +27,7 @@ from gpumlp.losses import (
     softmax_head,
     softmax_kernel,
 )
+from standins.kernel_harness import CXX, NVCC, all_specs, build_kernels, c_name, host_backend
 
 runner = CliRunner()
 EPS = 0.1  # the share of each target spread evenly over the 10 classes

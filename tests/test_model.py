@@ -13,20 +13,9 @@ from gpumlp.errors import ConfigError
 from gpumlp.formats.checkpoint import load
 from gpumlp.losses import LOSSES, softmax
 from gpumlp.model import MLP, flatten, parse_sizes
+from standins.gradcheck import numerical_grad
 
 SMALL = (784, 6, 5, 10)
-
-
-def numerical_grad(model: MLP, X, y, key: str, index: tuple, h: float = 1e-5) -> float:
-    """Central finite difference of the mean loss w.r.t. one parameter entry (float64)."""
-    P = model.params[key]
-    old = P[index]
-    P[index] = old + h
-    plus, _ = model.loss_and_grads(X, y)
-    P[index] = old - h
-    minus, _ = model.loss_and_grads(X, y)
-    P[index] = old
-    return (plus - minus) / (2 * h)
 
 
 @pytest.mark.parametrize("activation,loss", list(itertools.product(ACTIVATIONS, LOSSES)))
@@ -218,7 +207,8 @@ def test_checkpoints_store_the_parameters_back_to_back(tmp_path):
     layout (n_params,), as before, and a shipped network loads and predicts as a plain numpy
     forward pass of its arrays does."""
     from gpumlp.formats import checkpoint
-    from gpumlp.training.loop import TrainState, fit
+    from gpumlp.training.loop import fit
+    from gpumlp.training.state import TrainState
 
     rng = np.random.default_rng(0)
     X, y = rng.random((40, 784)), rng.integers(0, 10, 40)

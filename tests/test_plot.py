@@ -194,7 +194,7 @@ def test_plot_weights_draws_each_unit_upright_red_positive_blue_negative(tmp_pat
 
 
 def test_show_draws_at_most_100_units(tmp_path, monkeypatch, capsys):
-    from test_cli import run_main
+    from standins.entry_point import run_main
 
     code, out, err = run_main(monkeypatch, capsys, "show", str(SHIPPED), "--out", str(tmp_path / "w.png"))
     assert code == 0 and out == f"saved {tmp_path / 'w.png'}\n"
@@ -220,7 +220,7 @@ def test_show_draws_at_most_100_units(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_show_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
-    from test_cli import run_main
+    from standins.entry_point import run_main
 
     if args == ["--matplotlib-missing"]:
         monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -248,7 +248,7 @@ def test_plot_without_out_never_replaces_an_existing_picture(tmp_path, monkeypat
 
 
 def test_show_without_out_never_replaces_an_existing_picture(tmp_path, monkeypatch, capsys):
-    from test_cli import run_main
+    from standins.entry_point import run_main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.png").write_bytes(b"an earlier picture")

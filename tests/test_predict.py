@@ -305,7 +305,7 @@ def test_the_drawn_sample_digits_are_read_correctly(shipped):
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 def test_predict_images_probabilities(loss, device, mnist):
-    from fake_device import counters
+    from standins.fake_device import counters
 
     if loss == "ce":
         model, _ = gpumlp.load(SHIPPED, device=device)

@@ -1,7 +1,7 @@
 """``gpumlp.backends.cuda._raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
 products (CuPy refuses its own cuBLAS calls while a stream captures), tested without a GPU.
 
-A stand-in libcublas (``STANDIN``, C++ built here with the host compiler) has the entry points
+A stand-in libcublas (tests/standins/cublas.py, C++ built with the host compiler) has the entry points
 ``_raw_gemm`` calls, with cuBLAS's signatures and column-major semantics, computing on host
 pointers with a reference triple loop. It keeps the handle's state as cuBLAS does: setting a stream
 resets the workspace to cuBLAS's own pool. A gemm is refused (CUBLAS_STATUS_NOT_INITIALIZED) unless
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import shutil
-import subprocess
 import types
 
 import numpy as np
@@ -23,93 +22,9 @@ import pytest
 
 from gpumlp.backends import cuda
 from gpumlp.errors import BackendUnavailable
+from standins.fake_cupy import fake_cupy
 
 CXX = shutil.which("c++") or shutil.which("g++")
-
-STANDIN = r"""
-#include <cstddef>
-#include <cmath>
-typedef void *H;
-extern "C" {
-void *standin_handle = 0, *standin_stream = 0, *standin_workspace = 0;  // as at the last gemm
-size_t standin_workspace_size = 0;
-int standin_mode = -1;
-long standin_gemms = 0;
-}
-static void *g_stream = 0, *g_ws = 0;
-static size_t g_ws_size = 0;
-static int g_mode = 0, g_stream_set = 0, g_mode_set = 0;
-
-extern "C" void standin_reset() {
-  standin_handle = standin_stream = standin_workspace = g_stream = g_ws = 0;
-  standin_workspace_size = g_ws_size = 0;
-  standin_mode = -1; standin_gemms = 0; g_mode = g_stream_set = g_mode_set = 0;
-}
-extern "C" int cublasSetStream_v2(H h, void *s) {
-  g_stream = s; g_stream_set = 1;
-  g_ws = 0; g_ws_size = 0;  // "unconditionally resets the cuBLAS library workspace back to the default pool"
-  return 0;
-}
-extern "C" int cublasSetWorkspace_v2(H h, void *w, size_t n) { g_ws = w; g_ws_size = n; return 0; }
-extern "C" int cublasSetPointerMode_v2(H h, int mode) { g_mode = mode; g_mode_set = 1; return 0; }
-
-static int mx(int a) { return a > 1 ? a : 1; }
-
-// What cuBLAS checks when a gemm is called (also while a stream captures): the state, the sizes.
-extern "C" int standin_enqueue(H h, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc) {
-  if (!g_stream_set || !g_mode_set || g_mode != 0 || g_ws == 0 || g_ws_size == 0) return 1;
-  if (ta < 0 || ta > 1 || tb < 0 || tb > 1 || m < 0 || n < 0 || k < 0) return 7;
-  if (lda < mx(ta ? k : m) || ldb < mx(tb ? n : k) || ldc < mx(m)) return 7;
-  standin_handle = h; standin_stream = g_stream; standin_mode = g_mode;
-  standin_workspace = g_ws; standin_workspace_size = g_ws_size;
-  g_stream_set = g_mode_set = 0;  // the next gemm must set them again
-  ++standin_gemms;
-  return 0;
-}
-
-// C (m, n) = alpha op(A) op(B) + beta C, column-major; C is not read when beta is 0.
-template <typename T>
-static void compute(int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda, const T *B,
-                    int ldb, const T *beta, T *C, int ldc) {
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < m; ++i) {
-      double s = 0;
-      for (int l = 0; l < k; ++l)
-        s += (double)(ta ? A[l + (size_t)i * lda] : A[i + (size_t)l * lda]) *
-             (double)(tb ? B[j + (size_t)l * ldb] : B[l + (size_t)j * ldb]);
-      T &c = C[i + (size_t)j * ldc];
-      c = (T)((*beta == 0 ? 0.0 : (double)*beta * c) + (double)*alpha * s);
-    }
-}
-
-#define GEMM(NAME, COMPUTE, T)                                                                      \
-  extern "C" void COMPUTE(H h, int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda, \
-                          const T *B, int ldb, const T *beta, T *C, int ldc) {                      \
-    compute<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);                                \
-  }                                                                                                 \
-  extern "C" int NAME(H h, int ta, int tb, int m, int n, int k, const T *alpha, const T *A, int lda,   \
-                      const T *B, int ldb, const T *beta, T *C, int ldc) {                          \
-    int status = standin_enqueue(h, ta, tb, m, n, k, lda, ldb, ldc);                                \
-    if (status == 0) COMPUTE(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);               \
-    return status;                                                                                  \
-  }
-GEMM(cublasSgemm_v2, standin_sgemm, float)
-GEMM(cublasDgemm_v2, standin_dgemm, double)
-"""
-
-
-@pytest.fixture(scope="module")
-def cublas_standin(tmp_path_factory):
-    """The stand-in libcublas, built with the host C++ compiler: its path."""
-    if CXX is None:
-        pytest.skip("no C++ compiler is installed")
-    d = tmp_path_factory.mktemp("cublas")
-    (d / "standin.cpp").write_text(STANDIN)
-    lib = d / "libcublas.so.99"
-    out = subprocess.run([CXX, "-shared", "-fPIC", "-O1", "-o", str(lib), str(d / "standin.cpp")],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    return lib
 
 
 def standin_value(lib, name: str, ctype=ctypes.c_void_p):
@@ -297,8 +212,6 @@ def test_the_library_cupy_loaded_is_found_in_the_memory_map(cublas_standin, tmp_
 def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monkeypatch):
     """The probe's verdict: where ``_check_raw_products`` fails, the backend keeps CuPy's products,
     captures no graphs, and ``--cuda-graph`` logs one line with the reason."""
-    from test_backend import fake_cupy
-
     from gpumlp.backends.graph import graph_epoch
     from gpumlp.backends.registry import get_backend
 

@@ -8,12 +8,15 @@ import pytest
 
 import gpumlp.data.load
 import gpumlp.training.loop
+import gpumlp.training.state
 from gpumlp.backends.rng import DeviceRNG
 from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP, pack
-from gpumlp.training.loop import TrainConfig, fit, resume_config, run
+from gpumlp.training.config import TrainConfig, resume_config
+from gpumlp.training.loop import fit
 from gpumlp.training.presets import PRESETS, preset_config
+from gpumlp.training.run import run
 
 SMALL = dict(sizes=(784, 24, 10), activation="relu", loss="ce", train_size=2000, val_size=500, test_size=500,
              batch_size=32, lr=0.05, seed=3)  # fmt: skip
@@ -86,7 +89,7 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch):
     X, y = rng.random((100, 784)), rng.integers(0, 10, 100)
     m = MLP((784, 8, 10), "relu", "ce", seed=0)
     seen = {}
-    state = gpumlp.training.loop.TrainState()
+    state = gpumlp.training.state.TrainState()
     history = fit(m, X, y, epochs=6, batch_size=10, lr=0.1, seed=0, X_val=X[:10], y_val=y[:10], state=state,
                   on_epoch=lambda e: seen.__setitem__(e.epoch, m.theta.copy()), patience=2)  # fmt: skip
     assert [e.epoch for e in history] == [1, 2, 3, 4]  # stopped: 3 and 4 were no better than 2
@@ -143,7 +146,7 @@ def test_two_plus_two_epochs_equal_four_with_every_option(tmp_path, mnist_dir, n
 def test_the_checkpoint_holds_the_optimizer_state_exactly(tmp_path, mnist_dir):
     """Adam's moments go to the file bit for bit (npz arrays, JSON lists) and come back on load."""
     model = MLP((784, 24, 10), "relu", "ce", seed=3)
-    state = gpumlp.training.loop.TrainState()
+    state = gpumlp.training.state.TrainState()
     X, y, _, _ = gpumlp.data.load.load_mnist(mnist_dir)
     fit(model, X[:2000], y[:2000], epochs=1, batch_size=32, lr=0.001, seed=3, state=state, optimizer="adam")
     m, v = state.arrays["optimizer.m"].copy(), state.arrays["optimizer.v"].copy()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_device import FAKE, counters
 
 from gpumlp.cli import report
 from gpumlp.errors import ConfigError
 from gpumlp.formats.checkpoint import load
 from gpumlp.model import MLP
 from gpumlp.training import evaluation
-from gpumlp.training.loop import evaluate
+from gpumlp.training.evaluation import evaluate
+from standins.fake_device import FAKE, counters
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 

@@ -47,7 +47,19 @@ def percent(cell: str) -> float:
 def smoke(mnist_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     out = reproduce(
-        ["--smoke", "--seeds", "0,1", "--seeds-for", "best=0", "--json", str(tmp / "r.json"), "--out", str(tmp / "r.md")], mnist_dir, tmp
+        [
+            "--smoke",
+            "--seeds",
+            "0,1",
+            "--seeds-for",
+            "best=0",
+            "--json",
+            str(tmp / "r.json"),
+            "--out",
+            str(tmp / "r.md"),
+        ],
+        mnist_dir,
+        tmp,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return out, json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text()

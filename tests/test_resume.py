@@ -16,7 +16,9 @@ import pytest
 from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
-from gpumlp.training.loop import TrainConfig, TrainingInterrupted, resume_config, run
+from gpumlp.training.config import TrainConfig, resume_config
+from gpumlp.training.run import run
+from gpumlp.training.runfiles import TrainingInterrupted
 
 SMALL = dict(sizes=(784, 24, 10), train_size=3000, val_size=500, test_size=500, batch_size=16, lr=0.5, seed=7)
 

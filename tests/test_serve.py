@@ -3,15 +3,10 @@ process for concurrency, a busy port and Ctrl-C. The browser test is tests/test_
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import re
-import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_main
 from typer.testing import CliRunner
 
 import gpumlp
 from gpumlp.cli import commands as cli
 from gpumlp.cli import serve
 from gpumlp.cli.predict import load_digit
+from standins.entry_point import run_main
 
 pytest.importorskip("starlette", reason="the serve extra (Starlette) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
@@ -36,8 +31,7 @@ pytest.importorskip("httpx", reason="httpx (test extra, for Starlette's TestClie
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 from starlette.testclient import TestClient  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
+from standins.serve_process import CHECKPOINT, running_server  # noqa: E402
 
 
 def digit_png(x784, size=200, dark_on_light=True) -> bytes:
@@ -169,42 +163,6 @@ def test_without_the_serve_extra_one_line_exit_2(monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- a real server process
-
-
-@contextlib.contextmanager
-def running_server(checkpoint=CHECKPOINT, *args):
-    """`gpumlp serve CHECKPOINT --port 0` in a subprocess; yields (process, base URL)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpumlp", "serve", str(checkpoint), "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        url = _wait_for_url(proc)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_for_url(proc, timeout=60.0) -> str:
-    deadline, seen = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            seen += line
-            match = re.search(r"at (http://\S+/) \(Ctrl-C stops\)", line)
-            if match:
-                return match.group(1)
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError(f"gpumlp serve did not start: {seen}")
 
 
 def post_png(url: str, png: bytes) -> dict:

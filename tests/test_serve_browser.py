@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import CHECKPOINT, running_server
 
 from gpumlp.cli.predict import load_digit
+from standins.serve_process import CHECKPOINT, running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")

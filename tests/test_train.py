@@ -10,7 +10,10 @@ import pytest
 
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
-from gpumlp.training.loop import TrainConfig, evaluate, fit, run, shuffle_rng
+from gpumlp.training.config import TrainConfig
+from gpumlp.training.evaluation import evaluate
+from gpumlp.training.loop import fit, shuffle_rng
+from gpumlp.training.run import run
 
 
 def test_fit_is_minibatch_sgd_over_a_fresh_permutation_with_the_partial_batch(device):

@@ -44,7 +44,7 @@ class Backend:
 
     Written once against ``self.xp``: this class is the readable reference for every operation.
     ``NumpyBackend`` and ``CupyBackend`` override only what they do faster (BLAS calls, fused
-    kernels, synchronisation); a test backend (``tests/fake_device.py``) overrides what it checks.
+    kernels, synchronisation); a test backend (``tests/standins/fake_device.py``) overrides what it checks.
     """
 
     name: str

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gpumlp.backends.base import CPU, Backend
+from gpumlp.backends.registry import get_backend
 from gpumlp.data import datasets
 from gpumlp.data.load import load_dataset
 from gpumlp.errors import DataError, GpumlpError
@@ -309,7 +310,7 @@ def run_bench(
     and ``done(seconds)`` receives its own; None skips it for that row. ``cuda_graph``: each row
     whose recipe a CUDA graph can replay trains with ``--cuda-graph`` (on CUDA; rows say which)."""
     configs = CONFIGS if configs is None else tuple(configs)
-    be = MLP((784, 10), device=device).be  # the backend MLP(device=…) resolves, as training would
+    be = get_backend(device)  # as MLP(device=…) resolves it, once for every row
     X, y, source = bench_data(data_dir, max(c.images for c in configs), dataset)
     sgemm = sgemm_gflops(be, sgemm_n, repeats)
     rows = []

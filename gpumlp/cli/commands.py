@@ -36,7 +36,8 @@ from gpumlp.data.datasets import CHOICES
 def train_cli(ctx: typer.Context, **kw):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
     from gpumlp.cli.display import TrainDisplay, choose_mode
-    from gpumlp.training.loop import TrainingInterrupted, command_config, run
+    from gpumlp.training.run import command_config, run
+    from gpumlp.training.runfiles import TrainingInterrupted
 
     run_args, options, given = train_arguments(ctx, kw)
     resume = run_args["resume"]
@@ -125,8 +126,8 @@ def info_cli(
     as_json: JsonOpt = False,
 ):
     """Architecture, parameter count, training configuration, history and accuracy of a checkpoint."""
+    from gpumlp.cli.info import info_rows
     from gpumlp.formats.checkpoint import describe
-    from gpumlp.formats.metadata import info_rows
 
     d = describe(checkpoint)
     if as_json:
@@ -203,7 +204,7 @@ def devices_cli(
     as_json: JsonOpt = False,
 ):
     """numpy and its BLAS (Intel MKL if installed), CuPy and CUDA, every GPU, and what --device auto would choose."""
-    from gpumlp.backends.registry import describe_devices, format_devices
+    from gpumlp.cli.devices import describe_devices, format_devices
 
     d = describe_devices()
     echo_json(d) if as_json else typer.echo(format_devices(d))

@@ -16,10 +16,10 @@ import numpy as np
 from gpumlp.errors import GpumlpError
 from gpumlp.formats.atomic import atomic_write
 from gpumlp.formats.untrusted import open_regular, read_limited
+from gpumlp.training.state import METRICS_KEYS
 
 MISSING = "plotting needs matplotlib: pip install 'gpumlp[plot]'"
 DPI = 120
-METRICS_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")  # the keys plot_runs reads
 OPTIONAL = ("val_loss", "val_accuracy")  # may be null (no validation set)
 MAX_METRICS_BYTES = 1 << 26  # a line per epoch, ~250 bytes: a quarter of a million epochs
 

@@ -1,6 +1,6 @@
 """The files of one training run, and what of the run they hold: the checkpoint (locked while the
 run trains, saved atomically), the metrics file beside it, and the one line a Ctrl-C prints about
-them. ``gpumlp.training.loop.run`` drives it; writing itself goes through ``gpumlp.formats.atomic``."""
+them. ``gpumlp.training.run.run`` drives it; writing itself goes through ``gpumlp.formats.atomic``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gpumlp.formats import atomic, checkpoint
 if TYPE_CHECKING:
     from gpumlp.model import MLP
     from gpumlp.training.config import TrainConfig
-    from gpumlp.training.loop import TrainState
+    from gpumlp.training.state import TrainState
 
 
 class TrainingInterrupted(Exception):

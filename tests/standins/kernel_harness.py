@@ -13,7 +13,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends import kernels
@@ -197,14 +196,6 @@ class HostCuda(CupyBackend):
 
     def synchronize(self):
         pass
-
-
-@pytest.fixture(scope="module")
-def host_library(tmp_path_factory):
-    """Every kernel built for the host, as a loaded library (a fixture: import it into the test module)."""
-    if NVCC is None and CXX is None:
-        pytest.skip("neither nvcc nor a C++ compiler is installed")
-    return build_kernels(tmp_path_factory.mktemp("kernels"))
 
 
 def host_backend(library: ctypes.CDLL, monkeypatch) -> HostCuda:

@@ -1,0 +1,46 @@
+"""``gpumlp info``: a checkpoint's description (``gpumlp.formats.checkpoint.describe``) as the table
+the command prints."""
+
+from __future__ import annotations
+
+
+def info_rows(d: dict) -> list[tuple[str, str]]:
+    """The table ``gpumlp info`` prints for ``checkpoint.describe``'s dict: (label, text) rows."""
+    cfg, h = d.get("config") or {}, d["history_summary"]
+    foreign = d.get("format_label")  # another project's file, read as it is (not one converted from it)
+    kind = foreign or f"{d['file_format']}, format version {d['version']}"
+    rows = [
+        ("checkpoint", f"{d['path']} ({kind}, {d['bytes']:,} bytes)"),
+        (
+            "architecture",
+            f"{'-'.join(map(str, d['sizes']))}, sigmoid on every layer (gpumlp: sigmoid hidden, mse output), float64"
+            if foreign
+            else f"{'-'.join(map(str, d['sizes']))}, {d['activation']} hidden, {d['loss']} output, {d['dtype']}",
+        ),
+        ("parameters", f"{d['n_params']:,}"),
+        ("input", f"pixel / {d.get('input_divisor', 255.0):g}"),
+    ]
+    if not foreign:
+        rows.append(("dataset", d.get("dataset") or "mnist"))
+    if foreign:
+        rows.append(("file holds", f"{d['holds']} (no training history, date or versions)"))
+        if d.get("cost"):
+            rows.append(("cost", f"{d['cost']} (used only in training; outputs are sigmoids either way)"))
+    if cfg:
+        data = f"{cfg.get('train_size')} train / {cfg.get('val_size')} val images"
+        rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
+                                 f"seed {cfg.get('seed')}, {data}"))  # fmt: skip
+    if h["epochs"]:
+        loss = f"loss {h['first_train_loss']:.4f} → {h['last_train_loss']:.4f}"
+        val = ""
+        if h["best_val_accuracy"] is not None:
+            val = (f", val acc best {100 * h['best_val_accuracy']:.2f}% (epoch {h['best_val_epoch']}), "
+                   f"last {100 * h['last_val_accuracy']:.2f}%")  # fmt: skip
+        rows.append(("history", f"{h['epochs']} epochs in {h['seconds']:.1f} s, {loss}{val}"))
+    if d.get("test_accuracy") is not None:
+        rows.append(("test accuracy", f"{100 * d['test_accuracy']:.2f}% ({d.get('test_size')} images)"))
+    versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
+    trained = [str(x) for x in (d.get("device"), d.get("created"), versions) if x]
+    if trained:
+        rows.append(("trained on", ", ".join(trained)))
+    return rows

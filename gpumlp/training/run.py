@@ -1,0 +1,158 @@
+"""``run``: one training run as ``gpumlp train`` makes it — load the data, build or resume the
+network, ``fit`` it with its run files (checkpoint, metrics, Ctrl-C), test once, save; and
+``command_config``, the configuration the command's options describe."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpumlp.backends import blas_threads
+from gpumlp.data import datasets
+from gpumlp.data.load import load_dataset, split
+from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.formats import checkpoint
+from gpumlp.model import MLP
+from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, resume_config
+from gpumlp.training.evaluation import evaluate
+from gpumlp.training.loop import fit
+from gpumlp.training.presets import preset_config
+from gpumlp.training.runfiles import RunFiles
+from gpumlp.training.state import EpochStats, TrainState
+from gpumlp.training.stopping import TrainingDiverged
+
+
+@dataclass
+class RunResult:
+    model: MLP
+    history: list[EpochStats]
+    test_accuracy: float | None  # None when --test-size is 0
+    checkpoint: Path | None
+
+
+def command_config(options: dict, given: dict, preset: str | None = None, resume=None) -> TrainConfig:
+    """The configuration ``gpumlp train`` runs: ``options`` holds every option (defaults included),
+    ``given`` those typed on the command line. A preset's options go under the given ones; a
+    resumed run takes its checkpoint's configuration, with the given options over it."""
+    if resume is None:
+        return preset_config(preset, **(given if preset else options))
+    if preset is not None:
+        raise ConfigError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
+    return resume_config(checkpoint.read_metadata(resume).get("config", {}), given)
+
+
+def run(
+    cfg: TrainConfig,
+    data_dir: str | os.PathLike | None = None,
+    save: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: str | os.PathLike | None = None,
+    save_every: int = 0,
+    on_progress: Callable[[int, int, int, float], None] | None = None,
+) -> RunResult:
+    """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
+    end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
+    on Ctrl-C (then ``TrainingInterrupted`` is raised, at any moment). Beside the checkpoint,
+    ``<name>.metrics.jsonl`` gets one JSON line per epoch, rewritten as each epoch ends (a resumed
+    run's file starts with the checkpoint's history).
+
+    Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
+    when an earlier run's files are there. The checkpoint is locked for the whole run: another run
+    saving to the same path is refused (``CheckpointError``)."""
+    if save_every < 0:
+        raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
+    path = None if save is False else checkpoint.check_writable(save or resume or default_checkpoint(cfg))
+    rec = RunFiles(path, cfg, log, data_dir, save_every)
+    try:
+        try:
+            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=bool(save or resume))
+        except KeyboardInterrupt:
+            raise rec.interrupted() from None  # saved under the lock
+        finally:
+            rec.release()
+    except KeyboardInterrupt:  # one that came in the release, or in the save after a first Ctrl-C
+        raise rec.interrupted() from None
+
+
+def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool) -> RunResult:
+    if resume:
+        model, meta = checkpoint.load(resume, device=cfg.device)
+        state = TrainState.from_metadata(meta)
+        _check_resumed(resume, cfg, state)
+    else:
+        model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
+        state = TrainState()
+    if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
+        state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
+    largest = blas_threads.largest_product(model.sizes, cfg.batch_size)
+    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest)  # fit keeps this count
+    # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
+    rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
+    if model.be.note:
+        log(model.be.note)
+    data = load_dataset(cfg.dataset, data_dir)
+    (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
+    rec.claim(named)
+    start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
+    threads = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
+    log(
+        f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"
+        f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{threads}"
+    )
+
+    def after_epoch(stats: EpochStats) -> None:
+        rec.write_metrics()
+        if on_epoch is not None:
+            on_epoch(stats)
+        rec.save_every_k(stats.epoch)
+
+    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
+    try:
+        fit(
+            model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
+            on_progress=on_progress, log=log,
+        )  # fmt: skip
+    except TrainingDiverged as e:
+        if state.epochs_done > 0:
+            rec.save()
+            raise GpumlpError(f"{e}; saved the last finite epoch ({state.epochs_done}) to {rec.path}") from None
+        raise GpumlpError(f"{e}; nothing saved") from None
+    if state.weights_epoch is not None and state.weights_epoch != state.epochs_done:
+        what = "stopped early" if state.stopped_epoch else "finished"
+        log(f"{what} after epoch {state.epochs_done}; kept the weights of epoch {state.weights_epoch}, "
+            f"the best validation {cfg.monitor} ({_score(state.best_score, cfg.monitor)})")  # fmt: skip
+    elif state.stopped_epoch:
+        log(
+            f"stopped early after epoch {state.epochs_done}: "
+            f"no better validation {cfg.monitor} in {cfg.patience} epochs"
+        )
+    # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
+    with model.be.threads(state.blas_threads):
+        test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
+    rec.save(test_acc, len(X_te))
+    return RunResult(model, state.history, test_acc, rec.path)
+
+
+def _images(dataset: str) -> str:
+    """``"images"``, or ``"Fashion-MNIST images"`` where the dataset is not MNIST."""
+    return "images" if dataset == "mnist" else f"{datasets.get(dataset).title} images"
+
+
+def _check_resumed(resume, cfg: TrainConfig, state: TrainState) -> None:
+    """A resumed run must have epochs left to train. (That its configuration describes the network
+    the checkpoint holds is checked when the checkpoint is read: gpumlp/formats/metadata.py.)"""
+    if state.epochs_done >= cfg.epochs:
+        raise ConfigError(
+            f"{resume} already has {state.epochs_done} epochs; pass --epochs above {state.epochs_done} to continue"
+        )
+
+
+def _score(score: float | None, monitor: str) -> str:
+    if score is None:
+        return "none"
+    return f"{100 * score:.2f}%" if monitor == "accuracy" else f"loss {-score:.4f}"
