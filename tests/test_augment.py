@@ -11,8 +11,9 @@ import pytest
 from fake_device import FAKE, DeviceMixError, counters
 
 from gpumlp.backends.registry import get_backend
+from gpumlp.backends.warp import Warp
 from gpumlp.errors import ConfigError
-from gpumlp.training.augment import KINDS, AugmentConfig, Augmenter, Warp, gaussian_matrix, parse_kinds
+from gpumlp.training.augment import KINDS, AugmentConfig, Augmenter, gaussian_matrix, parse_kinds
 
 COMBOS = [c for n in range(1, 4) for c in itertools.combinations(KINDS, n)]  # all 7 non-empty
 ZERO = dict(shift=0.0, rotate=0.0, scale=0.0, shear=0.0, alpha=0.0)

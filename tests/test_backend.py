@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backends.base import CPU
+from gpumlp.backends.cpu import CPU
 from gpumlp.backends.registry import describe_devices, get_backend, parse_device
 from gpumlp.errors import BackendUnavailable
 
@@ -99,7 +99,7 @@ def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) 
         # No compute-type switch (a real CuPy imported earlier must not be reached), and the
         # choice select_precision records is put back after the test.
         monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
-        monkeypatch.setattr("gpumlp.backends.cuda._MATMUL_FP32", False)
+        monkeypatch.setattr("gpumlp.backends.cublas.matmul_fp32", False)
     return cp
 
 

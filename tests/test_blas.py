@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gpumlp.backends import blas
-from gpumlp.backends.base import NumpyBackend
 from gpumlp.backends.blas import Blas
+from gpumlp.backends.cpu import NumpyBackend
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
@@ -296,7 +296,7 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     """On OpenBLAS's AVX-512 kernel sets on one thread, a layer's forward product that one small
     batch makes just too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces
     that fit it; two threads, bigger batches, narrow layers, other kernel sets and MKL keep one product."""
-    from gpumlp.backends import base as backend
+    from gpumlp.backends import cpu as backend
 
     calls, matmul = [], np.matmul
 
@@ -340,7 +340,7 @@ def test_a_wide_layers_input_gradient_at_a_small_batch_goes_in_small_kernel_piec
     small batch on one thread, backward's input gradient of a layer with ≥ 64 outputs goes in pieces
     of rows of W that fit, each into its columns of dA; narrow layers, batches over 18, two threads,
     other kernel sets and MKL keep one product. The model's gradients are the same to rounding."""
-    from gpumlp.backends import base as backend
+    from gpumlp.backends import cpu as backend
 
     calls, matmul = [], np.matmul
 

@@ -4,7 +4,7 @@ Without a GPU, ``CupyBackend``'s own code runs on the host harness of tests/test
 kernels' CUDA C compiled for the host), with a stand-in ``cupy.cuda`` that emulates stream capture
 as CUDA does it: while a stream captures, every kernel, product, reduction and copy is *recorded*,
 with the very arrays and numbers it was given, and nothing runs; ``graph.launch()`` replays the
-records. Every product goes through ``gpumlp.backends.cuda._raw_gemm``, the real ctypes code, into a
+records. Every product goes through ``gpumlp.backends.cublas.raw_gemm``, the real ctypes code, into a
 stand-in libcublas (tests/test_raw_gemm.py) whose gemm checks the handle's state when it is called
 and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. Device memory may not
 be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
@@ -25,8 +25,8 @@ import pytest
 from test_kernels import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
 from test_raw_gemm import cublas_standin  # noqa: F401  (a fixture)
 
-from gpumlp.backends import cuda
-from gpumlp.backends.base import CPU
+from gpumlp.backends import cublas, cuda
+from gpumlp.backends.cpu import CPU
 from gpumlp.backends.cuda import CupyBackend
 from gpumlp.backends.graph import GraphStep
 from gpumlp.model import MLP
@@ -286,13 +286,13 @@ def graph_cuda(host_library, cublas_standin, monkeypatch):  # noqa: F811
                                     device=types.SimpleNamespace(get_cublas_handle=lambda: CUBLAS_HANDLE))  # fmt: skip
     lib = ctypes.CDLL(str(cublas_standin))
     lib.standin_reset()
-    blas = cuda._Cublas(lib)  # the real ctypes bindings, their gemm run as the emulated device runs it
+    blas = cublas._Cublas(lib)  # the real ctypes bindings, their gemm run as the emulated device runs it
     blas.gemm = {c: (StandinGemm(lib, name, f"standin_{c}gemm".replace("fgemm", "sgemm"), scalar), scalar, name)
                  for c, (_, scalar, name) in blas.gemm.items()}  # fmt: skip
-    monkeypatch.setattr(cuda, "_LIB", blas)
-    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    monkeypatch.setattr(cublas, "_LIB", blas)
+    monkeypatch.setattr(cublas, "_WORKSPACES", {})
     monkeypatch.setattr(cuda, "_KERNELS", {})
-    monkeypatch.setattr(cuda, "_MATMUL_FP32", False)
+    monkeypatch.setattr(cublas, "matmul_fp32", False)
     return GraphHostCuda("hostcuda", xp)
 
 
@@ -494,7 +494,7 @@ def test_a_product_refused_while_capturing_trains_without_the_graph_with_its_rea
     raise so, the capture ends (its own error, cudaErrorStreamCaptureInvalidated, swallowed), the
     note gives the product's reason, and training goes on without a graph, bit for bit."""
     theta, history, _ = train(graph_cuda, False)
-    real = cuda._raw_gemm
+    real = cublas.raw_gemm
 
     def refusing(xp, A, B, C, alpha, beta):
         if DEVICE.records is not None:
@@ -505,7 +505,7 @@ def test_a_product_refused_while_capturing_trains_without_the_graph_with_its_rea
         DEVICE.records = None
         raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
 
-    monkeypatch.setattr(cuda, "_raw_gemm", refusing)
+    monkeypatch.setattr(cublas, "raw_gemm", refusing)
     monkeypatch.setattr(Stream, "end_capture", invalidated)
     notes = []
     g_theta, g_history, _ = train(graph_cuda, True, notes)

@@ -21,7 +21,7 @@ import pytest
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends import kernels
-from gpumlp.backends.base import CPU, NumpyBackend
+from gpumlp.backends.cpu import CPU, NumpyBackend
 from gpumlp.backends.cuda import CupyBackend
 from gpumlp.model import LOSSES, MLP
 from gpumlp.optim import RULES

@@ -13,7 +13,8 @@ from types import ModuleType
 
 import numpy as np
 
-from gpumlp.backends.base import CPU, DEVICE_HELP, INSTALL_HINT, Backend
+from gpumlp.backends.base import DEVICE_HELP, INSTALL_HINT, Backend
+from gpumlp.backends.cpu import CPU
 from gpumlp.errors import BackendUnavailable
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpumlp.backends.base import CPU, Backend
+from gpumlp.backends.base import Backend
+from gpumlp.backends.cpu import CPU
 from gpumlp.data import datasets
 from gpumlp.data.load import load_dataset
 from gpumlp.errors import DataError, GpumlpError
