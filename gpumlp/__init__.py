@@ -15,7 +15,7 @@ _EXPORTS = {
     "save": "gpumlp.formats.checkpoint",
     "load_dataset": "gpumlp.data.load",
     "load_mnist": "gpumlp.data.load",
-    "read_idx": "gpumlp.data.load",
+    "read_idx": "gpumlp.data.idx",
     "BackendUnavailable": "gpumlp.errors",
     "CheckpointError": "gpumlp.errors",
     "ConfigError": "gpumlp.errors",

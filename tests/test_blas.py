@@ -155,7 +155,7 @@ def test_axpby_declines_what_it_cannot_hand_to_blas():
 
 
 def mkl_installed() -> bool:
-    return bool(blas._mkl_paths())
+    return bool(blas.mkl_paths())
 
 
 def use_blas(monkeypatch, choice: str) -> Blas:
@@ -193,7 +193,7 @@ def test_each_library_computes_gemm_and_axpby(monkeypatch, library, dtype):
 
 
 def test_gpumlp_blas_picks_the_library(monkeypatch):
-    monkeypatch.setattr(blas, "_mkl_paths", lambda: [])  # as on a machine without the mkl wheel
+    monkeypatch.setattr(blas, "mkl_paths", lambda: [])  # as on a machine without the mkl wheel
     b = use_blas(monkeypatch, "auto")
     assert b.name == ("numpy" if numpy_blas_is_openblas() else "") and not b.serves_products
     assert use_blas(monkeypatch, "NumPy ").name == b.name  # case and spaces do not matter
@@ -431,9 +431,9 @@ def test_only_a_complete_mkl_counts(monkeypatch, tmp_path):
     monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {"data": str(tmp_path)})
     monkeypatch.setattr(site, "ENABLE_USER_SITE", False)
     (lib / "libmkl_rt.so.3").touch()
-    assert blas._mkl_paths() == []
+    assert blas.mkl_paths() == []
     (lib / "libmkl_core.so.3").touch()
     (lib / "libmkl_intel_thread.so.3").touch()
-    assert blas._mkl_paths() == []  # no Intel OpenMP (pip install mkl --no-deps)
+    assert blas.mkl_paths() == []  # no Intel OpenMP (pip install mkl --no-deps)
     (lib / "libiomp5.so").touch()
-    assert blas._mkl_paths() == [str(lib / "libmkl_rt.so.3")]
+    assert blas.mkl_paths() == [str(lib / "libmkl_rt.so.3")]

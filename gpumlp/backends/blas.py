@@ -57,14 +57,14 @@ MKL_MIN_MNK = 1 << 19  # products this big go to MKL: where OpenBLAS, too, start
 _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double))
 
 
-def _library_paths() -> list[str]:
+def library_paths() -> list[str]:
     """Candidate OpenBLAS files shipped inside the numpy wheel (Linux/Windows: numpy.libs, macOS: .dylibs)."""
     root = os.path.dirname(np.__file__)
     patterns = [os.path.join(root, "..", "numpy.libs", "*openblas*"), os.path.join(root, ".dylibs", "*openblas*")]
     return sorted(p for pattern in patterns for p in glob.glob(pattern))
 
 
-def _mkl_paths() -> list[str]:
+def mkl_paths() -> list[str]:
     """``libmkl_rt`` where the ``mkl`` wheel puts it, the environment's own first: its lib/ (Library/bin
     on Windows), then the user base's for ``pip install --user`` when user site-packages are on.
     Only a complete install counts: libmkl_rt loads MKL's other libraries on its first call, and one
@@ -120,8 +120,8 @@ def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
 def _library(name: str) -> dict:
     """The checked routines of ``name`` ("mkl" or "numpy"), {} where it is out of reach."""
     if name == "mkl":
-        return _find(_mkl_paths(), _MKL_SYMBOLS)
-    return _find(_library_paths(), _NUMPY_SYMBOLS)
+        return _find(mkl_paths(), _MKL_SYMBOLS)
+    return _find(library_paths(), _NUMPY_SYMBOLS)
 
 
 def _parse_choice(choice: str | None) -> str:
@@ -229,7 +229,7 @@ def _address(M: np.ndarray) -> int:
 def openblas_core() -> str:
     """The kernel set numpy's OpenBLAS chose for this CPU when it loaded (e.g. ``"skylakex"``),
     lower case; ``""`` where numpy's BLAS is not an OpenBLAS gpumlp can ask."""
-    for path in _library_paths():
+    for path in library_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:

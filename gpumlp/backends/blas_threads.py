@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from gpumlp.backends.blas import _library_paths, _mkl_paths, chosen
+from gpumlp.backends.blas import chosen, library_paths, mkl_paths
 from gpumlp.errors import ConfigError
 
 THREADS_ENV = "GPUMLP_THREADS"
@@ -48,13 +48,13 @@ def _thread_controls(library: str | None = None) -> list:
 @functools.cache  # looked for once per library and process
 def _controls_of(library: str) -> list:
     found = []
-    for path in _library_paths():
+    for path in library_paths():
         control = _control(path, [(p.format("get"), p.format("set")) for p in _OPENBLAS_THREADS])
         if control:
             found.append(control)
             break
     if library == "mkl":
-        for path in _mkl_paths():
+        for path in mkl_paths():
             control = _control(path, [(_MKL_THREADS[0].format("Get"), _MKL_THREADS[1].format("Set"))])
             if control:
                 found.append(control)
