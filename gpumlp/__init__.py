@@ -16,6 +16,8 @@ _EXPORTS = {
     "load_dataset": "gpumlp.data.load",
     "load_mnist": "gpumlp.data.load",
     "read_idx": "gpumlp.data.idx",
+    "load_digit": "gpumlp.data.images",
+    "to_mnist": "gpumlp.data.images",
     "BackendUnavailable": "gpumlp.errors",
     "CheckpointError": "gpumlp.errors",
     "ConfigError": "gpumlp.errors",

@@ -623,8 +623,8 @@ def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
     import io
     import random
 
-    from gpumlp.cli import predict
     from gpumlp.data.idx import read_idx
+    from gpumlp.data.images import load_digit
     from gpumlp.errors import GpumlpError
 
     rng = random.Random(0)
@@ -648,7 +648,7 @@ def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
         for name, raw, read in (
             ("f.npz", flipped(npz, headers if trial % 2 else None), checkpoint.load),
             ("f.gz", flipped(gzip.compress(idx)), read_idx),
-            ("f.png", flipped(buf.getvalue()), predict.load_digit),
+            ("f.png", flipped(buf.getvalue()), load_digit),
         ):
             (tmp_path / name).write_bytes(raw)
             try:

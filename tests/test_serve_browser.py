@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_serve import CHECKPOINT, running_server
 
-from gpumlp.cli.predict import load_digit
+from gpumlp.data.images import load_digit
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
