@@ -14,11 +14,9 @@ Two libraries can serve them (``GPUMLP_BLAS`` picks: ``auto``, the default, ``mk
   module finds the library numpy already loaded and calls ``cblas_?gemm`` / ``cblas_?axpby`` there.
   The products of forward and backward stay with ``numpy.matmul``, which calls the same library.
 - **Intel MKL**, from ``pip install 'gpumlp[mkl]'`` (the ``mkl`` wheel's ``libmkl_rt``), taken by
-  ``auto`` when installed. On the dev machine its products are up to 2× faster than OpenBLAS's
-  (a 10×784×300 first layer: 44 against 89 µs; the large networks' 1.1–1.5×: see
-  ``scripts/products.py``), so then every product with m·n·k ≥ ``MKL_MIN_MNK`` goes through it as
-  well (``Backend.matmul``). Smaller ones stay with numpy's matmul: a ctypes call costs ~5 µs, and
-  OpenBLAS runs such products on one thread in ~1–3 µs.
+  ``auto`` when installed. Its products can be up to 2× faster than OpenBLAS's, so then every
+  product with m·n·k ≥ ``MKL_MIN_MNK`` goes through it as well (``Backend.matmul``); smaller ones
+  stay with numpy's matmul (docs/speed.md#mkl-for-the-big-products).
 
 A ``Blas`` is one choice of library and its routines; the CPU backend owns one (``NumpyBackend.blas``,
 by default ``chosen()``: what ``GPUMLP_BLAS`` picks). Each library is looked for once per process and

@@ -39,9 +39,8 @@ class NumpyBackend(Backend):
     """numpy on the CPU: the products and long updates go straight to BLAS (numpy's or MKL)."""
 
     library: Blas | None = None  # the BLAS it calls; None: the one GPUMLP_BLAS picks, found on first use
-    # 0.8 MB of images, which stay in the core's cache until their batches are used (thread CPU time
-    # against 8192, 25 MB: 784-10 at batch 10 +33%, 784-16-16-10 +10%, 784-100-10 at batch 128 +13%,
-    # 784-300-100-50-10 ±0; 2026-11-27, a 2-core Xeon VM).
+    # 0.8 MB of images, which stay in the core's cache until their batches are used.
+    # Measured: docs/speed.md#gather-chunk-on-the-cpu
     gather_images = 256
 
     @functools.cached_property
