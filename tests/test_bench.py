@@ -25,11 +25,11 @@ from gpumlp.cli.bench import (
     efficiency,
     flops_per_image,
     format_bench,
-    process_costs,
     run_bench,
     sgemm_gflops,
     timed_pair,
 )
+from gpumlp.cli.bench_machine import process_costs
 from gpumlp.model import MLP
 from gpumlp.training.presets import PRESETS
 
