@@ -255,7 +255,7 @@ class GraphXP(types.ModuleType):
 
 class GraphHostCuda(HostCuda):
     """CupyBackend's own methods, capture included, over the emulated device: its products are
-    CupyBackend's (an empty array and ``_raw_gemm``), each gemm a launch of the stand-in cuBLAS."""
+    CupyBackend's (an empty array and ``cublas.raw_gemm``), each gemm a launch of the stand-in cuBLAS."""
 
     compiles_kernels = True  # as on CuPy: fit warms up before the capture
     matmul_function, gemm = CupyBackend.matmul_function, CupyBackend.gemm
@@ -343,7 +343,7 @@ def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch)
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_training_through_the_direct_cublas_products_matches_the_cpu(graph_cuda, name, monkeypatch):
-    """The products of whole runs through ``_raw_gemm`` (forward, input and weight gradients, SGD's
+    """The products of whole runs through ``cublas.raw_gemm`` (forward, input and weight gradients, SGD's
     step inside backward with β = 1 − ηλ) and the stand-in cuBLAS, with and without the graph,
     against the numpy reference on the CPU: same math, other roundings."""
     monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 1000)
@@ -474,7 +474,7 @@ def test_a_failed_capture_trains_without_the_graph_and_says_so_once(graph_cuda):
 
 
 def test_the_products_are_enqueued_on_the_capturing_stream_and_replayed(graph_cuda):
-    """Every product of the step goes through ``_raw_gemm``: uncaptured on the default stream, while
+    """Every product of the step goes through ``cublas.raw_gemm``: uncaptured on the default stream, while
     capturing on the capture's own stream (the stand-in checks the handle's state at each call), each
     recorded as one launch and replayed by the graph: 8 for 784-16-16-10 (3 forward, 3 weight
     gradients, 2 input gradients)."""

@@ -1,4 +1,5 @@
-"""The array backend: numpy on the CPU or CuPy on a CUDA GPU, chosen once from ``--device``.
+"""The array backend: numpy on the CPU (``gpumlp.backends.cpu``) or CuPy on a CUDA GPU
+(``gpumlp.backends.cuda``), chosen once from ``--device``.
 
 Model and training code never import numpy or CuPy for device arrays; they receive a
 ``Backend`` and write ``be.xp.…``. Data crosses between host and device only through
@@ -138,12 +139,12 @@ class Backend:
         opt.reference_step(lr)
 
     def augment_draw(self, aug, b: int, coords: tuple):
-        """The random transforms (``gpumlp.training.augment.Warp``) of augmenter ``aug`` for a batch of b at
+        """The random transforms (``gpumlp.backends.warp.Warp``) of augmenter ``aug`` for a batch of b at
         ``coords``, on the device."""
         return aug.reference_draw(b, *coords)
 
     def warp_images(self, aug, X, w):
-        """X (b, 784) resampled through the drawn transforms ``w`` (``gpumlp.training.augment.Warp``) of the
+        """X (b, 784) resampled through the drawn transforms ``w`` (``gpumlp.backends.warp.Warp``) of the
         augmenter ``aug``: a new (b, 784) array on the device."""
         return aug.reference_warp(X, w)
 
