@@ -22,10 +22,8 @@ from gpumlp.errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine")
 # A weight matrix with at least this many entries has SGD's step folded into backward's product
-# (``fused_update``). Below it the extra BLAS call costs more than the passes it saves: on a 2-core
-# Xeon VM, batch 10, 784×300 fused takes 65–82 µs against 183–196 µs for dW, scale and subtract,
-# 784×100 40 against 46–56 µs, but 784×16 18 µs against 11–13 µs; 300×100 (30,000) fused made
-# 784-300-100-50-10 3.5% faster (2026-11-27, two alternating runs), 100×50 (5,000) slower.
+# (``fused_update``). Below it the extra BLAS call costs more than the passes it saves.
+# Measured: docs/speed.md#fused-sgd-step-threshold
 FUSE_MIN_WEIGHTS = 1 << 14
 
 

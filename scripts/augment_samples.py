@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import gpumlp
-from gpumlp.backends.base import CPU
+from gpumlp.backends.cpu import CPU
 from gpumlp.training.augment import AugmentConfig, Augmenter, parse_kinds
 
 ROWS = ("none", "shift", "affine", "elastic", "affine,elastic")

@@ -23,8 +23,8 @@ import sys
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp.backends.base import NumpyBackend
 from gpumlp.backends.blas import Blas
+from gpumlp.backends.cpu import NumpyBackend
 from gpumlp.cli.bench import CONFIGS, RUST_ROWS, bench_data, command_line, prepare_config, row_result, table, timed_pair
 from gpumlp.errors import GpumlpError
 

@@ -28,10 +28,10 @@ import time
 import numpy as np
 from bench import parse_rows  # scripts/bench.py, beside this file
 
-from gpumlp.backends.base import NumpyBackend
 from gpumlp.backends.blas import Blas
 from gpumlp.backends.blas_threads import largest_product, training_threads
 from gpumlp.backends.blas_threads import threads as blas_threads
+from gpumlp.backends.cpu import NumpyBackend
 from gpumlp.cli.bench import CONFIGS
 from gpumlp.model import MLP
 from gpumlp.optim import make_optimizer

@@ -44,7 +44,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import gpumlp
-from gpumlp.cli.bench import command_line, machine_info
+from gpumlp.cli.bench import command_line
+from gpumlp.cli.bench_machine import machine_info
 from gpumlp.errors import GpumlpError
 from gpumlp.training.config import TrainConfig, describe_recipe
 from gpumlp.training.presets import PRESETS, preset_config

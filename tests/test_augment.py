@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from gpumlp.backends.registry import get_backend
+from gpumlp.backends.warp import Warp
 from gpumlp.errors import ConfigError
-from gpumlp.training.augment import KINDS, AugmentConfig, Augmenter, Warp, gaussian_matrix, parse_kinds
+from gpumlp.training.augment import KINDS, AugmentConfig, Augmenter, gaussian_matrix, parse_kinds
 from standins.fake_device import FAKE, DeviceMixError, counters
 
 COMBOS = [c for n in range(1, 4) for c in itertools.combinations(KINDS, n)]  # all 7 non-empty

@@ -24,11 +24,11 @@ from gpumlp.cli.bench import (
     efficiency,
     flops_per_image,
     format_bench,
-    process_costs,
     run_bench,
     sgemm_gflops,
     timed_pair,
 )
+from gpumlp.cli.bench_machine import process_costs
 from gpumlp.model import MLP
 from gpumlp.training.presets import PRESETS
 
@@ -297,7 +297,7 @@ def test_bench_blas_without_mkl_names_the_install(monkeypatch, mnist_dir):
         script.main(["--rows", "3", "--data-dir", str(mnist_dir)])
 
 
-@pytest.mark.skipif(not blas._mkl_paths(), reason="pip install 'gpumlp[mkl]'")
+@pytest.mark.skipif(not blas.mkl_paths(), reason="pip install 'gpumlp[mkl]'")
 def test_bench_blas_alternates_the_two_libraries(monkeypatch, mnist_dir, capsys):
     """scripts/bench_blas.py on a tiny row: each library's model trains through its own library."""
     monkeypatch.syspath_prepend(str(SCRIPTS))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gpumlp.backends import blas
-from gpumlp.backends.base import NumpyBackend
 from gpumlp.backends.blas import Blas
+from gpumlp.backends.cpu import NumpyBackend
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
@@ -155,7 +155,7 @@ def test_axpby_declines_what_it_cannot_hand_to_blas():
 
 
 def mkl_installed() -> bool:
-    return bool(blas._mkl_paths())
+    return bool(blas.mkl_paths())
 
 
 def use_blas(monkeypatch, choice: str) -> Blas:
@@ -193,7 +193,7 @@ def test_each_library_computes_gemm_and_axpby(monkeypatch, library, dtype):
 
 
 def test_gpumlp_blas_picks_the_library(monkeypatch):
-    monkeypatch.setattr(blas, "_mkl_paths", lambda: [])  # as on a machine without the mkl wheel
+    monkeypatch.setattr(blas, "mkl_paths", lambda: [])  # as on a machine without the mkl wheel
     b = use_blas(monkeypatch, "auto")
     assert b.name == ("numpy" if numpy_blas_is_openblas() else "") and not b.serves_products
     assert use_blas(monkeypatch, "NumPy ").name == b.name  # case and spaces do not matter
@@ -296,7 +296,7 @@ def test_a_wide_layer_at_a_small_batch_is_multiplied_in_small_kernel_pieces(monk
     """On OpenBLAS's AVX-512 kernel sets on one thread, a layer's forward product that one small
     batch makes just too big for the small-matrix kernel (m·k·n > 100³) goes in equal column pieces
     that fit it; two threads, bigger batches, narrow layers, other kernel sets and MKL keep one product."""
-    from gpumlp.backends import base as backend
+    from gpumlp.backends import cpu as backend
 
     calls, matmul = [], np.matmul
 
@@ -340,7 +340,7 @@ def test_a_wide_layers_input_gradient_at_a_small_batch_goes_in_small_kernel_piec
     small batch on one thread, backward's input gradient of a layer with ≥ 64 outputs goes in pieces
     of rows of W that fit, each into its columns of dA; narrow layers, batches over 18, two threads,
     other kernel sets and MKL keep one product. The model's gradients are the same to rounding."""
-    from gpumlp.backends import base as backend
+    from gpumlp.backends import cpu as backend
 
     calls, matmul = [], np.matmul
 
@@ -431,9 +431,9 @@ def test_only_a_complete_mkl_counts(monkeypatch, tmp_path):
     monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {"data": str(tmp_path)})
     monkeypatch.setattr(site, "ENABLE_USER_SITE", False)
     (lib / "libmkl_rt.so.3").touch()
-    assert blas._mkl_paths() == []
+    assert blas.mkl_paths() == []
     (lib / "libmkl_core.so.3").touch()
     (lib / "libmkl_intel_thread.so.3").touch()
-    assert blas._mkl_paths() == []  # no Intel OpenMP (pip install mkl --no-deps)
+    assert blas.mkl_paths() == []  # no Intel OpenMP (pip install mkl --no-deps)
     (lib / "libiomp5.so").touch()
-    assert blas._mkl_paths() == [str(lib / "libmkl_rt.so.3")]
+    assert blas.mkl_paths() == [str(lib / "libmkl_rt.so.3")]

@@ -101,7 +101,7 @@ def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist
 
 
 def test_an_unknown_gpumlp_blas_is_one_line_exit_2(monkeypatch, capsys, mnist_dir, tmp_path):
-    from gpumlp.backends.base import CPU
+    from gpumlp.backends.cpu import CPU
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPUMLP_BLAS", "atlas")

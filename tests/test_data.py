@@ -1,4 +1,4 @@
-"""Tests for gpumlp.data.load: IDX parsing, conversion, splits, locating, downloading, real MNIST.
+"""Tests for gpumlp.data.load, idx and download: IDX parsing, conversion, splits, locating, downloading, real MNIST.
 
 Every file these tests read is written by the tests themselves, except in the real-MNIST tests,
 which read the folder conftest.py finds as gpumlp does (--data-dir, $GPUMLP_DATA_DIR, the cache).
@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpumlp.data import download as fetching
+from gpumlp.data import idx
 from gpumlp.data import load as data
+from gpumlp.data.datasets import IDX_SIZES, MNIST
 from gpumlp.errors import ConfigError, DataError
 from standins.local_server import serve
 
@@ -78,7 +81,7 @@ def test_read_idx_round_trips_images_and_labels(tmp_path, compress):
         raw = idx_of(array)
         path = tmp_path / (f"{name}.gz" if compress else name)
         path.write_bytes(gzip.compress(raw) if compress else raw)
-        got = data.read_idx(path)
+        got = idx.read_idx(path)
         assert got.dtype == np.uint8
         assert got.shape == array.shape
         np.testing.assert_array_equal(got, array)
@@ -90,8 +93,8 @@ def test_gzip_detection_is_by_magic_not_name(tmp_path):
     raw = idx_of(images)
     (tmp_path / "raw.gz").write_bytes(raw)
     (tmp_path / "packed").write_bytes(gzip.compress(raw))
-    np.testing.assert_array_equal(data.read_idx(tmp_path / "raw.gz"), images)
-    np.testing.assert_array_equal(data.read_idx(tmp_path / "packed"), images)
+    np.testing.assert_array_equal(idx.read_idx(tmp_path / "raw.gz"), images)
+    np.testing.assert_array_equal(idx.read_idx(tmp_path / "packed"), images)
 
 
 @pytest.mark.parametrize(
@@ -107,14 +110,14 @@ def test_gzip_detection_is_by_magic_not_name(tmp_path):
 )
 def test_parse_idx_decodes_big_endian_non_uint8_types(values):
     """Type codes 0x09, 0x0B, 0x0C, 0x0D, 0x0E decode big-endian bodies into native arrays."""
-    got = data.parse_idx(idx_of(values))
+    got = idx.parse_idx(idx_of(values))
     assert got.dtype == values.dtype and got.dtype.isnative
     np.testing.assert_array_equal(got, values)
 
 
 def test_parse_idx_int32_known_bytes():
     """0x0C reads 4-byte big-endian integers: 00 00 01 02 is 258, FF FF FF FE is -2."""
-    got = data.parse_idx(idx_bytes(0x0C, (2,), bytes.fromhex("00000102 FFFFFFFE")))
+    got = idx.parse_idx(idx_bytes(0x0C, (2,), bytes.fromhex("00000102 FFFFFFFE")))
     assert got.tolist() == [258, -2]
 
 
@@ -152,8 +155,8 @@ def test_bad_idx_files_raise_data_error(tmp_path, content, fragment):
     """Each malformed IDX file is a DataError that names the file and the problem."""
     path = tmp_path / "bad-idx"
     path.write_bytes(content)
-    assert_data_error(lambda: data.read_idx(path), fragment, str(path))
-    assert_data_error(lambda: data.parse_idx(content, "thing"), fragment, "thing")
+    assert_data_error(lambda: idx.read_idx(path), fragment, str(path))
+    assert_data_error(lambda: idx.parse_idx(content, "thing"), fragment, "thing")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +168,7 @@ def test_huge_declared_size_is_refused_without_allocating(dims):
     """A header declaring absurd dimensions over a tiny body is refused at once (exact size arithmetic)."""
     content = idx_bytes(0x08, dims, b"" if len(dims) == 4 else b"\x00" * 10)
     start = time.perf_counter()
-    assert_data_error(lambda: data.parse_idx(content), "truncated", "×".join(map(str, dims)))
+    assert_data_error(lambda: idx.parse_idx(content), "truncated", "×".join(map(str, dims)))
     assert time.perf_counter() - start < 1.0
 
 
@@ -174,19 +177,19 @@ def test_corrupt_gzip_raises_data_error(tmp_path):
     packed = gzip.compress(GOOD)
     garbage = tmp_path / "garbage.gz"
     garbage.write_bytes(packed[:10] + b"\xff this is not deflate data \xff" * 4)
-    assert_data_error(lambda: data.read_idx(garbage), "corrupt gzip", str(garbage))
+    assert_data_error(lambda: idx.read_idx(garbage), "corrupt gzip", str(garbage))
     cut = tmp_path / "cut.gz"
     cut.write_bytes(packed[: len(packed) // 2])
-    assert_data_error(lambda: data.read_idx(cut), "corrupt gzip", str(cut))
+    assert_data_error(lambda: idx.read_idx(cut), "corrupt gzip", str(cut))
 
 
 def test_directory_and_missing_file_raise_data_error(tmp_path):
     """A directory where a file should be, and a missing file, are DataErrors naming the path."""
     folder = tmp_path / "folder"
     folder.mkdir()
-    assert_data_error(lambda: data.read_idx(folder), "is a directory", str(folder))
+    assert_data_error(lambda: idx.read_idx(folder), "is a directory", str(folder))
     missing = tmp_path / "missing-idx"
-    assert_data_error(lambda: data.read_idx(missing), "cannot read", str(missing))
+    assert_data_error(lambda: idx.read_idx(missing), "cannot read", str(missing))
 
 
 # ---------------------------------------------------------------- images_to_float, check_pair
@@ -226,7 +229,7 @@ def test_check_pair_rejects_mismatch_and_label_ten():
 
 def test_check_pair_rejects_negative_labels():
     """A signed labels file (type 0x09) holding -1 is not a digit and must be a DataError."""
-    labels = data.parse_idx(idx_of(np.array([0, -1, 9], np.int8)))
+    labels = idx.parse_idx(idx_of(np.array([0, -1, 9], np.int8)))
     assert_data_error(lambda: data.check_pair(np.zeros((3, 784), np.float32), labels, "test"), "0–9")
 
 
@@ -409,14 +412,14 @@ def dest_listing(dest: Path) -> list[str]:
 
 
 def download(dest, mirrors, timeout=5.0, name=NAME):
-    return data.download_file(name, sha256(TINY), dest, mirrors=mirrors, timeout=timeout, progress=False)
+    return fetching.download_file(name, sha256(TINY), dest, mirrors=mirrors, timeout=timeout, progress=False)
 
 
 def assert_downloaded(path: Path, dest: Path):
     assert path == dest / f"{NAME}.gz"
     assert dest_listing(dest) == [f"{NAME}.gz"]  # nothing else, no .part files
     assert gzip.decompress(path.read_bytes()) == TINY
-    np.testing.assert_array_equal(data.read_idx(path), sample_images(3, seed=7))
+    np.testing.assert_array_equal(idx.read_idx(path), sample_images(3, seed=7))
 
 
 def test_download_skips_404_and_refused_mirrors(server, refused_url, tmp_path):
@@ -431,7 +434,7 @@ def test_download_skips_404_and_refused_mirrors(server, refused_url, tmp_path):
 def test_download_stops_a_mirror_serving_more_than_the_file_can_be(server, tmp_path, monkeypatch):
     """A body larger than the real file plus 1 MiB is cut off and that mirror skipped; a body that
     inflates past the real size is refused while it is decompressed, never inflated whole."""
-    monkeypatch.setitem(data.MNIST_SIZES, NAME, len(TINY))
+    monkeypatch.setitem(IDX_SIZES, NAME, len(TINY))
     server.routes[f"/endless/{NAME}.gz"] = serve(os.urandom(len(TINY) + (1 << 20) + 1))
     server.routes[f"/bomb/{NAME}.gz"] = serve(gzip.compress(TINY + bytes(1 << 20)))
     server.routes[f"/good/{NAME}.gz"] = serve(TINY_GZ)
@@ -526,7 +529,7 @@ def test_locate_mnist_downloads_missing_then_reuses(server, tmp_path, monkeypatc
     expected = {NAME: data_dir / f"{NAME}.gz", "tiny-labels": data_dir / "tiny-labels.gz"}
     assert found == expected
     assert sorted(server.requests) == sorted(f"{m}{n}.gz" for m in ("/nothing/", "/m/") for n in (NAME, "tiny-labels"))
-    assert data.read_idx(found["tiny-labels"]).tolist() == sample_labels(7).tolist()
+    assert idx.read_idx(found["tiny-labels"]).tolist() == sample_labels(7).tolist()
     assert sorted(os.listdir(data_dir)) == sorted(["tiny-labels.gz", f"{NAME}.gz"])
 
     server.requests.clear()
@@ -600,12 +603,12 @@ def test_load_mnist_rejects_modified_file(tmp_path, real_dir):
     folder = tmp_path / "mnist"
     folder.mkdir()
     victim = "t10k-labels-idx1-ubyte"
-    for name in data.MNIST_FILES:
+    for name in MNIST.files:
         if name != victim:
             found = data.find_file(name, [source])
             assert found is not None, f"{name} missing from {source}"
             (folder / found.name).symlink_to(found)
-    raw = bytearray(data._read_bytes(data.find_file(victim, [source])))
+    raw = bytearray(idx._read_bytes(data.find_file(victim, [source])))
     raw[-1] = (raw[-1] + 1) % 10  # still a valid digit, so only the checksum can notice
     (folder / f"{victim}.gz").write_bytes(gzip.compress(bytes(raw)))
     message = assert_data_error(lambda: data.load_mnist(folder, download=False), "sha256", "delete", victim)
@@ -616,7 +619,7 @@ def test_download_refuses_plain_http_to_other_hosts(tmp_path):
     """Downloads are HTTPS only (plain HTTP is allowed to 127.0.0.1 for these tests)."""
     files = {NAME: hashlib.sha256(b"x").hexdigest()}
     with pytest.raises(data.DataError, match="refused .only https"):
-        data.download_file(NAME, files[NAME], tmp_path / "d", mirrors=["http://example.com/mnist/"], progress=False)
+        fetching.download_file(NAME, files[NAME], tmp_path / "d", mirrors=["http://example.com/mnist/"], progress=False)
     assert not any((tmp_path / "d").iterdir())
 
 
@@ -625,7 +628,7 @@ def test_decoded_cache_is_used_only_while_the_sources_are_unchanged(tmp_path, re
     SHA-256); touching a source file makes gpumlp verify and decode it again."""
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for name in data.MNIST_FILES:
+    for name in MNIST.files:
         found = data.find_file(name, [Path(real_dir)])
         (folder / found.name).write_bytes(found.read_bytes())
     first = data.load_mnist(folder, download=False)

@@ -4,7 +4,7 @@ Without a GPU, ``CupyBackend``'s own code runs on the kernels' host harness (tes
 kernels' CUDA C compiled for the host), with a stand-in ``cupy.cuda`` that emulates stream capture
 as CUDA does it: while a stream captures, every kernel, product, reduction and copy is *recorded*,
 with the very arrays and numbers it was given, and nothing runs; ``graph.launch()`` replays the
-records. Every product goes through ``gpumlp.backends.cuda._raw_gemm``, the real ctypes code, into a
+records. Every product goes through ``gpumlp.backends.cublas.raw_gemm``, the real ctypes code, into a
 stand-in libcublas (tests/standins/cublas.py) whose gemm checks the handle's state when it is called
 and is recorded as one launch, as cuBLAS enqueues it on the capturing stream. Device memory may not
 be reserved while capturing (``cuda.alloc`` fails), and every array created while capturing must
@@ -23,8 +23,8 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backends import cuda
-from gpumlp.backends.base import CPU
+from gpumlp.backends import cublas, cuda
+from gpumlp.backends.cpu import CPU
 from gpumlp.backends.cuda import CupyBackend
 from gpumlp.backends.graph import GraphStep
 from gpumlp.model import MLP
@@ -255,7 +255,7 @@ class GraphXP(types.ModuleType):
 
 class GraphHostCuda(HostCuda):
     """CupyBackend's own methods, capture included, over the emulated device: its products are
-    CupyBackend's (an empty array and ``_raw_gemm``), each gemm a launch of the stand-in cuBLAS."""
+    CupyBackend's (an empty array and ``cublas.raw_gemm``), each gemm a launch of the stand-in cuBLAS."""
 
     compiles_kernels = True  # as on CuPy: fit warms up before the capture
     matmul_function, gemm = CupyBackend.matmul_function, CupyBackend.gemm
@@ -286,13 +286,13 @@ def graph_cuda(host_library, cublas_standin, monkeypatch):
                                     device=types.SimpleNamespace(get_cublas_handle=lambda: CUBLAS_HANDLE))  # fmt: skip
     lib = ctypes.CDLL(str(cublas_standin))
     lib.standin_reset()
-    blas = cuda._Cublas(lib)  # the real ctypes bindings, their gemm run as the emulated device runs it
+    blas = cublas._Cublas(lib)  # the real ctypes bindings, their gemm run as the emulated device runs it
     blas.gemm = {c: (StandinGemm(lib, name, f"standin_{c}gemm".replace("fgemm", "sgemm"), scalar), scalar, name)
                  for c, (_, scalar, name) in blas.gemm.items()}  # fmt: skip
-    monkeypatch.setattr(cuda, "_LIB", blas)
-    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    monkeypatch.setattr(cublas, "_LIB", blas)
+    monkeypatch.setattr(cublas, "_WORKSPACES", {})
     monkeypatch.setattr(cuda, "_KERNELS", {})
-    monkeypatch.setattr(cuda, "_MATMUL_FP32", False)
+    monkeypatch.setattr(cublas, "matmul_fp32", False)
     return GraphHostCuda("hostcuda", xp)
 
 
@@ -343,7 +343,7 @@ def test_training_with_the_graph_is_bit_identical(graph_cuda, name, monkeypatch)
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_training_through_the_direct_cublas_products_matches_the_cpu(graph_cuda, name, monkeypatch):
-    """The products of whole runs through ``_raw_gemm`` (forward, input and weight gradients, SGD's
+    """The products of whole runs through ``cublas.raw_gemm`` (forward, input and weight gradients, SGD's
     step inside backward with β = 1 − ηλ) and the stand-in cuBLAS, with and without the graph,
     against the numpy reference on the CPU: same math, other roundings."""
     monkeypatch.setattr("gpumlp.optim.FUSE_MIN_WEIGHTS", 1000)
@@ -474,7 +474,7 @@ def test_a_failed_capture_trains_without_the_graph_and_says_so_once(graph_cuda):
 
 
 def test_the_products_are_enqueued_on_the_capturing_stream_and_replayed(graph_cuda):
-    """Every product of the step goes through ``_raw_gemm``: uncaptured on the default stream, while
+    """Every product of the step goes through ``cublas.raw_gemm``: uncaptured on the default stream, while
     capturing on the capture's own stream (the stand-in checks the handle's state at each call), each
     recorded as one launch and replayed by the graph: 8 for 784-16-16-10 (3 forward, 3 weight
     gradients, 2 input gradients)."""
@@ -494,7 +494,7 @@ def test_a_product_refused_while_capturing_trains_without_the_graph_with_its_rea
     raise so, the capture ends (its own error, cudaErrorStreamCaptureInvalidated, swallowed), the
     note gives the product's reason, and training goes on without a graph, bit for bit."""
     theta, history, _ = train(graph_cuda, False)
-    real = cuda._raw_gemm
+    real = cublas.raw_gemm
 
     def refusing(xp, A, B, C, alpha, beta):
         if DEVICE.records is not None:
@@ -505,7 +505,7 @@ def test_a_product_refused_while_capturing_trains_without_the_graph_with_its_rea
         DEVICE.records = None
         raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
 
-    monkeypatch.setattr(cuda, "_raw_gemm", refusing)
+    monkeypatch.setattr(cublas, "raw_gemm", refusing)
     monkeypatch.setattr(Stream, "end_capture", invalidated)
     notes = []
     g_theta, g_history, _ = train(graph_cuda, True, notes)

@@ -542,17 +542,22 @@ def test_data_dir_naming_a_file_is_one_line(tmp_path):
 
 
 def test_an_unwritable_data_folder_is_one_line(tmp_path, monkeypatch):
-    """mkstemp failing in the download folder (read-only, full, no permission) is a DataError
-    naming the folder, not an OSError traceback."""
-    from gpumlp.data import load as data
+    """Writing a verified download failing in the download folder (read-only, full, no permission)
+    is a DataError naming the file and the folder, not an OSError traceback, and leaves nothing."""
+    import gzip
+    import hashlib
+
+    from gpumlp.data import download, load
     from gpumlp.errors import DataError
+    from gpumlp.formats import atomic
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", refuse)
-    with pytest.raises(DataError, match=f"cannot download f into {tmp_path}: Permission denied"):
-        data.locate_mnist(tmp_path, files={"f": "0" * 64}, mirrors=["http://127.0.0.1:9/"])
+    monkeypatch.setattr(download, "fetch", lambda *args: gzip.compress(b"digits"))  # the right content
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(DataError, match=f"cannot write the downloaded f.gz in {tmp_path}: Permission denied"):
+        load.locate_mnist(tmp_path, files={"f": hashlib.sha256(b"digits").hexdigest()}, mirrors=["http://127.0.0.1:9/"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -618,8 +623,8 @@ def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
     import io
     import random
 
-    from gpumlp.cli import predict
-    from gpumlp.data import load as data
+    from gpumlp.data.idx import read_idx
+    from gpumlp.data.images import load_digit
     from gpumlp.errors import GpumlpError
 
     rng = random.Random(0)
@@ -642,8 +647,8 @@ def test_random_damage_to_npz_gzip_and_png_is_one_error(tmp_path):
     for trial in range(400):
         for name, raw, read in (
             ("f.npz", flipped(npz, headers if trial % 2 else None), checkpoint.load),
-            ("f.gz", flipped(gzip.compress(idx)), data.read_idx),
-            ("f.png", flipped(buf.getvalue()), predict.load_digit),
+            ("f.gz", flipped(gzip.compress(idx)), read_idx),
+            ("f.png", flipped(buf.getvalue()), load_digit),
         ):
             (tmp_path / name).write_bytes(raw)
             try:

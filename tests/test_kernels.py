@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gpumlp.activations import ACTIVATIONS
-from gpumlp.backends.base import CPU
+from gpumlp.backends.cpu import CPU
 from gpumlp.losses import LOSSES
 from gpumlp.model import MLP
 from gpumlp.optim import RULES

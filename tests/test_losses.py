@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gpumlp
-from gpumlp.backends.base import CPU
+from gpumlp.backends.cpu import CPU
 from gpumlp.cli import commands as cli
 from gpumlp.cli.predict import predict_images
 from gpumlp.errors import ConfigError

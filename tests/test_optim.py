@@ -217,7 +217,7 @@ def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
     X, y = rng.random((200, 784)), rng.integers(0, 10, 200)
     thetas = []
     for threshold in (1 << 30, 0):  # numpy everywhere, BLAS everywhere
-        monkeypatch.setattr("gpumlp.backends.base.AXPBY_BLAS_MIN", threshold)
+        monkeypatch.setattr("gpumlp.backends.cpu.AXPBY_BLAS_MIN", threshold)
         m = MLP((784, 200, 10), "relu", "ce", seed=3)
         fit(m, X, y, epochs=2, batch_size=20, lr=0.05 if name != "adam" else 1e-3, seed=1, optimizer=name,
             weight_decay=1e-3)  # fmt: skip

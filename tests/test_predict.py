@@ -1,4 +1,5 @@
-"""Reading digits from image files (gpumlp.cli.predict): MNIST-style preprocessing, errors, predictions."""
+"""Reading digits from image files (gpumlp.data.images): MNIST-style preprocessing, errors; and predictions
+(gpumlp.cli.predict)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 import gpumlp
-from gpumlp.cli.predict import PILLOW_HINT, ascii_preview, load_digit, load_image, predict_images, to_mnist
+from gpumlp.cli.predict import predict_images
+from gpumlp.data.images import PILLOW_HINT, ascii_preview, load_digit, load_image, to_mnist
 from gpumlp.errors import ConfigError, GpumlpError
 
 Image = pytest.importorskip("PIL.Image", reason="the images extra (Pillow) is not installed")

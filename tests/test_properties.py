@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gpumlp.activations import ACTIVATIONS
-from gpumlp.data.load import parse_idx
+from gpumlp.data.idx import parse_idx
 from gpumlp.formats import checkpoint
 from gpumlp.losses import LOSSES
 from gpumlp.model import MLP

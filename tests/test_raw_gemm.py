@@ -1,13 +1,13 @@
-"""``gpumlp.backends.cuda._raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
+"""``gpumlp.backends.cublas.raw_gemm``: cuBLAS called directly through ctypes, so a CUDA graph can capture the
 products (CuPy refuses its own cuBLAS calls while a stream captures), tested without a GPU.
 
 A stand-in libcublas (tests/standins/cublas.py, C++ built with the host compiler) has the entry points
-``_raw_gemm`` calls, with cuBLAS's signatures and column-major semantics, computing on host
+``raw_gemm`` calls, with cuBLAS's signatures and column-major semantics, computing on host
 pointers with a reference triple loop. It keeps the handle's state as cuBLAS does: setting a stream
 resets the workspace to cuBLAS's own pool. A gemm is refused (CUBLAS_STATUS_NOT_INITIALIZED) unless
 the stream and the pointer mode were set since the previous gemm, the pointer mode is host and a
 workspace of the caller's own is in place; a leading dimension too small is CUBLAS_STATUS_INVALID_VALUE.
-The real ctypes code of ``_raw_gemm`` runs against it, on host arrays that expose ``data.ptr`` as
+The real ctypes code of ``raw_gemm`` runs against it, on host arrays that expose ``data.ptr`` as
 CuPy's do.
 """
 
@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from gpumlp.backends import cuda
+from gpumlp.backends import cublas, probe
 from gpumlp.errors import BackendUnavailable
 from standins.fake_cupy import fake_cupy
 
@@ -48,7 +48,7 @@ class HostStream:
 
 
 def host_xp(stream_ptr=0):
-    """An array module with what ``_raw_gemm`` asks of CuPy: the handle, the current stream, alloc."""
+    """An array module with what ``raw_gemm`` asks of CuPy: the handle, the current stream, alloc."""
     xp = types.SimpleNamespace(current=HostStream(stream_ptr), blocks=[])
 
     def alloc(nbytes):
@@ -71,11 +71,11 @@ def dev(a):
 
 @pytest.fixture
 def standin(cublas_standin, monkeypatch):
-    """``_raw_gemm``'s library is the stand-in (loaded with the real ``_Cublas``), no workspaces yet."""
+    """``raw_gemm``'s library is the stand-in (loaded with the real ``_Cublas``), no workspaces yet."""
     lib = ctypes.CDLL(str(cublas_standin))
     lib.standin_reset()  # (one library for the module: its state from the tests before)
-    monkeypatch.setattr(cuda, "_LIB", cuda._Cublas(lib))
-    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    monkeypatch.setattr(cublas, "_LIB", cublas._Cublas(lib))
+    monkeypatch.setattr(cublas, "_WORKSPACES", {})
     return lib
 
 
@@ -96,7 +96,7 @@ def test_every_transposition_and_accumulation_against_numpy(standin, dtype, ta, 
     A, B, C0 = A.astype(dtype), B.astype(dtype), rand(m, n, seed=3).astype(dtype)
     assert A.flags.f_contiguous == ta and B.flags.f_contiguous == tb
     C = dev(C0.copy())
-    out = cuda._raw_gemm(host_xp(), dev(A), dev(B), C, alpha, beta)
+    out = cublas.raw_gemm(host_xp(), dev(A), dev(B), C, alpha, beta)
     want = alpha * (A.astype(np.float64) @ B.astype(np.float64)) + beta * C0.astype(np.float64)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
     assert out is C and C.dtype == dtype
@@ -112,10 +112,10 @@ def test_views_at_an_offset_of_a_flat_theta(standin, dtype):
     W = theta[5:17].reshape(4, 3)  # (n_in, n_out)
     X, dZ = rand(6, 4, seed=5).astype(dtype), rand(6, 3, seed=6).astype(dtype)
     xp = host_xp()
-    Z = cuda._raw_gemm(xp, dev(X), W, dev(np.empty((6, 3), dtype)), 1.0, 0.0)  # forward
-    dA = cuda._raw_gemm(xp, dev(dZ), W.T, dev(np.empty((6, 4), dtype)), 1.0, 0.0)  # input gradient
+    Z = cublas.raw_gemm(xp, dev(X), W, dev(np.empty((6, 3), dtype)), 1.0, 0.0)  # forward
+    dA = cublas.raw_gemm(xp, dev(dZ), W.T, dev(np.empty((6, 4), dtype)), 1.0, 0.0)  # input gradient
     dW = grad[3:15].reshape(4, 3)
-    cuda._raw_gemm(xp, dev(X).T, dev(dZ), dW, 1.0, 0.0)  # weight gradient, into the flat buffer
+    cublas.raw_gemm(xp, dev(X).T, dev(dZ), dW, 1.0, 0.0)  # weight gradient, into the flat buffer
     Wh = np.asarray(W).astype(np.float64)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(np.asarray(Z), X @ Wh, **tol)
@@ -132,7 +132,7 @@ def test_the_stream_workspace_and_pointer_mode_are_set_before_each_gemm(standin)
     A, B = dev(rand(3, 2)), dev(rand(2, 4))
     for stream in (0x1000, 0x2000, 0):  # a capture's stream, another, the legacy default stream
         xp.current = HostStream(stream)
-        cuda._raw_gemm(xp, A, B, dev(np.empty((3, 4))), 1.0, 0.0)
+        cublas.raw_gemm(xp, A, B, dev(np.empty((3, 4))), 1.0, 0.0)
         assert standin_value(standin, "standin_stream") == (stream or None)
         assert standin_value(standin, "standin_handle") == HANDLE
         assert standin_value(standin, "standin_mode", ctypes.c_int) == 0  # CUBLAS_POINTER_MODE_HOST
@@ -143,11 +143,11 @@ def test_the_stream_workspace_and_pointer_mode_are_set_before_each_gemm(standin)
 
 def test_a_refused_gemm_is_an_error_naming_the_call_and_status(standin, monkeypatch):
     """The stand-in's checks have teeth: a gemm without the stream set first (here: setting it does
-    nothing) comes back CUBLAS_STATUS_NOT_INITIALIZED, and ``_raw_gemm`` raises naming it."""
-    monkeypatch.setattr(cuda._LIB, "set_stream", lambda h, s: 0)
+    nothing) comes back CUBLAS_STATUS_NOT_INITIALIZED, and ``raw_gemm`` raises naming it."""
+    monkeypatch.setattr(cublas._LIB, "set_stream", lambda h, s: 0)
     with pytest.raises(BackendUnavailable, match=r"cuBLAS's cublasDgemm_v2 failed on the GPU: "
                                                  r"CUBLAS_STATUS_NOT_INITIALIZED \(1\); .*--device cpu"):  # fmt: skip
-        cuda._raw_gemm(host_xp(), dev(rand(2, 2)), dev(rand(2, 2)), dev(np.empty((2, 2))), 1.0, 0.0)
+        cublas.raw_gemm(host_xp(), dev(rand(2, 2)), dev(rand(2, 2)), dev(np.empty((2, 2))), 1.0, 0.0)
 
 
 def test_size_zero_and_strided_operands(standin):
@@ -155,18 +155,18 @@ def test_size_zero_and_strided_operands(standin):
     F-contiguous (a column slice) goes through a contiguous copy; mixed dtypes are refused."""
     xp = host_xp()
     C = dev(np.full((2, 3), 4.0))
-    cuda._raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.5)
+    cublas.raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.5)
     np.testing.assert_array_equal(np.asarray(C), np.full((2, 3), 2.0))
-    cuda._raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.0)
+    cublas.raw_gemm(xp, dev(np.empty((2, 0))), dev(np.empty((0, 3))), C, 1.0, 0.0)
     np.testing.assert_array_equal(np.asarray(C), np.zeros((2, 3)))
-    cuda._raw_gemm(xp, dev(np.empty((0, 4))), dev(np.empty((4, 3))), dev(np.empty((0, 3))), 1.0, 0.0)
+    cublas.raw_gemm(xp, dev(np.empty((0, 4))), dev(np.empty((4, 3))), dev(np.empty((0, 3))), 1.0, 0.0)
     assert standin_value(standin, "standin_gemms", ctypes.c_long) == 0
     A = rand(4, 10, seed=7)[:, 1:8:2]  # (4, 4) strided
     B = rand(4, 3, seed=8)
-    got = cuda._raw_gemm(xp, dev(A), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
+    got = cublas.raw_gemm(xp, dev(A), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
     np.testing.assert_allclose(np.asarray(got), A @ B, rtol=1e-13)
     with pytest.raises(TypeError, match="one dtype"):
-        cuda._raw_gemm(xp, dev(A.astype(np.float32)), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
+        cublas.raw_gemm(xp, dev(A.astype(np.float32)), dev(B), dev(np.empty((4, 3))), 1.0, 0.0)
 
 
 def test_the_probe_check_accepts_a_correct_library_and_rejects_a_wrong_one(standin, monkeypatch):
@@ -176,15 +176,15 @@ def test_the_probe_check_accepts_a_correct_library_and_rejects_a_wrong_one(stand
     xp = host_xp()
     xp.asarray, xp.empty = dev, lambda shape, dtype: dev(np.empty(shape, dtype))
     xp.asnumpy = np.asarray
-    assert cuda._check_raw_products(xp) is None
+    assert probe._check_raw_products(xp) is None
     assert standin_value(standin, "standin_gemms", ctypes.c_long) == 8  # 4 products × 2 dtypes
-    gemm, scalar, name = cuda._LIB.gemm["f"]
-    monkeypatch.setitem(cuda._LIB.gemm, "f", (lambda *a: 0, scalar, name))
-    assert cuda._check_raw_products(xp).startswith("a direct cuBLAS product was wrong (")
-    monkeypatch.setattr(cuda, "_LIB", None)
-    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
-    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
-    why = cuda._check_raw_products(xp)
+    gemm, scalar, name = cublas._LIB.gemm["f"]
+    monkeypatch.setitem(cublas._LIB.gemm, "f", (lambda *a: 0, scalar, name))
+    assert probe._check_raw_products(xp).startswith("a direct cuBLAS product was wrong (")
+    monkeypatch.setattr(cublas, "_LIB", None)
+    monkeypatch.setattr(cublas, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cublas, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
+    why = probe._check_raw_products(xp)
     assert why.startswith("cuBLAS could not be called directly (no libcublas could be loaded (")
     assert "libcublas-missing.so.0" in why and "\n" not in why
 
@@ -198,15 +198,15 @@ def test_the_library_cupy_loaded_is_found_in_the_memory_map(cublas_standin, tmp_
         f"7f0000001000-7f0000002000 r-xp 00000000 08:01 43   {cublas_standin}\n"
         "7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n"
     )
-    monkeypatch.setattr(cuda, "MAPS", str(maps))
-    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ())
-    lib = cuda._find_cublas()
+    monkeypatch.setattr(cublas, "MAPS", str(maps))
+    monkeypatch.setattr(cublas, "CUBLAS_SONAMES", ())
+    lib = cublas._find_cublas()
     assert lib.set_stream(None, ctypes.c_void_p(0x77)) == 0
     assert lib.gemm["d"][2] == "cublasDgemm_v2"
-    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
-    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libm.so.6",))
+    monkeypatch.setattr(cublas, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cublas, "CUBLAS_SONAMES", ("libm.so.6",))
     with pytest.raises(AttributeError, match="cublasSetStream_v2"):
-        cuda._find_cublas()
+        cublas._find_cublas()
 
 
 def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monkeypatch):
@@ -216,9 +216,9 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
     from gpumlp.backends.registry import get_backend
 
     fake_cupy(1, monkeypatch=monkeypatch)
-    monkeypatch.setattr(cuda, "_LIB", None)
-    monkeypatch.setattr(cuda, "MAPS", "/nonexistent/maps")
-    monkeypatch.setattr(cuda, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
+    monkeypatch.setattr(cublas, "_LIB", None)
+    monkeypatch.setattr(cublas, "MAPS", "/nonexistent/maps")
+    monkeypatch.setattr(cublas, "CUBLAS_SONAMES", ("libcublas-missing.so.0",))
     be = get_backend("cuda")
     assert not be.captures_graphs
     assert be.graph_unavailable.startswith("cuBLAS could not be called directly (no libcublas could be loaded")
@@ -238,7 +238,7 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
         "graph_unavailable": be.graph_unavailable,
     }
     assert graph_line(result) == f"--cuda-graph: no row captured (cuda:0: {be.graph_unavailable})"
-    monkeypatch.setattr(cuda, "_check_raw_products", lambda cp: None)  # a library that passes
+    monkeypatch.setattr(probe, "_check_raw_products", lambda cp: None)  # a library that passes
     be = get_backend("cuda")
     assert be.captures_graphs and be.graph_unavailable is None
 
@@ -249,7 +249,7 @@ def test_a_device_without_direct_cublas_trains_without_graphs_and_says_why(monke
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gpu_direct_cublas_matches_cupy_and_replays_from_a_graph(dtype):
-    """On a GPU: the probe found direct cuBLAS usable; ``_raw_gemm`` agrees with ``cupy.matmul`` in
+    """On a GPU: the probe found direct cuBLAS usable; ``raw_gemm`` agrees with ``cupy.matmul`` in
     the four transpositions with β accumulation; one captured in a CUDA graph (CuPy's own would
     raise NotImplementedError there) runs nothing at capture and, replayed, writes the uncaptured
     result bit for bit."""
@@ -266,15 +266,15 @@ def test_gpu_direct_cublas_matches_cupy_and_replays_from_a_graph(dtype):
             B = cp.asarray(rand(n, k, seed=2).T if tb else rand(k, n, seed=2), dtype=dtype)
             A, B = (A.T.copy().T if ta else A), (B.T.copy().T if tb else B)  # F-contiguous as .T views are
             C0 = cp.asarray(rand(m, n, seed=3), dtype=dtype)
-            got = cuda._raw_gemm(cp, A, B, C0.copy(), -0.5, 1.0)
+            got = cublas.raw_gemm(cp, A, B, C0.copy(), -0.5, 1.0)
             np.testing.assert_allclose(cp.asnumpy(got), cp.asnumpy(C0 - 0.5 * cp.matmul(A, B)), **tol)
     A, B = cp.asarray(rand(m, k), dtype=dtype), cp.asarray(rand(n, k, seed=1), dtype=dtype).T
-    eager = cuda._raw_gemm(cp, A, B, cp.empty((m, n), dtype=dtype), 1.0, 0.0)
+    eager = cublas.raw_gemm(cp, A, B, cp.empty((m, n), dtype=dtype), 1.0, 0.0)
     C = cp.zeros((m, n), dtype=dtype)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
-        cuda._raw_gemm(cp, A, B, C, 1.0, 0.0)
+        cublas.raw_gemm(cp, A, B, C, 1.0, 0.0)
         graph = stream.end_capture()
     assert not bool(C.any())  # captured, not run
     graph.launch()

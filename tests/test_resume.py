@@ -162,8 +162,8 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, mnist_dir):
 
 
 def test_a_training_run_records_the_blas_it_trained_through(tmp_path, mnist_dir, monkeypatch):
-    from gpumlp.backends.base import CPU
     from gpumlp.backends.blas import Blas
+    from gpumlp.backends.cpu import CPU
 
     monkeypatch.setitem(CPU.__dict__, "blas", Blas("numpy"))  # numpy's own, as with GPUMLP_BLAS=numpy
     run(TrainConfig(epochs=1, **SMALL), mnist_dir, tmp_path / "m.npz", log=quiet)

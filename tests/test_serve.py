@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 import gpumlp
 from gpumlp.cli import commands as cli
 from gpumlp.cli import serve
-from gpumlp.cli.predict import load_digit
+from gpumlp.data.images import load_digit
 from standins.entry_point import run_main
 
 pytest.importorskip("starlette", reason="the serve extra (Starlette) is not installed")

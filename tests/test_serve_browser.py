@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpumlp.cli.predict import load_digit
+from gpumlp.data.images import load_digit
 from standins.serve_process import CHECKPOINT, running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")

@@ -43,7 +43,7 @@ def test_the_batches_do_not_depend_on_how_many_images_are_gathered_at_once(gathe
     X, y = rng.random((95, 784)), rng.integers(0, 10, 95)
     thetas = []
     for size in (gather, 10**6):
-        monkeypatch.setattr("gpumlp.backends.base.NumpyBackend.gather_images", size)
+        monkeypatch.setattr("gpumlp.backends.cpu.NumpyBackend.gather_images", size)
         m = MLP((784, 8, 10), "relu", "ce", seed=1)
         fit(m, X, y, epochs=2, batch_size=10, lr=0.3, seed=4, optimizer="nesterov")
         thetas.append(m.theta.copy())

@@ -14,11 +14,9 @@ Two libraries can serve them (``GPUMLP_BLAS`` picks: ``auto``, the default, ``mk
   module finds the library numpy already loaded and calls ``cblas_?gemm`` / ``cblas_?axpby`` there.
   The products of forward and backward stay with ``numpy.matmul``, which calls the same library.
 - **Intel MKL**, from ``pip install 'gpumlp[mkl]'`` (the ``mkl`` wheel's ``libmkl_rt``), taken by
-  ``auto`` when installed. On the dev machine its products are up to 2× faster than OpenBLAS's
-  (a 10×784×300 first layer: 44 against 89 µs; the large networks' 1.1–1.5×: see
-  ``scripts/products.py``), so then every product with m·n·k ≥ ``MKL_MIN_MNK`` goes through it as
-  well (``Backend.matmul``). Smaller ones stay with numpy's matmul: a ctypes call costs ~5 µs, and
-  OpenBLAS runs such products on one thread in ~1–3 µs.
+  ``auto`` when installed. Its products can be up to 2× faster than OpenBLAS's, so then every
+  product with m·n·k ≥ ``MKL_MIN_MNK`` goes through it as well (``Backend.matmul``); smaller ones
+  stay with numpy's matmul (docs/speed.md#mkl-for-the-big-products).
 
 A ``Blas`` is one choice of library and its routines; the CPU backend owns one (``NumpyBackend.blas``,
 by default ``chosen()``: what ``GPUMLP_BLAS`` picks). Each library is looked for once per process and
@@ -57,14 +55,14 @@ MKL_MIN_MNK = 1 << 19  # products this big go to MKL: where OpenBLAS, too, start
 _DTYPES = ((np.dtype(np.float32), "s", ctypes.c_float), (np.dtype(np.float64), "d", ctypes.c_double))
 
 
-def _library_paths() -> list[str]:
+def library_paths() -> list[str]:
     """Candidate OpenBLAS files shipped inside the numpy wheel (Linux/Windows: numpy.libs, macOS: .dylibs)."""
     root = os.path.dirname(np.__file__)
     patterns = [os.path.join(root, "..", "numpy.libs", "*openblas*"), os.path.join(root, ".dylibs", "*openblas*")]
     return sorted(p for pattern in patterns for p in glob.glob(pattern))
 
 
-def _mkl_paths() -> list[str]:
+def mkl_paths() -> list[str]:
     """``libmkl_rt`` where the ``mkl`` wheel puts it, the environment's own first: its lib/ (Library/bin
     on Windows), then the user base's for ``pip install --user`` when user site-packages are on.
     Only a complete install counts: libmkl_rt loads MKL's other libraries on its first call, and one
@@ -120,8 +118,8 @@ def _find(paths: list[str], symbols: tuple[str, ...]) -> dict:
 def _library(name: str) -> dict:
     """The checked routines of ``name`` ("mkl" or "numpy"), {} where it is out of reach."""
     if name == "mkl":
-        return _find(_mkl_paths(), _MKL_SYMBOLS)
-    return _find(_library_paths(), _NUMPY_SYMBOLS)
+        return _find(mkl_paths(), _MKL_SYMBOLS)
+    return _find(library_paths(), _NUMPY_SYMBOLS)
 
 
 def _parse_choice(choice: str | None) -> str:
@@ -229,7 +227,7 @@ def _address(M: np.ndarray) -> int:
 def openblas_core() -> str:
     """The kernel set numpy's OpenBLAS chose for this CPU when it loaded (e.g. ``"skylakex"``),
     lower case; ``""`` where numpy's BLAS is not an OpenBLAS gpumlp can ask."""
-    for path in _library_paths():
+    for path in library_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:

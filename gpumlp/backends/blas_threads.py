@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from gpumlp.backends.blas import _library_paths, _mkl_paths, chosen
+from gpumlp.backends.blas import chosen, library_paths, mkl_paths
 from gpumlp.errors import ConfigError
 
 THREADS_ENV = "GPUMLP_THREADS"
@@ -27,9 +27,7 @@ MAX_THREADS = 1024
 # A run whose biggest product of a step is at most this many multiply-adds (batch × n_in × n_out)
 # trains on one thread, whatever the load: there a second thread's wake-up and wait cost more than
 # it saves, and on one thread a wide batch-10 layer takes OpenBLAS's small-matrix kernel
-# (``NumpyBackend.layer_matmul_function``). On a quiet 2-core Xeon VM, 1 thread against 2:
-# 784-300-100-50-10 at batch 10 (2,352,000) +27%; 784-16-16-10 and 784-100-50-10 ±0; 784-800-10
-# at batch 10 (6,272,000) −8%, 784-300-10 at batch 32 (7,526,400) −7%.
+# (``NumpyBackend.layer_matmul_function``). Measured: docs/speed.md#one-blas-thread-for-small-products
 ONE_THREAD_MNK = 4_000_000
 LOAD_SAMPLE_S = 0.05  # how long auto_threads watches /proc/stat: 5 ticks per core at 100 Hz
 # OpenBLAS's thread-count functions, "{}" standing for get or set: numpy ≥ 2.0 wheels, 1.2x wheels, other builds
@@ -48,13 +46,13 @@ def _thread_controls(library: str | None = None) -> list:
 @functools.cache  # looked for once per library and process
 def _controls_of(library: str) -> list:
     found = []
-    for path in _library_paths():
+    for path in library_paths():
         control = _control(path, [(p.format("get"), p.format("set")) for p in _OPENBLAS_THREADS])
         if control:
             found.append(control)
             break
     if library == "mkl":
-        for path in _mkl_paths():
+        for path in mkl_paths():
             control = _control(path, [(_MKL_THREADS[0].format("Get"), _MKL_THREADS[1].format("Set"))])
             if control:
                 found.append(control)

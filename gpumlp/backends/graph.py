@@ -26,10 +26,10 @@ number passed to a kernel (the learning rate, SGD's fused α and β, momentum's 
 
 Capture follows ``fit``'s warm-up step and a first gather, so that compilation (NVRTC, CUB) and
 first-use buffers are done before it. No memory is allocated while capturing: every array the step
-creates is carved from one block reserved before the capture (``CupyBackend.capture``) and kept for
+creates is carved from one block reserved before the capture (``gpumlp.backends.capture``) and kept for
 the graph's life. If capturing fails, training goes on without a graph, and says so once.
 
-The step's products are cuBLAS gemms that gpumlp calls itself (``gpumlp.backends.cuda._raw_gemm``): CuPy
+The step's products are cuBLAS gemms that gpumlp calls itself (``gpumlp.backends.cublas.raw_gemm``): CuPy
 refuses every cuBLAS call of its own while a stream captures. Where the probe could not call cuBLAS
 directly, ``--cuda-graph`` is ignored with that reason (``CupyBackend.graph_unavailable``).
 """

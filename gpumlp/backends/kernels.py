@@ -14,6 +14,10 @@ Activation bodies are filled in from ``Activation.cuda_f`` (of the pre-activatio
 
 from __future__ import annotations
 
+from string import Template
+
+from gpumlp.backends.warp import CENTRE, PIXELS, SIDE
+
 # Z ← f(Z + b): the hidden layer's bias and activation, in place on the fresh product Z (n, n_out).
 BIAS_ACT = ("T b", "T z", "const T x = z + b; z = {f};")
 
@@ -76,6 +80,15 @@ MAX_NORM = (
 )
 
 _HASH = "x ^= x >> 16; x *= 0x7FEB352DU; x ^= x >> 15; x *= 0x846CA68BU; x ^= x >> 16;"  # gpumlp.backends.rng's h
+# The image geometry the augmentation kernels are written for, from the shape the augmenter shares
+# with them (gpumlp.backends.warp): $SIDE, $PIXELS, … in a body below.
+_GEOMETRY = {"SIDE": SIDE, "PIXELS": PIXELS, "AXES_PIXELS": 2 * PIXELS, "CENTRE": CENTRE, "HASH": _HASH}
+
+
+def _geometry(body: str) -> str:
+    """An augmentation kernel's ``body`` with the image geometry and the hash filled in."""
+    return Template(body).substitute(_GEOMETRY)
+
 
 # Augmentation's affine draw, one thread per image i (gpumlp.training.augment.Augmenter.reference_draw): six
 # uniforms in [−1, 1) from the counter-based bits h(base[6i + j] + k), 24 bits each (exact), then the
@@ -83,11 +96,11 @@ _HASH = "x ^= x >> 16; x *= 0x7FEB352DU; x ^= x >> 15; x *= 0x846CA68BU; x ^= x 
 AFFINE_DRAW = (
     "raw uint32 base, uint32 k, T shift, T rot, T scale, T shear, int32 affine",
     "T v0, raw T t, raw T a",
-    """
+    _geometry("""
     T v[6];
     for (int j = 0; j < 6; ++j) {
         unsigned int x = base[6 * (ptrdiff_t)i + j] + k;
-        HASH
+        $HASH
         const T u = T(x >> 8) * T(5.9604644775390625e-08);  // 2^-24
         v[j] = u * T(2) - T(1);
     }
@@ -102,20 +115,20 @@ AFFINE_DRAW = (
         a[4 * i + 3] = s * sr * sh + c * sc;
     }
     v0 = v[0];
-    """.replace("HASH", _HASH),
+    """),
 )
 
 # The elastic field's random integers F (b, 2, 28, 28): 16 bits per axis of h(base[784 img + pix] + k).
 ELASTIC_FIELD = (
     "raw uint32 base, uint32 k",
     "T f",
-    """
-    const ptrdiff_t img = i / 1568;
-    const int rest = i % 1568, axis = rest / 784, pix = rest % 784;
-    unsigned int x = base[img * 784 + pix] + k;
-    HASH
+    _geometry("""
+    const ptrdiff_t img = i / $AXES_PIXELS;
+    const int rest = i % $AXES_PIXELS, axis = rest / $PIXELS, pix = rest % $PIXELS;
+    unsigned int x = base[img * $PIXELS + pix] + k;
+    $HASH
     f = axis == 0 ? T(x >> 16) : T(x & 0xFFFFU);
-    """.replace("HASH", _HASH),
+    """),
 )
 
 # Augmentation's resample, one thread per output pixel of X (b, 784), C-contiguous and flat: its
@@ -125,32 +138,32 @@ ELASTIC_FIELD = (
 WARP = (
     "raw T x, raw T a, raw T t, raw T d, int32 has_a, int32 has_t, int32 has_d",
     "T y",
-    """
-    const int img = i / 784, pix = i % 784, pr = pix / 28, pc = pix % 28;
+    _geometry("""
+    const int img = i / $PIXELS, pix = i % $PIXELS, pr = pix / $SIDE, pc = pix % $SIDE;
     T row = T(pr), col = T(pc);
     if (has_t) { row = row + t[2 * img]; col = col + t[2 * img + 1]; }
     if (has_a) {
-        const T qr = T(pr) - T(13.5), qc = T(pc) - T(13.5);
+        const T qr = T(pr) - T($CENTRE), qc = T(pc) - T($CENTRE);
         row = (row + (a[4 * img] - T(1)) * qr) + a[4 * img + 1] * qc;
         col = (col + (a[4 * img + 3] - T(1)) * qc) + a[4 * img + 2] * qr;
     }
-    if (has_d) { row = row + d[(ptrdiff_t)(2 * img) * 784 + pix]; col = col + d[(ptrdiff_t)(2 * img + 1) * 784 + pix]; }
-    T wr = row < T(-1) ? T(-1) : (row > T(28) ? T(28) : row);
-    T wc = col < T(-1) ? T(-1) : (col > T(28) ? T(28) : col);
+    if (has_d) { row = row + d[(ptrdiff_t)(2 * img) * $PIXELS + pix]; col = col + d[(ptrdiff_t)(2 * img + 1) * $PIXELS + pix]; }
+    T wr = row < T(-1) ? T(-1) : (row > T($SIDE) ? T($SIDE) : row);
+    T wc = col < T(-1) ? T(-1) : (col > T($SIDE) ? T($SIDE) : col);
     const T r0 = floor(wr), c0 = floor(wc);
     wr -= r0;
     wc -= c0;
     const int ir = (int)r0, ic = (int)c0;
-    const ptrdiff_t at = (ptrdiff_t)img * 784;
-    const bool top = ir >= 0 && ir < 28, bottom = ir + 1 >= 0 && ir + 1 < 28;
-    const bool left = ic >= 0 && ic < 28, right = ic + 1 >= 0 && ic + 1 < 28;
-    const T v00 = top && left ? x[at + ir * 28 + ic] : T(0);
-    const T v01 = top && right ? x[at + ir * 28 + ic + 1] : T(0);
-    const T v10 = bottom && left ? x[at + (ir + 1) * 28 + ic] : T(0);
-    const T v11 = bottom && right ? x[at + (ir + 1) * 28 + ic + 1] : T(0);
+    const ptrdiff_t at = (ptrdiff_t)img * $PIXELS;
+    const bool top = ir >= 0 && ir < $SIDE, bottom = ir + 1 >= 0 && ir + 1 < $SIDE;
+    const bool left = ic >= 0 && ic < $SIDE, right = ic + 1 >= 0 && ic + 1 < $SIDE;
+    const T v00 = top && left ? x[at + ir * $SIDE + ic] : T(0);
+    const T v01 = top && right ? x[at + ir * $SIDE + ic + 1] : T(0);
+    const T v10 = bottom && left ? x[at + (ir + 1) * $SIDE + ic] : T(0);
+    const T v11 = bottom && right ? x[at + (ir + 1) * $SIDE + ic + 1] : T(0);
     const T upper = (v01 - v00) * wc + v00, lower = (v11 - v10) * wc + v10;
     y = (lower - upper) * wr + upper;
-    """,
+    """),  # noqa: E501 (one line of C, as it was with 784)
 )
 
 # One tiny kernel compiled (NVRTC) and launched when a CUDA device is chosen: y = 2x + 1.

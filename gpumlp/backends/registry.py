@@ -13,7 +13,8 @@ import importlib
 from collections.abc import Callable
 from types import ModuleType
 
-from gpumlp.backends.base import CPU, DEVICE_HELP, INSTALL_HINT, Backend
+from gpumlp.backends.base import DEVICE_HELP, INSTALL_HINT, Backend
+from gpumlp.backends.cpu import CPU
 from gpumlp.errors import BackendUnavailable
 
 

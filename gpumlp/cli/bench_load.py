@@ -119,7 +119,7 @@ def run_under_load(loads, configs, repeats: int = 3, data_dir=None, sgemm_n: int
 
 
 def _cpu():
-    from gpumlp.backends.base import CPU
+    from gpumlp.backends.cpu import CPU
 
     return CPU
 

@@ -7,7 +7,8 @@ import importlib
 
 import numpy as np
 
-from gpumlp.backends.base import CPU, INSTALL_HINT
+from gpumlp.backends.base import INSTALL_HINT
+from gpumlp.backends.cpu import CPU
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import BackendUnavailable
 

@@ -1,11 +1,6 @@
-"""Reading a digit from an image file the way MNIST was made, and asking a network what it is.
+"""Asking a network what digits are: image files prepared as MNIST was (``gpumlp.data.images``)
+and test images, predicted in one batch, and ``gpumlp predict``'s text.
 
-MNIST's digits were size-normalised to fit a 20×20 box (keeping the aspect ratio, anti-aliased)
-and placed in a 28×28 field so that their centre of mass sits at the centre. ``to_mnist`` does
-the same to any photo or drawing, so a network trained on MNIST sees what it was trained on:
-
-    load_image(path)   file or its bytes → (h, w) grey levels in [0, 1] on the host (needs Pillow)
-    to_mnist(gray)     (h, w) → (784,) bright ink on black, 20×20 box, centre of mass at (14, 14)
     predict_images     [(784,), …] → one batched forward pass → digit, top 3, probabilities
 
 Everything here runs on the host with numpy; only ``predict_images`` touches the model's device.
@@ -13,148 +8,13 @@ Everything here runs on the host with numpy; only ``predict_images`` touches the
 
 from __future__ import annotations
 
-import io
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from gpumlp.errors import ConfigError, GpumlpError
-from gpumlp.formats.untrusted import open_regular
+from gpumlp.data.images import ascii_preview, load_digit
+from gpumlp.errors import ConfigError
 from gpumlp.losses import LOSSES
-
-PILLOW_HINT = "reading images needs Pillow: pip install 'gpumlp[images]'"
-INK_THRESHOLD = 0.1  # after inversion and background removal, a pixel above this is ink
-MIN_CONTRAST = 0.1  # an image whose grey levels span less than this has no digit in it
-BOX, FIELD = 20, 28  # MNIST: the digit fits a 20×20 box inside the 28×28 field
-RAMP = " .:-=+*#%@"  # ascii_preview, from no ink to full ink
-# Pillow refuses only above 179 million pixels (a warning above 89 million); a 177 KB PNG of
-# 12,000×12,000 passed and cost 4.5 GB. A digit needs far fewer: refused from the header, before
-# any pixel is decoded. 4096×4096 costs about 0.6 GB on its way to 28×28.
-MAX_PIXELS = 4096 * 4096
-
-
-def _pillow():
-    """The PIL.Image module, imported only when an image is read (Pillow is an optional extra)."""
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:
-        raise GpumlpError(PILLOW_HINT) from None
-    return Image, ImageOps
-
-
-def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A PNG, JPEG, BMP, … of any size → (h, w) float64 grey levels in [0, 1] (host), 1 = white.
-
-    ``source``: a file's path, or the file's bytes (``gpumlp serve``: an uploaded PNG). Transparent
-    pixels are composited onto white, as a viewer shows them; JPEG EXIF rotation is applied.
-    ``max_pixels``: refuse larger images before decoding them. Raises ``GpumlpError`` for a
-    missing file, a folder, a FIFO or other non-regular file, a non-image, a too large or a blank image.
-    """
-    Image, ImageOps = _pillow()
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        path, fp = "the image data", io.BytesIO(source)
-    else:
-        path = Path(source)
-        fp, _ = open_regular(path, GpumlpError, missing=f"image {path} not found; check the path")
-    try:
-        with fp:
-            with warnings.catch_warnings():  # Pillow's bomb warning: max_pixels, far lower, is checked here
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(fp)  # reads the header only
-            if im.width * im.height > max_pixels:
-                raise GpumlpError(
-                    f"{path} is {im.width}×{im.height} pixels, more than {max_pixels:,}; "
-                    "scale it down (a digit needs 28×28)"
-                )
-            im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
-            if im.mode.startswith("I"):  # 16- or 32-bit grey levels
-                gray = np.asarray(im, dtype=np.float64) / 65535.0
-            elif "A" in im.mode or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                gray = np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
-            else:
-                gray = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise GpumlpError(f"{path} is not an image Pillow can read ({reason}); use PNG, JPEG or BMP") from None
-    gray = np.clip(gray, 0.0, 1.0)  # (h, w)
-    if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
-        raise GpumlpError(f"{path}: no ink found (the image is one flat colour); draw a digit on it")
-    return gray
-
-
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of an area-averaging resize along one axis: each output pixel is the
-    mean of the input it covers, partial pixels weighted by overlap. Rows sum to 1."""
-    edges = np.arange(n_out + 1) * (n_in / n_out)  # (n_out + 1,) output edges in input pixels
-    j = np.arange(n_in)  # (n_in,)
-    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)  # (n_out, n_in)
-    return np.clip(overlap, 0.0, None) * (n_out / n_in)
-
-
-def to_mnist(gray: np.ndarray) -> np.ndarray:
-    """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
-
-    Inverts when the border is light (ink must be bright on black), removes the background level
-    and stretches the ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the
-    aspect ratio (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
-    """
-    g = np.asarray(gray)
-    if g.ndim != 2:
-        raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
-    g = g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64)  # (h, w)
-    border = np.concatenate([g[0, :], g[-1, :], g[:, 0], g[:, -1]])  # the outer frame
-    if np.median(border) > 0.5:  # light background: dark ink on paper
-        g, border = 1.0 - g, 1.0 - border
-    g = np.clip(g - np.median(border), 0.0, None)  # background → 0
-    peak = g.max() if g.size else 0.0
-    if peak < MIN_CONTRAST:
-        raise GpumlpError("no ink found: the image is one flat colour; draw a digit on it")
-    g /= peak  # the strongest ink → 1, as in MNIST
-    rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
-    crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = _area_matrix(h, nh) @ crop @ _area_matrix(w, nw).T  # (nh, nw), fits 20×20
-    mass = small.sum()
-    cy = (small.sum(axis=1) @ np.arange(nh)) / mass  # centre of mass, row index
-    cx = (small.sum(axis=0) @ np.arange(nw)) / mass  # centre of mass, column index
-    # Shift by whole pixels (as MNIST did), never pushing ink out of the field.
-    oy = int(np.clip(round(FIELD / 2 - cy), 0, FIELD - nh))
-    ox = int(np.clip(round(FIELD / 2 - cx), 0, FIELD - nw))
-    out = np.zeros((FIELD, FIELD), dtype=np.float32)  # (28, 28)
-    out[oy : oy + nh, ox : ox + nw] = np.clip(small, 0.0, 1.0)
-    return out.reshape(-1)  # (784,)
-
-
-def load_digit(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file, or its bytes → (784,) MNIST-style input: ``to_mnist(load_image(source))``,
-    errors naming the file."""
-    gray = load_image(source, max_pixels)
-    try:
-        return to_mnist(gray)
-    except GpumlpError as e:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            raise
-        raise GpumlpError(f"{source}: {e}") from None
-
-
-def ascii_preview(x784, pool: int = 1) -> str:
-    """What the network saw, as text: (784,) host pixels in [0, 1] → 28 lines (``pool=2``: 14
-    lines of 2×2 means). Each cell is two characters wide so the digit keeps its shape."""
-    if pool not in (1, 2):
-        raise ConfigError(f"ascii_preview pool must be 1 or 2, got {pool}")
-    img = np.asarray(x784, dtype=np.float64).reshape(FIELD, FIELD)  # (28, 28)
-    n = FIELD // pool
-    img = img.reshape(n, pool, n, pool).mean(axis=(1, 3))  # (n, n)
-    idx = np.clip((img * len(RAMP)).astype(int), 0, len(RAMP) - 1)  # (n, n) index into RAMP
-    chars = np.array(list(RAMP))[idx]
-    return "\n".join("".join(c + c for c in row) for row in chars)
 
 
 def class_label(d: int, names: tuple[str, ...] | None = None) -> str:

@@ -4,7 +4,7 @@
     GET  /api/model     what the network is: sizes, activation, loss, test accuracy, …
     POST /api/predict   a PNG body (Content-Type: image/png) → {"digit", "probabilities", "preview"}
 
-Preprocessing is ``gpumlp predict``'s own code (``predict.load_digit``, ``predict_images``), so the
+Preprocessing is ``gpumlp predict``'s own code (``gpumlp.data.images.load_digit``, ``predict_images``), so the
 page, the API and the command line give the same answer for the same image. Starlette and uvicorn
 are an optional extra (``pip install 'gpumlp[serve]'``), imported only here. Predictions run in
 worker threads: up to ``DECODERS`` images are decoded in parallel, and one lock serialises the
@@ -59,7 +59,8 @@ class Predictor:
     def predict_png(self, data: bytes) -> dict:
         """PNG bytes → ``{"digit", "probabilities": [10], "preview": [784 ints 0–255]}``, exactly
         what ``gpumlp predict`` computes for the same file. Raises ``GpumlpError`` for a bad image."""
-        from gpumlp.cli.predict import load_digit, predict_images
+        from gpumlp.cli.predict import predict_images
+        from gpumlp.data.images import load_digit
 
         if not bytes(data[:8]) == PNG_SIGNATURE:
             raise GpumlpError("the request body is not a PNG image; POST a PNG file with Content-Type: image/png")

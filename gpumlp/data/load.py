@@ -1,144 +1,26 @@
-"""IDX parsing with checks; locating, downloading, verifying and caching a dataset's files from its
-record (gpumlp/data/datasets.py); splits.
+"""Finding a dataset's files (downloading the missing ones), verifying them against their record
+(gpumlp/data/datasets.py), caching the decoded arrays, and the splits training uses.
 
-Everything here lives on the host; the training loop moves arrays to the device once.
+Everything here lives on the host; the training loop moves arrays to the device once. IDX parsing
+is ``gpumlp.data.idx``; downloading, ``gpumlp.data.download``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import struct
-import sys
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from gpumlp.data.datasets import CHECKSUMS, DATASETS, IDX_SIZES, MNIST, Dataset, get
+from gpumlp.data.download import download_file
+from gpumlp.data.idx import digest_and_content, parse_idx
 from gpumlp.errors import ConfigError, DataError
-from gpumlp.formats.untrusted import GZIP_MAGIC, gunzip_limited, open_regular, read_limited
-
-# MNIST's record (gpumlp/data/datasets.py), under the names this module has always had.
-MNIST_FILES = MNIST.files  # SHA-256 of the *decompressed* files: mirrors serve differently compressed .gz files
-MIRRORS = MNIST.mirrors
-MNIST_SIZES = IDX_SIZES  # exact decompressed sizes, the same in every dataset of datasets.py
-MAX_IDX_BYTES = 1 << 28  # read_idx on any other file: 256 MiB, five times the largest MNIST file
-DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
-
-# IDX type codes (the third byte of the magic number) → big-endian numpy dtype
-IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-# ---------------------------------------------------------------- IDX
-
-
-def _read_bytes(path: Path, limit: int = 0, hasher=None, what: str = "", gz_hasher=None) -> bytes | bytearray:
-    """The file's content, decompressed when it is gzip (by its magic bytes, not its name), at most
-    ``limit`` bytes of it (default ``MAX_IDX_BYTES``): a raw file is refused by its size before it
-    is read, a gzip file as soon as its decompressed content passes ``limit``. ``hasher.update``
-    sees the (decompressed) content as it is read; ``gz_hasher.update`` the gzip file's own bytes
-    (a file that is not gzip is then refused: only a .gz can match a digest of a .gz)."""
-    limit = limit or MAX_IDX_BYTES
-    what = what or f"the {limit:,} bytes gpumlp reads of an IDX file"
-    f, size = open_regular(path, DataError, missing=f"cannot read {path}: No such file or directory")
-    try:
-        with f:
-            if f.read(2) != GZIP_MAGIC:
-                if gz_hasher is not None:
-                    raise DataError(
-                        f"{path} is not gzip-compressed, and only the published .gz file can be checked "
-                        "against its published md5; put the .gz file there, or delete it so gpumlp downloads it"
-                    )
-                f.seek(0)
-                data = read_limited(f, size, limit, path, DataError, what)
-                if hasher is not None:
-                    hasher.update(data)
-                return data
-            f.seek(0)
-            return gunzip_limited(
-                f if gz_hasher is None else _Hashing(f, gz_hasher), limit, path, DataError, what, hasher
-            )
-    except zlib.error as e:
-        raise DataError(f"{path} is a corrupt gzip file ({e}); delete it and download again") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-class _Hashing:
-    """A binary file whose bytes ``hasher`` sees as they are read."""
-
-    def __init__(self, f, hasher):
-        self.f, self.hasher = f, hasher
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.hasher.update(data)
-        return data
-
-
-def _digest_and_content(path: Path, name: str, kind: str, what: str) -> tuple[bytes | bytearray, str]:
-    """``path``'s decompressed content (never beyond the real file's size) and the hex digest that
-    ``kind`` (a key of ``datasets.CHECKSUMS``) names, computed as the file is read."""
-    limit = IDX_SIZES.get(name, MAX_IDX_BYTES)
-    if kind == "sha256":
-        hasher = hashlib.sha256()
-        return _read_bytes(path, limit, hasher, what), hasher.hexdigest()
-    hasher = hashlib.md5(usedforsecurity=False)  # the published checksum, not a security measure
-    return _read_bytes(path, limit, what=what, gz_hasher=hasher), hasher.hexdigest()
-
-
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Bytes of an IDX file → numpy array with the declared shape, after checking the header.
-
-    The header is checked against the actual length before anything is allocated, so a
-    truncated or mislabelled file is a ``DataError``, never a numpy exception.
-    """
-    if len(data) < 4:
-        raise DataError(f"{name} is too short for an IDX header ({len(data)} bytes)")
-    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0:
-        raise DataError(f"{name} is not an IDX file (bad magic number 0x{data[:4].hex()})")
-    if type_code not in IDX_DTYPES:
-        raise DataError(f"{name} has unknown IDX type code 0x{type_code:02x}")
-    if ndim == 0:
-        raise DataError(f"{name} declares zero dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name} is truncated inside its header ({len(data)} of {header} bytes)")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = IDX_DTYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=object)) * dtype.itemsize  # exact: no overflow
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "longer than its header says"
-        raise DataError(
-            f"{name} is {what}: dimensions {'×'.join(map(str, shape))} need {expected} bytes, the file has {len(data)}"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
-    """Read a raw or gzip IDX file of at most ``max_bytes`` (decompressed), checked (see ``parse_idx``)."""
-    path = Path(path)
-    return parse_idx(_read_bytes(path, max_bytes), str(path))
-
-
-# ---------------------------------------------------------------- locating, verifying, downloading
+from gpumlp.formats.atomic import atomic_write
 
 
 def default_cache_dir(dataset: str = MNIST.name) -> Path:
@@ -173,95 +55,6 @@ def find_file(name: str, dirs: Sequence[Path], gz_only: bool = False) -> Path | 
     return None
 
 
-def _progress(name: str) -> Callable[[int, int | None], None]:
-    """A download progress line on stderr, redrawn in place on a terminal."""
-    tty = sys.stderr.isatty()
-    last = [-1]
-
-    def show(done: int, total: int | None) -> None:
-        pct = int(100 * done / total) if total else -1
-        if pct == last[0] or (not tty and pct not in (0, 100)):
-            return
-        last[0] = pct
-        size = f"{done / 1e6:.1f} MB" + (f" / {total / 1e6:.1f} MB ({pct}%)" if total else "")
-        end = "\r" if tty and pct != 100 else "\n"
-        print(f"downloading {name}: {size}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
-def _safe_url(url: str) -> bool:
-    """HTTPS anywhere; plain HTTP only to localhost (the tests' local server)."""
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))
-
-
-def download_file(
-    name: str,
-    checksum: str,
-    dest_dir: Path,
-    mirrors: Sequence[str] = MIRRORS,
-    timeout: float = DOWNLOAD_TIMEOUT,
-    progress: bool = True,
-    hint: str = "Download the MNIST files yourself and pass --data-dir DIR (or set GPUMLP_DATA_DIR)",
-    kind: str = "sha256",
-) -> Path:
-    """Fetch ``name.gz`` from the first mirror that serves it with the right content.
-
-    The download goes to a temporary file in ``dest_dir`` and is renamed into place only after its
-    ``checksum`` matches (``kind``: the SHA-256 of its decompressed content, or the MD5 of the .gz
-    itself; see ``datasets.CHECKSUMS``), so ``dest_dir`` never holds a partial or wrong file under
-    the real name. Raises ``DataError`` naming every mirror's failure.
-    """
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(
-            f"cannot download {name} into {dest_dir}: {e.strerror or e}; pass --data-dir DIR with a writable folder"
-        ) from None
-    target = dest_dir / f"{name}.gz"
-    limit = IDX_SIZES.get(name, MAX_IDX_BYTES)  # decompressed; gzip never adds more than 1 MiB to it
-    failures = []
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + f"/{name}.gz"
-        if not _safe_url(url):
-            failures.append(f"{url}: refused (only https, or http to localhost)")
-            continue
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-        except OSError as e:
-            raise DataError(
-                f"cannot download {name} into {dest_dir}: {e.strerror or e}; pass --data-dir DIR with a writable folder"
-            ) from None
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                total = resp.headers.get("Content-Length")
-                show = _progress(name) if progress else (lambda done, total: None)
-                done = 0
-                while chunk := resp.read(1 << 16):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if done > limit + (1 << 20):
-                        raise OSError(f"served more than {limit + (1 << 20):,} bytes, more than {name}.gz can be")
-                    show(done, int(total) if total else None)
-                if total is not None and done != int(total):
-                    raise OSError(f"connection closed after {done} of {total} bytes")
-                out.flush()
-                os.fsync(out.fileno())
-            _, digest = _digest_and_content(Path(tmp), name, kind, f"the real {name}")  # hashed as it is read
-            if digest != checksum:
-                raise OSError(f"checksum mismatch ({kind} {digest[:12]}…, expected {checksum[:12]}…)")
-            os.replace(tmp, target)
-            return target
-        except (OSError, http.client.HTTPException, DataError, ValueError) as e:  # URLError is an OSError
-            reason = getattr(e, "reason", None) or e
-            failures.append(f"{url}: {reason}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise DataError(f"could not download {name}: " + "; ".join(failures) + f". {hint}")
-
-
 def locate(rec: Dataset, data_dir: str | os.PathLike | None = None, download: bool = True) -> dict[str, Path]:
     """Path of each of the dataset's files in the folder ``search_dirs`` gives, downloading the
     missing ones into it (``download=False``: a missing file is an error naming it and the folder)."""
@@ -290,8 +83,8 @@ def locate(rec: Dataset, data_dir: str | os.PathLike | None = None, download: bo
 def locate_mnist(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    mirrors: Sequence[str] = MIRRORS,
-    files: dict[str, str] = MNIST_FILES,
+    mirrors: Sequence[str] = MNIST.mirrors,
+    files: dict[str, str] = MNIST.files,
 ) -> dict[str, Path]:
     """``locate`` for MNIST, or for other ``files`` and ``mirrors`` checked as MNIST's are."""
     return locate(replace(MNIST, files=dict(files), mirrors=tuple(mirrors)), data_dir, download)
@@ -301,7 +94,7 @@ def _load_verified(path: Path, name: str, rec: Dataset) -> np.ndarray:
     """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed."""
     fix = "delete it so gpumlp downloads it again, or fix --data-dir"
     real = f"the {IDX_SIZES[name]:,} bytes of the real {name}; {fix}"
-    data, digest = _digest_and_content(path, name, rec.checksum, real)
+    data, digest = digest_and_content(path, name, rec.checksum, real)
     expected = rec.files[name]
     if digest != expected:
         shared = f" ({', '.join(d.title for d in DATASETS.values())} share file names: keep each in its own folder)"
@@ -335,16 +128,10 @@ def _load_decoded(paths: dict[str, Path], rec: Dataset = MNIST) -> dict[str, np.
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
     arrays = {name: _load_verified(paths[name], name, rec) for name in rec.files}
-    tmp = None
     try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".tmp", dir=cache.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, cache)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(cache, lambda f: np.savez(f, **arrays), "the decoded cache", error=DataError)
+    except DataError:
+        pass
     return arrays
 
 

@@ -54,13 +54,18 @@ def deferred_sigint() -> Iterator[None]:
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable, what: str = "a file", fix: str = "choose another path"
+    path: str | os.PathLike,
+    write: Callable,
+    what: str = "a file",
+    fix: str = "choose another path",
+    error: type[Exception] = CheckpointError,
 ) -> Path:
     """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place.
 
     A symlink at ``path`` is written through (its target is replaced, the link stays); an existing
     file keeps its permission bits; a new one gets a new file's (0666 less the umask). Returns the
-    path written, as given. Errors are ``CheckpointError``, worded with ``what`` is written and the ``fix``."""
+    path written, as given. Errors are ``error`` (``CheckpointError``; the dataset cache's are
+    ``DataError``), worded with ``what`` is written and the ``fix``."""
     path = Path(path)
     real = Path(os.path.realpath(path))  # through every symlink; the folder may not exist yet
     folder = real.parent
@@ -73,8 +78,7 @@ def atomic_write(
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=folder)
         except OSError as e:
-            msg = f"cannot write {what} in {folder}: {e.strerror or e}; {fix}"
-            raise CheckpointError(msg) from None
+            raise error(f"cannot write {what} in {folder}: {e.strerror or e}; {fix}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -83,7 +87,7 @@ def atomic_write(
             os.chmod(tmp, mode)  # mkstemp makes 0600
             os.replace(tmp, real)
         except OSError as e:
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+            raise error(f"cannot write {path}: {e.strerror or e}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -22,7 +22,7 @@ from gpumlp.formats.untrusted import check_json_text, read_limited
 from gpumlp.model import N_CLASSES, N_INPUTS
 
 MAX_JSON_CONTAINERS = 1 << 20  # lists and objects: one per weight row; 2^20 rows of 784 would be 1.6 GB of JSON
-MAX_LAYERS, MAX_UNITS = 1024, 1 << 20  # far above any network: 784 × 2^20 float32 weights are 3 GB
+MAX_FILE_LAYERS, MAX_FILE_UNITS = 1024, 1 << 20  # a file read declaring more is refused: far above any network
 HEAD = 64  # bytes read to recognise a file by its start
 
 
@@ -116,14 +116,14 @@ def get(doc, key: str, name: str):
 
 def check_sizes(doc, key: str, name: str) -> tuple[int, ...]:
     """``doc[key]``: layer sizes, integers from 784 to 10 (``10.9`` is refused, never truncated),
-    at most ``MAX_LAYERS`` of them and ``MAX_UNITS`` each: bounds checked before anything is built."""
+    at most ``MAX_FILE_LAYERS`` of them and ``MAX_FILE_UNITS`` each: bounds checked before anything is built."""
     sizes = get(doc, key, name)
     if not isinstance(sizes, list) or not all(type(s) is int for s in sizes):
         raise CheckpointError(f"{name}: {key!r} must be a list of integers, got {short(sizes)}")
-    if len(sizes) > MAX_LAYERS or any(s > MAX_UNITS for s in sizes):
+    if len(sizes) > MAX_FILE_LAYERS or any(s > MAX_FILE_UNITS for s in sizes):
         raise CheckpointError(
             f"{name}: {key!r} declares {len(sizes)} layers of up to {max(sizes):,} units; gpumlp networks have "
-            f"at most {MAX_LAYERS} layers of {MAX_UNITS:,}"
+            f"at most {MAX_FILE_LAYERS} layers of {MAX_FILE_UNITS:,}"
         )
     if len(sizes) < 2 or sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES or min(sizes) <= 0:
         raise CheckpointError(

@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
 from gpumlp.backends.base import Backend
 from gpumlp.backends.rng import DeviceRNG
+from gpumlp.backends.warp import CENTRE, PAD, SIDE, Warp
 from gpumlp.errors import ConfigError
 
 KINDS = ("shift", "affine", "elastic")
-SIDE = 28  # image side in pixels
-PAD = SIDE + 3  # side of the zero-bordered copy: 1 pixel before, 2 after (see _bilinear)
-CENTRE = (SIDE - 1) / 2  # 13.5: the middle of pixels 0 … 27
 KINDS_HELP = "choose none, shift, affine, elastic or a comma list such as affine,elastic"
 STRENGTHS = {  # field → (CLI option, what it is, largest value that means something), for the checks
     "shift": ("--shift", "a translation in pixels, e.g. --shift 2", SIDE),
@@ -101,14 +98,6 @@ def gaussian_matrix(sigma: float, n: int = SIDE) -> np.ndarray:
     k /= k.sum()
     i = np.arange(n)
     return k[i[:, None] - i[None, :] + n - 1]  # (n, n) symmetric
-
-
-class Warp(NamedTuple):
-    """One batch's drawn transforms, device arrays in the augmenter's dtype; None where a kind is off."""
-
-    A: object  # (b, 2, 2) affine matrices on (row, col) offsets from the centre
-    t: object  # (b, 2) translations (row, col) in pixels
-    D: object  # (b, 2, 28, 28) elastic displacements (row, col) of every output pixel
 
 
 class Augmenter:

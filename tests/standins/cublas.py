@@ -1,5 +1,5 @@
 """A stand-in libcublas (C++, built with the host compiler) with the entry points
-``gpumlp.backends.cuda._raw_gemm`` calls, cuBLAS's signatures and column-major semantics, computing on
+``gpumlp.backends.cublas.raw_gemm`` calls, cuBLAS's signatures and column-major semantics, computing on
 host pointers with a reference triple loop; it keeps the handle's state as cuBLAS does (see
 tests/test_raw_gemm.py)."""
 

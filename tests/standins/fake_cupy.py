@@ -93,5 +93,5 @@ def fake_cupy(n_devices: int | None, fail: str | None = None, monkeypatch=None) 
         # No compute-type switch (a real CuPy imported earlier must not be reached), and the
         # choice select_precision records is put back after the test.
         monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", None)
-        monkeypatch.setattr("gpumlp.backends.cuda._MATMUL_FP32", False)
+        monkeypatch.setattr("gpumlp.backends.cublas.matmul_fp32", False)
     return cp

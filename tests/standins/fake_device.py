@@ -240,7 +240,7 @@ def _vdot(a, b):
 def _gemm(a, b, c, alpha, beta):
     """C ← αAB + βC: on a GPU one cuBLAS call; here the CPU backend's, on the arrays underneath."""
     _need_device(a, b, c)
-    from gpumlp.backends.base import CPU
+    from gpumlp.backends.cpu import CPU
 
     CPU.gemm(a._a, b._a, c._a, alpha, beta)
     return c
@@ -249,7 +249,7 @@ def _gemm(a, b, c, alpha, beta):
 def _axpby(alpha, x, beta, y):
     """y ← αx + βy: on a GPU elementwise kernels; here the CPU backend's, on the arrays underneath."""
     _need_device(x, y)
-    from gpumlp.backends.base import CPU
+    from gpumlp.backends.cpu import CPU
 
     CPU.axpby(alpha, x._a, beta, y._a)
     return y

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends import kernels
-from gpumlp.backends.base import CPU, NumpyBackend
+from gpumlp.backends.cpu import CPU, NumpyBackend
 from gpumlp.backends.cuda import CupyBackend
 from gpumlp.losses import LOSSES
 from gpumlp.optim import RULES
