@@ -231,3 +231,69 @@ def test_the_size_finders():
 def test_few_modules_stand_directly_in_the_package():
     root = sorted(p.name for p in (ROOT / PACKAGE).glob("*.py"))
     assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules directly in gpumlp/: {root}"
+
+
+# ---------------------------------------------------------------- variants live in their records
+# A loss or an update rule is one record (gpumlp/losses.py, gpumlp/optim.py). Elsewhere the code
+# asks the record (``LOSSES[model.loss].probabilities``), never compares a name or keeps a table
+# keyed by one, so adding a variant touches its module alone.
+RECORD_MODULES = {"gpumlp/losses.py", "gpumlp/optim.py"}
+REGISTRIES = {"LOSSES", "RULES"}  # lookups into these are how the code asks a record
+NAMED_BY = {"loss", "optimizer"}  # attributes and keys that hold a loss or rule name
+
+
+def _name_constant(node: ast.AST, names: set[str]) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+
+
+def _holds_a_name(node: ast.AST) -> bool:
+    """``model.loss``, ``cfg.optimizer``, ``r["optimizer"]``: an expression holding a loss or rule name."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in NAMED_BY
+    return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in NAMED_BY
+
+
+def name_tests(tree: ast.AST, names: set[str], keys: set[str]) -> list[str]:
+    """Comparisons with a variant's name (``loss == "ce"``, ``x in ("mse", "ce")``), tables whose keys
+    are ``keys`` (``{"adam": …}``) and lookups keyed by a name outside the registries
+    (``CONFIDENCE[model.loss]``), as ``"line: code"``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            parts += [e for p in parts if isinstance(p, (ast.Tuple, ast.List, ast.Set)) for e in p.elts]
+            hit = any(_name_constant(p, names) for p in parts)
+        elif isinstance(node, ast.Dict):
+            hit = any(k is not None and _name_constant(k, keys) for k in node.keys)
+        elif isinstance(node, ast.Subscript) and _holds_a_name(node.slice):
+            base = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
+            hit = base not in REGISTRIES
+        else:
+            hit = False
+        if hit:
+            found.append(f"{node.lineno}: {ast.unparse(node)[:100]}")
+    return found
+
+
+def test_no_loss_or_rule_name_is_compared_or_keyed_outside_its_record():
+    from gpumlp.losses import LOSSES
+    from gpumlp.optim import HYPERPARAMS, RULES
+
+    names = set(LOSSES) | set(RULES)
+    keys = names - set(HYPERPARAMS)  # "momentum" is a rule and a hyper-parameter: a dict of those is fine
+    found = [
+        f"{path}:{hit}"
+        for path, file in source_files().items()
+        if path not in RECORD_MODULES
+        for hit in name_tests(ast.parse(file.read_text()), names, keys)
+    ]
+    assert not found, "ask the loss or rule record instead:\n" + "\n".join(found)
+
+
+def test_the_name_finder_finds_comparisons_tables_and_keyed_lookups():
+    code = (
+        'a = model.loss == "ce"\nb = r["optimizer"] in ("adam", "sgd")\nc = {"adam": 1}\n'
+        "d = CONFIDENCE[model.loss]\ne = LOSSES[model.loss]\nf = {'momentum': 0.9}\ng = preset(loss='ce')\n"
+    )
+    found = name_tests(ast.parse(code), {"ce", "adam", "sgd", "momentum"}, {"ce", "adam", "sgd"})
+    assert [f.split(":")[0] for f in found] == ["1", "2", "3", "4"]
