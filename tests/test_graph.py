@@ -22,7 +22,7 @@ import types
 
 import numpy as np
 import pytest
-from test_kernels import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
+from standins.kernel_harness import HostCuda, HostKernel, host_library  # noqa: F401  (host_library: a fixture)
 from test_raw_gemm import cublas_standin  # noqa: F401  (a fixture)
 
 from gpumlp.backends import cuda

@@ -15,9 +15,10 @@ import numpy as np
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.data.datasets import DATASETS
-from gpumlp.errors import CheckpointError
+from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats.base import check_sizes, short
 from gpumlp.model import DTYPES, INITS, LOSSES
+from gpumlp.optim import RULES
 
 
 def _number(v) -> bool:
@@ -68,7 +69,12 @@ TRAIN_STATE_FIELDS = {
     "weights_epoch": (_or_none(_count), "an epoch number or null"),
     "blas_threads": (_or_none(lambda v: _count(v) and v >= 1), "a thread count (1 or more) or null"),
 }
-OPTIMIZER_FIELDS = {"name": (lambda v: isinstance(v, str), "an optimiser name"), "t": (_count, "a step count")}
+OPTIMIZER_FIELDS = {
+    "name": (lambda v: isinstance(v, str), "an optimiser name"),
+    "t": (_count, "a step count"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number, 0 or more"),
+    "hyper": (_object_of(_number), "an object of numbers"),
+}
 FIELDS = {
     "activation": (lambda v: v in tuple(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)}"),
     "loss": (lambda v: v in tuple(LOSSES), f"one of {', '.join(LOSSES)}"),
@@ -113,6 +119,7 @@ def check_meta(path: Path, meta: dict) -> None:
         _check_fields(path, epoch, EPOCH_FIELDS, f"history[{i}].")
     _check_fields(path, meta.get("train_state") or {}, TRAIN_STATE_FIELDS, "train_state.")
     _check_fields(path, meta.get("optimizer") or {}, OPTIMIZER_FIELDS, "optimizer.")
+    _check_rule_state(path, meta.get("optimizer") or {})
     config = meta.get("config") or {}
     for key in ("sizes", "activation", "loss", "dtype", "dataset"):  # a resumed run takes these from config
         if key in meta and config.get(key) is not None and config[key] != meta[key]:
@@ -120,6 +127,25 @@ def check_meta(path: Path, meta: dict) -> None:
                 f"{path}: metadata config.{key} {short(config[key])} disagrees with the network's "
                 f"{key} {short(meta[key])}; the file has been edited or damaged"
             )
+
+
+def _check_rule_state(path: Path, opt: dict) -> None:
+    """The hyper-parameters of a registered update rule's state: its own, each in its range. The
+    rules are read now (gpumlp/optim.py's ``RULES``), so a rule registered in this process is known;
+    an unknown rule's network still loads (resuming its run then names the missing rule)."""
+    rule = RULES.get(opt.get("name"))
+    for k, v in (opt.get("hyper") or {}).items() if rule is not None else ():
+        if k not in rule.hyperparams:
+            raise CheckpointError(
+                f"{path}: metadata optimizer.hyper.{k} is no hyper-parameter of --optimizer {rule.name} "
+                f"(it has {', '.join(rule.hyperparams) or 'none'}); the file has been edited or damaged"
+            )
+        try:
+            rule.hyperparams[k].check(k, v)
+        except ConfigError:
+            raise CheckpointError(
+                f"{path}: metadata optimizer.hyper.{k} must be {rule.hyperparams[k].need}, got {short(v)}"
+            ) from None
 
 
 def info_rows(d: dict) -> list[tuple[str, str]]:
