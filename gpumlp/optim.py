@@ -11,8 +11,10 @@ biases), so each dW gains λ·W before the update rule sees it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gpumlp.errors import ConfigError
@@ -39,9 +41,12 @@ class Hyper:
     def check(self, name: str, value: float) -> float:
         number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if not (number and (0 <= value < 1 if self.below_one else value > 0)):
-            need = "in [0, 1)" if self.below_one else "positive"
-            raise ConfigError(f"--{name} must be {need}, e.g. {self.default:g} (got {value!r})")
+            raise ConfigError(f"--{name} must be {self.need}, e.g. {self.default:g} (got {value!r})")
         return float(value)
+
+    @property
+    def need(self) -> str:
+        return "in [0, 1)" if self.below_one else "positive"
 
 
 MOMENTUM = {"momentum": Hyper(0.9, "μ of momentum and nesterov.", below_one=True)}
@@ -50,13 +55,15 @@ MOMENTUM = {"momentum": Hyper(0.9, "μ of momentum and nesterov.", below_one=Tru
 class Optimizer:
     """The common part: weight decay, the step counter and the state buffers.
 
-    A rule is a subclass: its ``name`` (``--optimizer``), its ``hyperparams`` with their defaults,
-    its state ``buffers``, the readable update ``_update`` and the same math as one fused CUDA
-    kernel, ``cuda`` (``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``, see
-    ``gpumlp.backends.kernels``; ``g, wd`` and the ``kernel_scalars`` in, ``p`` and the buffers out)."""
+    A rule is one subclass (then ``register`` it): its ``name`` (``--optimizer``), its ``hyperparams``
+    (``TrainConfig``'s fields and ``gpumlp train``'s options are generated from them), its state
+    ``buffers``, the readable update ``_update``, the same math as one fused CUDA kernel, ``cuda``
+    (``(in_params, out_params, body)`` for ``cupy.ElementwiseKernel``, see ``gpumlp.backends.kernels``;
+    ``g, wd`` and the ``kernel_scalars`` in, ``p`` and the buffers out) and its ``graph_refusal``."""
 
     name = "sgd"
     hyperparams: dict[str, Hyper] = {}  # the rule's hyper-parameters beyond the learning rate
+    graph_refusal: str | None = None  # why --cuda-graph cannot replay a step (kernel_scalars change), or None
     buffers: tuple[str, ...] = ()  # names of the state buffers, each shaped like theta
     fusable = False  # whether the step of a weight matrix can be one product in backward (SGD)
     scratch = False  # whether the rule needs a scratch buffer shaped like theta (Adam)
@@ -227,6 +234,7 @@ class Adam(Optimizer):
     }
     buffers = ("m", "v")
     scratch = True
+    graph_refusal = "Adam's bias corrections change every step"
     # step = η √(1−β₂ᵗ)/(1−β₁ᵗ) and eps_c = ε √(1−β₂ᵗ): the bias corrections folded in on the host.
     cuda = (
         "T g, T wd, T b1, T b2, T eps_c, T step",
@@ -260,10 +268,72 @@ class Adam(Optimizer):
         axpby(-lr * c2 / (1 - b1**self.t), tmp, 1.0, self.theta)
 
 
+def merged_hyperparams(rules: Iterable[type[Optimizer]]) -> dict[str, Hyper]:
+    """Every rule's hyper-parameters in one namespace (one ``TrainConfig`` field and option each):
+    rules share a name only with the same default and range (momentum, nesterov); else ConfigError."""
+    merged, owner = {}, {}
+    for rule in rules:
+        for k, h in rule.hyperparams.items():
+            first, first_rule = merged.setdefault(k, h), owner.setdefault(k, rule.name)
+            if (first.default, first.need) != (h.default, h.need):
+                raise ConfigError(
+                    f"update rule {rule.name!r}: --{k} {h.default:g} {h.need} clashes with {first_rule!r}'s --{k} "
+                    f"{first.default:g} {first.need}; one name, one option: rename it or reuse {first_rule!r}'s record"
+                )
+    return merged
+
+
 RULES: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, Nesterov, Adam)}
-OPTIMIZERS = tuple(RULES)
-# Every rule's hyper-parameters by name; rules that share a name share its record (momentum).
-HYPERPARAMS: dict[str, Hyper] = {k: h for cls in RULES.values() for k, h in cls.hyperparams.items()}
+OPTIMIZERS = tuple(RULES)  # the built-in rules; RULES is the registry, ``register`` adds to it
+# Every rule's hyper-parameters by name, checked for clashes at import. RULES and HYPERPARAMS are
+# updated in place (``register``): modules that imported them see a registered rule.
+HYPERPARAMS: dict[str, Hyper] = merged_hyperparams(RULES.values())
+# What is built from the rules, rebuilt in order on a change: TrainConfig (training/config.py), `gpumlp train`.
+REBUILDS: list[Callable[[], None]] = []
+
+
+def register(rule: type[Optimizer]) -> type[Optimizer]:
+    """Add the update rule ``rule`` (``--optimizer rule.name``) and rebuild what is generated from
+    the rules (``REBUILDS``). Refuses a taken name and a hyper-parameter clash (``merged_hyperparams``)."""
+    if rule.name in RULES:
+        raise ConfigError(
+            f"an update rule named {rule.name!r} is already registered ({RULES[rule.name].__name__}); "
+            f"give {rule.__name__} another name, or unregister the old one first"
+        )
+    _install({**RULES, rule.name: rule})
+    return rule
+
+
+def unregister(name: str) -> None:
+    """Remove the update rule ``name`` and rebuild what is generated from the rules."""
+    if name not in RULES:
+        raise ConfigError(f"no update rule named {name!r} is registered: choose one of {', '.join(RULES)}")
+    _install({k: v for k, v in RULES.items() if k != name})
+
+
+@contextlib.contextmanager
+def registered(rule: type[Optimizer]):
+    """``register(rule)`` for the ``with`` block, then ``unregister`` it (for tests)."""
+    register(rule)
+    try:
+        yield rule
+    finally:
+        unregister(rule.name)
+
+
+def _install(rules: dict[str, type[Optimizer]]) -> None:
+    """Make ``rules`` the registry and rebuild from it; if a rebuild refuses it, the old set stays."""
+    merged, old = merged_hyperparams(rules.values()), dict(RULES)  # (raises on a clash: nothing changed yet)
+    for table, new in ((RULES, rules), (HYPERPARAMS, merged)):
+        table.clear()
+        table.update(new)
+    try:
+        for rebuild in REBUILDS:
+            rebuild()
+    except Exception:
+        if rules != old:
+            _install(old)
+        raise
 
 
 def make_optimizer(name: str, model, *, weight_decay=0.0, fuse=False, **hyper) -> Optimizer:

@@ -120,6 +120,14 @@ def host_library(tmp_path_factory):
     return kernel_harness.build_kernels(tmp_path_factory.mktemp("kernels"))
 
 
+@pytest.fixture
+def host_cuda(host_library, monkeypatch):
+    """A CupyBackend whose kernels run on the host library (``kernel_harness.host_backend``)."""
+    from standins.kernel_harness import host_backend
+
+    return host_backend(host_library, monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def cublas_standin(tmp_path_factory):
     """The stand-in libcublas (tests/standins/cublas.py), built with the host C++ compiler: its path."""

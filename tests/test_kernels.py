@@ -28,7 +28,6 @@ from standins.kernel_harness import (
     all_specs,
     c_name,
     c_source,
-    host_backend,
     params,
 )
 
@@ -100,11 +99,6 @@ def test_every_kernel_compiles_as_cupy_wraps_it(tmp_path):
     cmd = [NVCC, "-c", f"-I{include}", "-o", str(tmp_path / "c.o"), str(src)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
-
-
-@pytest.fixture
-def host_cuda(host_library, monkeypatch):  # noqa: F811
-    return host_backend(host_library, monkeypatch)
 
 
 def rand(*shape, seed=0):

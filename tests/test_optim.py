@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gpumlp import optim
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
 from gpumlp.model import MLP
@@ -224,63 +223,6 @@ def test_blas_and_numpy_updates_take_the_same_steps(name, monkeypatch):
         thetas.append(m.theta.copy())
     np.testing.assert_allclose(thetas[1], thetas[0], rtol=1e-4, atol=1e-6)
     assert not np.array_equal(thetas[0], MLP((784, 200, 10), "relu", "ce", seed=3).theta)
-
-
-class RMSprop(optim.Optimizer):
-    """An update rule added the way the issue asks: one class (here in a test), nothing else.
-    v ← β₂ v + (1−β₂) g²;  θ ← θ − η g / (√v + ε)  (Hinton's lecture 6e)."""
-
-    name = "rmsprop"
-    hyperparams = {"beta2": optim.Adam.hyperparams["beta2"], "eps": optim.Adam.hyperparams["eps"]}
-    buffers = ("v",)
-    scratch = True
-    cuda = (
-        "T g, T wd, T lr, T b2, T eps",
-        "T p, T v",
-        "const T ge = g + wd * p; v = b2 * v + (T(1) - b2) * (ge * ge); p = p - lr * ge / (sqrt(v) + eps);",
-    )
-
-    def _update(self, lr):
-        v, g, tmp, xp = self.state_buffers["v"], self.grad, self._tmp, self.xp
-        b2, eps = self.hyper["beta2"], self.hyper["eps"]
-        xp.multiply(g, g, out=tmp)
-        self.be.axpby(1 - b2, tmp, b2, v)  # v ← β₂ v + (1 − β₂) g²
-        xp.sqrt(v, out=tmp)
-        tmp += eps
-        xp.divide(g, tmp, out=tmp)
-        self.be.axpby(-lr, tmp, 1.0, self.theta)  # θ ← θ − η g / (√v + ε)
-
-    def kernel_scalars(self, lr):
-        return lr, self.hyper["beta2"], self.hyper["eps"]
-
-
-def test_an_update_rule_added_as_one_class_steps_trains_and_resumes(monkeypatch, tmp_path, mnist_dir):
-    monkeypatch.setitem(optim.RULES, "rmsprop", RMSprop)
-    w1, w2 = steps("rmsprop", lr=0.1, beta2=0.9, eps=1e-8)
-    g1, g2 = np.array(G1), np.array(G2)
-    v1 = 0.1 * g1**2
-    np.testing.assert_allclose(w1, np.array(W0) - 0.1 * g1 / (np.sqrt(v1) + 1e-8), rtol=1e-12)
-    v2 = 0.9 * v1 + 0.1 * g2**2
-    np.testing.assert_allclose(w2, w1 - 0.1 * g2 / (np.sqrt(v2) + 1e-8), rtol=1e-12)
-
-    from typer.testing import CliRunner
-
-    from gpumlp.cli import commands as cli
-    from gpumlp.formats.checkpoint import read_metadata
-
-    save = tmp_path / "rms.npz"
-    common = ["--data-dir", str(mnist_dir), "--save", str(save)]
-    args = ["train", "--optimizer", "rmsprop", "--beta2", "0.9", "--lr", "0.001", "--layers", "784,32,10",
-            "--activation", "relu", "--loss", "ce", "--epochs", "1", "--train-size", "4000", "--val-size", "500",
-            "--test-size", "1000", *common]  # fmt: skip
-    result = CliRunner().invoke(cli.app, args)
-    assert result.exit_code == 0, result.output
-    meta = read_metadata(save)
-    assert meta["optimizer"]["name"] == "rmsprop" and meta["optimizer"]["hyper"] == {"beta2": 0.9, "eps": 1e-8}
-    assert meta["test_accuracy"] > 0.8
-    result = CliRunner().invoke(cli.app, ["train", "--resume", str(save), "--epochs", "2", *common])
-    assert result.exit_code == 0, result.output
-    assert len(read_metadata(save)["history"]) == 2
 
 
 def test_hyper_parameters_are_checked_where_the_rule_declares_them():

@@ -21,8 +21,9 @@ number passed to a kernel (the learning rate, SGD's fused α and β, momentum's 
 - the learning rate is a kernel argument: the step is captured again when it changes (a schedule:
   at most once an epoch; a capture costs about a millisecond and launches nothing);
 - the last partial batch runs uncaptured (1/b differs), from a gather of its own;
-- recipes whose every step passes other numbers to its kernels are refused (``refusal``): Adam's
-  bias corrections change with t, dropout's masks and augmentation's distortions with (epoch, batch).
+- recipes whose every step passes other numbers to its kernels are refused (``refusal``): a rule
+  that says so (its ``graph_refusal``: Adam's bias corrections change with t), dropout's masks and
+  augmentation's distortions (they change with (epoch, batch)).
 
 Capture follows ``fit``'s warm-up step and a first gather, so that compilation (NVRTC, CUB) and
 first-use buffers are done before it. No memory is allocated while capturing: every array the step
@@ -40,23 +41,24 @@ from collections.abc import Callable
 
 import numpy as np
 
-# A recipe the graph cannot replay, and why: each passes per-step numbers to its kernels.
+# Options the graph cannot replay, and why: each passes per-step numbers to its kernels. (An update
+# rule says so itself: its ``graph_refusal``, gpumlp/optim.py.)
 UNCAPTURABLE = {
-    "adam": "Adam's bias corrections change every step",
     "dropout": "dropout draws new masks every step from (epoch, batch)",
     "augment": "augmentation draws new distortions every step from (epoch, batch)",
 }
 
 
-def refusal(r: dict) -> str | None:
-    """Why ``--cuda-graph`` cannot capture the recipe ``r`` (``TrainConfig.recipe()``), or None."""
-    for what, on in (("adam", r["optimizer"] == "adam"), ("dropout", r["dropout"] > 0),
-                     ("augment", r["augment"] != "none")):  # fmt: skip
-        if on:
+def refusal(r: dict, rule) -> str | None:
+    """Why ``--cuda-graph`` cannot capture the recipe ``r`` (``TrainConfig.recipe()``) stepped by the
+    update rule ``rule`` (its class, ``gpumlp.optim.RULES[r["optimizer"]]``), or None."""
+    on = {"dropout": r["dropout"] > 0, "augment": r["augment"] != "none"}
+    for what, why, fix in ((f"--optimizer {rule.name}", rule.graph_refusal, "choose another --optimizer"),
+                           *((f"--{k}", v, f"drop --{k}") for k, v in UNCAPTURABLE.items() if on[k])):  # fmt: skip
+        if why:
             return (
-                f"--cuda-graph cannot capture {'--optimizer adam' if what == 'adam' else '--' + what}: "
-                f"{UNCAPTURABLE[what]}, and a graph replays the numbers of its capture; drop --cuda-graph "
-                f"(or {'choose sgd, momentum or nesterov' if what == 'adam' else 'drop --' + what})"
+                f"--cuda-graph cannot capture {what}: {why}, and a graph replays the numbers of its capture; "
+                f"drop --cuda-graph (or {fix})"
             )
     return None
 

@@ -152,6 +152,22 @@ def with_train_options(train_cli):
     return train_cli
 
 
+def train_command(train_cli) -> None:
+    """Register ``train_cli`` as ``gpumlp train`` with ``with_train_options``, and again, in its
+    place, whenever ``gpumlp.optim.register`` changes the update rules its options come from."""
+    from gpumlp import optim
+
+    def register() -> None:
+        at = next((i for i, c in enumerate(app.registered_commands) if c.name == "train"), None)
+        command("train")(with_train_options(train_cli))  # appended last: moved to where it was
+        if at is not None:
+            app.registered_commands.insert(at, app.registered_commands.pop())
+            del app.registered_commands[at + 1]
+
+    register()  # (imports TrainConfig first, so that its rebuild runs before this one)
+    optim.REBUILDS.append(register)
+
+
 def given_options(ctx: typer.Context, options: dict) -> dict:
     """The options typed on the command line (not left at their defaults)."""
     sources = {name: ctx.get_parameter_source(name) for name in options}

@@ -160,9 +160,11 @@ def graph_for(cfg: BenchConfig, be: Backend, cuda_graph: bool) -> bool:
     """Whether ``cfg`` trains with ``--cuda-graph`` when it is asked for: on a device that captures
     graphs, for a recipe the graph can replay (``gpumlp.backends.graph.refusal``)."""
     from gpumlp.backends.graph import refusal
+    from gpumlp.optim import RULES
     from gpumlp.training.config import DEFAULT_RECIPE
 
-    return cuda_graph and be.captures_graphs and refusal({**DEFAULT_RECIPE, **dict(cfg.recipe)}) is None
+    r = {**DEFAULT_RECIPE, **dict(cfg.recipe)}
+    return cuda_graph and be.captures_graphs and refusal(r, RULES[r["optimizer"]]) is None
 
 
 def prepare_config(cfg: BenchConfig, be: Backend, X, y, graph: bool = False, notes=None) -> tuple[Callable, int]:

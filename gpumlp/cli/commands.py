@@ -28,7 +28,7 @@ from gpumlp.cli.app import (  # noqa: F401  (app and main: the entry points, re-
     main,
     png_out,
     train_arguments,
-    with_train_options,
+    train_command,
 )
 from gpumlp.data.datasets import CHOICES
 
@@ -55,7 +55,7 @@ def train_cli(ctx: typer.Context, **kw):
     show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
 
 
-command("train")(with_train_options(train_cli))
+train_command(train_cli)
 
 
 @command("test")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from gpumlp.activations import ACTIVATIONS
 from gpumlp.data.datasets import DATASETS
-from gpumlp.errors import CheckpointError
+from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats.base import check_sizes, short
 from gpumlp.losses import LOSSES, choices
 from gpumlp.model import DTYPES, INITS
+from gpumlp.optim import RULES
 from gpumlp.training.state import EPOCH_FIELDS, EPOCH_REQUIRED, TRAIN_STATE_FIELDS, is_count, is_number, or_none
 
 
@@ -25,7 +26,12 @@ def _object_of(check):
 
 # Field → (check, what it must be). A field that is absent is not checked; ``None`` is "unknown".
 # The fields of the history's epochs and of train_state are the run state's (gpumlp.training.state).
-OPTIMIZER_FIELDS = {"name": (lambda v: isinstance(v, str), "an optimiser name"), "t": (is_count, "a step count")}
+OPTIMIZER_FIELDS = {
+    "name": (lambda v: isinstance(v, str), "an optimiser name"),
+    "t": (is_count, "a step count"),
+    "weight_decay": (lambda v: is_number(v) and v >= 0, "a number, 0 or more"),
+    "hyper": (_object_of(is_number), "an object of numbers"),
+}
 FIELDS = {
     "activation": (lambda v: v in tuple(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)}"),
     "loss": (lambda v: v in tuple(LOSSES), lambda: f"one of {choices()}"),  # what is registered when read
@@ -71,6 +77,7 @@ def check_meta(path: Path, meta: dict) -> None:
         _check_fields(path, epoch, EPOCH_FIELDS, f"history[{i}].")
     _check_fields(path, meta.get("train_state") or {}, TRAIN_STATE_FIELDS, "train_state.")
     _check_fields(path, meta.get("optimizer") or {}, OPTIMIZER_FIELDS, "optimizer.")
+    _check_rule_state(path, meta.get("optimizer") or {})
     config = meta.get("config") or {}
     for key in ("sizes", "activation", "loss", "dtype", "dataset"):  # a resumed run takes these from config
         if key in meta and config.get(key) is not None and config[key] != meta[key]:
@@ -78,3 +85,22 @@ def check_meta(path: Path, meta: dict) -> None:
                 f"{path}: metadata config.{key} {short(config[key])} disagrees with the network's "
                 f"{key} {short(meta[key])}; the file has been edited or damaged"
             )
+
+
+def _check_rule_state(path: Path, opt: dict) -> None:
+    """The hyper-parameters of a registered update rule's state: its own, each in its range. The
+    rules are read now (gpumlp/optim.py's ``RULES``), so a rule registered in this process is known;
+    an unknown rule's network still loads (resuming its run then names the missing rule)."""
+    rule = RULES.get(opt.get("name"))
+    for k, v in (opt.get("hyper") or {}).items() if rule is not None else ():
+        if k not in rule.hyperparams:
+            raise CheckpointError(
+                f"{path}: metadata optimizer.hyper.{k} is no hyper-parameter of --optimizer {rule.name} "
+                f"(it has {', '.join(rule.hyperparams) or 'none'}); the file has been edited or damaged"
+            )
+        try:
+            rule.hyperparams[k].check(k, v)
+        except ConfigError:
+            raise CheckpointError(
+                f"{path}: metadata optimizer.hyper.{k} must be {rule.hyperparams[k].need}, got {short(v)}"
+            ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from gpumlp.errors import ConfigError
 # activations, losses and optim, read here for names, defaults and help texts, do not import it).
 
 
-def option(default, help: str, panel: str | None = None, **cli):
-    """A ``TrainConfig`` field: its default, and the help text and panel of its ``gpumlp train``
-    option, declared here once (``cli.py`` builds the command's options from these fields).
+def option(default, help: str | Callable[[], str], panel: str | None = None, **cli):
+    """A ``TrainConfig`` field: its default, and the help text (or a function making it from the
+    update rules) and panel of its ``gpumlp train`` option, declared here once (``cli/app.py``
+    builds the command's options from these fields).
     ``cli`` may hold ``name`` (the option's name when it differs from the field's), ``flags``
     (extra short flags) and ``cli_type``/``cli_default`` (what the command line types, e.g. "784,16,16,10")."""
     return field(default=default, metadata={"help": help, "panel": panel, **cli})
@@ -28,14 +30,10 @@ def option(default, help: str, panel: str | None = None, **cli):
 RECIPE_PANEL, AUGMENT_PANEL = "Recipe", "Augmentation"
 
 
-def hyper_option(name: str):
-    """The field of an update rule's hyper-parameter: default and help from the rule (gpumlp/optim.py)."""
-    return option(optim.HYPERPARAMS[name].default, optim.HYPERPARAMS[name].help, RECIPE_PANEL)
-
-
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults reproduce the Rust project's reference row."""
+    """Everything that defines a training run. Defaults reproduce the Rust project's reference row.
+    The update rules' hyper-parameters are fields too, generated from gpumlp/optim.py (``_generate``)."""
 
     sizes: tuple[int, ...] = option(
         (784, 16, 16, 10), "Layer sizes, 784 inputs first and 10 classes last, e.g. 784,100,10 or '784 100 10'.",
@@ -57,12 +55,9 @@ class TrainConfig:
     dtype: str = option("float32", "float32 or float64.")
     device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))
     # -- the update rule
-    optimizer: str = option("sgd", f"Update rule: {', '.join(optim.OPTIMIZERS)} (gpumlp/optim.py).", RECIPE_PANEL)
-    # its hyper-parameters (one field per name in optim.HYPERPARAMS; each rule takes its own)
-    momentum: float = hyper_option("momentum")
-    beta1: float = hyper_option("beta1")
-    beta2: float = hyper_option("beta2")
-    eps: float = hyper_option("eps")
+    optimizer: str = option("sgd", lambda: f"Update rule: {', '.join(optim.RULES)} (gpumlp/optim.py).", RECIPE_PANEL)
+    # here, generated: one float field per name in optim.HYPERPARAMS (momentum, beta1, beta2, eps, …);
+    # each rule takes its own and ignores the others
     # -- regularisation
     weight_decay: float = option(0.0, "L2 penalty λ: the loss gains ½λΣ‖W‖² (weights only).", RECIPE_PANEL)
     dropout: float = option(0.0, "Probability of dropping each hidden unit while training.", RECIPE_PANEL)
@@ -92,8 +87,9 @@ class TrainConfig:
     elastic_sigma: float = option(4.0, "Elastic distortion smoothness, pixels.", AUGMENT_PANEL)
     # -- how a step runs (never what it computes)
     cuda_graph: bool = option(
-        False, "CUDA only: capture the training step once as a CUDA graph and replay it, one launch per batch "
-        "(sgd, momentum, nesterov; no dropout or augmentation). Ignored on the CPU, with a note.", RECIPE_PANEL,
+        False, lambda: "CUDA only: capture the training step once as a CUDA graph and replay it, one launch per "
+        f"batch ({', '.join(k for k, r in optim.RULES.items() if not r.graph_refusal)}; no dropout or "
+        "augmentation). Ignored on the CPU, with a note.", RECIPE_PANEL,
     )  # fmt: skip
     preset: str | None = option(
         None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
@@ -167,7 +163,7 @@ class TrainConfig:
         if self.cuda_graph:
             from gpumlp.backends.graph import refusal
 
-            why = refusal(self.recipe())
+            why = refusal(self.recipe(), optim.RULES[self.optimizer])
             if why:
                 raise ConfigError(why)
 
@@ -183,13 +179,44 @@ class TrainConfig:
 
 MONITORS = ("accuracy", "loss")
 PATIENCE_NEEDS_VAL = "--patience needs validation images: give --val-size above 0, or --patience 0"
-# TrainConfig fields that fit() takes as its recipe: the options of the recipe and augmentation panels.
-RECIPE = tuple(
-    f.name for f in fields(TrainConfig) if f.metadata["panel"] in (RECIPE_PANEL, AUGMENT_PANEL) and f.name != "preset"
-)
+DECLARED = {f.name: f for f in fields(TrainConfig)}  # the fields above; _generate adds the rules'
+# TrainConfig fields that fit() takes as its recipe (the options of the recipe and augmentation
+# panels), and their defaults: updated in place by _generate, so importers see a registered rule's.
+RECIPE: list[str] = []
+DEFAULT_RECIPE: dict = {}
 
 
-DEFAULT_RECIPE = {k: TrainConfig.__dataclass_fields__[k].default for k in RECIPE}
+def _generate() -> None:
+    """Make TrainConfig's fields: the declared ones (``DECLARED``), with one float field per update
+    rule hyper-parameter (``optim.HYPERPARAMS``) after ``optimizer``. At import, and again whenever
+    ``optim.register`` changes the rules; in place, since other modules hold TrainConfig by name."""
+    for k in set(optim.HYPERPARAMS) & set(DECLARED):
+        rule = next(r.name for r in optim.RULES.values() if k in r.hyperparams)
+        raise ConfigError(f"update rule {rule!r}: its hyper-parameter {k!r} is already a TrainConfig option; rename it")
+    specs = {}  # name: (type, Field), in TrainConfig's order
+    for name, f in DECLARED.items():
+        help = f.metadata["help"]() if callable(f.metadata["help"]) else f.metadata["help"]  # (the rules' names)
+        specs[name] = (f.type, field(default=f.default, metadata={**f.metadata, "help": help}))
+        if name == "optimizer":
+            specs.update({k: ("float", option(h.default, h.help, RECIPE_PANEL)) for k, h in optim.HYPERPARAMS.items()})
+    for name in (*TrainConfig.__dataclass_fields__, *DATACLASS_MADE):  # undo the last dataclass()
+        if name in vars(TrainConfig):
+            delattr(TrainConfig, name)
+    TrainConfig.__annotations__ = {k: t for k, (t, _) in specs.items()}
+    for k, (_, f) in specs.items():
+        setattr(TrainConfig, k, f)
+    dataclass(TrainConfig)
+    RECIPE[:] = [k for k, (_, f) in specs.items() if f.metadata["panel"] in (RECIPE_PANEL, AUGMENT_PANEL)]
+    RECIPE.remove("preset")
+    DEFAULT_RECIPE.clear()
+    DEFAULT_RECIPE.update({k: specs[k][1].default for k in RECIPE})
+
+
+# What dataclass() adds to a class beyond its fields' defaults (__replace__ from Python 3.13).
+DATACLASS_MADE = ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__", "__replace__",
+                  "__dataclass_fields__", "__dataclass_params__")  # fmt: skip
+_generate()
+optim.REBUILDS.append(_generate)
 
 
 def augment_config(r: dict):
@@ -253,6 +280,11 @@ def resume_config(saved: dict, overrides: dict) -> TrainConfig:
                     f"{option} {value} contradicts the checkpoint ({old}); a resumed run keeps "
                     f"{option}: drop it, or start a new run without --resume"
                 )
+    if saved.get("optimizer") is not None and saved["optimizer"] not in optim.RULES:
+        raise ConfigError(
+            f"the checkpoint was trained with --optimizer {saved['optimizer']}, which no registered update rule "
+            "provides; register its rule (gpumlp.optim.register) to resume it, or start a new run"
+        )
     try:
         return TrainConfig(**{**saved, **overrides})
     except TypeError as e:
