@@ -30,6 +30,9 @@ def info_rows(d: dict) -> list[tuple[str, str]]:
         data = f"{cfg.get('train_size')} train / {cfg.get('val_size')} val images"
         rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
                                  f"seed {cfg.get('seed')}, {data}"))  # fmt: skip
+        rows += [("recipe", recipe(cfg))] if recipe(cfg) else []
+    if d.get("imported_from"):
+        rows.append(("imported from", f"{d['imported_from']} (the time under 'trained on' is the conversion's)"))
     if h["epochs"]:
         loss = f"loss {h['first_train_loss']:.4f} → {h['last_train_loss']:.4f}"
         val = ""
@@ -44,3 +47,20 @@ def info_rows(d: dict) -> list[tuple[str, str]]:
     if trained:
         rows.append(("trained on", ", ".join(trained)))
     return rows
+
+
+def recipe(cfg: dict) -> str | None:
+    """``"preset best: nesterov lr 0.05 (cosine, 1 warm-up epoch), dropout 0.1, …, momentum 0.9"``:
+    how a checkpoint's run trained, from its saved options; None where they no longer check out."""
+    from gpumlp.errors import GpumlpError
+    from gpumlp.optim import RULES
+    from gpumlp.training.config import TrainConfig, describe_recipe
+
+    try:
+        c = TrainConfig(**cfg)
+    except (GpumlpError, TypeError):
+        return None
+    rule = RULES.get(c.optimizer)
+    hyper = [f", {k} {getattr(c, k):g}" for k in (rule.hyperparams if rule is not None else {})]
+    text = describe_recipe(c) + "".join(hyper)
+    return f"preset {c.preset}: {text}" if c.preset else text
