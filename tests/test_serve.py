@@ -84,6 +84,10 @@ def test_page_and_model_description(client):
     assert info["name"] == CHECKPOINT.name and info["sizes"] == [784, 256, 10]
     assert info["activation"] == "relu" and info["loss"] == "ce" and info["probabilities"] == "softmax"
     assert info["test_accuracy"] == 0.98 and info["test_size"] == 10_000 and info["n_params"] == 203_530
+    api = client.get("/api/openapi.json").json()
+    assert api["openapi"].startswith("3.") and set(api["paths"]) == {"/api/predict", "/api/model"}
+    body = api["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(body)
 
 
 def test_predict_is_exactly_gpumlp_predict(client, mnist, tmp_path):

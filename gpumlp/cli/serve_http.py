@@ -94,6 +94,36 @@ def page() -> str:
     return resources.files("gpumlp.cli").joinpath("static", "index.html").read_text(encoding="utf-8")
 
 
+def openapi(info: dict) -> dict:
+    """``GET /api/openapi.json``: the API described for machines (OpenAPI 3.1)."""
+    error = {"description": "one line saying what is wrong and the fix", "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}  # fmt: skip
+    image = {"schema": {"type": "string", "format": "binary"}}
+    form = {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}
+    answer = {"type": "object", "properties": {
+        "digit": {"type": "integer", "minimum": 0, "maximum": 9},
+        "probabilities": {"type": "array", "items": {"type": "number"}, "minItems": 10, "maxItems": 10},
+        "preview": {"type": "array", "items": {"type": "integer"}, "minItems": 784, "maxItems": 784},
+    }}  # fmt: skip
+    predict = {
+        "summary": "the digit in an image, as gpumlp predict computes it",
+        "requestBody": {
+            "required": True,
+            "content": {**dict.fromkeys(sorted(IMAGE_TYPES), image), "multipart/form-data": form},
+        },  # fmt: skip
+        "responses": {
+            "200": {"description": "the answer", "content": {"application/json": {"schema": answer}}},
+            **dict.fromkeys(["400", "403", "408", "413", "415", "503"], error),
+        },  # fmt: skip
+    }
+    model = {"summary": "what the network is", "responses": {"200": {"description": "sizes, activation, loss, …"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"gpumlp serve: {info['name']}", "version": "1"},
+        "paths": {"/api/predict": {"post": predict}, "/api/model": {"get": model}},
+    }
+
+
 def _error(status: int, message: str, headers=None):
     from starlette.responses import JSONResponse
 
@@ -170,7 +200,7 @@ def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
     async def http_error(request, exc):  # Starlette's own 404 and 405, as JSON with a hint
         path, allow = request.url.path, {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
         hint = {
-            404: f"no such page {path}; the API is GET /api/model and POST /api/predict",
+            404: f"no such page {path}; the API is described at /api/openapi.json",
             405: f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else ""),
         }.get(exc.status_code, str(exc.detail))
         return _error(exc.status_code, hint, exc.headers)
@@ -184,7 +214,12 @@ def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
     async def model(request):
         return JSONResponse(info)
 
+    async def api(request):
+        return JSONResponse(described)
+
     html, info = page(), predictor.describe()
-    routes = [Route("/", index), Route("/api/model", model), Route("/api/predict", predict, methods=["POST"])]
+    described = openapi(info)
+    routes = [Route("/", index), Route("/api/model", model), Route("/api/predict", predict, methods=["POST"]),
+              Route("/api/openapi.json", api)]  # fmt: skip
     handlers = {HTTPException: http_error, 500: server_error}
     return Starlette(routes=routes, middleware=[Middleware(Guard)], exception_handlers=handlers)
