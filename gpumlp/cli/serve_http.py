@@ -143,7 +143,7 @@ async def read_image(request, body_timeout: float):
     too_big = f"the image is larger than {MAX_BODY // 2**20} MB; send a smaller image"
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        return _error(413, too_big)
+        return _error(413, too_big, {"connection": "close"})  # rather than read and drop what it declared
     body = bytearray()
     try:
         with anyio.fail_after(body_timeout):
