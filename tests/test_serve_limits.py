@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -81,7 +83,7 @@ def test_connections_over_the_cap_are_answered_503_at_accept_and_the_server_reco
     _, url = server
     held = [socket.create_connection(address(url), timeout=10) for _ in range(CAP)]
     try:
-        time.sleep(0.3)  # accepted: each holds a slot until its header deadline
+        time.sleep(0.5)  # accepted: each holds a slot until its header deadline
         seconds, got = exchange(url, b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert seconds < 0.5 and status_and_error(got) == (
             503,
@@ -124,7 +126,7 @@ def test_running_out_of_file_descriptors_neither_floods_the_log_nor_stops_the_se
         assert "note: at most 64 connections at once (the open-file limit)" in proc.startup
         held = [socket.create_connection(address(url), timeout=10) for _ in range(150)]
         try:
-            time.sleep(0.3)
+            time.sleep(0.5)
             assert status_and_error(get(url))[0] == 503
         finally:
             for s in held:
@@ -164,3 +166,40 @@ def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():
         for name in [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]] + [f"digits.example:{port}"]:
             assert get(url, host=name).startswith(b"HTTP/1.1 200 OK"), name
         assert status_and_error(get(url, host="evil.example"))[0] == 400
+
+
+FULL_SERVER = """
+import asyncio, resource, socket, sys
+from gpumlp.cli.serve_guard import capped, quiet_loop_errors
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_loop_errors())
+    sock = capped(socket.create_server(("127.0.0.1", 0)), 10_000)  # a cap the descriptors cannot reach
+    await loop.create_server(asyncio.Protocol, sock=sock)  # holds every connection it accepts
+    print(sock.getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+
+asyncio.run(main())
+"""
+
+
+def test_accept_out_of_descriptors_is_one_line_not_a_traceback_per_retry():
+    """The backstop behind the cap: asyncio's own event loop, 48 descriptors, 80 connections held.
+    accept() fails with EMFILE; stderr gets one warning line (asyncio alone: a traceback for every
+    retry, up to 2,048 a tick)."""
+    proc = subprocess.Popen([sys.executable, "-c", FULL_SERVER, "2.5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(80)]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    for s in held:
+        s.close()
+    assert proc.returncode == 0, err
+    assert err.splitlines() == [
+        "warning: cannot accept connections ([Errno 24] Too many open files); retrying every second"
+    ]
