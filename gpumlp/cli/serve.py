@@ -38,7 +38,7 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class Predictor:
-    """One network and what it is; ``predict_png`` is safe to call from many threads at once."""
+    """One network and what it is; ``predict_image`` is safe to call from many threads at once."""
 
     def __init__(self, model, meta: dict, name: str):
         self.model, self.meta, self.name = model, meta, name
