@@ -3,8 +3,11 @@
 Starts `gpumlp serve CHECKPOINT --port 0`, sends 280×280 PNG drawings of MNIST test digits (the
 page's board size, dark ink on white) one at a time over a kept-alive connection, then from 8
 threads at once, and prints the median and 95th-percentile latency and the requests per second.
+``--stalled N`` holds N connections that send half a request header and stop (a slowloris client),
+reopening each one the server closes, for the whole measurement: what ordinary clients get while
+the server sheds them (the header deadline is set to 2 s for the run).
 
-    python scripts/bench_serve.py [CHECKPOINT] [--requests 300]
+    python scripts/bench_serve.py [CHECKPOINT] [--requests 300] [--stalled 400]
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import http.client
 import io
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -46,18 +51,53 @@ def timed_posts(host: str, port: int, pngs: list[bytes]) -> list[float]:
     return seconds
 
 
+def stall(host: str, port: int, n: int, stop: threading.Event) -> list[int]:
+    """Keep ``n`` half-sent requests open until ``stop``; returns [connections the server closed]."""
+    closed, held = [0], []
+
+    def loop():
+        while not stop.is_set():
+            while len(held) < n and not stop.is_set():
+                try:
+                    s = socket.create_connection((host, port), timeout=5)
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                    s.setblocking(False)
+                    held.append(s)
+                except OSError:
+                    closed[0] += 1
+            for s in list(held):
+                try:
+                    s.recv(4096)  # a 408 or a 503, or the close: the server is done with it
+                except BlockingIOError:
+                    continue  # still held
+                except OSError:
+                    pass
+                held.remove(s)
+                s.close()
+                closed[0] += 1
+            time.sleep(0.05)
+        for s in held:
+            s.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return closed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default="checkpoints/gpumlp-784-256-10-relu-ce.npz")
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--stalled", type=int, default=0, help="slowloris connections held during the runs")
     args = parser.parse_args()
     _, _, X, _ = load_mnist()
     pngs = [drawing(X[i % len(X)]) for i in range(args.requests)]
-    cmd = [sys.executable, "-m", "gpumlp", "serve", args.checkpoint, "--port", "0"]
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "gpumlp", "serve", args.checkpoint, "--port", "0", "--header-timeout", "2"]
+    server, stop = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), threading.Event()
     try:
         line = server.stderr.readline()
         url = urlparse(re.search(r"(http://\S+/)", line).group(1))
+        shed = stall(url.hostname, url.port, args.stalled, stop) if args.stalled else None
+        time.sleep(1.0 if args.stalled else 0)
         timed_posts(url.hostname, url.port, pngs[:20])  # warm-up
         one = np.array(timed_posts(url.hostname, url.port, pngs)) * 1000
         print(f"{args.checkpoint}: {len(pngs)} PNGs of {np.mean([len(p) for p in pngs]) / 1024:.1f} kB, 280×280")
@@ -70,7 +110,10 @@ def main() -> None:
         many = np.concatenate(parts) * 1000
         print(f"{threads} clients at once: median {np.median(many):.2f} ms, p95 {np.percentile(many, 95):.2f} ms, "
               f"{len(pngs) / wall:.0f} requests/s")  # fmt: skip
+        if shed is not None:
+            print(f"while {args.stalled} stalled connections were held: the server closed {shed[0]} of them")
     finally:
+        stop.set()
         server.send_signal(signal.SIGINT)
         server.wait(timeout=20)
 

@@ -54,8 +54,25 @@ def cli_predict(png: Path) -> dict:
 @pytest.fixture(scope="module")
 def client():
     model, meta = gpumlp.load(CHECKPOINT)
-    with TestClient(serve.create_app(serve.Predictor(model, meta, CHECKPOINT.name))) as c:
+    with TestClient(serve.create_app(serve.Predictor(model, meta, CHECKPOINT.name)), base_url="http://127.0.0.1") as c:
         yield c
+
+
+def image_bytes(x784, fmt: str, size=160) -> bytes:
+    """A digit drawing (dark on white) in another format than PNG."""
+    im = Image.open(io.BytesIO(digit_png(x784, size=size)))
+    out = io.BytesIO()
+    im.convert("RGB").save(out, format=fmt)
+    return out.getvalue()
+
+
+def multipart(data: bytes, name="file", filename="digit.png", boundary="gpumlp-7f3a") -> tuple[bytes, str]:
+    """A multipart/form-data body as `curl -F file=@digit.png` sends it, and its Content-Type."""
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+    head += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+    head += "Content-Type: application/octet-stream\r\n\r\n"
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def test_page_and_model_description(client):
@@ -67,6 +84,10 @@ def test_page_and_model_description(client):
     assert info["name"] == CHECKPOINT.name and info["sizes"] == [784, 256, 10]
     assert info["activation"] == "relu" and info["loss"] == "ce" and info["probabilities"] == "softmax"
     assert info["test_accuracy"] == 0.98 and info["test_size"] == 10_000 and info["n_params"] == 203_530
+    api = client.get("/api/openapi.json").json()
+    assert api["openapi"].startswith("3.") and set(api["paths"]) == {"/api/predict", "/api/model"}
+    body = api["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(body)
 
 
 def test_predict_is_exactly_gpumlp_predict(client, mnist, tmp_path):
@@ -102,37 +123,103 @@ def test_bad_requests_get_one_line_json_errors_and_the_server_goes_on(client, mn
     huge = io.BytesIO()
     Image.new("1", (4000, 4000), 1).save(huge, format="PNG", optimize=True)  # a few kB that decode to 16 Mpx
     cases = [
-        (b"hello", 400, "not a PNG image"),
-        (b"", 400, "not a PNG image"),
-        (jpeg.getvalue(), 400, "not a PNG image"),
+        (b"hello", 400, "not a PNG, JPEG, BMP, GIF or WebP image"),
+        (b"", 400, "not a PNG, JPEG, BMP, GIF or WebP image"),
+        (b"II*\x00" + bytes(100), 400, "not a PNG, JPEG, BMP, GIF or WebP image"),  # TIFF: left to gpumlp predict
+        (jpeg.getvalue(), 400, "no ink found"),  # a JPEG is read now, and this one is blank
         (good[:300], 400, "is not an image Pillow can read"),
         (blank.getvalue(), 400, "no ink found"),
         (huge.getvalue(), 400, "4000×4000 pixels, more than 4,194,304"),
         (b"\x89PNG\r\n\x1a\n" + bytes(serve.MAX_BODY), 413, "larger than 2 MB"),
     ]
+    png = {"Content-Type": "image/png"}
     for body, status, fragment in cases:
-        assert_json_error(
-            client.post("/api/predict", content=body, headers={"Content-Type": "image/png"}), status, fragment
-        )
-        assert client.post("/api/predict", content=good).json()["digit"] == 7  # still serving
+        assert_json_error(client.post("/api/predict", content=body, headers=png), status, fragment)
+        assert client.post("/api/predict", content=good, headers=png).json()["digit"] == 7  # still serving
 
     def chunks():  # no Content-Length: the body is counted as it arrives
         for _ in range(3):
             yield bytes(1024 * 1024)
 
-    assert_json_error(client.post("/api/predict", content=chunks()), 413, "larger than 2 MB")
-    assert client.get("/api/predict").status_code == 405
-    assert client.post("/api/predict", content=good).json()["digit"] == 7
+    assert_json_error(client.post("/api/predict", content=chunks(), headers=png), 413, "larger than 2 MB")
+    assert_json_error(client.get("/api/predict"), 405, "GET is not allowed on /api/predict; use POST")
+    assert_json_error(client.get("/nowhere"), 404, "no such page /nowhere")
+    assert client.post("/api/predict", content=good, headers=png).json()["digit"] == 7
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/json", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_an_image_type_is_415(client, mnist, content_type):
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    answer = client.post("/api/predict", content=digit_png(mnist[2][0]), headers=headers)
+    assert_json_error(answer, 415, f"Content-Type {content_type or 'none'} is not an image type")
+    assert "multipart/form-data" in answer.json()["error"]
+
+
+def test_jpeg_bmp_gif_and_multipart_uploads_answer_as_gpumlp_predict(client, mnist, tmp_path):
+    """Each format through the API gives what `gpumlp predict` says about the same file."""
+    X = mnist[2]
+    uploads = [("image/jpeg", "JPEG", 0), ("image/bmp", "BMP", 1), ("image/gif", "GIF", 2)]
+    for content_type, fmt, i in uploads:
+        data = image_bytes(X[i], fmt)
+        (tmp_path / f"{i}.{fmt.lower()}").write_bytes(data)
+        got = client.post("/api/predict", content=data, headers={"Content-Type": content_type}).json()
+        want = cli_predict(tmp_path / f"{i}.{fmt.lower()}")
+        assert got["digit"] == want["digit"] and got["probabilities"] == want["probabilities"], fmt
+    png = digit_png(X[3])
+    (tmp_path / "3.png").write_bytes(png)
+    for body, content_type in [multipart(png), multipart(png, name="image"), multipart(png, filename="")]:
+        got = client.post("/api/predict", content=body, headers={"Content-Type": content_type})
+        assert got.status_code == 200, got.text
+        assert got.json()["probabilities"] == cli_predict(tmp_path / "3.png")["probabilities"]
+    body, content_type = multipart(png, name="other", filename="")
+    body = body.replace(b'; filename=""', b"")
+    answer = client.post("/api/predict", content=body, headers={"Content-Type": content_type})
+    assert_json_error(answer, 400, "curl -F file=@digit.png")
+
+
+def test_a_long_thin_image_is_refused_before_it_is_decoded(client):
+    """1×4,194,304 pixels passes the pixel cap (2048×2048) but not the longest side."""
+    thin = io.BytesIO()
+    Image.new("1", (4_194_304, 1), 1).save(thin, format="PNG", optimize=True)
+    answer = client.post("/api/predict", content=thin.getvalue(), headers={"Content-Type": "image/png"})
+    assert_json_error(answer, 400, "4194304×1 pixels, longer than 8,192 on a side")
+
+
+@pytest.mark.parametrize(
+    "headers,status,fragment",
+    [
+        ({"Host": "evil.example"}, 400, "--allow-host evil.example"),
+        ({"Host": "evil.example:80"}, 400, "--allow-host evil.example"),
+        ({"Origin": "http://evil.example"}, 403, "cross-origin requests are refused"),
+        ({"Origin": "null"}, 403, "cross-origin requests are refused"),
+        ({"Origin": "http://127.0.0.1:81"}, 403, "cross-origin requests are refused"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "cross-origin requests are refused"),
+        ({"Sec-Fetch-Site": "same-site"}, 403, "cross-origin requests are refused"),
+    ],
+)
+def test_other_hosts_and_origins_are_refused(client, mnist, headers, status, fragment):
+    png = digit_png(mnist[2][0])
+    answer = client.post("/api/predict", content=png, headers={"Content-Type": "image/png", **headers})
+    assert_json_error(answer, status, fragment)
+
+
+def test_the_own_origin_and_names_are_served(client, mnist):
+    png, ok = digit_png(mnist[2][0]), {"Content-Type": "image/png"}
+    for headers in ({"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"}, {"Host": "localhost:8000"}):
+        assert client.post("/api/predict", content=png, headers={**ok, **headers}).json()["digit"] == 7
+    assert client.get("/api/model", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link to it
 
 
 def test_a_failure_inside_is_a_500_json_line_and_the_server_goes_on(mnist, monkeypatch):
     model, meta = gpumlp.load(CHECKPOINT)
     predictor = serve.Predictor(model, meta, "x")
-    with TestClient(serve.create_app(predictor), raise_server_exceptions=False) as c:
-        monkeypatch.setattr(predictor, "predict_png", lambda data: 1 / 0)
-        assert_json_error(c.post("/api/predict", content=b"x"), 500, "internal error: ZeroDivisionError")
+    app = serve.create_app(predictor)
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as c:
+        monkeypatch.setattr(predictor, "predict_image", lambda data: 1 / 0)
+        png = {"Content-Type": "image/png"}
+        assert_json_error(c.post("/api/predict", content=b"x", headers=png), 500, "internal error: ZeroDivisionError")
         monkeypatch.undo()
-        assert c.post("/api/predict", content=digit_png(mnist[2][0])).json()["digit"] == 7
+        assert c.post("/api/predict", content=digit_png(mnist[2][0]), headers=png).json()["digit"] == 7
 
 
 def test_requests_run_in_parallel_up_to_the_decoder_limit(monkeypatch):
@@ -149,9 +236,10 @@ def test_requests_run_in_parallel_up_to_the_decoder_limit(monkeypatch):
             busy[0] -= 1
         return {"digit": 0, "probabilities": [0.1] * 10, "preview": [0] * 784}
 
-    monkeypatch.setattr(predictor, "predict_png", slow)
-    with TestClient(serve.create_app(predictor)) as c, ThreadPoolExecutor(12) as pool:
-        codes = list(pool.map(lambda _: c.post("/api/predict", content=b"x").status_code, range(24)))
+    monkeypatch.setattr(predictor, "predict_image", slow)
+    png = {"Content-Type": "image/png"}
+    with TestClient(serve.create_app(predictor), base_url="http://localhost") as c, ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _: c.post("/api/predict", content=b"x", headers=png).status_code, range(24)))
     assert codes == [200] * 24
     assert most[0] == serve.DECODERS, most[0]  # in parallel, but never more than DECODERS at once
 
@@ -182,8 +270,8 @@ def test_real_server_concurrent_requests_then_ctrl_c(mnist):
         assert got == want + want
         assert sum(w["digit"] == y[i] for i, w in enumerate(want)) >= 45
         with pytest.raises(urllib.error.HTTPError) as e:
-            post_png(url, b"GIF89a")
-        assert e.value.code == 400 and json.loads(e.value.read())["error"].startswith("the request body is not a PNG")
+            post_png(url, b"%PDF-1.4")
+        assert e.value.code == 400 and json.loads(e.value.read())["error"].startswith("the request body is not a PNG,")
         assert post_png(url, pngs[0]) == want[0]
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = proc.communicate(timeout=20)
@@ -227,7 +315,11 @@ def test_the_server_runs_on_one_blas_thread_and_restores_the_count(monkeypatch):
     if before is None:
         pytest.skip("numpy's BLAS thread count is out of reach here")
     seen = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.append(blas_threads.library_threads()))
+
+    async def serve_(self, sockets=None):
+        seen.append(blas_threads.library_threads())
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serve_)
     shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
     serve.serve(shipped, port=0, on_ready=lambda message: None)
     assert seen == [1] and blas_threads.library_threads() == before

@@ -227,12 +227,20 @@ def serve_cli(
     checkpoint: CheckpointArg,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = 8000,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Another name the server answers to (repeatable; '*': any, behind a proxy)."),
+    ] = None,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request's headers may take.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds an upload's body may take.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(min=1, help="Open connections at once; more get 503.")] = 512,
 ):
     """A page to draw digits on and watch the network's answer, and its HTTP API (POST /api/predict)."""
-    from gpumlp.cli.serve import serve
+    from gpumlp.cli.serve import Limits, serve
 
+    limits = Limits(header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
     try:
-        serve(checkpoint, host, port, on_ready=lambda message: typer.echo(message, err=True))
+        serve(checkpoint, host, port, lambda message: typer.echo(message, err=True), limits, tuple(allow_host or ()))
     except KeyboardInterrupt:  # uvicorn has already shut down cleanly, then re-raised Ctrl-C
         typer.echo("stopped", err=True)
 

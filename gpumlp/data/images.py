@@ -32,6 +32,9 @@ RAMP = " .:-=+*#%@"  # ascii_preview, from no ink to full ink
 # 12,000×12,000 passed and cost 4.5 GB. A digit needs far fewer: refused from the header, before
 # any pixel is decoded. 4096×4096 costs about 0.6 GB on its way to 28×28.
 MAX_PIXELS = 4096 * 4096
+# The pixel cap leaves the longest side free: a 16 KB PNG of 1×16,777,216 passed it and cost 6.1 GB
+# on its way to 28×28. Refused from the header too; a camera's photo (8,192 × 5,464 at 45 MP) fits.
+MAX_SIDE = 8192
 
 
 def _pillow():
@@ -66,6 +69,11 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                 raise GpumlpError(
                     f"{path} is {im.width}×{im.height} pixels, more than {max_pixels:,}; "
                     "scale it down (a digit needs 28×28)"
+                )
+            if max(im.width, im.height) > MAX_SIDE:
+                raise GpumlpError(
+                    f"{path} is {im.width}×{im.height} pixels, longer than {MAX_SIDE:,} on a side; "
+                    "crop or scale it down (a digit needs 28×28)"
                 )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
             if im.mode.startswith("I"):  # 16- or 32-bit grey levels

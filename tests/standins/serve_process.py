@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
+import resource
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,12 +17,14 @@ CHECKPOINT = ROOT / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 
 
 @contextlib.contextmanager
-def running_server(checkpoint=CHECKPOINT, *args):
-    """`gpumlp serve CHECKPOINT --port 0` in a subprocess; yields (process, base URL)."""
+def running_server(checkpoint=CHECKPOINT, *args, open_files: int | None = None):
+    """`gpumlp serve CHECKPOINT --port 0 ARGS` in a subprocess; yields (process, base URL).
+    ``proc.startup`` holds the stderr lines up to the address; ``open_files`` sets its RLIMIT_NOFILE."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpumlp", "serve", str(checkpoint), "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit,
     )  # fmt: skip
     try:
         url = _wait_for_url(proc)
@@ -38,15 +40,22 @@ def running_server(checkpoint=CHECKPOINT, *args):
 
 
 def _wait_for_url(proc, timeout=60.0) -> str:
-    deadline, seen = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            seen += line
+    """Read stderr up to the address line (from a thread: a line buffered by an earlier readline
+    would not wake select)."""
+    seen, found = [], []
+
+    def read():
+        for line in iter(proc.stderr.readline, ""):
+            seen.append(line)
             match = re.search(r"at (http://\S+/) \(Ctrl-C stops\)", line)
             if match:
-                return match.group(1)
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError(f"gpumlp serve did not start: {seen}")
+                found.append(match.group(1))
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    proc.startup = "".join(seen)
+    if not found:
+        raise AssertionError(f"gpumlp serve did not start: {proc.startup}")
+    return found[0]

@@ -1,0 +1,205 @@
+"""`gpumlp serve` against slow and hostile clients: a real server process on 127.0.0.1 and raw
+sockets. Deadlines are set to about a second (--header-timeout, --body-timeout) so each test takes
+a few seconds; the promises are in docs/reliability.md ("The server")."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from standins.serve_process import CHECKPOINT, running_server
+
+pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+pytest.importorskip("PIL", reason="Pillow is not installed")
+
+DEADLINE = 1.0  # seconds: --header-timeout and --body-timeout of the shared server
+CAP = 8  # --max-connections of the shared server
+FAST = ("--header-timeout", str(DEADLINE), "--body-timeout", str(DEADLINE))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(CHECKPOINT, *FAST, "--max-connections", str(CAP)) as s:
+        yield s
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
+def exchange(url: str, data: bytes = b"", wait: float = 8.0) -> tuple[float, bytes]:
+    """Send ``data`` on a new connection, read until the server closes it: (seconds, bytes read)."""
+    with socket.create_connection(address(url), timeout=wait) as s:
+        start, got = time.monotonic(), b""
+        s.sendall(data)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - start, got
+
+
+def status_and_error(response: bytes) -> tuple[int, str]:
+    """The status code and the JSON body's "error" of a raw HTTP response."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), response
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def get(url: str, path: str = "/api/model", host: str | None = None) -> bytes:
+    host = host or url.removeprefix("http://").rstrip("/")
+    return exchange(url, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())[1]
+
+
+def test_a_stalled_header_is_answered_408_and_closed_at_the_deadline(server):
+    _, url = server
+    seconds, got = exchange(url, b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    assert DEADLINE - 0.1 < seconds < DEADLINE + 3, seconds
+    assert status_and_error(got)[0] == 408
+    seconds, got = exchange(url)  # connected, said nothing: closed without a word
+    assert DEADLINE - 0.1 < seconds < DEADLINE + 3 and got == b"", (seconds, got)
+
+
+def test_a_stalled_body_is_answered_408_and_closed_at_the_deadline(server):
+    _, url = server
+    head = (
+        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 2000000\r\n\r\n"
+    )
+    seconds, got = exchange(url, head + b"\x89PNG")
+    assert DEADLINE - 0.1 < seconds < DEADLINE + 3, seconds
+    status, error = status_and_error(got)
+    assert status == 408 and "did not arrive within 1 s" in error
+
+
+def test_connections_over_the_cap_are_answered_503_at_accept_and_the_server_recovers(server):
+    _, url = server
+    held = [socket.create_connection(address(url), timeout=10) for _ in range(CAP)]
+    try:
+        time.sleep(0.5)  # accepted: each holds a slot until its header deadline
+        seconds, got = exchange(url, b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert seconds < 0.5 and status_and_error(got) == (
+            503,
+            "the server has too many open connections; try again shortly",
+        )
+        for s in held:  # the header deadline frees every slot
+            assert s.recv(10) == b""
+    finally:
+        for s in held:
+            s.close()
+    assert get(url).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize(
+    "request_bytes,status,fragment",
+    [
+        (b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "no such page /nowhere"),
+        (b"PUT /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n", 405, "use POST"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "malformed HTTP request"),  # TLS to plain HTTP
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n", 400, "malformed HTTP request"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 20_000, 400, "malformed HTTP request"),
+        (b"GET / HTTP/1.1\r\nHost: rebound.example\r\n\r\n", 400, "--allow-host rebound.example"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n7\n",
+         415, "Content-Type text/plain is not an image type"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
+         b"Content-Type: image/png\r\nContent-Length: 4\r\n\r\n\x89PNG", 403, "cross-origin requests are refused"),
+    ],
+)  # fmt: skip
+def test_every_error_is_one_json_line(server, request_bytes, status, fragment):
+    _, url = server
+    got = exchange(url, request_bytes.replace(b"Host:", b"Connection: close\r\nHost:", 1))[1]
+    code, error = status_and_error(got)
+    assert code == status and fragment in error and "\n" not in error, error
+
+
+def test_running_out_of_file_descriptors_neither_floods_the_log_nor_stops_the_server():
+    """With 96 descriptors, 150 stalled connections: the cap follows the limit, the rest get 503
+    at accept, stderr stays quiet, and once the deadline frees the slots a client is served."""
+    with running_server(CHECKPOINT, *FAST, "--max-connections", "1000", open_files=96) as (proc, url):
+        assert "note: at most 64 connections at once (the open-file limit)" in proc.startup
+        held = [socket.create_connection(address(url), timeout=10) for _ in range(150)]
+        try:
+            time.sleep(0.5)
+            assert status_and_error(get(url))[0] == 503
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(DEADLINE)
+        assert get(url).startswith(b"HTTP/1.1 200 OK")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err and len(err.splitlines()) <= 2, err[-2000:]
+
+
+def test_ctrl_c_with_an_upload_in_flight_answers_it_503_and_stops_cleanly():
+    with running_server(CHECKPOINT, "--body-timeout", "60") as (proc, url):
+        stalled = socket.create_connection(address(url), timeout=10)
+        stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 2000000\r\n\r\n\x89PNG")  # fmt: skip
+        time.sleep(0.3)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        seconds = time.monotonic() - start
+        answer = stalled.recv(65536)
+        stalled.close()
+    assert proc.returncode == 0 and seconds < 3, (seconds, err)
+    assert status_and_error(answer) == (503, "the server is shutting down; try again later")
+    assert "Traceback" not in err and "CancelledError" not in err and err.splitlines()[-1] == "stopped", err
+
+
+def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():
+    """--host 0.0.0.0 (a random port for a second or two; every name outside the allow-list refused)."""
+    with running_server(CHECKPOINT, "--host", "0.0.0.0", "--allow-host", "digits.example") as (proc, url):
+        also = proc.stderr.readline()
+        assert url.startswith("http://127.0.0.1:")
+        assert proc.startup.count("warning:") == 1 and "--host 0.0.0.0 listens on every network" in proc.startup
+        assert also.startswith("also at http://") and socket.gethostname() in also, also
+        port = address(url)[1]
+        for name in [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]] + [f"digits.example:{port}"]:
+            assert get(url, host=name).startswith(b"HTTP/1.1 200 OK"), name
+        assert status_and_error(get(url, host="evil.example"))[0] == 400
+
+
+FULL_SERVER = """
+import asyncio, resource, socket, sys
+from gpumlp.cli.serve_guard import capped, quiet_loop_errors
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_loop_errors())
+    sock = capped(socket.create_server(("127.0.0.1", 0)), 10_000)  # a cap the descriptors cannot reach
+    await loop.create_server(asyncio.Protocol, sock=sock)  # holds every connection it accepts
+    print(sock.getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+
+asyncio.run(main())
+"""
+
+
+def test_accept_out_of_descriptors_is_one_line_not_a_traceback_per_retry():
+    """The backstop behind the cap: asyncio's own event loop, 48 descriptors, 80 connections held.
+    accept() fails with EMFILE; stderr gets one warning line (asyncio alone: a traceback for every
+    retry, up to 2,048 a tick)."""
+    proc = subprocess.Popen([sys.executable, "-c", FULL_SERVER, "2.5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(80)]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    for s in held:
+        s.close()
+    assert proc.returncode == 0, err
+    assert err.splitlines() == [
+        "warning: cannot accept connections ([Errno 24] Too many open files); retrying every second"
+    ]
