@@ -253,3 +253,17 @@ def test_temporary_files_carry_their_writers_pid(tmp_path, monkeypatch):
     names = []
     atomic.atomic_write(tmp_path / "f.bin", lambda f: names.extend(p.name for p in tmp_path.iterdir()))
     assert names[0].startswith(f".f.bin.{os.getpid()}.") and names[0].endswith(".tmp")
+
+
+def test_sigterm_before_the_command_runs_is_one_line_and_143(tmp_path):
+    """A SIGTERM while `gpumlp train` sets up (typer turns any KeyboardInterrupt there into a bare
+    exit 130): still 143 and one line saying which signal."""
+    code = (
+        "import os, signal, sys\n"
+        "import gpumlp.cli.commands as c\n"
+        "c.train_arguments = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.argv = ['gpumlp', 'train']\n"
+        "c.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert (proc.returncode, proc.stderr) == (143, "interrupted by SIGTERM\n")

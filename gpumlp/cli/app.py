@@ -204,8 +204,10 @@ def main() -> None:
     atexit.register(_ignore_sigint)
     why = "interrupted"
     try:
-        with signals.stop_on_signals():  # SIGTERM and SIGHUP stop a command as Ctrl-C does
+        with signals.stop_on_signals() as stops:  # SIGTERM and SIGHUP stop a command as Ctrl-C does
             rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
+        if rc == 130 and stops:  # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt)
+            rc, why = stops[0].exit_code, stops[0].why
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
         where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"

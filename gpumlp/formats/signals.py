@@ -45,28 +45,32 @@ def why(e: BaseException) -> str:
     return getattr(e, "why", "interrupted")
 
 
-def _raise_stop(signum, frame):
-    raise for_signal(signum)
-
-
 def _is_ours(handler) -> bool:
     """Whether ``handler`` turns its signal into an exception (Python's for SIGINT, ours for the others)."""
-    return handler is signal.default_int_handler or handler is _raise_stop
+    return handler is signal.default_int_handler or getattr(handler, "raises_stop", False)
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[list[Stop]]:
     """Inside the block, SIGTERM and SIGHUP raise ``Stop`` as Ctrl-C raises ``KeyboardInterrupt``
-    (main thread only; signals a caller chose to ignore stay ignored)."""
+    (main thread only; signals a caller chose to ignore stay ignored). Yields the list of the stops
+    raised, for a caller that code between it and the signal (typer) tells only "exit 130"."""
+    raised: list[Stop] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield raised
         return
+
+    def raise_stop(signum, frame):
+        raised.append(for_signal(signum))
+        raise raised[-1]
+
+    raise_stop.raises_stop = True
     previous = {}
     for s in SIGNALS:
         if s != signal.SIGINT and signal.getsignal(s) is not signal.SIG_IGN:
-            previous[s] = signal.signal(s, _raise_stop)
+            previous[s] = signal.signal(s, raise_stop)
     try:
-        yield
+        yield raised
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
