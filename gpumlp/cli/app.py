@@ -7,10 +7,10 @@ and the entry point. The commands themselves are in ``gpumlp/cli/commands.py``, 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import inspect
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +19,7 @@ import typer
 
 from gpumlp.data.datasets import CHOICES
 from gpumlp.errors import GpumlpError
+from gpumlp.formats import signals
 
 # typer re-exports BadParameter from the click it runs on (click itself, or the copy vendored in
 # recent typer); its base class is that click's UsageError, shared by every bad-option error.
@@ -82,11 +83,15 @@ def _fail(message: str) -> typer.Exit:
 _said_interrupted = []  # a command said what Ctrl-C kept; main() says "interrupted" otherwise
 
 
-def interrupted(message: str) -> typer.Exit:
-    """Exit 130 after saying, in one line, what Ctrl-C kept (main() then says nothing more)."""
-    typer.echo(message, err=True)
+def interrupted(message: str, code: int = 130) -> typer.Exit:
+    """Exit ``code`` (130 for Ctrl-C; signals.py has the others) after saying, in one line, what
+    the stop kept (main() then says nothing more). A closed stderr loses only the line."""
+    from gpumlp.cli.display import echo
+
+    with contextlib.suppress(KeyboardInterrupt):  # signals.Stop: stderr is gone
+        echo(message, err=True)
     _said_interrupted.append(message)
-    return typer.Exit(130)
+    return typer.Exit(code)
 
 
 def command(name: str):
@@ -186,7 +191,7 @@ def train_arguments(ctx: typer.Context, kw: dict) -> tuple[dict, dict, dict]:
 
 
 def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signals.ignore_all()
 
 
 def main() -> None:
@@ -197,17 +202,23 @@ def main() -> None:
     # hundred ms of module teardown) would only turn a clean exit into a kill by SIGINT.
     atexit.unregister(_ignore_sigint)
     atexit.register(_ignore_sigint)
+    why = "interrupted"
     try:
-        rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
+        with signals.stop_on_signals() as stops:  # SIGTERM and SIGHUP stop a command as Ctrl-C does
+            rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
+        if rc == 130 and stops:  # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt)
+            rc, why = stops[0].exit_code, stops[0].why
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
         where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"
         typer.echo(f"error: {e.format_message()} (see {where})", err=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        rc = 130
+    except (typer.Abort, KeyboardInterrupt) as e:  # click wraps a KeyboardInterrupt in an Abort
+        stop = e.__cause__ if isinstance(e, typer.Abort) and e.__cause__ is not None else e
+        rc, why = signals.exit_code(stop), signals.why(stop)
     except typer.Exit as e:
         rc = e.exit_code
-    if rc == 130 and not _said_interrupted:  # typer turns Ctrl-C into exit code 130, silently
-        typer.echo("interrupted", err=True)
+    if rc in (*signals.SIGNALS.values(), signals.CLOSED_PIPE) and not _said_interrupted:  # typer says nothing
+        with contextlib.suppress(OSError):
+            typer.echo(why, err=True)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -36,6 +36,7 @@ from gpumlp.data.datasets import CHOICES
 def train_cli(ctx: typer.Context, **kw):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
     from gpumlp.cli.display import TrainDisplay, choose_mode
+    from gpumlp.formats.signals import exit_code, why
     from gpumlp.training.run import command_config, run
     from gpumlp.training.runfiles import TrainingInterrupted
 
@@ -49,10 +50,14 @@ def train_cli(ctx: typer.Context, **kw):
                 resume=resume, save_every=run_args["save_every"],
                 on_progress=show.progress if show.mode == "bar" else None,
             )  # fmt: skip
-    except (TrainingInterrupted, KeyboardInterrupt) as e:  # the latter: before run() started
-        said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted before training started: nothing to save"
-        raise interrupted(said) from None
-    show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
+    except TrainingInterrupted as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output: every epoch saved
+        raise interrupted(str(e), e.exit_code) from None
+    except KeyboardInterrupt as e:  # before run() started
+        raise interrupted(f"{why(e)} before training started: nothing to save", exit_code(e)) from None
+    try:
+        show.done(result.test_accuracy, cfg.test_size, result.checkpoint)
+    except KeyboardInterrupt as e:  # the output closed at the very end
+        raise interrupted(f"{why(e)} after the run: it is saved in {result.checkpoint}", exit_code(e)) from None
 
 
 train_command(train_cli)

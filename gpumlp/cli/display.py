@@ -10,11 +10,37 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
 
 import typer
+
+from gpumlp.formats import signals
+
+
+def echo(text: str, err: bool = False) -> None:
+    """``typer.echo``, where an output that is closed (``| head -1``) or cannot be written (a full
+    disk) stops the run as a signal would (``signals.Stop``: exit 141 or 2), after pointing the
+    stream at the null device so that nothing on the way out fails on it again."""
+    try:
+        typer.echo(text, err=err)
+    except OSError as e:
+        _silence(sys.stderr if err else sys.stdout)
+        if isinstance(e, BrokenPipeError):
+            raise signals.Stop(signals.CLOSED_PIPE, "output closed") from None
+        raise signals.Stop(signals.WRITE_ERROR, f"cannot write output ({e.strerror or e})") from None
+
+
+def _silence(stream) -> None:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def choose_mode(log_format: str, quiet: bool, isatty: bool | None = None) -> str:
@@ -50,7 +76,7 @@ class TrainDisplay:
         self._epoch_start = 0.0
 
     def log(self, message: str) -> None:
-        typer.echo(message, err=self.mode == "json")
+        echo(message, err=self.mode == "json")
 
     def progress(self, epoch: int, done: int, n_batches: int, running_loss: float) -> None:
         if self.mode != "bar":
@@ -80,22 +106,22 @@ class TrainDisplay:
     def epoch(self, stats) -> None:
         self.close()
         if self.mode == "json":
-            typer.echo(json.dumps({"event": "epoch", **asdict(stats)}))
+            echo(json.dumps({"event": "epoch", **asdict(stats)}))
         elif self._console is not None:
             self._console.print(epoch_line(stats, self.epochs), highlight=False)
         else:
-            typer.echo(epoch_line(stats, self.epochs))
+            echo(epoch_line(stats, self.epochs))
 
     def done(self, test_accuracy: float | None, test_size: int, checkpoint) -> None:
         self.close()
         if self.mode == "json":
             event = {"event": "done", "test_accuracy": test_accuracy, "test_size": test_size}
-            typer.echo(json.dumps({**event, "checkpoint": str(checkpoint) if checkpoint else None}))
+            echo(json.dumps({**event, "checkpoint": str(checkpoint) if checkpoint else None}))
             return
         if test_accuracy is not None:
-            typer.echo(f"test accuracy {100 * test_accuracy:.2f}% ({test_size} images)")
+            echo(f"test accuracy {100 * test_accuracy:.2f}% ({test_size} images)")
         if checkpoint is not None:
-            typer.echo(f"saved {checkpoint}")
+            echo(f"saved {checkpoint}")
 
     def __enter__(self):
         return self

@@ -2,24 +2,27 @@
 never over another run's file, and never over a file the user did not name.
 
 ``atomic_write`` writes a temporary file beside the target, fsyncs it and renames it into place,
-so a reader sees the old file or the new one, never a part. A Ctrl-C that arrives meanwhile is
-held back until the rename is done, then raised. ``RunLock`` is an exclusive ``flock`` on a hidden
-``.NAME.lock`` beside a checkpoint, held for a whole training run. ``free_path`` gives a default
-output name a ``-2``, ``-3``, … suffix instead of overwriting an earlier run's file.
+so a reader sees the old file or the new one, never a part, and fsyncs the folder. A Ctrl-C,
+SIGTERM or SIGHUP that arrives meanwhile is held back until the rename is done, then raised. The
+temporary file's name holds its writer's pid, so that ``remove_stale`` can tell a killed writer's.
+``RunLock`` is an exclusive ``flock`` on a hidden ``.NAME.lock`` beside a checkpoint, held for a
+whole training run. ``free_path`` gives a default output name a ``-2``, ``-3``, … suffix instead
+of overwriting an earlier run's file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-import signal
+import re
 import stat
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gpumlp.errors import CheckpointError
+from gpumlp.formats.signals import DeferredInterrupt, deferred  # noqa: F401  (re-exported)
 
 try:  # POSIX; elsewhere runs are not locked against each other
     import fcntl
@@ -27,30 +30,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
-class DeferredInterrupt(KeyboardInterrupt):
-    """Ctrl-C held back by ``deferred_sigint``, raised once its block had completed."""
-
-
-@contextlib.contextmanager
-def deferred_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) inside the block and raise ``DeferredInterrupt`` when it ends.
-
-    Only where Python itself turns SIGINT into KeyboardInterrupt (the main thread, default
-    handler); anywhere else the block runs unchanged."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise DeferredInterrupt
+# Ctrl-C, SIGTERM and SIGHUP are held back while a file is written (gpumlp/formats/signals.py).
+deferred_sigint = deferred
 
 
 def atomic_write(
@@ -76,7 +57,8 @@ def atomic_write(
     with deferred_sigint():
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=folder)
+            # The writer's pid in the name: a later run removes what a killed writer left (remove_stale).
+            fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
         except OSError as e:
             raise error(f"cannot write {what} in {folder}: {e.strerror or e}; {fix}") from None
         try:
@@ -86,12 +68,51 @@ def atomic_write(
                 os.fsync(f.fileno())
             os.chmod(tmp, mode)  # mkstemp makes 0600
             os.replace(tmp, real)
+            _fsync_folder(folder)  # the rename itself survives a power cut
         except OSError as e:
             raise error(f"cannot write {path}: {e.strerror or e}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a folder that cannot be opened (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a folder; the file itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files ``atomic_write`` left beside ``path`` when its writer was killed
+    (``kill -9``, a power cut), recognised by their writer's pid, which no longer runs. A live
+    writer's file is never touched. Returns those removed."""
+    real = Path(os.path.realpath(path))
+    removed = []
+    for tmp in real.parent.glob(f".{glob.escape(real.name)}.*.tmp"):
+        pid = re.fullmatch(r"(\d+)\.[a-z0-9_]+\.tmp", tmp.name[len(real.name) + 2 :])  # PID.RANDOM.tmp
+        if pid and not _alive(int(pid[1])):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def check_target(path: str | os.PathLike, what: str = "a file", fix: str = "choose another --save path") -> Path:

@@ -17,6 +17,7 @@ from gpumlp.data.load import load_dataset, split
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
+from gpumlp.training import shutdown
 from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, resume_config
 from gpumlp.training.evaluation import evaluate
 from gpumlp.training.loop import fit
@@ -57,9 +58,12 @@ def run(
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
-    on Ctrl-C (then ``TrainingInterrupted`` is raised, at any moment). Beside the checkpoint,
-    ``<name>.metrics.jsonl`` gets one JSON line per epoch, rewritten as each epoch ends (a resumed
-    run's file starts with the checkpoint's history).
+    on Ctrl-C or any other ``KeyboardInterrupt`` (``signals.Stop``: SIGTERM, SIGHUP, a closed output;
+    then ``TrainingInterrupted`` is raised, at any moment, with the stop's exit status). Where the
+    checkpoint's path cannot be written at the end, it is saved beside it or in the temp folder
+    and a ``GpumlpError`` says where. Beside the checkpoint, ``<name>.metrics.jsonl`` gets one JSON
+    line per epoch, rewritten as each epoch ends (a resumed run's file starts with the checkpoint's
+    history).
 
     Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
     when an earlier run's files are there. The checkpoint is locked for the whole run: another run
@@ -68,15 +72,17 @@ def run(
         raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
     path = None if save is False else checkpoint.check_writable(save or resume or default_checkpoint(cfg))
     rec = RunFiles(path, cfg, log, data_dir, save_every)
+    first = []  # the stop that ended the run: its exit status wins over a second one's
     try:
         try:
             return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=bool(save or resume))
-        except KeyboardInterrupt:
-            raise rec.interrupted() from None  # saved under the lock
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output (signals.Stop)
+            first.append(e)
+            raise rec.interrupted(e) from None  # saved under the lock
         finally:
             rec.release()
-    except KeyboardInterrupt:  # one that came in the release, or in the save after a first Ctrl-C
-        raise rec.interrupted() from None
+    except KeyboardInterrupt as e:  # one that came in the release, or in the save after a first stop
+        raise rec.interrupted((first or [e])[0]) from None
 
 
 def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool) -> RunResult:
@@ -135,6 +141,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     with model.be.threads(state.blas_threads):
         test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
     rec.save(test_acc, len(X_te))
+    if rec.rescued is not None:
+        raise GpumlpError(shutdown.rescued_message(rec.path, rec.rescued[1], rec.rescued[0]))
     return RunResult(model, state.history, test_acc, rec.path)
 
 

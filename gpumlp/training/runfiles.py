@@ -4,6 +4,7 @@ them. ``gpumlp.training.run.run`` drives it; writing itself goes through ``gpuml
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from dataclasses import asdict
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from gpumlp.data.datasets import checkpoint_fields
 from gpumlp.errors import CheckpointError, GpumlpError
-from gpumlp.formats import atomic, checkpoint
+from gpumlp.formats import atomic, checkpoint, signals
+from gpumlp.training import shutdown
 
 if TYPE_CHECKING:
     from gpumlp.model import MLP
@@ -21,13 +23,15 @@ if TYPE_CHECKING:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during ``run``: every completed epoch is in ``checkpoint`` (None: nothing to keep).
+    """Ctrl-C, SIGTERM, SIGHUP or a closed output during ``run``: every completed epoch is in
+    ``checkpoint`` (None: nothing to keep). ``exit_code``: 130, 143, 129, 141 or 2 (signals.py).
 
     ``str(e)`` is the one line to show: what is kept where, and the command that goes on."""
 
-    def __init__(self, message: str, checkpoint: Path | None, epochs_done: int, resume_command: str):
+    def __init__(self, message: str, checkpoint: Path | None, epochs_done: int, resume_command: str, exit_code=130):
         super().__init__(message)
         self.checkpoint, self.epochs_done, self.resume_command = checkpoint, epochs_done, resume_command
+        self.exit_code = exit_code
 
 
 def metrics_path(checkpoint_path: Path) -> Path:
@@ -43,10 +47,11 @@ class RunFiles:
         self.path, self.cfg, self.log, self.data_dir, self.save_every = path, cfg, log, data_dir, save_every
         self.model, self.state, self.extra = None, None, {}
         self.saved, self.tested, self.warned, self.lock = 0, False, set(), None
+        self.rescued = None  # (where the checkpoint went instead, why) when its path could not be written
 
     def start(self, model: MLP, state: TrainState, **extra) -> None:
         self.model, self.state, self.extra = model, state, extra
-        self.saved = state.epochs_done  # a resumed run's epochs are on disk already
+        self.saved = self.on_path = state.epochs_done  # a resumed run's epochs are on disk already
 
     def claim(self, named: bool) -> None:
         """Lock the checkpoint for this run. A named path (--save, --resume) is refused while
@@ -68,6 +73,10 @@ class RunFiles:
             raise CheckpointError(f"no free name beside {self.path}; choose a --save path")
         self.path, self.lock = path, lock
         atomic.check_target(metrics_path(path), "a metrics file")
+        stale = [p for f in (path, metrics_path(path)) for p in atomic.remove_stale(f)]
+        if stale:
+            self.log(f"removed {len(stale)} temporary file(s) a killed run left beside {path}")
+        shutdown.check_space(path, shutdown.checkpoint_bytes(self.cfg, json=path.suffix == ".json"))
 
     def release(self) -> None:
         if self.lock is not None:
@@ -75,25 +84,53 @@ class RunFiles:
             self.lock = None
 
     def save(self, test_accuracy=None, n_test: int = 0) -> None:
+        """Save the checkpoint; where its path cannot be written, to a fallback (``rescued``)."""
         if self.path is None:
             return
+        try:
+            self._save_to(self.path, test_accuracy, n_test)
+        except CheckpointError as e:
+            where = shutdown.rescue(lambda p: self._save_to(p, test_accuracy, n_test), self.path, e)
+            self.rescued = where, e
+            self._write_metrics(metrics_path(where), self.state.history)
+            self._metrics_back()
+
+    def _metrics_back(self) -> None:
+        """After a rescue, the path's metrics file goes back to the epochs its checkpoint holds."""
+        target = metrics_path(self.path)
+        with contextlib.suppress(GpumlpError, OSError):  # the disk is full: the file stays as it was
+            if self.on_path:
+                self._write_metrics(target, self.state.history[: self.on_path])
+            else:
+                target.unlink(missing_ok=True)
+
+    def _save_to(self, path: Path, test_accuracy, n_test: int) -> None:
         s = self.state
         try:
             checkpoint.save(
-                self.path, self.model, s.arrays, config=self.cfg.to_dict(), history=[asdict(e) for e in s.history],
+                path, self.model, s.arrays, config=self.cfg.to_dict(), history=[asdict(e) for e in s.history],
                 train_state=s.to_dict(), optimizer=s.optimizer, **checkpoint_fields(self.cfg.dataset),
                 test_accuracy=test_accuracy, test_size=n_test if test_accuracy is not None else 0, **self.extra,
             )  # fmt: skip
         except atomic.DeferredInterrupt:  # Ctrl-C during the write, which completed first
-            self.saved, self.tested = s.epochs_done, test_accuracy is not None
+            self._saved(path, test_accuracy)
             raise
-        self.saved, self.tested = s.epochs_done, test_accuracy is not None
+        self._saved(path, test_accuracy)
+
+    def _saved(self, path: Path, test_accuracy) -> None:
+        self.saved, self.tested = self.state.epochs_done, test_accuracy is not None
+        if path == self.path:
+            self.on_path = self.saved
 
     def write_metrics(self) -> None:
         """Rewrite the metrics file with the whole history (it and the checkpoint always agree)."""
         if self.path is not None:
-            lines = "".join(json.dumps(asdict(e)) + "\n" for e in self.state.history).encode()
-            self._try(lambda: atomic.atomic_write(metrics_path(self.path), lambda f: f.write(lines), "a metrics file"))
+            self._try(lambda: self._write_metrics(metrics_path(self.path), self.state.history))
+
+    @staticmethod
+    def _write_metrics(path: Path, history) -> None:
+        lines = "".join(json.dumps(asdict(e)) + "\n" for e in history).encode()
+        atomic.atomic_write(path, lambda f: f.write(lines), "a metrics file")
 
     def save_every_k(self, epoch: int) -> None:
         if self.path is not None and self.save_every and epoch % self.save_every == 0 and epoch < self.cfg.epochs:
@@ -114,29 +151,35 @@ class RunFiles:
         data = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
         return shlex.join(["gpumlp", *args, *data])
 
-    def interrupted(self) -> TrainingInterrupted:
-        """After Ctrl-C: save what the checkpoint lacks (a second Ctrl-C waits for that save), and
-        say in one line what is kept where, and how to go on."""
-        s, path = self.state, self.path
+    def interrupted(self, cause: BaseException | None = None) -> TrainingInterrupted:
+        """After a stop (``cause``: Ctrl-C, SIGTERM, SIGHUP, a closed output): save what the checkpoint
+        lacks (a second signal waits for that save), and say in one line what is kept where, and
+        how to go on. The exception carries the exit status the stop calls for."""
+        s = self.state
         done = s.epochs_done if s is not None else 0
-        if path is not None and done > self.saved:
+        if self.path is not None and done > self.saved:
             try:
                 self.save()
-            except atomic.DeferredInterrupt:  # a second Ctrl-C: raised once the save is complete
+            except atomic.DeferredInterrupt:  # a second signal: raised once the save is complete
                 pass
+        why, code = signals.why(cause), signals.exit_code(cause)
         if done == 0:
-            return TrainingInterrupted("interrupted before the first epoch ended: nothing to save", None, 0, "")
-        if path is None:
-            return TrainingInterrupted(f"interrupted after epoch {done} (save=False: nothing saved)", None, done, "")
+            return TrainingInterrupted(f"{why} before the first epoch ended: nothing to save", None, 0, "", code)
+        if self.path is None:
+            return TrainingInterrupted(f"{why} after epoch {done} (save=False: nothing saved)", None, done, "", code)
+        path, note = self.path, ""
+        if self.rescued is not None:
+            path, error = self.rescued
+            note = f" ({error}; moved there instead)"
         if done >= self.cfg.epochs or s.stopped_epoch:
             test = self.command("test", str(path))
             message = (
-                f"interrupted: all {done} epochs are tested and saved in {path}"
+                f"{why}: all {done} epochs are tested and saved in {path}{note}"
                 if self.tested
-                else f"interrupted in the test pass: all {done} epochs are saved in {path}; test it with: {test}"
+                else f"{why} in the test pass: all {done} epochs are saved in {path}{note}; test it with: {test}"
             )
-            return TrainingInterrupted(message, path, done, "" if self.tested else test)
+            return TrainingInterrupted(message, path, done, "" if self.tested else test, code)
         every = ["--save-every", str(self.save_every)] if self.save_every else []
         go_on = self.command("train", "--resume", str(path), "--epochs", str(self.cfg.epochs), *every)
-        message = f"interrupted: epochs 1-{done} of {self.cfg.epochs} are saved in {path}; resume with: {go_on}"
-        return TrainingInterrupted(message, path, done, go_on)
+        message = f"{why}: epochs 1-{done} of {self.cfg.epochs} are saved in {path}{note}; resume with: {go_on}"
+        return TrainingInterrupted(message, path, done, go_on, code)

@@ -1,0 +1,71 @@
+"""Saving that cannot lose a run: the checkpoint's size checked against the free space before
+epoch 1, and a fallback when the checkpoint's own path cannot be written at the end.
+
+The stop itself (Ctrl-C, SIGTERM, SIGHUP, a closed output) is one exception, ``Stop``
+(gpumlp/formats/signals.py); ``RunFiles.interrupted`` saves what a stopped run did."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from gpumlp import optim
+from gpumlp.errors import CheckpointError
+from gpumlp.formats import atomic
+
+HISTORY_BYTES = 600  # one epoch's record, in the checkpoint's history and in the metrics file
+METADATA_BYTES = 64 * 1024  # configuration, run state, dataset fields, npz headers
+JSON_FLOAT_BYTES = 24  # a float as JSON text: "-0.012345678901234567", plus ", "
+
+
+def checkpoint_bytes(cfg, json: bool = False) -> int:
+    """About how many bytes the checkpoint of ``cfg`` takes, at most: the parameters, the update
+    rule's buffers and the best epoch's weights (early stopping) at the dtype's size (or as JSON
+    text), plus its metadata."""
+    n_params = sum((n_in + 1) * n_out for n_in, n_out in zip(cfg.sizes, cfg.sizes[1:]))
+    rule = optim.RULES.get(cfg.optimizer)
+    copies = 1 + len(rule.buffers if rule else ()) + (1 if cfg.patience else 0)
+    per = JSON_FLOAT_BYTES if json else (8 if cfg.dtype == "float64" else 4)
+    return n_params * copies * per + METADATA_BYTES + HISTORY_BYTES * cfg.epochs
+
+
+def check_space(path: Path, need: int) -> None:
+    """Refuse, before training, a checkpoint path whose filesystem cannot hold ``need`` bytes (the
+    new file is written beside the old one, so an old file's space does not count)."""
+    folder = Path(os.path.realpath(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows) or an odd filesystem: the save will tell
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise CheckpointError(
+            f"{folder} has {_size(free)} free, and the checkpoint needs about {_size(need)}: "
+            "free some space there or choose another --save path"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def rescue(save: Callable[[Path], None], path: Path, error: CheckpointError) -> Path:
+    """``save`` could not write ``path`` (``error``): save to ``NAME.rescued.EXT`` beside it, else in
+    the temp folder, and return where. Raises ``error`` when neither can be written."""
+    name = path.with_name(f"{path.stem}.rescued{path.suffix}").name
+    for folder in (path.parent, Path(tempfile.gettempdir())):
+        try:
+            target = atomic.free_path(folder / name)
+            save(target)
+        except CheckpointError:
+            continue
+        return target
+    raise error
+
+
+def rescued_message(path: Path, error: Exception, rescued: Path) -> str:
+    return f"{error}; every epoch is saved in {rescued} instead (move it to {path} once there is room)"
