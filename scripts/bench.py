@@ -25,7 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
-from gpumlp.cli.bench import CONFIGS, RUST_ROWS, format_bench, run_bench, table
+from gpumlp.cli.bench import CONFIGS, RUST_ROWS, format_bench, parse_rows, run_bench, table
+from gpumlp.errors import ConfigError
 
 TORCH_HINT = "pip install torch==2.13.0"
 MKL_NOTE = (
@@ -33,19 +34,6 @@ MKL_NOTE = (
     "and take turns badly on few cores; for gpumlp/PyTorch ratios run with GPUMLP_BLAS=numpy "
     "(scripts/bench_blas.py compares the two BLAS)"
 )
-
-
-def parse_rows(spec: str | None) -> list[int]:
-    """``"1-5,7"`` → [0, 1, 2, 3, 4, 6] (1-based, as the table numbers them)."""
-    if not spec:
-        return list(range(len(CONFIGS)))
-    rows = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        rows += range(int(lo) - 1, int(hi or lo))
-    if not all(0 <= i < len(CONFIGS) for i in rows):
-        raise SystemExit(f"--rows: rows are 1 to {len(CONFIGS)} (got {spec})")
-    return rows
 
 
 def parse_loads(spec: str) -> list[int]:
@@ -105,6 +93,12 @@ def format_comparison(result: dict, torch_result: dict, comp: dict) -> str:
     return "\n".join(table(head, body) + [tail + (f"{g:.2f}×" if g else "n/a (none selected)")])
 
 
+def write_json(path: str | None, result: dict) -> None:
+    """The result as one JSON file at ``path`` (None: nothing), whatever else goes to stdout."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -114,12 +108,16 @@ def main(argv=None) -> None:
     p.add_argument("--no-extras", action="store_true", help="skip peak memory, --help and load_mnist times")
     p.add_argument("--compare", choices=["torch"], help="also time each row in PyTorch and print the ratios")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--json-out", metavar="FILE", help="also write that JSON object to FILE (for scripts/gpu_check.py)")
     p.add_argument("--background-load", metavar="N[,N…]", help="time each row beside N busy processes, e.g. 0,1,2")
     p.add_argument("--cuda-graph", action="store_true", help="on CUDA, rows whose recipe allows it use --cuda-graph")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
-    indices = parse_rows(a.rows)
+    try:
+        indices = parse_rows(a.rows, len(CONFIGS))
+    except ConfigError as e:
+        p.error(str(e))
     configs = [CONFIGS[i] for i in indices]
     if a.background_load is not None:
         if a.compare or a.device != "cpu":
@@ -144,11 +142,14 @@ def main(argv=None) -> None:
     result = run_bench(a.device, a.repeats, configs, a.data_dir, extras=not a.no_extras, beside=beside,
                        cuda_graph=a.cuda_graph)  # fmt: skip
     if torch_result is None:
+        write_json(a.json_out, result)
         print(json.dumps(result, indent=2) if a.json else format_bench(result))
         return
     comp = comparison(result, torch_result, indices)
+    both = {"gpumlp": result, "torch": torch_result, "comparison": comp}
+    write_json(a.json_out, both)
     if a.json:
-        print(json.dumps({"gpumlp": result, "torch": torch_result, "comparison": comp}, indent=2))
+        print(json.dumps(both, indent=2))
         return
     print(format_bench(result))
     print()

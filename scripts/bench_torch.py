@@ -8,9 +8,11 @@ batch means), plain SGD, batch sizes, images and epochs as gpumlp's rows, in an 
 loop: ``nn.Sequential`` of ``nn.Linear`` and activations, ``loss.backward()``, ``optimizer.step()``,
 ``zero_grad(set_to_none=True)``. The training set is put on the device once and each epoch's
 batches are gathered from a ``torch.randperm`` permutation, like gpumlp (no DataLoader, whose
-per-batch collation would dominate at batch 10). The loss is summed on the device and read once
-per epoch. ``torch.set_num_threads`` is left at its default (reported). Same warm-up, repeats,
-median, and a device synchronisation before every clock read. Needs ``pip install torch``;
+per-batch collation would dominate at batch 10). The loss is summed on the device. Timed as
+gpumlp's rows are: the epochs' training steps (each epoch's permutation included), after one
+untimed run of the same, synchronised before the clock starts and at the end, nothing read back
+in between; the network, optimiser and data are made once before. ``torch.set_num_threads`` is
+left at its default (reported). Same repeats and median. Needs ``pip install torch``;
 gpumlp itself never imports torch.
 """
 
@@ -22,12 +24,23 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from gpumlp.cli.bench import CONFIGS, EPOCH_IMAGES, BenchConfig, bench_data, efficiency, flops_per_image
+from gpumlp.cli.bench import (
+    CONFIGS,
+    EPOCH_IMAGES,
+    BenchConfig,
+    bench_data,
+    efficiency,
+    flops_per_image,
+    parse_rows,
+    steps_timed,
+)
+from gpumlp.errors import ConfigError
 from gpumlp.losses import LOSSES
 
 
@@ -114,10 +127,12 @@ def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.
     else:  # ce: softmax and cross-entropy in one
         targets, loss_fn = labels, nn.CrossEntropyLoss()
 
-    def work():
+    total = torch.zeros((), device=device)  # the summed loss, on the device, as gpumlp's loss vector
+
+    def work():  # no sync and no read-back: the timer synchronises at the end, as gpumlp's rows
+        total.zero_()
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, device=device)
-            total = torch.zeros((), device=device)
             for start in range(0, n, cfg.batch_size):
                 idx = perm[start : start + cfg.batch_size]
                 loss = loss_fn(net(X_dev[idx]), targets[idx])
@@ -128,8 +143,7 @@ def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.
                     with torch.no_grad():
                         for lin in linears:
                             lin.weight.copy_(torch.renorm(lin.weight, 2, 0, max_norm))
-                total += loss.detach()
-            float(total)  # the epoch's one read of a device value, as gpumlp's fit
+                total.add_(loss.detach())
 
     return work, n
 
@@ -143,13 +157,15 @@ def skipped(cfg: BenchConfig) -> str | None:
 
 def row_result(cfg: BenchConfig, n: int, seconds: list[float] | None) -> dict:
     """One row from the timings of ``cfg.epochs`` epochs over n images (None: skipped)."""
-    row = {"name": cfg.name, "batch_size": cfg.batch_size, "images": n, "epochs": cfg.epochs}
+    row = {"name": cfg.name, "batch_size": cfg.batch_size, "images": n, "epochs": cfg.epochs,
+           "steps": steps_timed(cfg, n)}  # fmt: skip
     if seconds is None:
         return {**row, "images_per_s": None, "skipped": skipped(cfg)}
     timed_images, median = n * cfg.epochs, statistics.median(seconds)
     return {
         **row,
         "seconds": seconds,
+        "seconds_median": median,
         "images_per_s": timed_images / median,
         "images_per_s_range": [timed_images / max(seconds), timed_images / min(seconds)],
         "s_per_epoch": EPOCH_IMAGES * median / timed_images,
@@ -207,7 +223,8 @@ def format_torch(result: dict) -> str:
         f"PyTorch {i['torch']} on {i['device']}{' (' + i['gpu'] + ')' if 'gpu' in i else ''}: "
         f"{i['threads']} threads (default), MKL {i['mkl']}, oneDNN {i['mkldnn']}; data {result['data']}",
         f"torch sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s",
-        f"{'#':>2}  {'config':<26}{'batch':>6}{'images/s':>11}{'(min–max)':>20}{'s/epoch':>9}{'GFLOP/s':>9}{'eff.':>7}",
+        f"{'#':>2}  {'config':<26}{'batch':>6}{'steps':>7}{'s':>8}{'images/s':>11}{'(min–max)':>20}{'s/epoch':>9}"
+        f"{'GFLOP/s':>9}{'eff.':>7}",
     ]
     for k, r in enumerate(result["rows"], 1):
         if r.get("images_per_s") is None:
@@ -215,7 +232,8 @@ def format_torch(result: dict) -> str:
             continue
         lo, hi = r["images_per_s_range"]
         lines.append(
-            f"{k:>2}  {r['name']:<26}{r['batch_size']:>6}{r['images_per_s']:>11,.0f}{f'{lo:,.0f}–{hi:,.0f}':>20}"
+            f"{k:>2}  {r['name']:<26}{r['batch_size']:>6}{r['steps']:>7}{r['seconds_median']:>8.3f}"
+            f"{r['images_per_s']:>11,.0f}{f'{lo:,.0f}–{hi:,.0f}':>20}"
             f"{r['s_per_epoch']:>9.3f}{r['gflops']:>9.2f}{100 * r['efficiency']:>6.1f}%"
         )
     return "\n".join(lines)
@@ -226,12 +244,20 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when available)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--rows", default=None, help="rows to run, 1-based, e.g. 1-5 or 2,6 (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json-out", metavar="FILE", help="also write that JSON object to FILE (for scripts/gpu_check.py)")
     a = p.parse_args(argv)
+    try:
+        configs = [CONFIGS[i] for i in parse_rows(a.rows, len(CONFIGS))]
+    except ConfigError as e:
+        p.error(str(e))
     devices = [a.device] if a.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    data = bench_data(a.data_dir, max(c.images for c in CONFIGS))
-    results = [run_torch_bench(d, a.repeats, data=data) for d in devices]
+    data = bench_data(a.data_dir, max(c.images for c in configs))
+    results = [run_torch_bench(d, a.repeats, configs, data=data) for d in devices]
     command = shlex.join([sys.executable, *sys.argv])
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     if a.json:
         print(json.dumps({"command": command, "results": results}, indent=2))
     else:

@@ -1,9 +1,12 @@
 """Training speed: images/s, seconds per epoch and effective GFLOP/s over a matrix of networks,
 against the machine's own float32 matrix-multiply rate.
 
-Each configuration is timed as users run it: ``gpumlp.training.loop.fit`` for ``epochs`` epochs (one but
-for the first row) over the first ``images`` training images, once as a warm-up and then
-``repeats`` times; the median counts. The device is synchronised before every clock read.
+Each configuration is timed as PyTorch's peer (scripts/bench_torch.py) times its loop: the training
+steps of ``epochs`` epochs (one but for the first row) over the first ``images`` training images,
+each epoch's permutation included, once as a warm-up and then ``repeats`` times; the median
+counts. ``fit``'s preparation (checks, arrays on the device, one-hot labels, the optimiser, CuPy's
+warm-up step) runs once before (``gpumlp.training.loop.prepare_steps``), and its end-of-epoch
+read-back and validation are not timed. The device is synchronised before every clock read.
 Effective FLOPs count the matrix products only: per image and layer (a inputs, b outputs) 2·a·b
 forward and 4·a·b backward (dA and dW), except the first layer's backward, 2·a·b, whose gradient
 w.r.t. the pixels is never computed. Nothing here imports PyTorch (see scripts/bench_torch.py).
@@ -28,9 +31,9 @@ from gpumlp.backends.registry import get_backend
 from gpumlp.cli.bench_machine import ENV_SHOWN, machine_info, process_costs
 from gpumlp.data import datasets
 from gpumlp.data.load import load_dataset
-from gpumlp.errors import DataError
+from gpumlp.errors import ConfigError, DataError
 from gpumlp.model import MLP
-from gpumlp.training.loop import fit
+from gpumlp.training.loop import prepare_steps
 
 EPOCH_IMAGES = 50_000  # s/epoch is reported for the Rust project's 50000-image epoch
 RUST_ROWS = 5  # the first five configurations are the rows of the Rust README's results table
@@ -82,6 +85,22 @@ CONFIGS = (
     _preset("fast", 12_800),
     _preset("best", 2_560),
 )
+
+
+def parse_rows(spec: str | None, count: int = len(CONFIGS)) -> list[int]:
+    """``"1-5,7"`` → [0, 1, 2, 3, 4, 6] (1-based, as the table numbers them) of ``count`` rows; None: every row."""
+    if not spec:
+        return list(range(count))
+    rows = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            rows += range(int(lo) - 1, int(hi or lo))
+    except ValueError:
+        rows = [-1]  # not numbers: the same message
+    if not rows or not all(0 <= i < count for i in rows):
+        raise ConfigError(f"--rows: rows are 1 to {count} (got {spec})")
+    return rows
 
 
 def flops_per_image(sizes) -> int:
@@ -168,20 +187,21 @@ def graph_for(cfg: BenchConfig, be: Backend, cuda_graph: bool) -> bool:
 
 
 def prepare_config(cfg: BenchConfig, be: Backend, X, y, graph: bool = False, notes=None) -> tuple[Callable, int]:
-    """``(work, n)``: ``work()`` runs ``fit`` for ``cfg.epochs`` epochs over the first n images
-    (whole batches of the first ``cfg.images``) of the host arrays X (N, 784), y (N,); with
-    ``graph``, as ``--cuda-graph`` (its notes, a capture that failed, appended to ``notes``)."""
+    """``(work, n)``: ``work()`` trains ``cfg.epochs`` epochs' steps over the first n images (whole
+    batches of the first ``cfg.images``) of the host arrays X (N, 784), y (N,), prepared here once
+    (``prepare_steps``), no sync; with ``graph``, as ``--cuda-graph`` (its notes, a capture that
+    failed, appended to ``notes``)."""
     n = min(cfg.images, len(X)) // cfg.batch_size * cfg.batch_size  # whole batches only
     model = MLP(cfg.sizes, cfg.activation, cfg.loss, seed=0, device=be)
-    X_dev = model.inputs(X[:n])  # (n, 784) on the device once, so no transfer of it is timed
-    y_dev = be.asarray(y[:n])  # (n,) labels, also moved once
     extra = {"cuda_graph": True, "log": (notes if notes is not None else []).append} if graph else {}
-
-    def work():
-        fit(model, X_dev, y_dev, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0,
-            **dict(cfg.recipe), **extra)  # fmt: skip
-
+    work = prepare_steps(model, X[:n], y[:n], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=0,
+                         **dict(cfg.recipe), **extra)  # fmt: skip
     return work, n
+
+
+def steps_timed(cfg: BenchConfig, n: int) -> int:
+    """Training steps in one timing: ``cfg.epochs`` epochs of n images (whole batches)."""
+    return cfg.epochs * (n // cfg.batch_size)
 
 
 def row_result(cfg: BenchConfig, n: int, seconds: list[float]) -> dict:
@@ -194,7 +214,9 @@ def row_result(cfg: BenchConfig, n: int, seconds: list[float]) -> dict:
         "recipe": dict(cfg.recipe),
         "images": n,
         "images_timed": timed_images,
+        "steps": steps_timed(cfg, n),
         "seconds": seconds,
+        "seconds_median": median,
         "images_per_s": timed_images / median,
         "images_per_s_range": [timed_images / max(seconds), timed_images / min(seconds)],
         "s_per_epoch": EPOCH_IMAGES * median / timed_images,
@@ -276,14 +298,16 @@ def format_bench(result: dict) -> str:
         f"data {result['data']}",
         *([graph_line(result)] if result.get("cuda_graph") else []),
         f"sgemm {s['n']}×{s['n']} float32: {s['gflops']:.1f} GFLOP/s (median of {result['repeats']})",
-        f"each row: median of {result['repeats']} timed gpumlp.fit calls (after 1 warm-up) over its first `images` "
-        f"training images for `epochs` epochs; s/epoch for {EPOCH_IMAGES} images; efficiency = GFLOP/s ÷ sgemm's",
+        f"each row: median of {result['repeats']} timings (after 1 warm-up) of `steps` training steps, its "
+        "`epochs` epochs over its first `images` training images, prepared once and synchronised at the end; "
+        f"s: one timing; s/epoch for {EPOCH_IMAGES} images; efficiency = GFLOP/s ÷ sgemm's",
         "",
     ]
-    head = "# config act/loss batch images×epochs images/s (min–max) s/epoch GFLOP/s efficiency".split()
+    head = "# config act/loss batch images×epochs steps s images/s (min–max) s/epoch GFLOP/s efficiency".split()
     body = [
         [
             str(i), r["name"], f"{r['activation']}/{r['loss']}", str(r["batch_size"]), f"{r['images']}×{r['epochs']}",
+            str(r["steps"]), f"{r['seconds_median']:.3f}",
             f"{r['images_per_s']:,.0f}", "–".join(f"{v:,.0f}" for v in r["images_per_s_range"]),
             f"{r['s_per_epoch']:.3f}", f"{r['gflops']:.2f}",
             "n/a" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f}%",

@@ -200,17 +200,13 @@ def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epoc
 def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
     """Train one epoch and validate; on Ctrl-C or divergence (``TrainingDiverged``), the model and
     optimiser go back to the last complete epoch and the exception is re-raised."""
-    model, r, losses, batch_size = prep.model, prep.r, prep.losses, prep.batch_size
+    model, losses, batch_size = prep.model, prep.losses, prep.batch_size
     be, xp = model.be, model.be.xp
     n = prep.X.shape[0]
-    lr_e = lr_at(epoch, lr=prep.lr, epochs=prep.epochs, schedule=r["schedule"], warmup=r["warmup"],
-                 step_size=r["step_size"], gamma=r["gamma"])  # fmt: skip
     t0 = time.perf_counter()
     try:
-        perm = be.asarray(prep.rng.permutation(n))  # the epoch's one host → device transfer
         report = _progress(be, on_progress, epoch, n, batch_size, losses) if on_progress is not None else None
-        prep.train_epoch(be, prep.step, prep.X, prep.Y, perm, batch_size, lr_e, epoch, prep.progress_every, losses,
-                         report)  # fmt: skip
+        lr_e = _epoch_steps(prep, epoch, report)
         # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
         # NaN or Inf in either means training diverged.
         loss_sum, param_sum = be.to_numpy(xp.stack([losses.sum(), model.theta.sum()]))
@@ -225,6 +221,38 @@ def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
         raise
     seconds = time.perf_counter() - t0
     return EpochStats(epoch, train_loss, val_acc, seconds, float(lr_e), int(batch_size), val_loss, n / train_seconds)
+
+
+def _epoch_steps(prep: _Prepared, epoch: int, report=None) -> float:
+    """Epoch ``epoch``'s training steps, no sync: its permutation in and one step per batch.
+    Returns the epoch's learning rate."""
+    r = prep.r
+    lr_e = lr_at(epoch, lr=prep.lr, epochs=prep.epochs, schedule=r["schedule"], warmup=r["warmup"],
+                 step_size=r["step_size"], gamma=r["gamma"])  # fmt: skip
+    perm = prep.model.be.asarray(prep.rng.permutation(prep.X.shape[0]))  # the epoch's one host → device transfer
+    prep.train_epoch(prep.model.be, prep.step, prep.X, prep.Y, perm, prep.batch_size, lr_e, epoch,
+                     prep.progress_every, prep.losses, report)  # fmt: skip
+    return lr_e
+
+
+def prepare_steps(model: MLP, X_train, y_train, *, epochs: int, batch_size: int, lr: float, seed: int, log=None,
+                  **recipe) -> Callable[[], None]:  # fmt: skip
+    """For a benchmark: ``fit``'s preparation done once (checks, arrays on the device, optimiser,
+    CuPy's warm-up step), and ``run()``, which trains epochs 1 to ``epochs`` as ``fit`` does (each
+    a permutation in and its batches' steps) with no validation, no end-of-epoch read-back and no
+    sync: the caller synchronises. Each call trains on from the last; the epochs' learning rates
+    and the run's BLAS threads are chosen as ``fit`` chooses them."""
+    largest = blas_threads.largest_product(model.sizes, batch_size)
+    with model.be.activate(), model.be.threads(model.be.training_threads(None, largest)[0]):
+        prep = _prepare(model, X_train, y_train, None, None, TrainState(), epochs, batch_size, lr, seed, recipe, log)
+
+    @np.errstate(over="ignore", invalid="ignore")  # as fit: divergence is not checked here
+    def run() -> None:
+        with model.be.activate(), model.be.threads(model.be.training_threads(None, largest)[0]):
+            for epoch in range(1, epochs + 1):
+                _epoch_steps(prep, epoch)
+
+    return run
 
 
 def _commit(prep: _Prepared, state: TrainState, stats: EpochStats) -> bool:
