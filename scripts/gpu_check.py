@@ -147,7 +147,7 @@ def train_and_test(check: Check, python: str, data_dir: str, preset: str, timeou
     if step["status"] == "pass":
         m = re.search(r"test accuracy (\S+)%", step["tail"])
         step["test_accuracy_percent"] = float(m.group(1)) if m else None
-        metrics = ckpt.with_name(ckpt.stem + ".metrics.jsonl")
+        metrics = ckpt.with_name(ckpt.name + ".metrics.jsonl")
         if metrics.exists():
             epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             step["epoch_seconds"] = [round(e["seconds"], 4) for e in epochs]

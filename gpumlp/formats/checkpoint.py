@@ -21,7 +21,7 @@ import numpy as np
 
 from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats import interop, native
-from gpumlp.formats.atomic import check_target
+from gpumlp.formats.atomic import RunLock, check_target
 from gpumlp.formats.base import Format, Source
 from gpumlp.formats.native import FORMAT, VERSION
 from gpumlp.formats.untrusted import check_dense, open_regular
@@ -224,6 +224,7 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
     exports = {fmt.name: fmt for fmt in FORMATS if fmt.foreign}
     if to != "gpumlp" and to not in exports:
         raise CheckpointError(f"unknown --to {to!r}: choose {_one_of(['gpumlp', *exports])}")
+    _check_conversion_target(Path(source), Path(target), to)
     _, meta, host = _read(Path(source))
     model = build(meta, host)
     if to == "gpumlp":
@@ -235,3 +236,27 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
         raise CheckpointError(f"{target}: the {to} format is {fmt.syntax}; name the file {_one_of(fmt.suffixes)}")
     fmt.write(target, meta, host, {})
     return model
+
+
+def _check_conversion_target(source: Path, target: Path, to: str) -> None:
+    """Refuse, before anything is read, a ``convert`` target that is the source itself, one a
+    gpumlp run is saving to, or an existing file that is not a checkpoint: convert replaces only
+    checkpoints, and only those the user names."""
+    fix = "choose another TARGET"
+    if to == "gpumlp":
+        _own_format(target)
+    try:
+        same = os.path.samefile(source, target)
+    except OSError:
+        same = False
+    if same:
+        raise CheckpointError(f"{target} is the checkpoint being converted; {fix}")
+    check_target(target, "a checkpoint", fix)
+    RunLock(target).refuse_if_held("convert to it")
+    if target.is_file():
+        try:
+            _read(target)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{target} exists and is not a checkpoint gpumlp reads: convert replaces only checkpoints; {fix}"
+            ) from None
