@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpumlp.errors import CheckpointError, DataError, GpumlpError
-from gpumlp.formats import atomic
+from gpumlp.formats import atomic, checkpoint
 from standins.entry_point import run_main
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
@@ -167,9 +168,14 @@ def test_a_lock_in_a_path_of_thousands_of_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     deep = Path("/".join(["d"] * 2000)) / "m.npz"  # 4,000 characters, 2,000 levels
     lock = atomic.RunLock(deep)
-    assert lock.acquire()
-    lock.release()
-    assert deep.parent.is_dir()
+    try:
+        assert lock.acquire()
+        lock.release()
+        assert deep.parent.is_dir()
+    finally:  # one level at a time: shutil.rmtree (pytest's clean-up) recurses once per level
+        for level in deep.parents:
+            if level.is_dir() and level != Path("."):
+                level.rmdir()
 
 
 def test_a_symlink_loop_says_so(tmp_path):
@@ -237,3 +243,76 @@ def test_an_empty_home_does_not_put_the_cache_at_the_root(monkeypatch):
         assert "GPUMLP_DATA_DIR" in str(e)
     else:
         assert where != Path("/.cache/gpumlp/mnist") and where.parts[1:2] != (".cache",)
+
+
+# ---------------------------------------------------------------- resampling without an n-wide matrix
+
+
+def _matrix_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """The resampling to_mnist did before: an (n_out, n_in) matrix of overlaps, the oracle."""
+    n_in = a.shape[axis]
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    j = np.arange(n_in)
+    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)  # (n_out, n_in)
+    weights = np.clip(overlap, 0.0, None) * (n_out / n_in)
+    return np.moveaxis(np.tensordot(weights, np.moveaxis(a, axis, 0), axes=1), 0, axis)
+
+
+def test_to_mnist_agrees_with_the_matrix_resampling_on_a_corpus(mnist, monkeypatch):
+    from PIL import Image
+
+    from gpumlp.data import images
+
+    rng = np.random.default_rng(25)
+    corpus = []
+    for i in range(40):  # real digits at many sizes and aspect ratios, and noisy drawings
+        digit = (mnist[2][i].reshape(28, 28) * 255).astype(np.uint8)
+        h, w = (int(v) for v in rng.integers(8, 700, 2))
+        corpus.append(np.asarray(Image.fromarray(digit).resize((w, h), Image.BILINEAR)))
+        noisy = rng.random((int(rng.integers(3, 300)), int(rng.integers(3, 300))))
+        noisy[1:-1, 1:-1] += rng.random(noisy[1:-1, 1:-1].shape) > 0.7
+        corpus.append(np.clip(noisy, 0, 1))
+    new = [images.to_mnist(g) for g in corpus]
+    monkeypatch.setattr(images, "_area_resize", _matrix_resize)
+    old = [images.to_mnist(g) for g in corpus]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(new, old)) <= 1e-6
+
+
+def test_to_mnist_of_a_long_thin_image_needs_no_n_wide_matrix():
+    import tracemalloc
+
+    from gpumlp.data import images
+
+    g = np.zeros((1, 4_194_304), dtype=np.uint8)  # 4 MB of pixels: a 20-row matrix of it is 671 MB
+    g[0, 1000:3_000_000] = 255
+    tracemalloc.start()
+    try:
+        x = images.to_mnist(g)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (784,) and x.max() == 1.0
+    assert peak < 400e6, f"{peak / 1e6:.0f} MB"
+
+
+def test_a_float_tiff_in_zero_to_one_is_read_as_its_grey_levels(tmp_path):
+    from PIL import Image
+
+    from gpumlp.data.images import load_image
+
+    pixels = np.ones((40, 30), dtype=np.float32)
+    pixels[10:30, 12:18] = 0.0  # a dark stroke on white
+    Image.fromarray(pixels, mode="F").save(tmp_path / "digit.tif")
+    gray = load_image(tmp_path / "digit.tif")
+    assert gray.min() == 0.0 and gray.max() == 1.0
+    np.testing.assert_array_equal(gray, pixels)
+
+
+def test_resuming_a_network_without_a_run_names_the_fix(tmp_path):
+    from gpumlp.model import MLP
+    from gpumlp.training.run import command_config
+
+    checkpoint.save(tmp_path / "m.npz", MLP((784, 10)))  # sigmoid and mse: what the Rust project runs
+    checkpoint.convert(tmp_path / "m.npz", tmp_path / "r.json", to="rust")
+    with pytest.raises(GpumlpError, match="start a new run"):
+        command_config({}, {"epochs": 3}, resume=tmp_path / "r.json")

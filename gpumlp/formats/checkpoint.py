@@ -11,6 +11,7 @@ temporary file in the same folder, fsynced, then renamed over the target.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import tokenize
@@ -92,6 +93,14 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
             f"save() got metadata {', '.join(map(repr, reserved))}: these keys describe the network and come from "
             "the model itself (the file format follows the extension, .npz or .json); rename them"
         )
+    for key, value in metadata.items():  # before anything is written: one line naming the key
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise CheckpointError(
+                f"save(): metadata {key!r} cannot be stored as JSON ({e}); pass numbers, strings, lists or dicts "
+                "(int() or float() of a numpy number)"
+            ) from None
     meta = build_metadata(model, **metadata)
     host = _host(model)
     state = {k: np.asarray(model.be.to_numpy(v)) for k, v in (state_arrays or {}).items()}
@@ -137,7 +146,10 @@ def _read(path: Path, foreign: bool = True) -> tuple[Format, dict, dict]:
             source = Source(path, f, size, known, MAX_JSON_BYTES)
             fmt = _detect(source)
             if fmt.foreign and not foreign:  # a Rust or Nielsen network has no gpumlp metadata
-                raise CheckpointError(f"{path} is not a gpumlp checkpoint (no format {FORMAT!r})")
+                raise CheckpointError(
+                    f"{path} is a {fmt.label} network, not a gpumlp checkpoint: it holds no training run to "
+                    "resume; start a new run (gpumlp train without --resume)"
+                )
             return (fmt, *fmt.read(source))
     except CheckpointError:
         raise
