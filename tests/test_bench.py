@@ -108,15 +108,15 @@ def test_runs_on_a_tiny_configuration(mnist_dir, monkeypatch):
 def test_runs_on_the_strict_fake_device_crossing_only_through_the_backend(monkeypatch, mnist_dir):
     """The fake device refuses any host/device mix, so running at all proves the harness moves data
     only with be.asarray; and it reads nothing back itself: the only device → host transfers are
-    fit's: the check of the device labels' range when it starts, and one per epoch (warm-up and
-    one timed run, one epoch each)."""
+    fit's: the checks of the device labels' and images' ranges when it starts, and one per epoch
+    (warm-up and one timed run, one epoch each)."""
     from standins.fake_device import counters
 
     counters.reset()
     result = run_bench("fake", repeats=1, configs=[TINY], data_dir=mnist_dir, extras=False, sgemm_n=32)
     check_result(result)
     assert result["machine"]["device"] == "fake"
-    assert counters.to_host == 2 * 2
+    assert counters.to_host == 2 * 3
     assert counters.syncs >= 4  # before and after each timed call
 
 
