@@ -27,6 +27,7 @@ from gpumlp.activations import ACTIVATIONS
 from gpumlp.backends.base import Backend
 from gpumlp.backends.registry import get_backend
 from gpumlp.errors import ConfigError
+from gpumlp.inputs import check_pixels, is_bytes
 from gpumlp.losses import LOSSES
 
 N_INPUTS, N_CLASSES = 784, 10
@@ -46,6 +47,8 @@ MAX_TRAIN_LAYERS = 64  # layer sizes, inputs included: gpumlp trains at most 63 
 def parse_sizes(sizes: str | Sequence[int]) -> tuple[int, ...]:
     """``"784,16,16,10"``, ``"784 16 16 10"`` or a sequence of integers → a checked tuple of layer sizes."""
     if isinstance(sizes, str):
+        if re.search(r"(^|,)\s*(,|$)", sizes.strip()):  # "784,,10" must not read as 784,10
+            raise ConfigError(f"--layers {sizes!r}: an empty size between commas; e.g. 784,16,16,10")
         text, sizes = sizes, []
         for token in re.split(r"[,\s]+", text.strip()):
             if token and not re.fullmatch(r"[+-]?\d{1,12}", token):
@@ -266,13 +269,18 @@ class MLP:
     # -- moving data in
 
     def inputs(self, X):
-        """Images (n, 784) scaled as load_mnist does (pixel / 255), host or device → the network's
-        input: an array of the model's dtype on the model's device, rescaled to pixel / input_divisor."""
-        X = self.be.asarray(X, dtype=DTYPES[self.dtype])
+        """Images (n, 784) scaled as load_mnist does (pixel / 255), or raw uint8 pixels (read_idx's),
+        host or device → the network's input: an array of the model's dtype on the model's device,
+        pixel / input_divisor. Ranges are checked once per call by ``gpumlp.inputs.check_pixels``."""
+        raw, X = is_bytes(X), self.be.asarray(X, dtype=DTYPES[self.dtype])
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise ConfigError(f"expected images of shape (n, {self.sizes[0]}), got {tuple(X.shape)}")
-        if self.input_divisor != 255.0:
-            X = X * DTYPES[self.dtype](255.0 / self.input_divisor)
+        if raw or self.input_divisor != 255.0:
+            X = (
+                X / DTYPES[self.dtype](self.input_divisor)
+                if raw
+                else X * DTYPES[self.dtype](255.0 / self.input_divisor)
+            )
         return X
 
     def one_hot(self, y):
@@ -371,7 +379,10 @@ class MLP:
 
     def loss_and_grads(self, X, y) -> tuple[float, dict]:
         """Mean loss (a Python float, a sync point) and its gradients for images X (n, 784), labels y (n,)."""
+        check_pixels(self.be, {"X": X})
         X = self.inputs(X)
+        if not X.shape[0]:
+            raise ConfigError("loss_and_grads needs at least one image (got 0): the mean loss of none is undefined")
         total = self.batch_loss_and_grads(X, self.one_hot(check_labels(self.be, y, X.shape[0]))).sum()
         grads = {k: v.copy() for k, v in self.grads.items()}
         return float(self.be.to_numpy(total)) / X.shape[0], grads
@@ -379,6 +390,7 @@ class MLP:
     def predict_proba(self, X):
         """Output activations (n, 10) on the device: the loss record's output (``gpumlp.losses``), e.g.
         softmax probabilities for ce, sigmoids for mse."""
+        check_pixels(self.be, {"X": X})  # one reduction (a sync point on a device)
         return self.forward(self.inputs(X))[0][-1]
 
     def predict(self, X):

@@ -190,7 +190,7 @@ def _train(python: str, data_dir: str, device: str, preset: str, tmp: Path, grap
         record["test_accuracy_percent"] = test_accuracy(stdout)
         if graph:  # a capture that failed (or direct cuBLAS refused) trains on without the graph
             record["graph_fell_back"] = graph_fell_back(stdout + stderr)
-        metrics = ckpt.with_name(ckpt.stem + ".metrics.jsonl")
+        metrics = ckpt.with_name(ckpt.name + ".metrics.jsonl")
         if metrics.exists():
             epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             record["epoch_seconds"] = [round(e["seconds"], 4) for e in epochs]

@@ -347,7 +347,7 @@ def test_test_report_json_plots_and_plot_command(tmp_path, mnist_dir, monkeypatc
     assert (
         runner.invoke(cli.app, [*args, "--data-dir", str(mnist_dir), "--save", str(tmp_path / "r.npz")]).exit_code == 0
     )
-    plotted = runner.invoke(cli.app, ["plot", str(tmp_path / "r.metrics.jsonl"), "--out", str(tmp_path / "c.png")])
+    plotted = runner.invoke(cli.app, ["plot", str(tmp_path / "r.npz.metrics.jsonl"), "--out", str(tmp_path / "c.png")])
     assert plotted.exit_code == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_main(monkeypatch, capsys, "plot", str(tmp_path / "missing.metrics.jsonl"))
     assert code == 2 and err.count("\n") == 1

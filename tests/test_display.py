@@ -74,7 +74,7 @@ def test_metrics_file_beside_the_checkpoint_matches_its_history(tmp_path, mnist_
     assert runner.invoke(cli.app, ["train", *SMALL, "--data-dir", str(mnist_dir), "--save", str(ckpt)]).exit_code == 0
     resumed = ["train", "--resume", str(ckpt), "--epochs", "5", "--lr", "1.0", "--data-dir", str(mnist_dir)]
     assert runner.invoke(cli.app, resumed).exit_code == 0
-    rows = [json.loads(line) for line in (tmp_path / "run.metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run.npz.metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and [r["lr"] for r in rows] == [3.0] * 3 + [1.0] * 2
     for r in rows:
         assert set(r) >= {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds", "images_per_s"}

@@ -159,7 +159,7 @@ def big_float64_checkpoint(path: Path) -> Path:
         ("too-big", "more than one .onnx file holds (2 GiB)"),
         ("activation", "gelu hidden units with ce output have no ONNX export"),
         ("no-onnx", "pip install 'gpumlp[onnx]'"),
-        ("folder", "cannot write an ONNX file in"),
+        ("folder", "is not a writable folder"),
     ],
 )
 def test_export_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, case, fragment):

@@ -56,7 +56,7 @@ def test_ctrl_c_in_the_final_test_pass_saves_every_epoch_and_says_how_to_test(tm
     assert err == f"interrupted in the test pass: all 2 epochs are saved in {ckpt}; test it with: {test}\n"
     meta = checkpoint.read_metadata(ckpt)
     assert meta["train_state"]["epochs_done"] == 2 and meta["test_accuracy"] is None
-    assert (tmp_path / "with space" / "m.metrics.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "with space" / "m.npz.metrics.jsonl").read_text().count("\n") == 2
 
 
 def test_ctrl_c_during_the_final_save_lets_the_save_finish(tmp_path, mnist_dir, monkeypatch, capsys):
@@ -79,7 +79,7 @@ def test_ctrl_c_during_the_final_save_lets_the_save_finish(tmp_path, mnist_dir, 
     assert err == f"interrupted: all 2 epochs are tested and saved in {ckpt}\n"
     meta = checkpoint.read_metadata(ckpt)
     assert meta["train_state"]["epochs_done"] == 2 and meta["test_accuracy"] > 0.5 and meta["test_size"] == 500
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.metrics.jsonl", "m.npz"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.npz.metrics.jsonl"]  # no temporary left
 
 
 def test_ctrl_c_mid_run_resume_command_is_quoted_and_complete(tmp_path, mnist_dir, monkeypatch, capsys):

@@ -84,7 +84,7 @@ def test_dropout_is_off_at_evaluation(mnist_dir):
 def test_early_stopping_restores_the_best_epoch(monkeypatch):
     """A scripted validation history: best at epoch 2, two epochs without improvement → stop."""
     scores = iter([0.50, 0.70, 0.60, 0.65, 0.90, 0.95])
-    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y: (1.0, next(scores)))
+    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y, **_: (1.0, next(scores)))
     rng = np.random.default_rng(0)
     X, y = rng.random((100, 784)), rng.integers(0, 10, 100)
     m = MLP((784, 8, 10), "relu", "ce", seed=0)
@@ -101,7 +101,7 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch):
 
 def test_early_stopping_on_loss_and_the_checkpoint_records_the_epoch(tmp_path, mnist_dir, monkeypatch):
     losses = iter([(0.9, 0.5), (0.5, 0.6), (0.6, 0.7), (0.7, 0.8)])  # loss best at epoch 2, accuracy rising
-    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y: next(losses))
+    monkeypatch.setattr(gpumlp.training.loop, "evaluate_loss", lambda model, X, y, **_: next(losses))
     cfg = TrainConfig(epochs=10, patience=2, monitor="loss", **SMALL)
     lines = []
     r = run(cfg, mnist_dir, tmp_path / "es.npz", log=lines.append)

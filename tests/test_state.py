@@ -29,7 +29,7 @@ def test_the_train_state_a_checkpoint_holds_is_what_its_checks_name():
 
 
 def test_a_file_without_a_train_state_cannot_be_resumed():
-    with pytest.raises(ConfigError, match="no usable training state"):
+    with pytest.raises(ConfigError, match="no training run to resume"):
         TrainState.from_metadata({"history": []})
 
 

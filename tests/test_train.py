@@ -134,8 +134,8 @@ def test_default_checkpoint_names_never_replace_an_earlier_run(tmp_path, mnist_d
     assert second.checkpoint.as_posix() == "checkpoints/784-24-10-sigmoid-mse-2.npz"
     assert first.checkpoint.read_bytes() == before  # untouched
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "784-24-10-sigmoid-mse-2.metrics.jsonl", "784-24-10-sigmoid-mse-2.npz",
-        "784-24-10-sigmoid-mse.metrics.jsonl", "784-24-10-sigmoid-mse.npz",
+        "784-24-10-sigmoid-mse-2.npz", "784-24-10-sigmoid-mse-2.npz.metrics.jsonl",
+        "784-24-10-sigmoid-mse.npz", "784-24-10-sigmoid-mse.npz.metrics.jsonl",
     ]  # fmt: skip
 
 
@@ -145,7 +145,7 @@ def test_a_named_save_path_is_replaced(tmp_path, mnist_dir):
     run(TrainConfig(**RUN), mnist_dir, tmp_path / "m.npz", log=lambda *_: None)
     run(TrainConfig(**{**RUN, "seed": 1}), mnist_dir, tmp_path / "m.npz", log=lambda *_: None)
     assert checkpoint.read_metadata(tmp_path / "m.npz")["config"]["seed"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.metrics.jsonl", "m.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.npz.metrics.jsonl"]
 
 
 def test_a_run_saving_where_another_run_saves_is_refused_up_front(tmp_path, mnist_dir, monkeypatch):
@@ -170,7 +170,7 @@ def test_a_run_saving_where_another_run_saves_is_refused_up_front(tmp_path, mnis
 def test_an_unwritable_metrics_file_is_refused_before_the_first_epoch(tmp_path, mnist_dir, obstacle):
     from gpumlp.errors import CheckpointError
 
-    metrics = tmp_path / "m.metrics.jsonl"
+    metrics = tmp_path / "m.npz.metrics.jsonl"
     if obstacle == "folder":
         metrics.mkdir()
     else:
@@ -202,7 +202,7 @@ def test_a_full_disk_for_the_metrics_file_warns_once_and_keeps_the_run(tmp_path,
     result = run(TrainConfig(**{**RUN, "epochs": 3}), mnist_dir, tmp_path / "m.npz", log=lines.append)
     warnings = [line for line in lines if line.startswith("warning")]
     assert warnings == [
-        f"warning: cannot write {tmp_path / 'm.metrics.jsonl'}: No space left on device; training goes on, "
+        f"warning: cannot write {tmp_path / 'm.npz.metrics.jsonl'}: No space left on device; training goes on, "
         "and the final save keeps every epoch"
     ]
     assert len(result.history) == 3 and checkpoint.read_metadata(tmp_path / "m.npz")["train_state"]["epochs_done"] == 3

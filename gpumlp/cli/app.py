@@ -9,8 +9,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import errno
 import functools
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -80,6 +82,20 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _os_error(e: OSError) -> str:
+    """One line for an OSError no library call turned into a ``GpumlpError``: a path the file system
+    refuses, or standard output that cannot be written (``gpumlp info CK > /dev/full``)."""
+    from gpumlp.formats.atomic import path_error
+
+    if e.filename is not None:
+        return path_error(e.filename, e, "a file")
+    if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+        with contextlib.suppress(OSError):  # the interpreter's last flush must not fail again at exit
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (open until exit)
+        return f"cannot write the output: {e.strerror}; free some space or write it elsewhere"
+    raise e
+
+
 _said_interrupted = []  # a command said what Ctrl-C kept; main() says "interrupted" otherwise
 
 
@@ -105,6 +121,8 @@ def command(name: str):
                 return func(*args, **kwargs)
             except GpumlpError as e:
                 raise _fail(str(e)) from None
+            except OSError as e:
+                raise _fail(_os_error(e)) from None
 
         return app.command(name)(run_command)
 

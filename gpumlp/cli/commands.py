@@ -84,10 +84,12 @@ def test_cli(
     )  # fmt: skip
     saved = []
     if plot_dir is not None:
+        from gpumlp.cli.outputs import own_png
         from gpumlp.cli.plot import plot_confusion, plot_mistakes
 
-        saved = [plot_confusion(report, plot_dir / "confusion.png"),
-                 plot_mistakes(report, X, plot_dir / "mistakes.png")]  # fmt: skip
+        # a folder the user named: replace only gpumlp's own pictures there, else confusion-2.png, …
+        saved = [plot_confusion(report, own_png(plot_dir / "confusion.png")),
+                 plot_mistakes(report, X, own_png(plot_dir / "mistakes.png"))]  # fmt: skip
     if as_json:
         echo_json(dict(report, checkpoint=str(checkpoint), model=repr(model), dataset=rec.name))
     else:
@@ -105,10 +107,11 @@ def plot_cli(
     out: png_out("curves.png") = None,
 ):
     """Loss and validation accuracy per epoch of one or more training runs, overlaid, as a PNG."""
+    from gpumlp.cli.outputs import check_png_out
     from gpumlp.cli.plot import plot_runs
     from gpumlp.formats.atomic import free_path
 
-    path = plot_runs(runs, out if out is not None else free_path("curves.png"))
+    path = plot_runs(runs, check_png_out(out, runs) if out is not None else free_path("curves.png"))
     typer.echo(f"saved {path}")
 
 
@@ -257,10 +260,12 @@ def show_cli(
     units: Annotated[int, typer.Option(help="How many first-layer units to draw (at most 100).")] = 100,
 ):
     """The first layer's weights as 28×28 images: what each hidden unit looks for (needs matplotlib)."""
+    from gpumlp.cli.outputs import check_png_out
     from gpumlp.cli.plot import plot_weights
     from gpumlp.formats.atomic import free_path
     from gpumlp.formats.checkpoint import load
 
+    out = check_png_out(out, [checkpoint]) if out is not None else None  # before the network is read
     model, _ = load(checkpoint)
     path = plot_weights(model, out if out is not None else free_path("weights.png"), units)
     typer.echo(f"saved {path}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.cli.outputs import PNG_METADATA
 from gpumlp.errors import GpumlpError
 from gpumlp.formats.atomic import atomic_write
 from gpumlp.formats.untrusted import open_regular, read_limited
@@ -21,6 +22,7 @@ from gpumlp.training.state import METRICS_KEYS
 MISSING = "plotting needs matplotlib: pip install 'gpumlp[plot]'"
 DPI = 120
 OPTIONAL = ("val_loss", "val_accuracy")  # may be null (no validation set)
+LEGEND_INSIDE = 4  # runs: up to this many, a legend inside each axes; more, one below both
 MAX_METRICS_BYTES = 1 << 26  # a line per epoch, ~250 bytes: a quarter of a million epochs
 
 
@@ -38,8 +40,9 @@ def _new_figure(width: float, height: float):
 
 
 def _save(fig, out) -> Path:
-    """Write ``fig`` as a PNG at ``out``, atomically (gpumlp.formats.atomic)."""
-    return atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI), "a plot", "choose another output path")
+    """Write ``fig`` as a PNG at ``out``, atomically (gpumlp.formats.atomic), marked as gpumlp's own."""
+    write = lambda f: fig.savefig(f, format="png", dpi=DPI, metadata=PNG_METADATA)  # noqa: E731
+    return atomic_write(out, write, "a plot", "choose another output path")
 
 
 # ---------------------------------------------------------------- training curves
@@ -64,6 +67,8 @@ def read_metrics(path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
+        except RecursionError:  # [[[[… nested deeper than Python's stack
+            raise GpumlpError(f"{path}, line {number}: JSON nested too deeply; is it a .metrics.jsonl file?") from None
         except ValueError as e:
             raise GpumlpError(f"{path}, line {number}: not valid JSON ({e}); is it a .metrics.jsonl file?") from None
         if not isinstance(row, dict):
@@ -83,8 +88,12 @@ def read_metrics(path) -> list[dict]:
 
 
 def run_name(path) -> str:
-    """``runs/relu.metrics.jsonl`` → ``relu``: the legend label of a run."""
-    return Path(path).name.removesuffix(".jsonl").removesuffix(".metrics")
+    """``runs/relu.npz.metrics.jsonl`` (or an older run's ``relu.metrics.jsonl``) → ``relu``: the
+    legend label of a run, with every ``$`` escaped (matplotlib would read ``$…$`` as mathtext)."""
+    name = Path(path).name.removesuffix(".jsonl").removesuffix(".metrics")
+    for suffix in (".npz", ".json"):
+        name = name.removesuffix(suffix)
+    return name.replace("$", r"\$")
 
 
 def _series(epochs: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
@@ -119,14 +128,31 @@ def plot_runs(metrics_files: list[Path], out: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs 1, 2, 3, not 1.5
         ax.grid(True, which="major", alpha=0.4)
-        if ax.lines:
-            ax.legend(fontsize="small")
+    _legends(fig, (ax_loss, ax_acc), [name for name, _ in runs], colours)
     if not ax_acc.lines:
         ax_acc.set(xticks=[], yticks=[])
         ax_acc.text(0.5, 0.5, "no validation data", ha="center", va="center", transform=ax_acc.transAxes)
     names = ", ".join(name for name, _ in runs) if len(runs) <= 3 else f"{len(runs)} runs"
     fig.suptitle(f"gpumlp training: {names}")
     return _save(fig, out)
+
+
+def _legends(fig, axes, names: list[str], colours: list[str]) -> None:
+    """A legend in each axes for a few runs; for more, one legend of run colours below both axes,
+    in columns, the figure grown to hold it: a legend of 20 runs inside would hide the curves."""
+    if len(names) <= LEGEND_INSIDE:
+        for ax in axes:
+            if ax.lines:
+                ax.legend(fontsize="small")
+        return
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c) for c in colours]
+    ncols = min(len(names), 5)
+    rows = math.ceil(len(names) / ncols)
+    fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + 0.22 * rows + 0.3)
+    fig.legend(handles, names, loc="outside lower center", ncols=ncols, fontsize="small",
+               title="runs (loss: solid train, dashed validation)", title_fontsize="small")  # fmt: skip
 
 
 def _plain_log_labels(axis) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from gpumlp.data.datasets import IDX_SIZES, MNIST
 from gpumlp.data.idx import MAX_IDX_BYTES, digest_and_content
 from gpumlp.errors import DataError
-from gpumlp.formats.atomic import atomic_write
+from gpumlp.formats.atomic import atomic_write, make_folders, remove_folders
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror is given up
 GZIP_SLACK = 1 << 20  # bytes gzip may add to a file's decompressed size: more is not the file
@@ -42,7 +42,7 @@ def download_file(
     the real name. Raises ``DataError`` naming every mirror's failure.
     """
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        made = make_folders(dest_dir)
     except OSError as e:
         raise DataError(f"cannot download {name} into {dest_dir}: {e.strerror or e}; {WRITABLE_FIX}") from None
     target = dest_dir / f"{name}.gz"
@@ -62,6 +62,7 @@ def download_file(
             continue
         what = f"the downloaded {name}.gz"
         return atomic_write(target, lambda f, data=data: f.write(data), what, WRITABLE_FIX, DataError)
+    remove_folders(made)  # a failed download leaves no empty cache folders behind
     raise DataError(f"could not download {name}: " + "; ".join(failures) + f". {hint}")
 
 

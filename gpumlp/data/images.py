@@ -78,6 +78,9 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
             if im.mode.startswith("I"):  # 16- or 32-bit grey levels
                 gray = np.asarray(im, dtype=np.float64) / 65535.0
+            elif im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
+                gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+                gray = gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
             elif "A" in im.mode or "transparency" in im.info:
                 rgba = im.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -93,13 +96,22 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     return gray
 
 
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of an area-averaging resize along one axis: each output pixel is the
-    mean of the input it covers, partial pixels weighted by overlap. Rows sum to 1."""
+def _area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Area-averaging resize of ``a`` along ``axis`` to ``n_out`` pixels: each output pixel is the
+    mean of the input it covers, partial pixels weighted by overlap.
+
+    Read from a running sum, so memory grows with the input, never with input × output: the
+    (n_out, n_in) weight matrix this replaces took 2.7 GB for a 1×16,777,216 image. The running
+    sum is float64: a float32 one over n pixels loses log2(n) bits of every mean."""
+    a = np.moveaxis(a, axis, 0)  # (n_in, m)
+    n_in = a.shape[0]
+    total = np.zeros((n_in + 1, *a.shape[1:]))  # (n_in + 1, m) sum of the first i pixels
+    np.cumsum(a, axis=0, out=total[1:])
     edges = np.arange(n_out + 1) * (n_in / n_out)  # (n_out + 1,) output edges in input pixels
-    j = np.arange(n_in)  # (n_in,)
-    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)  # (n_out, n_in)
-    return np.clip(overlap, 0.0, None) * (n_out / n_in)
+    whole = np.minimum(np.floor(edges).astype(np.intp), n_in - 1)  # the pixel each edge falls in
+    part = (edges - whole)[:, None]  # (n_out + 1, 1) how far into it
+    at_edge = total[whole] + part * a[whole]  # (n_out + 1, m) the sum up to each edge
+    return np.moveaxis(np.diff(at_edge, axis=0) * (n_out / n_in), 0, axis)
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
@@ -126,7 +138,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     scale = BOX / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = _area_matrix(h, nh) @ crop @ _area_matrix(w, nw).T  # (nh, nw), fits 20×20
+    # The axis that shrinks most first: the second pass then reads the smaller array.
+    first, second = ((0, nh), (1, nw)) if h / nh >= w / nw else ((1, nw), (0, nh))
+    small = _area_resize(_area_resize(crop, first[1], first[0]), second[1], second[0])  # (nh, nw), fits 20×20
     mass = small.sum()
     cy = (small.sum(axis=1) @ np.arange(nh)) / mass  # centre of mass, row index
     cx = (small.sum(axis=0) @ np.arange(nw)) / mass  # centre of mass, column index

@@ -20,13 +20,32 @@ from gpumlp.data.datasets import CHECKSUMS, DATASETS, IDX_SIZES, MNIST, Dataset,
 from gpumlp.data.download import download_file
 from gpumlp.data.idx import digest_and_content, parse_idx
 from gpumlp.errors import ConfigError, DataError
-from gpumlp.formats.atomic import atomic_write
+from gpumlp.formats.atomic import atomic_write, path_error
 
 
 def default_cache_dir(dataset: str = MNIST.name) -> Path:
-    """``~/.cache/gpumlp/<dataset>`` (or under ``$XDG_CACHE_HOME``): where a dataset is downloaded."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """``~/.cache/gpumlp/<dataset>`` (or under ``$XDG_CACHE_HOME``): where a dataset is downloaded.
+    An empty ``$HOME`` is passed over for the account's home folder: Python would read it as ``/``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(_home(), ".cache")
     return Path(base) / "gpumlp" / dataset
+
+
+def _home() -> str:
+    home = os.environ.get("HOME")
+    if home:
+        return home
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):  # Windows, or an account without a passwd entry
+        home = os.path.expanduser("~") if os.name == "nt" else ""
+    if not home or home == "/":
+        raise DataError(
+            "$HOME is empty and this account has no home folder for the dataset cache: "
+            "set GPUMLP_DATA_DIR or XDG_CACHE_HOME, or pass --data-dir DIR"
+        )
+    return home
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None, dataset: str = MNIST.name) -> list[Path]:
@@ -60,10 +79,15 @@ def locate(rec: Dataset, data_dir: str | os.PathLike | None = None, download: bo
     missing ones into it (``download=False``: a missing file is an error naming it and the folder)."""
     (folder,) = search_dirs(data_dir, rec.name)
     where = _where(data_dir, rec.name)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{where} {folder} is a file, not a folder; give the folder that holds the {rec.title} files")
-    gz_only = rec.checksum == "md5-gz"
-    found = {name: find_file(name, [folder], gz_only) for name in rec.files}
+    try:  # a name too long or a loop of links: one line, before anything is downloaded
+        if folder.exists() and not folder.is_dir():
+            raise DataError(
+                f"{where} {folder} is a file, not a folder; give the folder that holds the {rec.title} files"
+            )
+        found = {name: find_file(name, [folder], rec.checksum == "md5-gz") for name in rec.files}
+    except OSError as e:
+        what = where if where.startswith("the ") else f"the {where} folder"
+        raise DataError(path_error(folder, e, what, "pass another --data-dir")) from None
     missing = [name for name, path in found.items() if path is None]
     listed = ", ".join(rec.stored_name[name] for name in missing)
     if missing and not download:

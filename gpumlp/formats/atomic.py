@@ -13,6 +13,7 @@ of overwriting an earlier run's file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -56,7 +57,7 @@ def atomic_write(
         mode = 0o666 & ~_umask()
     with deferred_sigint():
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folders(folder)
             # The writer's pid in the name: a later run removes what a killed writer left (remove_stale).
             fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
         except OSError as e:
@@ -115,10 +116,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``, one level at a time in a loop: ``Path.mkdir(parents=True)`` recurses once
+    per missing level, and a 4,000-character path of one-letter folders exceeds Python's stack.
+    Returns the folders it made, outermost first (``remove_folders`` undoes them)."""
+    missing, made = [], []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir()
+            made.append(level)
+        except FileExistsError:  # another process made it meanwhile
+            pass
+    return made
+
+
+def remove_folders(made: list[Path]) -> None:
+    """Remove the folders ``make_folders`` made, innermost first, those still empty only."""
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def path_error(path, e: OSError, what: str = "a file", fix: str = "choose another path") -> str:
+    """One line for an OSError about ``path``; a name over the file system's limit says the limit."""
+    if e.errno == errno.ENAMETOOLONG:
+        longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
+        return (
+            f"cannot use {what} at {str(path)[:80]}…: the file name is too long ({longest} bytes in its longest "
+            f"part, {len(os.fsencode(str(path)))} in all; most file systems allow 255 and 4096); use a shorter name"
+        )
+    if e.errno == errno.ELOOP:
+        return f"cannot use {what} at {path}: a loop of symbolic links is there; remove the loop or {fix}"
+    return f"cannot use {what} at {path}: {e.strerror or e}; {fix}"
+
+
 def check_target(path: str | os.PathLike, what: str = "a file", fix: str = "choose another --save path") -> Path:
     """Fail early (before hours of training) when ``atomic_write`` could not replace ``path``:
-    a folder or a special file there, a read-only file, or no writable folder to hold it."""
-    path = Path(path)
+    a folder or a special file there, a read-only file, no writable folder to hold it, or a name
+    longer than the file system allows."""
+    try:
+        return _check_target(Path(path), what, fix)
+    except OSError as e:  # a name too long, a loop of links: one line, not a traceback
+        raise CheckpointError(path_error(path, e, what, fix)) from None
+
+
+def _check_target(path: Path, what: str, fix: str) -> Path:
     real = Path(os.path.realpath(path))
     if real.exists() or real.is_symlink():
         try:
@@ -135,11 +180,20 @@ def check_target(path: str | os.PathLike, what: str = "a file", fix: str = "choo
                 f"to replace it, or {fix}"
             )
     probe = real.parent
-    while not probe.exists() and probe != probe.parent:
+    while not _exists(probe) and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write {what} to {path}: {probe} is not a writable folder; {fix}")
     return path
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that raises what Python 3.11's passes over as "missing": a loop of links."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _umask() -> int:
@@ -185,10 +239,11 @@ class RunLock:
             return True
         while True:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_folders(self.path.parent)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
             except OSError as e:
-                raise CheckpointError(f"cannot lock {self.target} ({self.path}: {e.strerror or e})") from None
+                why = path_error(self.target, e, "a checkpoint", "choose another --save path")
+                raise CheckpointError(why) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -205,6 +260,30 @@ class RunLock:
         os.write(fd, f"{os.getpid()} {' '.join(_command_line())}\n".encode())
         self.fd = fd
         return True
+
+    def held_by(self) -> str | None:
+        """Who holds the lock (``holder()``), or None when no run does; creates no lock file."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file: no run holds it
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self.holder()
+        finally:
+            os.close(fd)  # closing releases a shared lock taken just now
+        return None
+
+    def refuse_if_held(self, what: str) -> None:
+        """A ``CheckpointError`` naming the run while another process holds the lock on the target."""
+        holder = self.held_by()
+        if holder is not None:
+            raise CheckpointError(
+                f"a gpumlp run ({holder}) is saving to {self.target}; {what} when it has ended, or choose another path"
+            )
 
     def holder(self) -> str:
         """``"pid 123: gpumlp train …"`` of the process holding the lock, as it recorded itself."""

@@ -11,6 +11,7 @@ temporary file in the same folder, fsynced, then renamed over the target.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import tokenize
@@ -21,7 +22,7 @@ import numpy as np
 
 from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats import interop, native
-from gpumlp.formats.atomic import check_target
+from gpumlp.formats.atomic import RunLock, check_target
 from gpumlp.formats.base import Format, Source
 from gpumlp.formats.native import FORMAT, VERSION
 from gpumlp.formats.untrusted import check_dense, open_regular
@@ -92,6 +93,14 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
             f"save() got metadata {', '.join(map(repr, reserved))}: these keys describe the network and come from "
             "the model itself (the file format follows the extension, .npz or .json); rename them"
         )
+    for key, value in metadata.items():  # before anything is written: one line naming the key
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise CheckpointError(
+                f"save(): metadata {key!r} cannot be stored as JSON ({e}); pass numbers, strings, lists or dicts "
+                "(int() or float() of a numpy number)"
+            ) from None
     meta = build_metadata(model, **metadata)
     host = _host(model)
     state = {k: np.asarray(model.be.to_numpy(v)) for k, v in (state_arrays or {}).items()}
@@ -137,7 +146,10 @@ def _read(path: Path, foreign: bool = True) -> tuple[Format, dict, dict]:
             source = Source(path, f, size, known, MAX_JSON_BYTES)
             fmt = _detect(source)
             if fmt.foreign and not foreign:  # a Rust or Nielsen network has no gpumlp metadata
-                raise CheckpointError(f"{path} is not a gpumlp checkpoint (no format {FORMAT!r})")
+                raise CheckpointError(
+                    f"{path} is a {fmt.label} network, not a gpumlp checkpoint: it holds no training run to "
+                    "resume; start a new run (gpumlp train without --resume)"
+                )
             return (fmt, *fmt.read(source))
     except CheckpointError:
         raise
@@ -224,6 +236,7 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
     exports = {fmt.name: fmt for fmt in FORMATS if fmt.foreign}
     if to != "gpumlp" and to not in exports:
         raise CheckpointError(f"unknown --to {to!r}: choose {_one_of(['gpumlp', *exports])}")
+    _check_conversion_target(Path(source), Path(target), to)
     _, meta, host = _read(Path(source))
     model = build(meta, host)
     if to == "gpumlp":
@@ -235,3 +248,27 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
         raise CheckpointError(f"{target}: the {to} format is {fmt.syntax}; name the file {_one_of(fmt.suffixes)}")
     fmt.write(target, meta, host, {})
     return model
+
+
+def _check_conversion_target(source: Path, target: Path, to: str) -> None:
+    """Refuse, before anything is read, a ``convert`` target that is the source itself, one a
+    gpumlp run is saving to, or an existing file that is not a checkpoint: convert replaces only
+    checkpoints, and only those the user names."""
+    fix = "choose another TARGET"
+    if to == "gpumlp":
+        _own_format(target)
+    try:
+        same = os.path.samefile(source, target)
+    except OSError:
+        same = False
+    if same:
+        raise CheckpointError(f"{target} is the checkpoint being converted; {fix}")
+    check_target(target, "a checkpoint", fix)
+    RunLock(target).refuse_if_held("convert to it")
+    if target.is_file():
+        try:
+            _read(target)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{target} exists and is not a checkpoint gpumlp reads: convert replaces only checkpoints; {fix}"
+            ) from None

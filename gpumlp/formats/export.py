@@ -143,7 +143,7 @@ def _version() -> str:
 def export(checkpoint: str | os.PathLike, target: str | os.PathLike) -> tuple[object, Path]:
     """Write the network of ``checkpoint`` (any file ``gpumlp.load`` reads) to ``target`` (.onnx),
     atomically; returns ``(model, target)``."""
-    from gpumlp.formats.atomic import atomic_write
+    from gpumlp.formats.atomic import RunLock, atomic_write, check_target
     from gpumlp.formats.checkpoint import load
 
     target = Path(target)
@@ -151,6 +151,8 @@ def export(checkpoint: str | os.PathLike, target: str | os.PathLike) -> tuple[ob
         raise ExportError(f"{target}: an ONNX file's name ends in .onnx")
     if target.is_dir():
         raise ExportError(f"{target} is a folder; name the .onnx file to write")
+    check_target(target, "an ONNX file", "choose another .onnx path")  # a name too long, a read-only file
+    RunLock(target).refuse_if_held("export to it")
     _onnx()  # a missing package is the first thing to say
     model, meta = load(checkpoint)
     proto = build(model, meta, name=Path(checkpoint).stem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gpumlp.backends.base import on_device
+from gpumlp.inputs import check_pixels
 from gpumlp.model import check_labels
 
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
@@ -39,12 +40,15 @@ def evaluate(model, X, y) -> float:
 
 
 @on_device  # on cuda:N, the chunks' work goes to GPU N
-def evaluate_loss(model, X, y) -> tuple[float, float]:
+def evaluate_loss(model, X, y, checked: bool = False) -> tuple[float, float]:
     """``(mean loss, accuracy)`` of ``model`` on images X (n, 784) and labels y (n,), host or device.
 
-    Both are summed on the device and read back together: one transfer (a sync point).
+    Both are summed on the device and read back together: one transfer (a sync point). The
+    pixels' range is checked first (another), unless ``checked``: ``fit`` checked its own once.
     """
     be, xp = model.be, model.be.xp
+    if not checked:
+        check_pixels(be, {"X": X})
     loss, correct, n = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.float64), 0
     for A, yc, total in outputs(model, X, y):
         loss = loss + total

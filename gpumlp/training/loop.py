@@ -21,6 +21,7 @@ from gpumlp.backends.graph import graph_epoch
 from gpumlp.backends.rng import DeviceRNG
 from gpumlp.errors import ConfigError
 from gpumlp.formats.atomic import deferred_sigint
+from gpumlp.inputs import check_pixels, is_bytes
 from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.training.augment import Augmenter
@@ -63,10 +64,11 @@ def _checked_recipe(model: MLP, X_train, X_val, *, epochs, batch_size, lr, seed,
         raise TypeError(f"fit() got unknown options {sorted(unknown)}")
     r = {**DEFAULT_RECIPE, **recipe}
     n_val = len(X_val) if X_val is not None else 0
-    TrainConfig(sizes=model.sizes, activation=model.activation, loss=model.loss, dtype=model.dtype, epochs=epochs,
-                batch_size=batch_size, lr=lr, seed=seed, train_size=len(X_train), val_size=n_val, test_size=0,
-                **r)  # fmt: skip
-    return r
+    cfg = TrainConfig(sizes=model.sizes, activation=model.activation, loss=model.loss, dtype=model.dtype,
+                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_size=len(X_train),
+                      val_size=n_val, test_size=0, **r)  # fmt: skip
+    # The counts as TrainConfig holds them: 10.0 is 10, as --batch-size 10 is.
+    return {**r, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}
 
 
 def _optimizer(model: MLP, r: dict, state: TrainState) -> Optimizer:
@@ -118,7 +120,7 @@ def fit(
     """
     state = state if state is not None else TrainState()
     prep = _prepare(model, X_train, y_train, X_val, y_val, state, epochs, batch_size, lr, seed, recipe, log)
-    for epoch in range(state.epochs_done + 1, epochs + 1):
+    for epoch in range(state.epochs_done + 1, prep.epochs + 1):
         stats = _one_epoch(prep, epoch, on_progress)
         stop = _commit(prep, state, stats)
         if on_epoch is not None:
@@ -160,11 +162,15 @@ def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epoc
              lr: float, seed: int, recipe: dict, log) -> _Prepared:  # fmt: skip
     """``fit``'s checks, its arrays on the device, the optimiser (continued from ``state``), early
     stopping and the training step; on CuPy, the kernels compiled before epoch 1's clock starts."""
+    if X_val is not None and y_val is None:
+        raise ConfigError("X_val was given without y_val: pass the validation labels too, or neither")
     r = _checked_recipe(model, X_train, X_val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **recipe)
+    epochs, batch_size, lr, seed = r.pop("epochs"), r.pop("batch_size"), r.pop("lr"), r.pop("seed")
     # The labels on the host: on a GPU, take() would wrap an out-of-range label into another class.
     y_train = check_labels(model.be, y_train, len(X_train), "y_train")
     if X_val is not None and len(X_val):
         y_val = check_labels(model.be, y_val, len(X_val), "y_val")
+    check_pixels(model.be, {"X_train": X_train, "X_val": X_val})  # once a run: one sync point
     if state.stopped_epoch:
         raise ConfigError(
             f"this run was stopped early after epoch {state.stopped_epoch} (best epoch {state.best_epoch}); "
@@ -176,7 +182,8 @@ def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epoc
     Y = model.one_hot(y_train)  # (n, 10)
     val = None
     if X_val is not None and len(X_val) > 0:
-        val = be.asarray(X_val, dtype=dtype), be.asarray(y_val)  # evaluate's predict rescales
+        # evaluate's predict rescales; uint8 stays uint8, so that it is divided by 255 there
+        val = be.asarray(X_val, dtype=None if is_bytes(X_val) else dtype), be.asarray(y_val)
     elif r["patience"]:
         raise ConfigError(PATIENCE_NEEDS_VAL)
     n = X.shape[0]
@@ -213,7 +220,7 @@ def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
         Rollback.check_finite(loss_sum, param_sum, epoch, n, lr_e)
         train_loss = float(loss_sum) / n
         train_seconds = time.perf_counter() - t0  # synchronised by the read above
-        val_loss, val_acc = evaluate_loss(model, *prep.val) if prep.val is not None else (None, None)
+        val_loss, val_acc = evaluate_loss(model, *prep.val, checked=True) if prep.val is not None else (None, None)
         be.synchronize()
     except (KeyboardInterrupt, TrainingDiverged):
         with deferred_sigint():  # a second Ctrl-C waits: a half-restored model is lost work
@@ -286,7 +293,7 @@ def _warm_up(model: MLP, step, X, Y, losses, lr: float, rollback: Rollback, val)
     step(X[:b], Y[:b], lr, 1, 0, losses)
     model.be.to_numpy(model.be.xp.stack([losses.sum(), model.theta.sum()]))  # as each epoch's end does
     if val is not None:
-        evaluate_loss(model, val[0][:b], val[1][:b])
+        evaluate_loss(model, val[0][:b], val[1][:b], checked=True)
     rollback.restore()
     model.be.synchronize()
 

@@ -35,8 +35,10 @@ class TrainingInterrupted(Exception):
 
 
 def metrics_path(checkpoint_path: Path) -> Path:
-    """``checkpoints/run.npz`` → ``checkpoints/run.metrics.jsonl`` (readable by pandas.read_json(lines=True))."""
-    return checkpoint_path.with_name(checkpoint_path.stem + ".metrics.jsonl")
+    """``checkpoints/run.npz`` → ``checkpoints/run.npz.metrics.jsonl`` (readable by
+    pandas.read_json(lines=True)). The name holds the checkpoint's whole name, extension included:
+    ``run.json``'s history never lands in ``run.npz``'s metrics file."""
+    return checkpoint_path.with_name(checkpoint_path.name + ".metrics.jsonl")
 
 
 class RunFiles:

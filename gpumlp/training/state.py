@@ -111,4 +111,7 @@ class TrainState:
             return cls(int(state["epochs_done"]), dict(state["rng_state"]), history, dict(optimizer),
                        **extra, arrays=dict(meta.get("state_arrays") or {}))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"the checkpoint has no usable training state to resume from ({e})") from None
+            raise ConfigError(
+                f"the checkpoint holds a network but no training run to resume (no usable {e}): a converted "
+                "network or one saved without its run's state; start a new run (gpumlp train without --resume)"
+            ) from None
