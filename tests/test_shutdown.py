@@ -64,7 +64,7 @@ def assert_kept(ckpt: Path, err_line: str, printed: int, why: str) -> None:
     assert done >= printed >= 1
     go_on = shlex.join(["gpumlp", "train", "--resume", str(ckpt), "--epochs", "1000"])
     assert err_line == f"{why}: epochs 1-{done} of 1000 are saved in {ckpt}; resume with: {go_on}"
-    assert len((ckpt.with_name(ckpt.stem + ".metrics.jsonl")).read_text().splitlines()) == done  # they agree
+    assert len((ckpt.with_name(ckpt.name + ".metrics.jsonl")).read_text().splitlines()) == done  # they agree
     assert not [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")]  # no stale lock, no temporary
 
 
@@ -200,7 +200,7 @@ def test_a_full_disk_at_the_final_save_saves_elsewhere_and_says_where(tmp_path, 
         f"(move it to {ckpt} once there is room)\n"
     )
     assert epochs_in(rescued) == 2 and checkpoint.read_metadata(rescued)["test_accuracy"] > 0.5
-    assert len((tmp_path / "spare" / "m.rescued.metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "spare" / "m.rescued.npz.metrics.jsonl").read_text().splitlines()) == 2
     assert sorted(p.name for p in folder.iterdir()) == []  # no metrics file claiming a checkpoint that is not there
 
 
@@ -233,7 +233,10 @@ def test_temporary_files_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_p
     dead.wait()
     live = subprocess.Popen(["sleep", "60"])
     try:
-        stale = [tmp_path / f".m.npz.{dead.pid}.k2j4x9_a.tmp", tmp_path / f".m.metrics.jsonl.{dead.pid}.q8w1zz0e.tmp"]
+        stale = [
+            tmp_path / f".m.npz.{dead.pid}.k2j4x9_a.tmp",
+            tmp_path / f".m.npz.metrics.jsonl.{dead.pid}.q8w1zz0e.tmp",
+        ]
         kept = [tmp_path / f".m.npz.{live.pid}.abcd1234.tmp", tmp_path / ".other.npz.1.abcd1234.tmp"]
         for p in stale + kept:
             p.write_bytes(b"x" * 100)

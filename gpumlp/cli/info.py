@@ -31,7 +31,7 @@ def info_rows(d: dict) -> list[tuple[str, str]]:
         rows.append(("training", f"batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, init {d.get('init')}, "
                                  f"seed {cfg.get('seed')}, {data}"))  # fmt: skip
         rows += [("recipe", recipe(cfg))] if recipe(cfg) else []
-    if d.get("imported_from"):
+    if d.get("imported_from") and not foreign:  # a file converted from another project's
         rows.append(("imported from", f"{d['imported_from']} (the time under 'trained on' is the conversion's)"))
     if h["epochs"]:
         loss = f"loss {h['first_train_loss']:.4f} → {h['last_train_loss']:.4f}"
