@@ -25,6 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
+from gpumlp.backends import blas_threads
 from gpumlp.cli.bench import CONFIGS, RUST_ROWS, format_bench, parse_rows, run_bench, table
 from gpumlp.errors import ConfigError
 
@@ -125,6 +126,11 @@ def main(argv=None) -> None:
         return under_load(a, configs)
     beside, torch_result = None, None
     if a.compare == "torch":
+        # gpumlp measures the machine's load once per process, when it first chooses its BLAS
+        # threads: measure it now, before PyTorch runs. Its OpenMP workers keep spinning for a
+        # while after each operation, and measured then they read as a core busy with another
+        # program, so gpumlp would train every row on one thread beside PyTorch's two.
+        blas_threads.auto_threads()
         bt = load_torch_bench()
         torch_device = bt.torch.device(a.device if a.device.startswith("cuda") else "cpu")
         data = bt.bench_data(a.data_dir, max(c.images for c in configs))

@@ -1,7 +1,7 @@
-"""README's results section, written from the files that measured it.
+"""README's results section and docs/speed.md's table, written from the files that measured them.
 
-    python scripts/published.py            # rewrite the section between README's results markers
-    python scripts/published.py --check    # exit 1, saying so, when README differs from the files
+    python scripts/published.py            # rewrite the sections between the markers
+    python scripts/published.py --check    # exit 1, saying so, when a section differs from the files
 
 The table comes from docs/results.json (``scripts/reproduce.py --json``), the speed sentence from
 docs/bench.json (``scripts/bench.py --compare torch --no-extras --json``); each names its CPU, its
@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- results: written by `python scripts/published.py` from docs/results.json and docs/bench.json -->"
 END = "<!-- results: end -->"
+SPEED_BEGIN = "<!-- speed: written by `python scripts/published.py` from docs/bench.json -->"
+SPEED_END = "<!-- speed: end -->"
 
 
 def _pct(x: float) -> str:
@@ -90,37 +92,73 @@ def speed_sentence(bench: dict) -> list[str]:
     ]
 
 
+def speed_table(bench: dict) -> str:
+    """docs/speed.md's table: every row of the run beside PyTorch, with its steps and seconds."""
+    g, t, comp = bench["gpumlp"], bench["torch"], bench["comparison"]
+    lines = [
+        SPEED_BEGIN,
+        f"`{g['command']}` ({g['date'][:10]}; {_cpu(g['machine'])}; PyTorch {t['info']['torch']}, "
+        f"{t['info']['threads']} threads; gpumlp's BLAS threads chosen per run, {g['machine']['training_threads'][1]}, "
+        "one for small products). Each "
+        "timing is the epochs' training steps after a warm-up, synchronised at the end, on both sides; "
+        f"the median of {g['repeats']} timings, gpumlp's and PyTorch's alternating:",
+        "",
+        "| network | batch | steps | gpumlp s | gpumlp images/s | PyTorch images/s | gpumlp/PyTorch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for gr, tr, c in zip(g["rows"], t["rows"], comp["rows"]):
+        torch_ips = f"{tr['images_per_s']:,.0f}" if tr.get("images_per_s") else "n/a"
+        ratio = f"{c['ratio']:.2f}×" if c["ratio"] else "n/a"
+        lines.append(
+            f"| {gr['name']} | {gr['batch_size']} | {gr['steps']:,} | {gr['seconds_median']:.3f} | "
+            f"{gr['images_per_s']:,.0f} | {torch_ips} | {ratio} |"
+        )
+    lines += ["", f"Geometric mean over the batch-10 rows: **{comp['geomean_rust_rows']:.2f}×**.", SPEED_END]
+    return "\n".join(lines)
+
+
 def section(results: dict, bench: dict) -> str:
     return "\n".join([BEGIN, *results_table(results), "", *speed_sentence(bench), END])
 
 
-def current(readme: str) -> str:
-    start, end = readme.index(BEGIN), readme.index(END) + len(END)
-    return readme[start:end]
+def current(text: str, begin: str = BEGIN, end: str = END) -> str:
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[start:stop]
+
+
+def pairs(root: Path = ROOT) -> list[tuple[Path, str, str]]:
+    """``[(file, its section, the section the files give), …]`` for README.md and docs/speed.md."""
+    results = json.loads((root / "docs" / "results.json").read_text())
+    bench = json.loads((root / "docs" / "bench.json").read_text())
+    readme, speed = root / "README.md", root / "docs" / "speed.md"
+    return [
+        (readme, current(readme.read_text()), section(results, bench)),
+        (speed, current(speed.read_text(), SPEED_BEGIN, SPEED_END), speed_table(bench)),
+    ]
 
 
 def load(root: Path = ROOT) -> tuple[str, str]:
     """``(README's section, the section the files give)``."""
-    results = json.loads((root / "docs" / "results.json").read_text())
-    bench = json.loads((root / "docs" / "bench.json").read_text())
-    return current((root / "README.md").read_text()), section(results, bench)
+    _, have, want = pairs(root)[0]
+    return have, want
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only say whether README agrees with the files")
     args = p.parse_args(argv)
-    have, want = load()
-    if have == want:
-        print("README's results agree with docs/results.json and docs/bench.json")
-        return 0
-    if args.check:
-        print("README's results differ from docs/results.json or docs/bench.json: run python scripts/published.py")
-        return 1
-    readme = ROOT / "README.md"
-    readme.write_text(readme.read_text().replace(have, want))
-    print("rewrote README's results section")
-    return 0
+    status = 0
+    for path, have, want in pairs():
+        name = path.relative_to(ROOT)
+        if have == want:
+            print(f"{name} agrees with docs/results.json and docs/bench.json")
+        elif args.check:
+            print(f"{name} differs from docs/results.json or docs/bench.json: run python scripts/published.py")
+            status = 1
+        else:
+            path.write_text(path.read_text().replace(have, want))
+            print(f"rewrote {name}'s section")
+    return status
 
 
 if __name__ == "__main__":
