@@ -110,6 +110,17 @@ def interrupted(message: str, code: int = 130) -> typer.Exit:
     return typer.Exit(code)
 
 
+def closed_output() -> typer.Exit:
+    """Standard output's reader went away (``gpumlp info CK --json | head -c 10``): exit 141, as a
+    program killed by SIGPIPE does, and quietly (the reader has what it wanted); stdout is pointed
+    at the null device so that the interpreter's last flush does not fail on it again."""
+    from gpumlp.cli.display import silence
+
+    silence(sys.stdout)
+    _said_interrupted.append("")  # nothing for main() to add
+    return typer.Exit(signals.CLOSED_PIPE)
+
+
 def command(name: str):
     """``@app.command(name)`` whose library errors (``GpumlpError``) become one line on stderr and
     exit code 2, caught here once for every command."""
@@ -121,6 +132,8 @@ def command(name: str):
                 return func(*args, **kwargs)
             except GpumlpError as e:
                 raise _fail(str(e)) from None
+            except BrokenPipeError:  # before click's own handling, which exits 1
+                raise closed_output() from None
             except OSError as e:
                 raise _fail(_os_error(e)) from None
 
@@ -224,6 +237,7 @@ def main() -> None:
     try:
         with signals.stop_on_signals() as stops:  # SIGTERM and SIGHUP stop a command as Ctrl-C does
             rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
+            sys.stdout.flush()  # output still buffered for a pipe meets a closed one here, not at exit
         if rc == 130 and stops:  # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt)
             rc, why = stops[0].exit_code, stops[0].why
     except UsageError as e:  # bad, missing or unknown option, unknown command
@@ -236,6 +250,12 @@ def main() -> None:
         rc, why = signals.exit_code(stop), signals.why(stop)
     except typer.Exit as e:
         rc = e.exit_code
+    except BrokenPipeError:  # in the flush above
+        rc = closed_output().exit_code
+    except SystemExit as e:  # click's own exit 1 for a closed pipe in what it writes itself (--help)
+        if not isinstance(e.__context__, BrokenPipeError):
+            raise
+        rc = closed_output().exit_code
     if rc in (*signals.SIGNALS.values(), signals.CLOSED_PIPE) and not _said_interrupted:  # typer says nothing
         with contextlib.suppress(OSError):
             typer.echo(why, err=True)

@@ -27,13 +27,14 @@ def echo(text: str, err: bool = False) -> None:
     try:
         typer.echo(text, err=err)
     except OSError as e:
-        _silence(sys.stderr if err else sys.stdout)
+        silence(sys.stderr if err else sys.stdout)
         if isinstance(e, BrokenPipeError):
             raise signals.Stop(signals.CLOSED_PIPE, "output closed") from None
         raise signals.Stop(signals.WRITE_ERROR, f"cannot write output ({e.strerror or e})") from None
 
 
-def _silence(stream) -> None:
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at the null device: nothing written to it fails again."""
     try:
         fd = stream.fileno()
     except (OSError, ValueError):  # not a real file (a test's capture)
