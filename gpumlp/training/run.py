@@ -103,7 +103,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         log(model.be.note)
     data = load_dataset(cfg.dataset, data_dir)
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
-    rec.claim(named)
+    here = resume is not None and rec.path is not None and Path(resume).resolve() == rec.path.resolve()
+    rec.claim(named, resumed_here=here)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     threads = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
     log(

@@ -41,6 +41,15 @@ def metrics_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.name + ".metrics.jsonl")
 
 
+def _epochs_saved(path: Path) -> int | None:
+    """How many epochs the checkpoint at ``path`` holds (None: there is none, or none gpumlp reads)."""
+    try:
+        meta = checkpoint.read_metadata(path)
+    except (GpumlpError, OSError):
+        return None
+    return int((meta.get("train_state") or {}).get("epochs_done", len(meta.get("history") or [])))
+
+
 class RunFiles:
     """The files of one run, and what of the run they hold: the checkpoint (``saved``: its epochs),
     the metrics beside it, and the one line a Ctrl-C prints."""
@@ -55,9 +64,11 @@ class RunFiles:
         self.model, self.state, self.extra = model, state, extra
         self.saved = self.on_path = state.epochs_done  # a resumed run's epochs are on disk already
 
-    def claim(self, named: bool) -> None:
+    def claim(self, named: bool, resumed_here: bool = False) -> None:
         """Lock the checkpoint for this run. A named path (--save, --resume) is refused while
-        another run holds it; a default name moves on to the next free suffix (-2, -3, …)."""
+        another run holds it; a default name moves on to the next free suffix (-2, -3, …). Then the
+        path's metrics file is made to agree with its checkpoint (``reconcile``); ``resumed_here``:
+        this run continues the checkpoint on that path."""
         if self.path is None:
             return
         for path in [self.path] if named else atomic.numbered(self.path):
@@ -79,6 +90,31 @@ class RunFiles:
         if stale:
             self.log(f"removed {len(stale)} temporary file(s) a killed run left beside {path}")
         shutdown.check_space(path, shutdown.checkpoint_bytes(self.cfg, json=path.suffix == ".json"))
+        self.reconcile(resumed_here)
+
+    def reconcile(self, resumed_here: bool) -> None:
+        """A run killed with SIGKILL leaves its metrics file ahead of its checkpoint (the one is
+        rewritten every epoch, the other saved every --save-every epochs). A resumed run rewrites
+        the file to the checkpoint's history; a new run moves it aside, since its epochs are the
+        only record of what the killed run did. Either says so in one line."""
+        metrics = metrics_path(self.path)
+        try:
+            lines = metrics.read_bytes().count(b"\n")
+        except OSError:  # none (or unreadable: writing it will say so)
+            return
+        kept = self.state.epochs_done if resumed_here else _epochs_saved(self.path)
+        if lines <= (kept or 0):
+            return
+        has = f"{metrics} had {lines} epoch{'s' if lines != 1 else ''}"
+        why = "its checkpoint" + (f" holds {kept}" if kept else " is missing") + " (a run was killed before saving)"
+        if resumed_here:
+            self._write_metrics(metrics, self.state.history)
+            self.log(f"{has} and {why}: rewrote it to the checkpoint's {kept} epochs")
+            return
+        names = (metrics.with_name(f"{metrics.stem}.orphaned-{n}.jsonl") for n in range(1, 10_000))
+        aside = next(p for p in names if not p.exists())
+        metrics.rename(aside)
+        self.log(f"{has} and {why}: moved it aside to {aside.name}")
 
     def release(self) -> None:
         if self.lock is not None:
