@@ -77,7 +77,9 @@ class TrainDisplay:
         self._epoch_start = 0.0
 
     def log(self, message: str) -> None:
-        echo(message, err=self.mode == "json")
+        # A warning goes to stderr unless a live bar holds the terminal: piped, stdout is often a
+        # log or another program that would not show it.
+        echo(message, err=self.mode == "json" or (self.mode == "plain" and message.startswith("warning:")))
 
     def progress(self, epoch: int, done: int, n_batches: int, running_loss: float) -> None:
         if self.mode != "bar":

@@ -24,7 +24,7 @@ from gpumlp.training.loop import fit
 from gpumlp.training.presets import preset_config
 from gpumlp.training.runfiles import RunFiles
 from gpumlp.training.state import EpochStats, TrainState
-from gpumlp.training.stopping import TrainingDiverged
+from gpumlp.training.stopping import TrainingDiverged, stalled
 
 
 @dataclass
@@ -112,17 +112,11 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{threads}"
     )
 
-    def after_epoch(stats: EpochStats) -> None:
-        rec.write_metrics()
-        if on_epoch is not None:
-            on_epoch(stats)
-        rec.save_every_k(stats.epoch)
-
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
     try:
         fit(
-            model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=after_epoch, state=state,
-            on_progress=on_progress, log=log,
+            model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
+            state=state, on_progress=on_progress, log=log,
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
@@ -145,6 +139,23 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     if rec.rescued is not None:
         raise GpumlpError(shutdown.rescued_message(rec.path, rec.rescued[1], rec.rescued[0]))
     return RunResult(model, state.history, test_acc, rec.path)
+
+
+def _after_epoch(rec: RunFiles, on_epoch, log) -> Callable[[EpochStats], None]:
+    """What ends each epoch: the metrics file, the caller's ``on_epoch``, a save every K epochs, and
+    once per run the warning for a run that goes nowhere (``stalled``; the exit status stays)."""
+    warned = []
+
+    def after_epoch(stats: EpochStats) -> None:
+        rec.write_metrics()
+        if on_epoch is not None:
+            on_epoch(stats)
+        if not warned and (warning := stalled(rec.state.history, rec.model.sizes[-1])):
+            warned.append(warning)
+            log(warning)
+        rec.save_every_k(stats.epoch)
+
+    return after_epoch
 
 
 def _images(dataset: str) -> str:

@@ -1,5 +1,6 @@
-"""The small state machines the training loop calls after each epoch: early stopping, and the
-rollback to the last complete epoch when one diverges or is interrupted.
+"""The small state machines the training loop calls after each epoch: early stopping, the
+rollback to the last complete epoch when one diverges or is interrupted, and the rule that says
+when a run goes nowhere (``stalled``).
 
 Both keep their copies of the weights on the device (device → device copies, no sync).
 """
@@ -91,3 +92,23 @@ class EarlyStopping:
             s.arrays["last_theta"] = pack(self.model.theta, self.model.sizes, self.model.be.xp)
             self.model.theta[...] = self.best
             s.weights_epoch = s.best_epoch
+
+
+def stalled(history, classes: int) -> str | None:
+    """The one-line warning for a run that goes nowhere, else None: from epoch 2 on, the validation
+    accuracy at chance (at most 1/classes + 2 points) and a training loss that has not moved
+    (relative change under 1e-3 between the last two epochs). ``history``: ``EpochStats``, oldest
+    first. Such a run can train for hours and exit 0 (784-100000-10: loss 0.5000, 9.91%)."""
+    if len(history) < 2 or history[-1].epoch < 2 or history[-1].val_accuracy is None:
+        return None
+    last, before = history[-1], history[-2]
+    if last.val_accuracy > 1 / max(classes, 2) + 0.02:
+        return None
+    if abs(last.train_loss - before.train_loss) >= 1e-3 * abs(before.train_loss):
+        return None
+    return (
+        f"warning: after epoch {last.epoch} the validation accuracy is {100 * last.val_accuracy:.2f}%, chance for "
+        f"{classes} classes, and the training loss has not moved ({last.train_loss:.4f}): the network is not "
+        f"learning (saturated or dead units, or steps too large or too small); try a smaller --lr than "
+        f"{last.lr:g} (a larger one if it is tiny), another --init, or fewer units in --layers"
+    )
