@@ -56,3 +56,10 @@ def test_a_reader_that_takes_one_line_and_leaves():
     )  # fmt: skip
     assert proc.stdout.strip() in ("0", "141"), proc
     assert proc.stderr == "", proc.stderr
+
+
+def test_a_command_started_with_stdout_closed_exits_0():
+    """`gpumlp devices >&-`: Python starts with sys.stdout None; the flush that catches a closed pipe
+    must not turn that into a traceback."""
+    proc = subprocess.run(f"{EXE} devices >&-", shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

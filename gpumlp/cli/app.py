@@ -237,7 +237,8 @@ def main() -> None:
     try:
         with signals.stop_on_signals() as stops:  # SIGTERM and SIGHUP stop a command as Ctrl-C does
             rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
-            sys.stdout.flush()  # output still buffered for a pipe meets a closed one here, not at exit
+            if sys.stdout is not None:  # (None: started with stdout closed, `>&-`)
+                sys.stdout.flush()  # output still buffered for a pipe meets a closed one here, not at exit
         if rc == 130 and stops:  # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt)
             rc, why = stops[0].exit_code, stops[0].why
     except UsageError as e:  # bad, missing or unknown option, unknown command

@@ -37,7 +37,7 @@ def silence(stream) -> None:
     """Point ``stream``'s file descriptor at the null device: nothing written to it fails again."""
     try:
         fd = stream.fileno()
-    except (OSError, ValueError):  # not a real file (a test's capture)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture), or None
         return
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, fd)
