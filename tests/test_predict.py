@@ -258,9 +258,8 @@ def test_blank_image_is_a_one_line_error(value, tmp_path):
 
 
 def test_load_digit_names_the_file_when_no_ink_survives(tmp_path):
-    """Contrast only on the dark side of a dark background: no bright ink once the border is removed."""
-    gray = np.full((40, 40), 0.4)
-    gray[10:30, 18:22] = 0.1
+    """A lighting gradient with nothing drawn: the local background removes all of it."""
+    gray = np.tile(np.linspace(0.3, 0.5, 40), (40, 1))  # (40, 40) brighter to the right
     path = save_gray(tmp_path / "dim.png", gray)
     with pytest.raises(GpumlpError, match=r"dim\.png: no ink found"):
         load_digit(path)

@@ -159,22 +159,33 @@ def predict_cli(
     ] = None,
     as_json: JsonOpt = False,
     preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
+    save_input: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Also save each image's 28×28 input as DIR/<image name>.png (white on black, as MNIST).",
+        ),
+    ] = None,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     dataset: DatasetOpt = None,
     any_dataset: AnyDatasetOpt = False,
 ):
     """Which digit is in each image: prediction, top-3 probabilities and the 28×28 input the network saw."""
-    from gpumlp.cli.predict import format_predictions, predict_files
+    from gpumlp.cli.predict import format_predictions, predict_files, save_inputs
 
     run = predict_files(
         checkpoint, images or [], index or [], device, data_dir, dataset, any_dataset,
         note=lambda text: typer.echo(text, err=True),
     )  # fmt: skip
+    # a folder the user named: replace only gpumlp's own pictures there, never an input image
+    saved = save_inputs(run, save_input, tuple(images or ())) if save_input is not None else []
     if as_json:
         echo_json({"checkpoint": str(checkpoint), **run.as_json()})
     else:
         typer.echo(format_predictions(run, preview))
+    for path in saved:
+        typer.echo(f"saved {path}", err=as_json)  # --json keeps stdout one JSON document
 
 
 @command("bench")

@@ -74,10 +74,13 @@ def check_png_out(out: Path, inputs: list[Path]) -> Path:
     return out
 
 
-def own_png(path: Path) -> Path:
+def own_png(path: Path, avoid: tuple[Path, ...] = (), option: str = "--plot") -> Path:
     """``path`` in a folder the user named: itself when free or a PNG gpumlp wrote, else the first
-    ``-2``, ``-3``, … name that is free or gpumlp's own."""
+    ``-2``, ``-3``, … name that is free or gpumlp's own. Never one of ``avoid`` (the command's
+    inputs, the files it has just written); ``option`` names the folder's flag in the error."""
     for candidate in numbered(path):
+        if any(same_file(candidate, other) for other in avoid):
+            continue
         if not (candidate.exists() or candidate.is_symlink()) or written_by_gpumlp(candidate):
             return candidate
-    raise GpumlpError(f"{path.parent} holds {path.stem}-2 … -9999 already; choose another --plot folder")
+    raise GpumlpError(f"{path.parent} holds {path.stem}-2 … -9999 already; choose another {option} folder")

@@ -2,17 +2,20 @@
 and test images, predicted in one batch, and ``gpumlp predict``'s text.
 
     predict_images     [(784,), …] → one batched forward pass → digit, top 3, probabilities
+    save_inputs        each image's 28×28 input as a PNG (``gpumlp predict --save-input DIR``)
 
 Everything here runs on the host with numpy; only ``predict_images`` touches the model's device.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from gpumlp.data.images import ascii_preview, load_digit
+from gpumlp.data.images import PILLOW_HINT, ascii_preview, load_digit
 from gpumlp.errors import ConfigError
 from gpumlp.losses import LOSSES
 
@@ -65,7 +68,12 @@ class Predictions:
         return LOSSES[self.model.loss].confidence_name
 
     def as_json(self) -> dict:
-        rows = [dict(source=s, label=y, **r) for (s, y), r in zip(self.sources, self.results)]
+        """``--json``: per image its answer and ``input``, the 784 pixels in [0, 1] the network saw
+        (row by row, bright ink on black; 4 decimals, finer than a PNG's 1/255)."""
+        rows = [
+            dict(source=s, label=y, **r, input=[round(float(v), 4) for v in np.asarray(x).reshape(-1)])
+            for (s, y), r, x in zip(self.sources, self.results, self.inputs)
+        ]
         return {"probabilities": self.kind, "predictions": rows}
 
 
@@ -114,3 +122,37 @@ def format_predictions(run: Predictions, preview: bool = True) -> str:
         if preview:
             lines.append(ascii_preview(x))
     return "\n".join(lines)
+
+
+def input_png_name(source: str) -> str:
+    """The file ``--save-input`` writes for an image: ``photo.jpg`` → ``photo.png``,
+    ``mnist-test[7]`` → ``mnist-test-7.png``."""
+    stem = Path(source).stem if not source.endswith("]") else source
+    return (re.sub(r"[^\w.-]+", "-", stem).strip("-.") or "input") + ".png"
+
+
+def save_inputs(run: Predictions, folder: Path, images=()) -> list[Path]:
+    """Write each image's input as ``folder/<name>.png`` (``input_png_name``): a grey PNG as MNIST's,
+    white ink on black, 28×28, tagged ``Software: gpumlp``. Never replaces a file gpumlp did not
+    write, one of ``images`` or one written here a moment ago: those take the next ``-2``, ``-3``,
+    … name. Returns the paths written, in the order of the images."""
+    from gpumlp.cli.outputs import PNG_METADATA, own_png
+    from gpumlp.errors import GpumlpError
+    from gpumlp.formats.atomic import atomic_write
+
+    try:
+        from PIL import Image, PngImagePlugin
+    except ImportError:
+        raise GpumlpError(PILLOW_HINT) from None
+    info = PngImagePlugin.PngInfo()
+    for key, value in PNG_METADATA.items():
+        info.add_text(key, value)
+    written: list[Path] = []
+    for (source, _), x in zip(run.sources, run.inputs):
+        x = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), 0.0, 1.0)  # (784,) host
+        side = int(round(np.sqrt(x.size)))
+        pixels = Image.fromarray(np.uint8(np.round(x.reshape(side, side) * 255)), mode="L")  # (28, 28)
+        path = own_png(folder / input_png_name(source), avoid=(*images, *written), option="--save-input")
+        save = lambda f, im=pixels: im.save(f, format="PNG", pnginfo=info)  # noqa: E731
+        written.append(atomic_write(path, save, "a 28×28 input", "choose another --save-input folder"))
+    return written

@@ -26,6 +26,10 @@ from gpumlp.formats.untrusted import open_regular
 PILLOW_HINT = "reading images needs Pillow: pip install 'gpumlp[images]'"
 INK_THRESHOLD = 0.1  # after inversion and background removal, a pixel above this is ink
 MIN_CONTRAST = 0.1  # an image whose grey levels span less than this has no digit in it
+BLOCKS = 8  # the background is estimated in blocks of about 1/BLOCKS of the image's longer side
+MIN_BLOCK = 4  # pixels: smaller blocks would see a stroke's inside as background
+BACKGROUND_SIDE = 256  # pixels: the longest side of the copy the background is estimated on
+BACKGROUND_PERCENTILE = 25  # of a block's pixels (ink bright): the ground, robust to noise and some ink
 BOX, FIELD = 20, 28  # MNIST: the digit fits a 20×20 box inside the 28×28 field
 RAMP = " .:-=+*#%@"  # ascii_preview, from no ink to full ink
 # Pillow refuses only above 179 million pixels (a warning above 89 million); a 177 KB PNG of
@@ -114,25 +118,93 @@ def _area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     return np.moveaxis(np.diff(at_edge, axis=0) * (n_out / n_in), 0, axis)
 
 
+def background(g: np.ndarray) -> np.ndarray:
+    """The paper's level at every pixel, for bright ink on a darker ground: (h, w) → (h, w) (host).
+
+    A photo's light falls off across the page, so one level for the whole image (its border's
+    median) turns the dim side into ink. As a document scanner does, the level is estimated
+    locally: the image is cut into blocks about 1/8 of its longer side (at least ``MIN_BLOCK``
+    pixels), each block's ``BACKGROUND_PERCENTILE``-th percentile is its ground (ink is brighter,
+    so it is ignored unless it fills most of the block), each block's ground is
+    replaced by the median of its 3×3 neighbourhood (a block inside a thick stroke takes its
+    neighbours'; a steady gradient is kept), smoothed by a 3×3 mean and interpolated back to
+    full size. A flat ground gives that flat level, as before."""
+    h, w = g.shape
+    # The ground changes slowly: estimated on a copy at most BACKGROUND_SIDE pixels long (area
+    # averaging), a 12-megapixel photo costs what a small one does.
+    scale = min(1.0, BACKGROUND_SIDE / max(h, w))
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    small = g if (hs, ws) == (h, w) else _area_resize(_area_resize(g, hs, 0), ws, 1)  # (hs, ws)
+    block = max(MIN_BLOCK, -(-max(hs, ws) // BLOCKS))
+    ny, nx = -(-hs // block), -(-ws // block)
+    padded = np.pad(small, ((0, ny * block - hs), (0, nx * block - ws)), mode="edge")  # (ny·block, nx·block)
+    tiles = padded.reshape(ny, block, nx, block).transpose(0, 2, 1, 3).reshape(ny, nx, -1)
+    grid = np.percentile(tiles, BACKGROUND_PERCENTILE, axis=2)  # (ny, nx) each block's ground
+    grid = _grid_filter(grid, np.median)  # (ny, nx)
+    grid = _grid_filter(grid, np.mean)
+    return _upsample(grid, (block * h / hs, block * w / ws), h, w)
+
+
+def _upsample(grid: np.ndarray, block: tuple[float, float], h: int, w: int) -> np.ndarray:
+    """Bilinear interpolation of a (ny, nx) grid of block centres, ``block`` (rows, columns) pixels
+    apart, to (h, w), extended linearly past the outer centres (clamped, a gradient would stop half
+    a block short of the edge)."""
+    ny, nx = grid.shape
+    ry = (np.arange(h) + 0.5) / block[0] - 0.5  # (h,) position in the grid, block centres at integers
+    rx = (np.arange(w) + 0.5) / block[1] - 0.5  # (w,)
+    y0 = np.clip(np.floor(ry).astype(np.intp), 0, max(ny - 2, 0))
+    x0 = np.clip(np.floor(rx).astype(np.intp), 0, max(nx - 2, 0))
+    y1, x1 = np.minimum(y0 + 1, ny - 1), np.minimum(x0 + 1, nx - 1)
+    fy, fx = (ry - y0)[:, None], (rx - x0)[None, :]  # outside [0, 1] past the outer centres
+    rows = grid[:, x0] + (grid[:, x1] - grid[:, x0]) * fx  # (ny, w): along the rows first, small
+    out = rows[y1] - rows[y0]  # (h, w)
+    out *= fy
+    out += rows[y0]
+    return out
+
+
+def _grid_filter(grid: np.ndarray, reduce) -> np.ndarray:
+    """``reduce`` (np.min, np.mean) over each cell's 3×3 neighbourhood, edges repeated: (ny, nx) → (ny, nx)."""
+    ny, nx = grid.shape
+    p = np.pad(grid, 1, mode="edge")  # (ny + 2, nx + 2)
+    shifted = np.stack([p[dy : dy + ny, dx : dx + nx] for dy in range(3) for dx in range(3)])  # (9, ny, nx)
+    return reduce(shifted, axis=0)
+
+
+def _ink(g: np.ndarray) -> np.ndarray:
+    """(h, w) grey levels in [0, 1] → (h, w) ink in [0, 1], bright on black, the strongest ink 1.
+
+    Inverts when the border is light (dark ink on paper), subtracts the local background
+    (``background``) and divides by what is left of the local range, so ink on the dim side of a
+    photo is as strong as on the lit side (the paper's brightness divides out, as in a scanner)."""
+    border = np.concatenate([g[0, :], g[-1, :], g[:, 0], g[:, -1]])  # the outer frame
+    # Light background: dark ink on paper. Against the image's own mid-grey, not 0.5: grey paper
+    # on the dim side of a photo can be darker than 0.5 and still far lighter than the ink.
+    if np.median(border) > (g.min() + g.max()) / 2:
+        g = 1.0 - g
+    ground = background(g)  # (h, w)
+    g = g - ground  # background → 0 (in place from here: a photo has millions of pixels)
+    np.clip(g, 0.0, None, out=g)
+    np.subtract(1.0, ground, out=ground)  # what is left of the range above the ground
+    g /= np.maximum(ground, MIN_CONTRAST, out=ground)
+    peak = g.max() if g.size else 0.0
+    if peak < MIN_CONTRAST:
+        raise GpumlpError("no ink found: the image is one flat colour; draw a digit on it")
+    return g / peak  # the strongest ink → 1, as in MNIST
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
 
-    Inverts when the border is light (ink must be bright on black), removes the background level
-    and stretches the ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the
-    aspect ratio (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
+    Inverts when the border is light (ink must be bright on black), removes the background,
+    estimated locally so uneven lighting does not become ink (``background``), and stretches the
+    ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the aspect ratio
+    (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
     """
     g = np.asarray(gray)
     if g.ndim != 2:
         raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
-    g = g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64)  # (h, w)
-    border = np.concatenate([g[0, :], g[-1, :], g[:, 0], g[:, -1]])  # the outer frame
-    if np.median(border) > 0.5:  # light background: dark ink on paper
-        g, border = 1.0 - g, 1.0 - border
-    g = np.clip(g - np.median(border), 0.0, None)  # background → 0
-    peak = g.max() if g.size else 0.0
-    if peak < MIN_CONTRAST:
-        raise GpumlpError("no ink found: the image is one flat colour; draw a digit on it")
-    g /= peak  # the strongest ink → 1, as in MNIST
+    g = _ink(g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64))  # (h, w)
     rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
     crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
     h, w = crop.shape
