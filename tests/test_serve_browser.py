@@ -42,21 +42,43 @@ SCALE = 10  # board pixels per MNIST pixel: the 280×280 board holds a 28×28 di
 
 
 @pytest.fixture(scope="module")
-def browser_page(tmp_path_factory):
+def browser(tmp_path_factory):
+    """A real `gpumlp serve` and a fresh Chromium profile: (context, the server's URL, Playwright)."""
     with running_server(CHECKPOINT) as (proc, url), sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh profile
             executable_path=CHROMIUM, headless=True, args=ARGS, viewport={"width": 1040, "height": 500},
         )  # fmt: skip
         try:
-            page = context.new_page()
-            sent = []  # the PNG bodies the page posted, in order
-            page.on("request", lambda r: sent.append(r.post_data_buffer) if r.url.endswith("/api/predict") else None)
-            page.goto(url)
-            page.wait_for_function("document.getElementById('model').textContent.includes('test images')")
-            yield page, sent
+            yield context, url, p
         finally:
             context.close()
+
+
+def open_page(context, url):
+    """A new tab on the page, once the network's description has loaded; also returns the list of
+    PNG bodies the page posts, in order."""
+    page = context.new_page()
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_buffer) if r.url.endswith("/api/predict") else None)
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').textContent.includes('test images')")
+    return page, sent
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser):
+    page, sent = open_page(*browser[:2])
+    yield page, sent
+    page.close()
+
+
+@pytest.fixture
+def fresh_page(browser):
+    """A tab of its own, for tests that watch everything a page load does or slow its network."""
+    page, sent = open_page(*browser[:2])
+    yield page, sent
+    page.close()
 
 
 def strokes(x784, threshold=0.5) -> list[tuple[int, int, int]]:
@@ -149,3 +171,133 @@ def test_undo_and_clear(browser_page, mnist, tmp_path):
     page.click("#clear")
     cleared = settled(page)
     assert cleared["digit"] == "–" and cleared["probabilities"] == [""] * 10 and not any(cleared["preview"])
+
+
+ROWS = "[...document.querySelectorAll('#bars .row')]"
+
+
+def shown(page) -> dict:
+    """What the answer card shows right now (no waiting)."""
+    return page.evaluate(
+        f"""() => ({{
+        revision: Number(document.getElementById('result').dataset.revision),
+        digit: document.getElementById('digit').textContent,
+        hint: document.getElementById('confidence').textContent,
+        error: document.getElementById('error').textContent,
+        bars: {ROWS}.filter(r => r.dataset.p !== '').length,
+        top: {ROWS}.filter(r => r.classList.contains('top')).length,
+    }})"""
+    )
+
+
+def in_flight(page) -> list[int]:
+    """After each /api/predict request starts or ends, how many were in flight, in event order."""
+    log, now = [], [0]
+
+    def step(request, by):
+        if request.url.endswith("/api/predict"):
+            now[0] += by
+            log.append(now[0])
+
+    page.on("request", lambda r: step(r, 1))
+    page.on("requestfinished", lambda r: step(r, -1))
+    page.on("requestfailed", lambda r: step(r, -1))
+    return log
+
+
+def test_bars_follow_a_slow_stroke_before_the_pen_lifts(fresh_page):
+    """With every answer 150 ms away (as over a slow network) and the pen moving every 20 ms, each
+    answer arrives after the drawing changed again: it must be shown anyway, one request at a time."""
+    page, sent = fresh_page
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 150, "downloadThroughput": -1, "uploadThroughput": -1})  # fmt: skip
+    flight = in_flight(page)
+    box = page.locator("#board").bounding_box()
+    page.mouse.move(box["x"] + 140, box["y"] + 40)
+    page.mouse.down()
+    seen = []  # (bars filled, revision answered) after each pen move
+    for i in range(50):  # a vertical stroke, a "1", drawn over about 1.5 s
+        page.mouse.move(box["x"] + 140, box["y"] + 40 + 4 * i)
+        page.wait_for_timeout(20)
+        now = shown(page)
+        seen.append((now["bars"], now["revision"]))
+    page.mouse.up()
+    assert any(bars == 10 for bars, _ in seen), f"no answer shown while drawing ({len(sent)} requests sent)"
+    answered = [rev for _, rev in seen]
+    assert answered == sorted(answered), f"an older answer replaced a newer one: {answered}"
+    assert len(set(answered)) >= 3, f"the bars changed only {len(set(answered)) - 1} times during the stroke"
+    assert flight and max(flight) == 1, f"requests in flight at once: {max(flight, default=0)}"
+    assert settled(page)["error"] == ""
+
+
+def test_clear_resets_every_bar_and_the_highlight(browser_page, mnist):
+    page, _ = browser_page
+    page.click("#clear")
+    draw(page, mnist[2][0])  # a 7
+    assert settled(page)["digit"] != "–" and shown(page)["top"] == 1
+    page.click("#clear")
+    settled(page)
+    after = shown(page)
+    assert (after["digit"], after["bars"], after["top"], after["error"]) == ("–", 0, 0, "")
+
+
+def test_the_cards_do_not_move_when_an_answer_appears(browser_page, mnist):
+    page, _ = browser_page
+    page.click("#clear")
+    settled(page)
+    before = {card: page.locator(card).bounding_box() for card in ("#preview", "#result", "#board")}
+    draw(page, mnist[2][1])  # a 2
+    assert settled(page)["digit"] != "–"
+    after = {card: page.locator(card).bounding_box() for card in before}
+    assert after == before
+
+
+def test_a_single_click_is_answered_quietly(fresh_page):
+    """A tap draws a dot: no request, no error, a hint to keep drawing."""
+    page, sent = fresh_page
+    box = page.locator("#board").bounding_box()
+    page.mouse.click(box["x"] + 100, box["y"] + 100)
+    settled(page)
+    page.wait_for_timeout(300)  # time for a request the page should not send
+    now = shown(page)
+    assert sent == []
+    assert (now["digit"], now["bars"], now["error"]) == ("–", 0, "")
+    assert "keep drawing" in now["hint"]
+
+
+def test_pen_down_sends_nothing_until_there_is_ink(fresh_page):
+    """Pen-down on an empty board is a one-point drawing: nothing is sent; the first request goes
+    once the stroke is longer than the pen is wide, and every answer is a 200."""
+    page, sent = fresh_page
+    statuses = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/api/predict") else None)
+    box = page.locator("#board").bounding_box()
+    page.mouse.move(box["x"] + 140, box["y"] + 60)
+    page.mouse.down()
+    page.wait_for_timeout(300)
+    assert sent == []
+    page.mouse.move(box["x"] + 140, box["y"] + 200, steps=10)
+    page.mouse.up()
+    assert settled(page)["error"] == ""
+    page.wait_for_timeout(100)
+    assert sent and statuses and set(statuses) == {200}, statuses
+
+
+def test_loading_the_page_logs_no_error(browser, tmp_path):
+    """No 404 for /favicon.ico (Chromium's console reports it; Playwright's response events do not
+    see the browser's own favicon request) and nothing else failing. A browser of its own: one that
+    has loaded the page before remembers the missing icon and does not ask again."""
+    _, url, p = browser
+    context = p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS
+    )  # fmt: skip
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="networkidle")
+    page.wait_for_timeout(500)
+    context.close()
+    assert errors == []
