@@ -1,4 +1,4 @@
-"""``gpumlp devices``: what this machine offers (numpy and its BLAS, CuPy and CUDA, every GPU) and
+"""``gpumlp devices``: what your computer offers (numpy and its BLAS, CuPy and CUDA, every GPU) and
 what ``--device auto`` would choose, as a dict and as the aligned text the command prints."""
 
 from __future__ import annotations
