@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gpumlp.cli import commands as cli
 from gpumlp.formats import atomic, checkpoint, native
 from gpumlp.training import run as train_mod
+from standins.entry_point import run_main as gpumlp  # the real entry point, in-process
 
 SMALL = ["--layers", "784,24,10", "--train-size", "2000", "--val-size", "300", "--batch-size", "20", "-q"]
-
-
-def gpumlp(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["gpumlp", *map(str, argv)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def epochs_in(path: Path) -> int:

@@ -11,7 +11,7 @@ from gpumlp.cli import commands as cli
 
 def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """Call the real entry point ``gpumlp.cli.commands.main`` as the console script would."""
-    monkeypatch.setattr(sys, "argv", ["gpumlp", *args])
+    monkeypatch.setattr(sys, "argv", ["gpumlp", *map(str, args)])
     with pytest.raises(SystemExit) as e:
         cli.main()
     out = capsys.readouterr()
