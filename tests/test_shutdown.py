@@ -81,15 +81,20 @@ def test_a_real_signal_after_epoch_one_keeps_every_printed_epoch(tmp_path, mnist
 
 
 def test_a_second_signal_during_the_save_waits_for_it_and_the_first_one_counts(tmp_path, mnist_dir):
+    """Two signals sent back to back may both be pending when Python next looks (it then runs
+    SIGINT's handler before SIGTERM's, by number): whichever it handled first decides both the
+    line and the exit status, and they agree. Before the fix the line said Ctrl-C's "interrupted"
+    and the status SIGTERM's 143."""
     ckpt = tmp_path / "m.npz"
     proc = start(ckpt, mnist_dir, "-q")
     seen = first_epoch(proc)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGINT)  # while the first one's save is under way, or just before it
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode in (143, 130), err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert_kept(ckpt, err.rstrip("\n"), printed_epochs("".join(seen) + out), "interrupted by SIGTERM")
+    why = {143: "interrupted by SIGTERM", 130: "interrupted"}[proc.returncode]
+    assert_kept(ckpt, err.rstrip("\n"), printed_epochs("".join(seen) + out), why)
 
 
 def test_a_closed_stdout_keeps_the_epochs_and_exits_141(tmp_path, mnist_dir):

@@ -239,7 +239,9 @@ def main() -> None:
             rc = app(args=args, prog_name="gpumlp", standalone_mode=False)  # a typer.Exit's code, or None
             if sys.stdout is not None:  # (None: started with stdout closed, `>&-`)
                 sys.stdout.flush()  # output still buffered for a pipe meets a closed one here, not at exit
-        if rc == 130 and stops:  # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt)
+        # typer turned a SIGTERM or SIGHUP into exit 130 (its code for any KeyboardInterrupt); a command
+        # that said what the stop kept chose its code itself, from the stop it handled first
+        if rc == 130 and stops and not _said_interrupted:
             rc, why = stops[0].exit_code, stops[0].why
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
