@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gpumlp.cli import commands as cli
+from gpumlp.formats import checkpoint
 from standins.entry_point import run_main
 
 runner = CliRunner()
@@ -130,6 +131,12 @@ def test_devices_and_the_training_header_say_the_blas_threads(monkeypatch, capsy
     small = ["--epochs", "1", "--train-size", "500", "--val-size", "0", "--test-size", "0"]
     code, out, _ = run_main(monkeypatch, capsys, "train", *small, "--save", str(tmp_path / "m.npz"))
     assert code in (0, None) and ", 1 BLAS thread (GPUMLP_THREADS)\n" in out
+    code, out, _ = run_main(monkeypatch, capsys, "train", *small, "--save", str(tmp_path / "m.npz"), "--threads", "2")
+    assert code in (0, None) and ", 2 BLAS threads (--threads)\n" in out  # the option wins over the variable
+    assert checkpoint.read_metadata(tmp_path / "m.npz")["train_state"]["blas_threads"] == 2
+    code, _, err = run_main(monkeypatch, capsys, "train", *small, "--save", str(tmp_path / "n.npz"), "--threads", "0")
+    assert code == 2 and err == "error: --threads must be a whole number from 1 to 1024 (got 0)\n"
+    assert not (tmp_path / "n.npz").exists()
 
 
 def test_cuda_here_is_one_line_exit_2(monkeypatch, capsys):

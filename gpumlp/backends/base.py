@@ -176,10 +176,12 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work; call before reading a clock."""
 
-    def training_threads(self, recorded: int | None = None, largest: int | None = None) -> tuple[int | None, str]:
+    def training_threads(
+        self, recorded: int | None = None, largest: int | None = None, forced: int | None = None
+    ) -> tuple[int | None, str]:
         """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.backends.blas_threads``), ``recorded``
-        being a resumed run's and ``largest`` its biggest product; ``(None, "")`` where the device
-        does its own threading."""
+        being a resumed run's, ``largest`` its biggest product and ``forced`` the count asked for;
+        ``(None, "")`` where the device does its own threading."""
         return None, ""
 
     def threads(self, n: int | None):

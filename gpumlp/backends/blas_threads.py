@@ -117,6 +117,13 @@ def threads_from_env(environ=os.environ) -> int | None:
     return int(raw)
 
 
+def check_threads(n) -> int:
+    """``n`` as a thread count (``--threads``, a config file's ``threads``); a bad one raises."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ConfigError(f"--threads must be a whole number from 1 to {MAX_THREADS} (got {n!r})")
+    return n
+
+
 def threads_rule(cores: int, busy: float) -> int:
     """BLAS threads for ``cores`` usable cores of which other processes keep ``busy`` (0 to cores)
     busy: one per core left free, at least one. A BLAS thread that shares its core with another
@@ -192,11 +199,16 @@ def largest_product(sizes, batch_size: int) -> int:
     return int(batch_size) * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def training_threads(recorded: int | None = None, largest: int | None = None) -> tuple[int, str]:
-    """``(count, why)``: the BLAS threads of a CPU run. ``GPUMLP_THREADS`` when set; else
+def training_threads(
+    recorded: int | None = None, largest: int | None = None, forced: int | None = None
+) -> tuple[int, str]:
+    """``(count, why)``: the BLAS threads of a CPU run. ``forced`` (``gpumlp train --threads``) when
+    given; else ``GPUMLP_THREADS`` when set; else
     ``recorded``, the count a resumed run trained with (the same count gives the same bits);
     else ``auto_threads``, or one thread when the run's biggest product (``largest``, from
     ``largest_product``) is at most ``ONE_THREAD_MNK``."""
+    if forced is not None:
+        return check_threads(forced), "--threads"
     forced = threads_from_env()
     if forced is not None:
         return forced, THREADS_ENV

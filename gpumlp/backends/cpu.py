@@ -137,10 +137,12 @@ class NumpyBackend(Backend):
                 axpby(alpha, x[i:j], beta, y[i:j])
         return None
 
-    def training_threads(self, recorded: int | None = None, largest: int | None = None) -> tuple[int | None, str]:
+    def training_threads(
+        self, recorded: int | None = None, largest: int | None = None, forced: int | None = None
+    ) -> tuple[int | None, str]:
         from gpumlp.backends import blas_threads
 
-        return blas_threads.training_threads(recorded, largest)
+        return blas_threads.training_threads(recorded, largest, forced)
 
     def threads(self, n: int | None):
         from gpumlp.backends import blas_threads

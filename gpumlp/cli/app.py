@@ -168,6 +168,9 @@ RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configura
         help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
     ("save_every", Annotated[int, typer.Option(
         help="Also save the checkpoint every K epochs (0: only at the end).")], 0),
+    ("threads", Annotated[int | None, typer.Option(
+        help="CPU BLAS threads. Default: GPUMLP_THREADS, else a resumed run's count, else one per free "
+        "core. The same count gives the same bits.")], None),
     ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")], False),
     ("log_format", Annotated[str, typer.Option(
         help="text, or json: one JSON object per epoch and one at the end, on stdout.")], "text"),

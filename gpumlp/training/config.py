@@ -177,6 +177,20 @@ class TrainConfig:
         return d
 
 
+def option_name(f) -> str:
+    """The command line's name of ``TrainConfig`` field ``f`` (a field or its name), without ``--``:
+    ``batch-size`` for ``batch_size``, ``layers`` for ``sizes``."""
+    f = f if not isinstance(f, str) else TrainConfig.__dataclass_fields__[f]
+    return f.metadata.get("name", f.name).replace("_", "-")
+
+
+def fields_by_option() -> dict[str, str]:
+    """``{"layers": "sizes", "batch-size": "batch_size", …}``: every ``TrainConfig`` field by the
+    name ``gpumlp train`` spells its option (the keys of a config or sweep-space file), with the
+    update rules registered now."""
+    return {option_name(f): f.name for f in fields(TrainConfig)}
+
+
 MONITORS = ("accuracy", "loss")
 PATIENCE_NEEDS_VAL = "--patience needs validation images: give --val-size above 0, or --patience 0"
 DECLARED = {f.name: f for f in fields(TrainConfig)}  # the fields above; _generate adds the rules'

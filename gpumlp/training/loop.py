@@ -43,13 +43,14 @@ def shuffle_rng(seed: int, state: dict | None = None) -> np.random.Generator:
 def with_blas_threads(f):
     """Run ``fit(model, …, state=…)`` with the run's CPU BLAS threads (``Backend.training_threads``),
     recorded in ``state.blas_threads``: a resumed run keeps its count, because some products round
-    differently with another (``gpumlp.backends.blas_threads``). Afterwards the BLAS has its earlier count again."""
+    differently with another (``gpumlp.backends.blas_threads``); ``threads`` asks for a count.
+    Afterwards the BLAS has its earlier count again."""
 
     @functools.wraps(f)
-    def wrapper(model, *args, state=None, **kwargs):
+    def wrapper(model, *args, state=None, threads=None, **kwargs):
         state = state if state is not None else TrainState()
         largest = blas_threads.largest_product(model.sizes, kwargs["batch_size"]) if "batch_size" in kwargs else None
-        state.blas_threads = model.be.training_threads(state.blas_threads, largest)[0]
+        state.blas_threads = model.be.training_threads(state.blas_threads, largest, threads)[0]
         with model.be.threads(state.blas_threads):
             return f(model, *args, state=state, **kwargs)
 

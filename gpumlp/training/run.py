@@ -55,6 +55,7 @@ def run(
     resume: str | os.PathLike | None = None,
     save_every: int = 0,
     on_progress: Callable[[int, int, int, float], None] | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
@@ -67,15 +68,19 @@ def run(
 
     Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
     when an earlier run's files are there. The checkpoint is locked for the whole run: another run
-    saving to the same path is refused (``CheckpointError``)."""
+    saving to the same path is refused (``CheckpointError``). ``threads``: the CPU BLAS threads
+    (``gpumlp train --threads``; default ``GPUMLP_THREADS``, a resumed run's count, or one per free core)."""
     if save_every < 0:
         raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
+    if threads is not None:
+        blas_threads.check_threads(threads)
     path = None if save is False else checkpoint.check_writable(save or resume or default_checkpoint(cfg))
     rec = RunFiles(path, cfg, log, data_dir, save_every)
     first = []  # the stop that ended the run: its exit status wins over a second one's
     try:
         try:
-            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=bool(save or resume))
+            named = bool(save or resume)
+            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=named, threads=threads)
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output (signals.Stop)
             first.append(e)
             raise rec.interrupted(e) from None  # saved under the lock
@@ -85,7 +90,7 @@ def run(
         raise rec.interrupted((first or [e])[0]) from None
 
 
-def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool) -> RunResult:
+def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool, threads=None) -> RunResult:
     if resume:
         model, meta = checkpoint.load(resume, device=cfg.device)
         state = TrainState.from_metadata(meta)
@@ -96,7 +101,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
         state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
     largest = blas_threads.largest_product(model.sizes, cfg.batch_size)
-    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest)  # fit keeps this count
+    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest, threads)  # fit keeps this count
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
     if model.be.note:
@@ -106,17 +111,17 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     here = resume is not None and rec.path is not None and Path(resume).resolve() == rec.path.resolve()
     rec.claim(named, resumed_here=here)
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
-    threads = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
+    counted = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
     log(
         f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"
-        f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{threads}"
+        f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{counted}"
     )
 
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
-            state=state, on_progress=on_progress, log=log,
+            state=state, on_progress=on_progress, log=log, threads=threads,
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
