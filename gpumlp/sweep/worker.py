@@ -1,0 +1,208 @@
+"""A sweep's worker: one process that loads the images once, then claims trials from the study
+and trains each with ``fit``, scored on the validation images only, until the study has its total.
+
+Each epoch's validation accuracy goes to Optuna (``trial.report``), whose pruner may stop the
+trial there. A stop signal fails the running trial and ends the worker; a heartbeat thread tells
+the other workers, on any machine, that the trial is alive."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from gpumlp.data.load import load_dataset, split
+from gpumlp.errors import GpumlpError, SweepError
+from gpumlp.formats import checkpoint, signals
+from gpumlp.model import MLP
+from gpumlp.sweep import study as studies
+from gpumlp.sweep.space import check_space, config
+from gpumlp.training.loop import fit
+from gpumlp.training.state import TrainState
+from gpumlp.training.stopping import TrainingDiverged
+
+POLL_S = 0.5  # how often a worker with nothing to claim asks again, and checks that its parent lives
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs, picklable: the study, its space (``Space.as_dict``) and total,
+    the storage's heartbeat, the pruner's name, which networks to keep and where, the device and
+    the BLAS threads of this worker, and the images' folder."""
+
+    url: str
+    study: str
+    space: dict
+    total: int
+    heartbeat: int
+    pruner: str
+    keep: str
+    keep_dir: str
+    device: str
+    threads: int
+    data_dir: str | None
+    index: int = 0
+    parent: int | None = None  # the sweep command's pid: the worker stops when it is gone
+
+
+def make_pruner(name: str):
+    """Optuna's pruner for ``--pruner``: median, halving (successive halving) or none."""
+    pruners = {"median": optuna.pruners.MedianPruner, "halving": optuna.pruners.SuccessiveHalvingPruner,
+               "none": optuna.pruners.NopPruner}  # fmt: skip
+    if name not in pruners:
+        raise SweepError(f"unknown --pruner {name!r}: choose one of {', '.join(pruners)}")
+    return pruners[name]()
+
+
+def work(spec: WorkerSpec, errors=None) -> None:
+    """A worker process's main: run trials until the study has ``spec.total`` finished ones. A
+    ``GpumlpError`` goes to ``errors`` (a queue) as one line, with exit status 2; a stop signal
+    fails the running trial and exits with the signal's status."""
+    try:
+        with signals.stop_on_signals():
+            _watch_parent(spec.parent)
+            code = _work(spec)
+    except GpumlpError as e:
+        if errors is not None:
+            errors.put(str(e))
+        code = 2
+    except KeyboardInterrupt as e:
+        code = signals.exit_code(e)
+    sys.exit(code)
+
+
+def _work(spec: WorkerSpec) -> int:
+    space = check_space(spec.space)
+    storage = studies.open_storage(spec.url, spec.heartbeat)
+    study = studies.open_study(storage, spec.study, space, make_pruner(spec.pruner),
+                               optuna.samplers.TPESampler(constant_liar=True))  # fmt: skip
+    cfg = config(space.fixed)
+    images = load_dataset(cfg.dataset, spec.data_dir)
+    (X, y), val, _ = split(*images, cfg.train_size, cfg.val_size, 0)  # loaded once, for every trial
+    while True:
+        trial = studies.claim(study, storage, spec.total)
+        if trial is None:
+            return 0
+        if trial == studies.WAIT:
+            time.sleep(POLL_S)
+            continue
+        run_trial(spec, study, storage, trial, space, (X, y, *val))
+
+
+def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
+    """Train ``trial``'s options, report each epoch, and tell the study how it ended."""
+    X, y, X_val, y_val = data
+    try:
+        options = space.suggest(trial)
+        cfg = config(options)
+    except GpumlpError as e:  # a combination of values the space's checks could not foresee
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise SweepError(f"trial {trial.number} ({_options_text(trial.params)}): {e}") from None
+    threads = space.threads or spec.threads
+    for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("device", spec.device),
+                       ("threads", threads)):  # fmt: skip
+        trial.set_user_attr(key, value)
+
+    def on_epoch(stats):
+        trial.report(stats.val_accuracy, stats.epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, spec.device, cfg.dtype)
+    fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
+    t0, state = time.perf_counter(), TrainState()
+    try:
+        with _heartbeat(storage, trial, spec.heartbeat):
+            history = fit(
+                model, X, y, **fit_args, X_val=X_val, y_val=y_val, on_epoch=on_epoch, state=state, threads=threads
+            )
+    except optuna.TrialPruned:
+        return _tell(study, trial, optuna.trial.TrialState.PRUNED, t0, len(state.history))
+    except TrainingDiverged as e:  # a poor trial, stopped where it failed: pruned, as the pruner would
+        trial.set_user_attr("diverged", str(e))
+        return _tell(study, trial, optuna.trial.TrialState.PRUNED, t0, len(state.history))
+    except BaseException as e:  # a stop signal, or an error: the trial failed, the worker stops
+        if isinstance(e, KeyboardInterrupt):
+            signals.ignore_all()  # a second signal must not cut the write below short
+        with contextlib.suppress(Exception):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    kept = history[(state.weights_epoch or len(history)) - 1]  # the epoch whose weights the model ends with
+    with studies.study_lock(storage, spec.study):  # who is best, and its file, decided by one worker at a time
+        _keep(spec, study, trial, model, cfg, kept.val_accuracy)
+        _tell(study, trial, optuna.trial.TrialState.COMPLETE, t0, len(history), kept.val_accuracy)
+
+
+def _tell(study, trial, state, t0: float, epochs: int, value: float | None = None) -> None:
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+    trial.set_user_attr("epochs", epochs)
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile as stale
+        study.tell(trial, value, state=state) if value is not None else study.tell(trial, state=state)
+
+
+def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float) -> None:
+    """Save the trial's network in ``spec.keep_dir`` as ``--keep`` says: every complete trial's
+    (all), or the study's best only (best; the earlier best on this machine is then removed)."""
+    if spec.keep == "none":
+        return
+    try:
+        best = study.best_value
+    except ValueError:  # no complete trial yet
+        best = None
+    if spec.keep == "best" and best is not None and value <= best:
+        return
+    folder = Path(spec.keep_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"trial-{trial.number}.npz"
+    checkpoint.save(path, model, config=cfg.to_dict(), val_accuracy=value, study=spec.study, trial=trial.number)
+    trial.set_user_attr("checkpoint", {"host": socket.gethostname(), "path": str(path.resolve())})
+    if spec.keep == "best":
+        for old in folder.glob("trial-*.npz"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _heartbeat(storage, trial, interval: int):
+    """Record ``trial``'s heartbeat every ``interval`` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; two missed fail the trial
+                storage.record_heartbeat(trial._trial_id)  # (Optuna's own optimize does the same)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="gpumlp-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _watch_parent(parent: int | None) -> None:
+    """When the sweep command that started this worker is gone (killed), stop as on SIGTERM."""
+    if parent is None:
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="gpumlp-parent").start()
+
+
+def _options_text(params: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items())
