@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,17 @@ def test_the_server_runs_as_postgres_under_root_else_as_the_user(postgres):
     status = Path(f"/proc/{postgres.pid()}/status").read_text()
     uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
     assert uid == (pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid())
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(monkeypatch):
+    from standins import postgres
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(postgres, "free_port", lambda real=postgres.free_port: next(ports, None) or real())
+        with postgres_server() as srv:
+            assert srv.port != taken and process_alive(srv.pid())
+            assert "could not bind" in srv.log.read_text()

@@ -26,7 +26,6 @@ BINARIES = ("initdb", "pg_ctl")
 SUPERUSER = "postgres"  # the cluster's superuser, whoever runs it (initdb -U)
 SETTINGS = """
 listen_addresses = '127.0.0.1'
-port = {port}
 unix_socket_directories = '{sockets}'
 fsync = off                 # a throwaway cluster: speed over durability
 synchronous_commit = off
@@ -94,8 +93,8 @@ def process_alive(pid: int) -> bool:
 class PostgresServer:
     """A running cluster: ``url(dbname)`` for SQLAlchemy/Optuna, ``create_database``, ``pid``."""
 
-    def __init__(self, bindir: Path, root: Path, port: int, prefix: list[str]):
-        self.bindir, self.root, self.port, self._prefix = bindir, root, port, prefix
+    def __init__(self, bindir: Path, root: Path, prefix: list[str]):
+        self.bindir, self.root, self.port, self._prefix = bindir, root, 0, prefix
         self.data, self.log = root / "data", root / "server.log"
 
     def url(self, dbname: str = "postgres") -> str:
@@ -114,12 +113,22 @@ class PostgresServer:
             raise RuntimeError(f"{binary} {' '.join(args)} failed ({done.returncode}): {done.stderr}{log}")
         return done
 
-    def start(self) -> None:
+    def start(self, tries: int = 3) -> None:
+        """initdb, then ``pg_ctl -w start`` on a free port: again on another one if some other program
+        took the port between ``free_port`` and the server's bind."""
         self.run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C",
                  "--no-sync", "--no-instructions")  # fmt: skip
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(SETTINGS.format(port=self.port, sockets=self.root))
-        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30", "start")
+            conf.write(SETTINGS.format(sockets=self.root))
+        for attempt in range(tries):
+            self.port = free_port()
+            try:
+                self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", f"-p {self.port}", "-w", "-t", "30",
+                         "start")  # fmt: skip
+                return
+            except RuntimeError as e:
+                if attempt == tries - 1 or "could not bind" not in str(e):
+                    raise
 
     def stop(self) -> None:
         """``pg_ctl -m fast stop``; if that fails, the postmaster is killed (nothing is left running)."""
@@ -167,7 +176,7 @@ def postgres_server(candidates: list[Path] | None = None):
     try:
         if prefix:
             os.chown(root, pwd.getpwnam("postgres").pw_uid, -1)
-        server = PostgresServer(bindir, root, free_port(), prefix)
+        server = PostgresServer(bindir, root, prefix)
         try:
             server.start()
             yield server
