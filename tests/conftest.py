@@ -30,7 +30,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
-    registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
     # Where the user's data is, read before _private_cache points XDG_CACHE_HOME at a temporary folder.
     # Relative paths are resolved once, here: some tests change the working directory.
     given = config.getoption("--data-dir") or os.environ.get("GPUMLP_DATA_DIR")
