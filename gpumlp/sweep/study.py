@@ -90,11 +90,31 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         beat = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect}, **beat)
+        with _file_lock(Path(f"{sqlalchemy.engine.make_url(url).database}.lock")) if sqlite else _nothing():
+            return _create_storage(url, {"connect_args": connect}, beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
         reason = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
         reason = re.sub(r"\s*\(Background on this error.*", "", reason)
         raise SweepError(f"cannot open the study storage {shown(url)}: {reason}") from None
+
+
+def _create_storage(url: str, engine: dict, beat: dict):
+    """``RDBStorage``, which makes the tables of a new database: when another machine does the same
+    at the same moment, one of the two fails on the other's tables; the second try finds them."""
+    import sqlalchemy
+
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            if attempt == 2 or not isinstance(e, sqlalchemy.exc.IntegrityError) and "already exists" not in str(e):
+                raise
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 @contextlib.contextmanager

@@ -54,9 +54,11 @@ class WorkerSpec:
 
 
 def make_pruner(name: str):
-    """Optuna's pruner for ``--pruner``: median, halving (successive halving) or none."""
-    pruners = {"median": optuna.pruners.MedianPruner, "halving": optuna.pruners.SuccessiveHalvingPruner,
-               "none": optuna.pruners.NopPruner}  # fmt: skip
+    """Optuna's pruner for ``--pruner``: median (once 5 trials are complete, a trial below the
+    median of theirs at the same epoch stops), halving (successive halving, its first rung after
+    epoch 1: epochs are few) or none."""
+    pruners = {"median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
+               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1)}  # fmt: skip
     if name not in pruners:
         raise SweepError(f"unknown --pruner {name!r}: choose one of {', '.join(pruners)}")
     return pruners[name]()
