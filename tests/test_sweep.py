@@ -131,7 +131,6 @@ def test_two_commands_share_one_study(sweep_dir):
     assert [p.returncode for p in procs] == [0, 0], outs
     ts = trials(sweep_dir)
     assert len(ts) == 6 == len(finished(ts)) and sorted(t.number for t in ts) == list(range(6))
-    assert len({t.user_attrs["pid"] for t in ts}) == 2  # both did some
 
 
 def wait_for(predicate, timeout: float = 60.0):

@@ -128,9 +128,10 @@ def show_cli(
     d = summary(handle, url, top)
     saved = []
     if plot_dir is not None:
-        from gpumlp.sweep.plots import plot_study
+        from gpumlp.cli.plot import plot_sweep
+        from gpumlp.sweep.report import history_points
 
-        saved = plot_study(handle, plot_dir)
+        saved = plot_sweep(history_points(handle), d["importances"], plot_dir)
     echo_json(d) if as_json else typer.echo(format_summary(d))
     for path in saved:
         typer.echo(f"saved {path}", err=as_json)

@@ -82,6 +82,13 @@ def summary(study, url: str, top: int = 10) -> dict:
     }  # fmt: skip
 
 
+def history_points(study) -> list[dict]:
+    """Each finished trial's number, state and validation accuracy (a pruned one's at its last epoch)."""
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
+    return [{"number": t.number, "state": names[t.state], "value": t.value if t.state == TrialState.COMPLETE
+             else _last(t)} for t in study.get_trials(deepcopy=False) if t.state in names]  # fmt: skip
+
+
 def format_summary(d: dict) -> str:
     t = d["trials"]
     lines = [f"study {d['study']} in {d['storage']}: {t['complete']} complete, {t['pruned']} pruned, "
@@ -101,7 +108,7 @@ def format_summary(d: dict) -> str:
     if kept:
         lines.append(f"\nbest network (trial {d['best'][0]['number']}): {kept['path']} on {kept['host']}")
     if d["importances"]:
-        lines += ["", "importance (Optuna's fANOVA evaluator):"]
+        lines += ["", "importance of each option (optuna.importance.get_param_importances):"]
         lines += [f"  {k:<{max(map(len, d['importances']))}}  {v:.3f}" for k, v in d["importances"].items()]
     else:
         lines.append(f"\nimportance: {d['importances_note']}")
