@@ -147,7 +147,7 @@ def running(folder):
     if not (folder / "sweeps" / "s.db").exists():
         return []
     try:
-        return [t for t in trials(folder) if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+        return [t for t in trials(folder) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
     except Exception:  # (KeyError, SQLAlchemy's errors) the study is being created
         return []
 
@@ -157,7 +157,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
     proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--heartbeat", 2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     victim = wait_for(lambda: running(sweep_dir))[0]
-    os.kill(victim.user_attrs["pid"], signal.SIGKILL)  # the worker, not the command
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)  # the worker, not the command
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     ts = trials(sweep_dir)

@@ -62,7 +62,7 @@ def summary(study, url: str, top: int = 10) -> dict:
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     rows = [{"number": t.number, "val_accuracy": t.value, "params": t.params, "epochs": t.user_attrs.get("epochs"),
              "seconds": t.user_attrs.get("seconds"), "threads": t.user_attrs.get("threads"),
-             "host": t.user_attrs.get("host"), "checkpoint": t.user_attrs.get("checkpoint")}
+             "worker": t.user_attrs.get("worker"), "checkpoint": t.user_attrs.get("checkpoint")}
             for t in complete[:top]]  # fmt: skip
     importances, why = None, None
     if len(complete) < 2:

@@ -109,9 +109,8 @@ def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise SweepError(f"trial {trial.number} ({_options_text(trial.params)}): {e}") from None
     threads = space.threads or spec.threads
-    for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("device", spec.device),
-                       ("threads", threads)):  # fmt: skip
-        trial.set_user_attr(key, value)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "device": spec.device})
+    trial.set_user_attr("threads", threads)
 
     def on_epoch(stats):
         trial.report(stats.val_accuracy, stats.epoch)
