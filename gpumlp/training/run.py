@@ -14,7 +14,7 @@ import numpy as np
 from gpumlp.backends import blas_threads
 from gpumlp.data import datasets
 from gpumlp.data.load import load_dataset, split
-from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.errors import CheckpointError, ConfigError, GpumlpError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 from gpumlp.training import configfile, shutdown
@@ -82,7 +82,8 @@ def run(
     on Ctrl-C or any other ``KeyboardInterrupt`` (``signals.Stop``: SIGTERM, SIGHUP, a closed output;
     then ``TrainingInterrupted`` is raised, at any moment, with the stop's exit status). Where the
     checkpoint's path cannot be written at the end, it is saved beside it or in the temp folder
-    and a ``GpumlpError`` says where. Beside the checkpoint, ``<name>.metrics.jsonl`` gets one JSON
+    and a ``GpumlpError`` says where; where nothing can be written, ``TrainingInterrupted`` (exit
+    status 2) says what is lost. Beside the checkpoint, ``<name>.metrics.jsonl`` gets one JSON
     line per epoch, rewritten as each epoch ends (a resumed run's file starts with the checkpoint's
     history).
 
@@ -160,7 +161,10 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
     with model.be.threads(state.blas_threads):
         test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
-    rec.save(test_acc, len(X_te))
+    try:
+        rec.save(test_acc, len(X_te))
+    except CheckpointError as e:  # neither on its path nor anywhere else
+        raise rec.lost(e) from None
     if rec.rescued is not None:
         raise GpumlpError(shutdown.rescued_message(rec.path, rec.rescued[1], rec.rescued[0]))
     return RunResult(model, state.history, test_acc, rec.path)

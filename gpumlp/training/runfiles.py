@@ -133,6 +133,20 @@ class RunFiles:
             self._write_metrics(metrics_path(where), self.state.history)
             self._metrics_back()
 
+    def lost(self, error: CheckpointError, why: str | None = None) -> TrainingInterrupted:
+        """The run's epochs could be saved neither on its path nor anywhere else (``error`` says
+        why): the metrics file goes back to what the path holds, and the one line says what is
+        lost; exit status 2, for a write that failed, whatever stop (``why``) came first."""
+        self._metrics_back()
+        done = self.state.epochs_done
+        kept = self.on_path if self.on_path and _epochs_saved(self.path) == self.on_path else 0
+        every = ["--save-every", str(self.save_every)] if self.save_every else []
+        go_on = (
+            self.command("train", "--resume", str(self.path), "--epochs", str(self.cfg.epochs), *every) if kept else ""
+        )
+        message = shutdown.lost_message(why, done, self.cfg.epochs, error, kept, self.path, go_on)
+        return TrainingInterrupted(message, self.path if kept else None, kept, go_on, signals.WRITE_ERROR)
+
     def _metrics_back(self) -> None:
         """After a rescue, the path's metrics file goes back to the epochs its checkpoint holds."""
         target = metrics_path(self.path)
@@ -195,12 +209,14 @@ class RunFiles:
         how to go on. The exception carries the exit status the stop calls for."""
         s = self.state
         done = s.epochs_done if s is not None else 0
+        why, code = signals.why(cause), signals.exit_code(cause)
         if self.path is not None and done > self.saved:
             try:
                 self.save()
             except atomic.DeferredInterrupt:  # a second signal: raised once the save is complete
                 pass
-        why, code = signals.why(cause), signals.exit_code(cause)
+            except CheckpointError as e:  # the path and every fallback
+                return self.lost(e, why)
         if done == 0:
             return TrainingInterrupted(f"{why} before the first epoch ended: nothing to save", None, 0, "", code)
         if self.path is None:
