@@ -156,16 +156,26 @@ def test_ctrl_c_with_an_upload_in_flight_answers_it_503_and_stops_cleanly():
 
 
 def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():
-    """--host 0.0.0.0 (a random port for a second or two; every name outside the allow-list refused)."""
-    with running_server(CHECKPOINT, "--host", "0.0.0.0", "--allow-host", "digits.example") as (proc, url):
+    """--host 0.0.0.0: one warning, the addresses printed, and the Host names they stand for
+    answered (every other refused). The socket itself listens on 127.0.0.1 only (``loopback_only``),
+    so the test opens nothing to the network: no other interface answers on its port."""
+    args = ("--host", "0.0.0.0", "--allow-host", "digits.example")
+    with running_server(CHECKPOINT, *args, loopback_only=True) as (proc, url):
         also = proc.stderr.readline()
         assert url.startswith("http://127.0.0.1:")
         assert proc.startup.count("warning:") == 1 and "--host 0.0.0.0 listens on every network" in proc.startup
         assert also.startswith("also at http://") and socket.gethostname() in also, also
         port = address(url)[1]
-        for name in [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]] + [f"digits.example:{port}"]:
+        printed = [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]]
+        for name in printed + [f"digits.example:{port}"]:
             assert get(url, host=name).startswith(b"HTTP/1.1 200 OK"), name
         assert status_and_error(get(url, host="evil.example"))[0] == 400
+        for where in printed:  # an interface's own address: nothing listens there
+            host = where.rsplit(":", 1)[0]
+            if not host[0].isdigit() or host.startswith("127."):
+                continue
+            with pytest.raises(OSError), socket.create_connection((host, port), timeout=2):
+                pass
 
 
 FULL_SERVER = """
