@@ -16,26 +16,29 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 
 
-# `gpumlp` whose server socket listens on 127.0.0.1 whatever --host says: everything else (the
-# warning, the addresses printed, the Host names answered) is decided from --host as ever.
+# Preludes: Python run in the server's process before gpumlp's entry point.
+# Its socket listens on 127.0.0.1 whatever --host says: everything else (the warning, the
+# addresses printed, the Host names answered) is decided from --host as ever.
 LOOPBACK_ONLY = """
 from gpumlp.cli import serve
-from gpumlp.cli.commands import main
 real = serve.listen
 serve.listen = lambda host, port: real("127.0.0.1", port)
-main()
+"""
+# As on Windows: no fcntl and no resource module (an import of either raises ImportError).
+WITHOUT_UNIX_MODULES = """
+import sys
+sys.modules.update(fcntl=None, resource=None)
 """
 
 
 @contextlib.contextmanager
-def running_server(checkpoint=CHECKPOINT, *args, open_files: int | None = None, loopback_only: bool = False):
+def running_server(checkpoint=CHECKPOINT, *args, open_files: int | None = None, prelude: str = ""):
     """`gpumlp serve CHECKPOINT --port 0 ARGS` in a subprocess; yields (process, base URL).
     ``proc.startup`` holds the stderr lines up to the address; ``open_files`` sets its RLIMIT_NOFILE;
-    ``loopback_only``: its socket listens on 127.0.0.1 only, whatever ``--host`` is (a test of
-    ``--host 0.0.0.0`` then opens nothing to the network)."""
+    ``prelude``: Python to run in the process first (``LOOPBACK_ONLY``, ``WITHOUT_UNIX_MODULES``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
-    program = ["-c", LOOPBACK_ONLY] if loopback_only else ["-m", "gpumlp"]
+    program = ["-c", f"{prelude}\nfrom gpumlp.cli.commands import main\nmain()"] if prelude else ["-m", "gpumlp"]
     proc = subprocess.Popen(
         [sys.executable, *program, "serve", str(checkpoint), "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit,
