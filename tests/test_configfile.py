@@ -22,7 +22,7 @@ TINY = dict(sizes=(784, 24, 10), epochs=1, train_size=1000, val_size=200, test_s
 def test_a_written_config_reads_back_exactly(tmp_path):
     """Every option, floats that need all 17 digits, and the thread count, read back as they were."""
     options = TrainConfig(**{**TINY, "lr": 0.1 + 0.2}, init="he", optimizer="adam", eps=5e-324).to_dict()
-    options.update(sizes=(784, 24, 10), preset=None, threads=3, weight_decay=1e-300, momentum=2 / 3)
+    options.update(preset=None, threads=3, weight_decay=1e-300, momentum=2 / 3)
     path = configfile.write(tmp_path / "run.toml", options, header="found by a sweep\nsecond line")
     text = path.read_text()
     assert text.startswith("# found by a sweep\n# second line\n# gpumlp train's options")
@@ -40,9 +40,9 @@ def test_strings_are_escaped_as_toml_reads_them(tmp_path):
 
 def test_layers_as_a_string_or_a_list_and_ints_as_floats(tmp_path):
     (tmp_path / "a.toml").write_text('layers = "784, 30 10"\nlr = 1\nthreads = 2\npreset = "fast"\n')
-    assert configfile.read(tmp_path / "a.toml") == {"sizes": (784, 30, 10), "lr": 1.0, "threads": 2, "preset": "fast"}
+    assert configfile.read(tmp_path / "a.toml") == {"sizes": [784, 30, 10], "lr": 1.0, "threads": 2, "preset": "fast"}
     (tmp_path / "b.toml").write_text("layers = [784, 30, 10]\naugment = 'elastic,affine'\n")
-    assert configfile.read(tmp_path / "b.toml") == {"sizes": (784, 30, 10), "augment": "affine,elastic"}
+    assert configfile.read(tmp_path / "b.toml") == {"sizes": [784, 30, 10], "augment": "affine,elastic"}
 
 
 BAD = [
@@ -93,7 +93,7 @@ def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch, capsys):
 def test_write_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(ConfigError, match="'colour'.*not a gpumlp train option"):
         configfile.write(tmp_path / "a.toml", {"colour": "red"})
-    with pytest.raises(ConfigError, match="cannot write lr = 'x'|cannot write sizes"):
+    with pytest.raises(ConfigError, match=r"cannot write sizes = \[784, 'x', 10\] to a config file"):
         configfile.write(tmp_path / "a.toml", {"sizes": [784, "x", 10]})
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="cannot write the config file in"):
@@ -111,9 +111,8 @@ def test_command_line_wins_over_the_file_which_wins_over_the_preset(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('preset = "fast"\nlr = 0.5\nepochs = 2\nthreads = 3\n')
     cfg, threads = train_settings(_defaults(), {"epochs": 1}, config=path)
-    fast = TrainConfig(preset="fast", sizes=(784, 512, 10), batch_size=128, optimizer="nesterov", momentum=0.95)
     assert (cfg.preset, cfg.lr, cfg.epochs, threads) == ("fast", 0.5, 1, 3)
-    assert (cfg.sizes, cfg.batch_size, cfg.optimizer, cfg.momentum) == (fast.sizes, 128, "nesterov", 0.95)
+    assert (cfg.sizes, cfg.batch_size, cfg.optimizer, cfg.momentum) == ((784, 512, 10), 128, "nesterov", 0.95)
     cfg, threads = train_settings(_defaults(), {}, preset="seed", config=path, threads=2)  # --preset seed
     assert (cfg.preset, cfg.sizes, cfg.batch_size, cfg.lr, cfg.epochs, threads) == (
         "seed",
@@ -168,5 +167,5 @@ def test_the_documented_example_file_reads(tmp_path):
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     (tmp_path / "run.toml").write_text(re.search(r"```toml\n(.*?)```", docs, re.S).group(1))
     assert configfile.read(tmp_path / "run.toml") == {
-        "preset": "fast", "sizes": (784, 256, 10), "lr": 0.1, "batch_size": 64, "epochs": 3, "threads": 2
+        "preset": "fast", "sizes": [784, 256, 10], "lr": 0.1, "batch_size": 64, "epochs": 3, "threads": 2
     }  # fmt: skip

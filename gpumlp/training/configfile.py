@@ -26,8 +26,9 @@ EXTRA = ("threads",)  # keys that are not TrainConfig fields: gpumlp train's --t
 
 def read(path: str | os.PathLike) -> dict:
     """The options of config file ``path`` by ``TrainConfig`` field name (``layers`` is ``sizes``),
-    normalised as ``TrainConfig`` holds them (``sizes`` a tuple, ``lr`` a float), plus ``threads``
-    and ``preset`` when the file has them. Anything wrong is one ``ConfigError`` naming the file."""
+    normalised as ``TrainConfig.to_dict()`` gives them (``sizes`` a list of ints, ``lr`` a float),
+    plus ``threads`` and ``preset`` when the file has them. Anything wrong is one ``ConfigError``
+    naming the file."""
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
@@ -52,7 +53,7 @@ def read(path: str | os.PathLike) -> dict:
 
 def _checked(path, options: dict) -> dict:
     """``options`` checked as ``gpumlp train`` checks its options (by building the ``TrainConfig``
-    they describe, over their preset), in the form ``TrainConfig`` holds them."""
+    they describe, over their preset), in the form ``TrainConfig.to_dict()`` gives them."""
     from gpumlp.backends.blas_threads import check_threads
     from gpumlp.training.presets import preset_options
 
@@ -71,14 +72,16 @@ def _checked(path, options: dict) -> dict:
         cfg = TrainConfig(**{**(preset_options(preset) if preset is not None else {}), **fields})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return {k: (getattr(cfg, k) if k not in EXTRA else v) for k, v in options.items()}
+    held = cfg.to_dict()
+    return {k: (held[k] if k not in EXTRA else v) for k, v in options.items()}
 
 
 def write(path: str | os.PathLike, options: dict, header: str = "") -> Path:
     """Write ``options`` (by ``TrainConfig`` field name, plus ``threads``; as ``read`` returns them)
     to the config file ``path``, atomically, after a comment: ``header``'s lines and how to use it.
     Options whose value is None (no ``init``: the activation's default; no ``preset``) are left
-    out, which means the same. The file reads back to exactly ``options``."""
+    out, which means the same. The file reads back to exactly ``options`` (``TrainConfig.to_dict()``
+    with ``threads``, say, less its None values)."""
     from gpumlp.formats.atomic import atomic_write
 
     known = {f: o for o, f in fields_by_option().items()} | {k: k for k in EXTRA}
