@@ -85,6 +85,8 @@ class RunFiles:
         else:
             raise CheckpointError(f"no free name beside {self.path}; choose a --save path")
         self.path, self.lock = path, lock
+        if not resumed_here:  # a run resumed from another file has none of its epochs on this path yet
+            self.saved = self.on_path = 0
         atomic.check_target(metrics_path(path), "a metrics file")
         stale = [p for f in (path, metrics_path(path)) for p in atomic.remove_stale(f)]
         if stale:
@@ -211,6 +213,7 @@ class RunFiles:
         done = s.epochs_done if s is not None else 0
         why, code = signals.why(cause), signals.exit_code(cause)
         if self.path is not None and done > self.saved:
+            self.write_metrics()  # (unwritten yet when a run resumed from another file stops before its first epoch)
             try:
                 self.save()
             except atomic.DeferredInterrupt:  # a second signal: raised once the save is complete
