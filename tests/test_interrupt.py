@@ -184,7 +184,9 @@ def test_ctrl_c_before_a_resumed_runs_first_epoch_saves_its_epochs_on_the_new_pa
     code, _, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "--epochs", "1", "--save", a, "--data-dir", mnist_dir)
     assert code in (0, None), err
     monkeypatch.setattr(train_mod, "fit", ctrl_c)
-    code, _, err = gpumlp(monkeypatch, capsys, "train", "--resume", a, "--save", b, "--epochs", "3", "--data-dir", mnist_dir)
+    code, _, err = gpumlp(
+        monkeypatch, capsys, "train", "--resume", a, "--save", b, "--epochs", "3", "--data-dir", mnist_dir
+    )
     assert code == 130
     assert err.startswith(f"interrupted: epochs 1-1 of 3 are saved in {b}; resume with: ")
     assert epochs_in(b) == 1 and epochs_in(a) == 1
