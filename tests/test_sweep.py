@@ -186,3 +186,20 @@ def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir):
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(finished(trials(sweep_dir))) == 3
+
+
+def test_the_best_trial_trains_again_bit_for_bit_from_its_config_file(sweep_dir, monkeypatch, capsys):
+    assert run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", 2)[0] == 0
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "best", "s", "--out", "best.toml")
+    assert code == 0, err
+    best = max((t for t in trials(sweep_dir) if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    text = (sweep_dir / "best.toml").read_text()
+    assert f"trial {best.number}" in text and f"threads = {best.user_attrs['threads']}" in text
+    assert "seed = 0" in text and "epochs = 2" in text and "train-size = 1000" in text
+    code, out, err = run_main(monkeypatch, capsys, "train", "--config", "best.toml", "--log-format", "json",
+                              "--test-size", 100, "--save", "again.npz")  # fmt: skip
+    assert code == 0, err
+    epochs = [json.loads(line) for line in out.splitlines() if '"event": "epoch"' in line]
+    assert epochs[-1]["val_accuracy"] == best.value  # the same seed, threads and images: the same bits
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "best", "nothing", "--out", "x.toml")
+    assert code == 2 and err.count("\n") == 1 and not (sweep_dir / "x.toml").exists()

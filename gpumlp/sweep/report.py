@@ -116,8 +116,9 @@ def format_summary(d: dict) -> str:
 
 
 def best_options(study) -> tuple[dict, object]:
-    """The best trial's complete training options by option name: the space's fixed values, the
-    trial's chosen ones, the BLAS threads it trained with and its seed; and the trial."""
+    """The best trial's complete training options by ``TrainConfig`` field name (every field, as
+    ``TrainConfig.to_dict`` gives them: the space's fixed values, the trial's chosen ones, the
+    defaults, its seed and device) plus the BLAS ``threads`` it trained with; and the trial."""
     from gpumlp.errors import SweepError
 
     try:
@@ -125,7 +126,16 @@ def best_options(study) -> tuple[dict, object]:
     except ValueError:
         raise SweepError(f"study {study.study_name!r} has no complete trial yet") from None
     space = check_space(study.user_attrs[studies.SPACE_ATTR])
-    options = {**{k: v for k, v in space.fixed.items() if k != THREADS}, **best.params}
-    options["seed"] = config(options).seed
-    options[THREADS] = best.user_attrs.get("threads")
+    device = (best.user_attrs.get("worker") or {}).get("device", "cpu")
+    options = config({**space.fixed, **best.params, "device": device}).to_dict()
+    options[THREADS] = best.user_attrs.get(THREADS)
     return options, best
+
+
+def write_best(path, options: dict, study: str, best) -> object:
+    """Write ``best_options`` as a config file for ``gpumlp train --config``; returns its path."""
+    from gpumlp.training.configfile import write
+
+    header = (f"The best trial of sweep study {study}: trial {best.number}, validation accuracy "
+              f"{100 * best.value:.2f}% ({best.params and options_text(best.params)})")  # fmt: skip
+    return write(path, options, header)
