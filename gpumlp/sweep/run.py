@@ -16,10 +16,12 @@ from pathlib import Path
 
 from gpumlp.backends.blas_threads import usable_cpus
 from gpumlp.backends.registry import parse_device
+from gpumlp.data import datasets
+from gpumlp.data.load import locate
 from gpumlp.errors import SweepError
 from gpumlp.formats import signals
 from gpumlp.sweep import study as studies
-from gpumlp.sweep.space import Space
+from gpumlp.sweep.space import Space, config
 from gpumlp.sweep.worker import WorkerSpec, make_pruner, work
 
 WATCH_S = 0.5  # how often the study is read for the progress display
@@ -79,6 +81,8 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
     if keep not in KEEP:
         raise SweepError(f"unknown --keep {keep!r}: choose one of {', '.join(KEEP)}")
     parse_device(device)  # a bad name is one line here, not one per worker
+    cfg = config(space.fixed)
+    locate(datasets.get(cfg.dataset), data_dir)  # downloaded once here, not by every worker at once
     storage = studies.open_storage(url)
     handle = studies.open_study(storage, study, space, make_pruner(pruner))
     keep_dir = str((Path(storage.engine.url.database).parent if url.startswith("sqlite") else Path("sweeps")) / study)
