@@ -153,15 +153,15 @@ def running(folder):
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sweep_dir):
-    space(sweep_dir, epochs=30, train=2000)  # trials of a second or more
-    proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--heartbeat", 2),
+    space(sweep_dir, epochs=15, train=1500)  # trials of a second or so
+    proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--heartbeat", 2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     victim = wait_for(lambda: running(sweep_dir))[0]
     os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)  # the worker, not the command
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     ts = trials(sweep_dir)
-    assert len(finished(ts)) == 3
+    assert len(finished(ts)) == 2
     failed = [t for t in ts if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [victim.number]
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
@@ -170,8 +170,8 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
 
 
 def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir):
-    space(sweep_dir, epochs=30, train=2000)
-    args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--jobs", 2)
+    space(sweep_dir, epochs=15, train=1500)
+    args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--jobs", 2)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: running(sweep_dir))
     t0 = time.monotonic()
@@ -185,7 +185,7 @@ def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir):
     assert [t for t in ts if t.state == TrialState.FAIL]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert len(finished(trials(sweep_dir))) == 3
+    assert len(finished(trials(sweep_dir))) == 2
 
 
 def test_the_best_trial_trains_again_bit_for_bit_from_its_config_file(sweep_dir, monkeypatch, capsys):
@@ -203,3 +203,14 @@ def test_the_best_trial_trains_again_bit_for_bit_from_its_config_file(sweep_dir,
     assert epochs[-1]["val_accuracy"] == best.value  # the same seed, threads and images: the same bits
     code, _, err = run_main(monkeypatch, capsys, "sweep", "best", "nothing", "--out", "x.toml")
     assert code == 2 and err.count("\n") == 1 and not (sweep_dir / "x.toml").exists()
+
+
+def test_a_combination_train_refuses_fails_its_trial_and_stops_the_sweep_in_one_line(sweep_dir, monkeypatch, capsys):
+    (sweep_dir / "combo.toml").write_text(
+        '[fixed]\nepochs = 1\nlayers = "784,32,10"\ntrain-size = 1000\nval-size = 300\n'
+        "[search]\ncuda-graph = { choices = [true] }\ndropout = { low = 0.1, high = 0.5 }\n"
+    )  # each value alone is fine; a graph cannot replay dropout's masks
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "combo.toml", "--study", "s", "--trials", 3)
+    assert code == 2 and err.startswith("error: trial 0 (cuda-graph True, dropout 0.") and err.count("\n") == 1
+    assert "--cuda-graph cannot capture --dropout" in err
+    assert [t.state for t in trials(sweep_dir)] == [TrialState.FAIL]

@@ -248,4 +248,7 @@ def claim(study: optuna.Study, storage, total: int):
             return None
         if c.finished + c.running >= total:
             return WAIT
-        return study.ask()  # a waiting trial (a retry) first, else a new one
+        trial = study.ask()  # a waiting trial (a retry) first, else a new one
+        if storage.heartbeat_interval is not None:  # at once: a running trial that never beat is never stale
+            storage.record_heartbeat(trial._trial_id)
+        return trial

@@ -100,14 +100,27 @@ def _work(spec: WorkerSpec) -> int:
 
 
 def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
-    """Train ``trial``'s options, report each epoch, and tell the study how it ended."""
-    X, y, X_val, y_val = data
+    """Train ``trial``'s options, report each epoch, and tell the study how it ended. Anything that
+    stops it midway (a stop signal, an error) marks it failed, and is raised again; a library
+    error then names the trial."""
     try:
-        options = space.suggest(trial)
-        cfg = config(options)
-    except GpumlpError as e:  # a combination of values the space's checks could not foresee
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise SweepError(f"trial {trial.number} ({_options_text(trial.params)}): {e}") from None
+        with _heartbeat(storage, trial, spec.heartbeat):
+            _run_trial(spec, study, storage, trial, space, data)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another worker found its heartbeat stale (a machine paused too long), failed it and retries it
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            signals.ignore_all()  # a second signal must not cut the write below short
+        with contextlib.suppress(Exception):  # a database gone too: its heartbeat will fail it
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if isinstance(e, GpumlpError) and not isinstance(e, SweepError):
+            raise SweepError(f"trial {trial.number} ({_options_text(trial.params)}): {e}") from None
+        raise
+
+
+def _run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
+    X, y, X_val, y_val = data
+    cfg = config(space.suggest(trial))  # (a combination of values the space's checks could not foresee raises)
     threads = space.threads or spec.threads
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "device": spec.device})
     trial.set_user_attr("threads", threads)
@@ -117,36 +130,27 @@ def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
         if trial.should_prune():
             raise optuna.TrialPruned()
 
-    model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, spec.device, cfg.dtype)
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
     t0, state = time.perf_counter(), TrainState()
+    model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, spec.device, cfg.dtype)
     try:
-        with _heartbeat(storage, trial, spec.heartbeat):
-            history = fit(
-                model, X, y, **fit_args, X_val=X_val, y_val=y_val, on_epoch=on_epoch, state=state, threads=threads
-            )
+        fit(model, X, y, **fit_args, X_val=X_val, y_val=y_val, on_epoch=on_epoch, state=state, threads=threads)
     except optuna.TrialPruned:
-        return _tell(study, trial, optuna.trial.TrialState.PRUNED, t0, len(state.history))
+        return _tell(study, trial, optuna.trial.TrialState.PRUNED, time.perf_counter() - t0, state)
     except TrainingDiverged as e:  # a poor trial, stopped where it failed: pruned, as the pruner would
         trial.set_user_attr("diverged", str(e))
-        return _tell(study, trial, optuna.trial.TrialState.PRUNED, t0, len(state.history))
-    except BaseException as e:  # a stop signal, or an error: the trial failed, the worker stops
-        if isinstance(e, KeyboardInterrupt):
-            signals.ignore_all()  # a second signal must not cut the write below short
-        with contextlib.suppress(Exception):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    kept = history[(state.weights_epoch or len(history)) - 1]  # the epoch whose weights the model ends with
+        return _tell(study, trial, optuna.trial.TrialState.PRUNED, time.perf_counter() - t0, state)
+    seconds = time.perf_counter() - t0
+    value = state.history[(state.weights_epoch or len(state.history)) - 1].val_accuracy  # of the weights kept
     with studies.study_lock(storage, spec.study):  # who is best, and its file, decided by one worker at a time
-        _keep(spec, study, trial, model, cfg, kept.val_accuracy)
-        _tell(study, trial, optuna.trial.TrialState.COMPLETE, t0, len(history), kept.val_accuracy)
+        _keep(spec, study, trial, model, cfg, value)
+        _tell(study, trial, optuna.trial.TrialState.COMPLETE, seconds, state, value)
 
 
-def _tell(study, trial, state, t0: float, epochs: int, value: float | None = None) -> None:
-    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
-    trial.set_user_attr("epochs", epochs)
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile as stale
-        study.tell(trial, value, state=state) if value is not None else study.tell(trial, state=state)
+def _tell(study, trial, outcome, seconds: float, state: TrainState, value: float | None = None) -> None:
+    trial.set_user_attr("seconds", round(seconds, 3))
+    trial.set_user_attr("epochs", len(state.history))
+    study.tell(trial, value, state=outcome, skip_if_finished=True)  # (failed as stale meanwhile: told already)
 
 
 def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float) -> None:
