@@ -79,6 +79,12 @@ def test_two_jobs_finish_exactly_the_trials_asked_for(sweep_dir, monkeypatch, ca
     best = max((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
     assert [p.name for p in kept] == [f"trial-{best.number}.npz"]
     assert best.user_attrs["checkpoint"]["path"] == str(kept[0])
+    from gpumlp import evaluate, load
+    from gpumlp.data.load import load_dataset
+
+    X, y, _, _ = load_dataset("mnist")
+    model, _ = load(kept[0])
+    assert evaluate(model, X[1000:1300], y[1000:1300]) == best.value  # the validation images, the same network
     # the same command again: the study already has its total
     code, out, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", 8)
     assert code == 0 and len(trials(sweep_dir)) == 8
@@ -119,6 +125,7 @@ def test_show_and_json(sweep_dir, monkeypatch, capsys):
     complete = [t for t in trials(sweep_dir) if t.state == TrialState.COMPLETE]
     assert [r["number"] for r in d["best"]][0] == max(complete, key=lambda t: (t.value, -t.number)).number
     assert set(d["importances"] or {}) <= {"lr", "batch-size", "momentum"}
+    assert d["best"][0]["checkpoint"]["exists"] is True
     code, _, err = run_main(monkeypatch, capsys, "sweep", "show", "nothing")
     assert code == 2 and "no study 'nothing' here" in err and err.count("\n") == 1
 

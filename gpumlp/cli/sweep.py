@@ -51,7 +51,7 @@ def run_cli(
     sweep.require()
     from gpumlp.sweep.run import SweepInterrupted, run_sweep
     from gpumlp.sweep.space import read_space
-    from gpumlp.sweep.study import check_name, storage_url
+    from gpumlp.sweep.study import check_name, shown, storage_url
 
     space = read_space(space_file)  # every error in it before anything is created
     url = storage_url(storage, check_name(study))
@@ -62,7 +62,7 @@ def run_cli(
                              device=device, data_dir=data_dir, on_progress=show.update)  # fmt: skip
     except SweepInterrupted as e:
         raise interrupted(str(e), e.exit_code) from None
-    show.done(study, last)
+    show.done(f"gpumlp sweep show {study}" + (f" --storage {shown(url)}" if storage is not None else ""), last)
 
 
 class SweepDisplay:
@@ -97,12 +97,12 @@ class SweepDisplay:
         for t in progress.new:
             echo(trial_line(t, progress))
 
-    def done(self, study: str, progress) -> None:
+    def done(self, show: str, progress) -> None:
         from gpumlp.cli.display import echo
         from gpumlp.sweep.report import status_line
 
         echo(status_line(progress))
-        echo(f"see gpumlp sweep show {study}")
+        echo(f"the best trials: {show}")
 
 
 @command("show", on=sweep_app)

@@ -62,7 +62,7 @@ def summary(study, url: str, top: int = 10) -> dict:
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     rows = [{"number": t.number, "val_accuracy": t.value, "params": t.params, "epochs": t.user_attrs.get("epochs"),
              "seconds": t.user_attrs.get("seconds"), "threads": t.user_attrs.get("threads"),
-             "worker": t.user_attrs.get("worker"), "checkpoint": t.user_attrs.get("checkpoint")}
+             "worker": t.user_attrs.get("worker"), "checkpoint": _kept(t.user_attrs.get("checkpoint"))}
             for t in complete[:top]]  # fmt: skip
     importances, why = None, None
     if len(complete) < 2:
@@ -87,6 +87,17 @@ def history_points(study) -> list[dict]:
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
     return [{"number": t.number, "state": names[t.state], "value": t.value if t.state == TrialState.COMPLETE
              else _last(t)} for t in study.get_trials(deepcopy=False) if t.state in names]  # fmt: skip
+
+
+def _kept(checkpoint: dict | None) -> dict | None:
+    """A trial's saved network, and on the computer that saved it whether it is still there (with
+    ``--keep best`` a better trial's replaces it)."""
+    import os
+    import socket
+
+    if checkpoint is None or checkpoint.get("host") != socket.gethostname():
+        return checkpoint
+    return {**checkpoint, "exists": os.path.exists(checkpoint["path"])}
 
 
 def format_summary(d: dict) -> str:

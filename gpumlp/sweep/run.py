@@ -91,6 +91,9 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
                    worker_threads(jobs), None if data_dir is None else str(data_dir), i, os.getpid())
         for i, dev in enumerate(worker_devices(device, jobs, gpu_count(device)))
     ]  # fmt: skip
+    now = _progress(handle.get_trials(deepcopy=False), total, time.monotonic(), None, None)[0]
+    if now.counts.finished >= total:  # nothing to do: no worker started
+        return now
     return Pool(specs).watch(handle, total, on_progress)
 
 

@@ -155,7 +155,7 @@ def _tell(study, trial, outcome, seconds: float, state: TrainState, value: float
 
 def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float) -> None:
     """Save the trial's network in ``spec.keep_dir`` as ``--keep`` says: every complete trial's
-    (all), or the study's best only (best; the earlier best on this machine is then removed)."""
+    (all), or the study's best only (best; the earlier best saved by this computer is then removed)."""
     if spec.keep == "none":
         return
     try:
