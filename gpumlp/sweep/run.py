@@ -131,6 +131,9 @@ class Pool:
                     last = _progress(handle.get_trials(deepcopy=False), total, start, seen, first)[0]
                     if on_progress is not None and last.new:
                         on_progress(last)
+                    if last.counts.finished < total:  # each worker was stopped by a signal of its own
+                        raise SweepError(f"the workers were stopped with {last.counts.finished} of {total} trials "
+                                         "finished; run the same command to go on")  # fmt: skip
                     return last
                 time.sleep(WATCH_S)
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stop)
