@@ -71,7 +71,7 @@ def test_two_jobs_finish_exactly_the_trials_asked_for(sweep_dir, monkeypatch, ca
     for t in ts:
         assert 1e-6 <= t.params["lr"] <= 0.5 and 0 <= t.params["momentum"] <= 0.9
         assert t.params["batch-size"] in (32, 64)
-        assert t.user_attrs["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        assert 1 <= t.user_attrs["threads"] <= max(1, len(os.sched_getaffinity(0)) // 2)  # the free cores ÷ 2
     lines = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(lines) == 8  # one line per finished trial off a terminal
     assert "trials 8/8" in out

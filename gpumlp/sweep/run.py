@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpumlp.backends.blas_threads import usable_cpus
+from gpumlp.backends.blas_threads import auto_threads
 from gpumlp.backends.registry import parse_device
 from gpumlp.data import datasets
 from gpumlp.data.load import locate
@@ -66,8 +66,11 @@ def gpu_count(device: str) -> int:
 
 
 def worker_threads(jobs: int, cores: int | None = None) -> int:
-    """BLAS threads per worker: this process's usable cores shared among ``jobs`` workers."""
-    return max(1, (cores if cores is not None else len(usable_cpus())) // jobs)
+    """BLAS threads per worker: the ``cores`` other programs leave free (by default measured now,
+    as ``gpumlp train`` counts them: ``blas_threads.auto_threads``) shared among ``jobs`` workers.
+    A BLAS thread that shares its core with another program waits whole time slices: on a busy
+    computer two threads can train ten times slower than one."""
+    return max(1, (cores if cores is not None else auto_threads()[0]) // jobs)
 
 
 def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, heartbeat: int = 30,
