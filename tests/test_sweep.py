@@ -160,7 +160,7 @@ def running(folder):
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sweep_dir):
-    space(sweep_dir, epochs=15, train=1500)  # trials of a second or so
+    space(sweep_dir, epochs=25, train=1500)  # trials of a second or two
     proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--heartbeat", 2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     victim = wait_for(lambda: running(sweep_dir))[0]
@@ -177,22 +177,22 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
 
 
 def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir):
-    space(sweep_dir, epochs=15, train=1500)
-    args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--jobs", 2)
+    space(sweep_dir, epochs=25, train=1500)
+    args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--jobs", 2)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: running(sweep_dir))
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)  # to the command only, not to its workers
     out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
     assert time.monotonic() - t0 < 8
-    assert proc.returncode == 130, err
     assert "interrupted: " in err and "run the same command to go on" in err
     ts = trials(sweep_dir)
     assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert [t for t in ts if t.state == TrialState.FAIL]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert len(finished(trials(sweep_dir))) == 2
+    assert len(finished(trials(sweep_dir))) == 3
 
 
 def test_the_best_trial_trains_again_bit_for_bit_from_its_config_file(sweep_dir, monkeypatch, capsys):
@@ -221,3 +221,17 @@ def test_a_combination_train_refuses_fails_its_trial_and_stops_the_sweep_in_one_
     assert code == 2 and err.startswith("error: trial 0 (cuda-graph True, dropout 0.") and err.count("\n") == 1
     assert "--cuda-graph cannot capture --dropout" in err
     assert [t.state for t in trials(sweep_dir)] == [TrialState.FAIL]
+
+
+def test_workers_of_a_killed_command_stop_and_fail_their_trials(sweep_dir):
+    space(sweep_dir, epochs=25, train=1500)
+    proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 4),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    victim = wait_for(lambda: running(sweep_dir))[0]
+    proc.kill()  # SIGKILL: the command cannot tell its worker
+    proc.wait()
+    pid = victim.user_attrs["worker"]["pid"]
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 10)
+    ts = trials(sweep_dir)
+    assert [t.state for t in ts if t.number == victim.number] == [TrialState.FAIL]
+    assert not [t for t in ts if t.state == TrialState.RUNNING] and len(finished(ts)) < 4

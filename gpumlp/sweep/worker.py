@@ -90,7 +90,14 @@ def _work(spec: WorkerSpec) -> int:
     images = load_dataset(cfg.dataset, spec.data_dir)
     (X, y), val, _ = split(*images, cfg.train_size, cfg.val_size, 0)  # loaded once, for every trial
     while True:
-        trial = studies.claim(study, storage, spec.total)
+        trial = None
+        try:
+            with signals.deferred():  # a stop waits for the claim: a claimed trial is run or failed, never lost
+                trial = studies.claim(study, storage, spec.total)
+        except KeyboardInterrupt:
+            if trial is not None and trial != studies.WAIT:
+                _fail(study, storage, trial)
+            raise
         if trial is None:
             return 0
         if trial == studies.WAIT:
@@ -109,13 +116,24 @@ def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
     except optuna.exceptions.UpdateFinishedTrialError:
         return  # another worker found its heartbeat stale (a machine paused too long), failed it and retries it
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            signals.ignore_all()  # a second signal must not cut the write below short
-        with contextlib.suppress(Exception):  # a database gone too: its heartbeat will fail it
-            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        _fail(study, storage, trial)
         if isinstance(e, GpumlpError) and not isinstance(e, SweepError):
             raise SweepError(f"trial {trial.number} ({_options_text(trial.params)}): {e}") from None
         raise
+
+
+def _fail(study, storage, trial) -> None:
+    """Mark ``trial`` failed after a stop signal or an error, which may have cut a database write
+    short: this thread's session, left mid-transaction, is dropped first. A database that is gone
+    too leaves the trial running, for another worker's heartbeat check to fail."""
+    signals.ignore_all()  # a second signal must not cut this write short (the worker is ending)
+    for _ in range(2):
+        storage.scoped_session.remove()
+        try:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return
+        except Exception:
+            time.sleep(0.1)
 
 
 def _run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
