@@ -25,7 +25,7 @@ _EXPORTS = {
     "GpumlpError": "gpumlp.errors",
     "MLP": "gpumlp.model",
     "TrainConfig": "gpumlp.training.config",
-    "preset_config": "gpumlp.training.presets",
+    "preset_config": "gpumlp.training.config",
     "PRESETS": "gpumlp.training.presets",
     "AugmentConfig": "gpumlp.training.augment",
     "Augmenter": "gpumlp.training.augment",

@@ -1,6 +1,6 @@
 """Presets: documented bundles of training options, picked with ``gpumlp train --preset NAME``.
 
-Options given explicitly on the command line (or to ``preset_config``) override the preset's.
+Options given explicitly on the command line (or to ``gpumlp.training.config.preset_config``) override the preset's.
 Every hyper-parameter below was chosen on the validation split (the 10000 training-file images
 after the first 50000); the test set is read once, at the end of a run. How each was measured,
 and what it reached, is in the README's results table (``scripts/reproduce.py``).
@@ -67,10 +67,3 @@ def preset_options(name: str) -> dict:
     if name not in PRESETS:
         raise ConfigError(f"unknown --preset {name!r}: choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name], preset=name)
-
-
-def preset_config(name: str | None, **overrides):
-    """A ``TrainConfig`` from preset ``name`` (None: the defaults) with ``overrides`` on top."""
-    from gpumlp.training.config import TrainConfig
-
-    return TrainConfig(**{**(preset_options(name) if name else {}), **overrides})

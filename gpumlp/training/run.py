@@ -18,10 +18,9 @@ from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 from gpumlp.training import shutdown
-from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, resume_config
+from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, preset_config, resume_config
 from gpumlp.training.evaluation import evaluate
 from gpumlp.training.loop import fit
-from gpumlp.training.presets import preset_config
 from gpumlp.training.runfiles import RunFiles
 from gpumlp.training.state import EpochStats, TrainState
 from gpumlp.training.stopping import TrainingDiverged, stalled
