@@ -120,7 +120,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
-            state=state, on_progress=on_progress, log=log, threads=threads,
+            state=state, on_progress=on_progress, log=log, threads=threads, verbose=0,  # the caller shows progress
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
