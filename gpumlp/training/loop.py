@@ -26,6 +26,7 @@ from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.training.augment import Augmenter
 from gpumlp.training.config import DEFAULT_RECIPE, PATIENCE_NEEDS_VAL, RECIPE, TrainConfig, augment_config
+from gpumlp.training.estimate import EpochEstimate
 from gpumlp.training.evaluation import evaluate_loss
 from gpumlp.training.presets import fit_recipe
 from gpumlp.training.progress import with_progress
@@ -184,6 +185,7 @@ class _Prepared:
     batch_size: int
     lr: float
     progress_every: int
+    estimate: EpochEstimate  # says how long the first epoch will take, when that is over a minute
 
 
 def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epochs: int, batch_size: int,
@@ -228,8 +230,10 @@ def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epoc
     if r["cuda_graph"]:  # each whole batch one launch, captured after the warm-up (gpumlp/backends/graph.py)
         train_epoch = graph_epoch(model, opt, X, Y, losses.shape[0], _train_epoch, log or _to_stderr)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
+    estimate = EpochEstimate(be.synchronize, log or _to_stderr, -(-n // batch_size), progress_every,
+                             epochs - state.epochs_done)  # fmt: skip
     return _Prepared(model, r, X, Y, val, losses, opt, step, train_epoch, rng, stopping, last_complete, epochs,
-                batch_size, lr, progress_every)  # fmt: skip
+                batch_size, lr, progress_every, estimate)  # fmt: skip
 
 
 def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
@@ -241,6 +245,7 @@ def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
     t0 = time.perf_counter()
     try:
         report = _progress(be, on_progress, epoch, n, batch_size, losses) if on_progress is not None else None
+        report = prep.estimate.report(report, epoch)  # the run's first epoch: timed over its first batches
         lr_e = _epoch_steps(prep, epoch, report)
         # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
         # NaN or Inf in either means training diverged.
