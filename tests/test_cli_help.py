@@ -1,4 +1,5 @@
-"""What the command line tells about itself: --version, flags shown as flags, value completion."""
+"""What gpumlp tells about itself: --version, flags shown as flags, value completion, bad values
+said as gpumlp says every error, help texts, and ``dir(gpumlp)``."""
 
 from __future__ import annotations
 
@@ -87,3 +88,15 @@ def test_a_rule_registered_later_is_completed(monkeypatch):
 
     monkeypatch.setitem(optim.RULES, "lion", optim.RULES["sgd"])
     assert "lion" in completion(DECLARED["optimizer"].metadata["choices"])("l")
+
+
+def test_test_help_names_every_checkpoint_format_it_reads():
+    result = runner.invoke(cli.app, ["test", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert "Rust-project or Nielsen" in result.output and "written by gpumlp train" not in result.output
+
+
+def test_dir_lists_the_api_not_its_helpers():
+    import gpumlp
+
+    public = [n for n in dir(gpumlp) if not n.startswith("__")]
+    assert public == sorted(gpumlp.__all__) and "fit" in public and "__version__" in dir(gpumlp)

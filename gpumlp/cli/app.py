@@ -307,6 +307,26 @@ def train_arguments(ctx: typer.Context, kw: dict) -> tuple[dict, dict, dict]:
     return run_args, options, given
 
 
+# typer checks an option's type and range with pydantic, whose messages read as a validator's
+# ("Input should be greater than or equal to 1"): said here as gpumlp says the rest.
+_WHAT = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number",
+         "greater_than_equal": "at least {ge}", "greater_than": "above {gt}", "less_than_equal": "at most {le}",
+         "less_than": "below {lt}"}  # fmt: skip
+
+
+def _usage_message(e) -> str:
+    """A bad option's message: ``--test-size must be at least 1 (got 0)`` for a value typer refused."""
+    errors = getattr(e.__cause__, "errors", None)
+    param = getattr(e, "param", None)
+    if errors is None or param is None or not getattr(param, "opts", None):
+        return e.format_message()
+    first = errors()[0]
+    if first["type"] not in _WHAT:
+        return e.format_message()
+    option = max(param.opts, key=len)
+    return f"{option} must be {_WHAT[first['type']].format(**first.get('ctx', {}))} (got {first['input']})"
+
+
 def _ignore_sigint() -> None:
     signals.ignore_all()
 
@@ -332,7 +352,7 @@ def main() -> None:
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
         where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"
-        typer.echo(f"error: {e.format_message()} (see {where})", err=True)
+        typer.echo(f"error: {_usage_message(e)} (see {where})", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt) as e:  # click wraps a KeyboardInterrupt in an Abort
         stop = e.__cause__ if isinstance(e, typer.Abort) and e.__cause__ is not None else e

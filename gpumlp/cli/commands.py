@@ -65,7 +65,7 @@ train_command(train_cli)
 
 @command("test")
 def test_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gpumlp train (.npz or .json).")],
+    checkpoint: CheckpointArg,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     test_size: TestSizeOpt = 10_000,
