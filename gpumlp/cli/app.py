@@ -250,6 +250,9 @@ RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configura
         help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
     ("save_every", Annotated[int, typer.Option(
         help="Also save the checkpoint every K epochs (0: only at the end).")], 0),
+    ("config", Annotated[Path | None, typer.Option(
+        help="A TOML file of these options, keyed by their names without --, e.g. lr = 0.1; the options "
+        "typed here win over it, and it wins over a --preset (docs/cli.md, Config files).")], None),
     ("threads", Annotated[int | None, typer.Option(
         help="CPU BLAS threads. Default: GPUMLP_THREADS, else a resumed run's count, else one per free "
         "core. The same count gives the same bits.")], None),

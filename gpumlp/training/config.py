@@ -338,6 +338,8 @@ def resume_config(saved: dict, overrides: dict) -> TrainConfig:
             new, old = _effective(key, {**saved, key: value}), _effective(key, saved)
             if new != old:
                 option = "--layers" if key == "sizes" else f"--{key.replace('_', '-')}"
+                if key == "sizes" and not isinstance(value, str):  # (784, 30, 10) from a config file
+                    value = ",".join(map(str, value))
                 raise ConfigError(
                     f"{option} {value} contradicts the checkpoint ({old}); a resumed run keeps "
                     f"{option}: drop it, or start a new run without --resume"
