@@ -119,6 +119,17 @@ def test_the_bar_estimates_the_time_left_from_its_own_clock():
     assert out.getvalue().endswith("loss 0.1000\n")
 
 
+def test_a_note_gets_its_own_line_under_a_live_bar():
+    out, notes = io.StringIO(), []
+    bar = ProgressBar(3, live=True, stream=out, clock=lambda: 0.0)
+    bar.progress(1, 10, 100, 0.5)
+    drawn = len(out.getvalue()) - 1
+    bar.notes(notes.append)("epoch 1 will take about 2 min")
+    assert notes == ["epoch 1 will take about 2 min"] and out.getvalue().endswith("\r" + " " * drawn + "\r")
+    bar.progress(1, 20, 100, 0.4)  # drawn again, on the line after the note
+    assert out.getvalue().endswith("\r\repoch 1/3 [====>...............] 20/100  ETA 0s  loss 0.4000")
+
+
 def test_a_bad_verbose_is_refused():
     for bad in (3, "yes", -1):
         with pytest.raises(ConfigError, match="verbose must be 0"):

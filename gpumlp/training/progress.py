@@ -72,6 +72,18 @@ class ProgressBar:
         self._write(("\r" if self._drawn else "") + line.ljust(self._drawn) + "\n")
         self._drawn, self._first = 0, None
 
+    def notes(self, log: Callable[[str], None] | None) -> Callable[[str], None]:
+        """fit's ``log`` (None: a line on stderr) that first clears a bar left mid-line, so a note
+        (``epoch 1 will take about 6 min …``) gets a line of its own; the next report redraws the bar."""
+
+        def note(line: str) -> None:
+            if self._drawn:
+                self._write("\r" + " " * self._drawn + "\r")
+                self._drawn = 0
+            log(line) if log is not None else print(line, file=sys.stderr)
+
+        return note
+
     def close(self) -> None:
         """End a bar left half-drawn (an error, or Ctrl-C) with its line, so what follows starts clean."""
         if self._drawn:
@@ -108,6 +120,8 @@ def with_progress(fit):
         if not level:
             return fit(model, *args, on_epoch=on_epoch, on_progress=on_progress, **kwargs)
         bar = ProgressBar(kwargs["epochs"], live=level == 1)
+        if bar.live:
+            kwargs["log"] = bar.notes(kwargs.get("log"))
         try:
             progress = _both(bar.progress if bar.live else None, on_progress)
             return fit(model, *args, on_epoch=_both(bar.epoch, on_epoch), on_progress=progress, **kwargs)
