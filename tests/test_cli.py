@@ -90,6 +90,7 @@ def test_help_lists_every_option_with_its_default(command):
         (["test", "m.npz", "--test-size", "0"], "--test-size must be at least 1 (got 0)"),
         (["train", "--epochs", "2.5"], "--epochs must be a whole number (got 2.5)"),
         (["serve", "m.npz", "--port", "70000"], "--port must be at most 65535 (got 70000)"),
+        (["info", "m.npz", "--json=1"], "Option '--json' does not take a value. (see gpumlp info --help)"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist_dir, tmp_path, args, fragment):

@@ -355,6 +355,8 @@ def main() -> None:
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
         where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"
+        if ctx is None and args[0] in (c.name for c in app.registered_commands):  # the parser's errors lack one
+            where = f"gpumlp {args[0]} --help"  # (gpumlp info CK --json=1)
         typer.echo(f"error: {_usage_message(e)} (see {where})", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt) as e:  # click wraps a KeyboardInterrupt in an Abort
