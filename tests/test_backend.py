@@ -185,7 +185,7 @@ def test_the_cuda_extras_bring_cupys_libraries():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     extras = meta["project"]["optional-dependencies"]
     assert extras["cuda12"] == ["cupy-cuda12x[ctk]>=14"] and extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
-    deps = meta["project"]["dependencies"]  # numpy, typer, rich (the progress bar imports it), tomli before 3.11: no CuPy
+    deps = meta["project"]["dependencies"]  # numpy, typer, rich (the bar), tomli before 3.11: no CuPy
     assert [d.split(">=")[0] for d in deps] == ["numpy", "typer", "rich", "tomli"]
 
 
