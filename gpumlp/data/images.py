@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.data import components
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.formats.untrusted import open_regular
 
@@ -100,7 +101,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     return gray
 
 
-def _area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+def area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     """Area-averaging resize of ``a`` along ``axis`` to ``n_out`` pixels: each output pixel is the
     mean of the input it covers, partial pixels weighted by overlap.
 
@@ -134,7 +135,7 @@ def background(g: np.ndarray) -> np.ndarray:
     # averaging), a 12-megapixel photo costs what a small one does.
     scale = min(1.0, BACKGROUND_SIDE / max(h, w))
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-    small = g if (hs, ws) == (h, w) else _area_resize(_area_resize(g, hs, 0), ws, 1)  # (hs, ws)
+    small = g if (hs, ws) == (h, w) else area_resize(area_resize(g, hs, 0), ws, 1)  # (hs, ws)
     block = max(MIN_BLOCK, -(-max(hs, ws) // BLOCKS))
     ny, nx = -(-hs // block), -(-ws // block)
     padded = np.pad(small, ((0, ny * block - hs), (0, nx * block - ws)), mode="edge")  # (ny·block, nx·block)
@@ -193,18 +194,35 @@ def _ink(g: np.ndarray) -> np.ndarray:
     return g / peak  # the strongest ink → 1, as in MNIST
 
 
+def _digit_only(g: np.ndarray) -> np.ndarray:
+    """(h, w) ink → the same with all but the digit's ink and its rim (specks, borders, haze)
+    set to 0 (``components``), judged on a copy at most ``components.LABEL_SIDE`` pixels long."""
+    h, w = g.shape
+    scale = min(1.0, components.LABEL_SIDE / max(h, w))
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    small = g if (hs, ws) == (h, w) else area_resize(area_resize(g, hs, 0), ws, 1)  # (hs, ws)
+    digit = components.digit(small, components.STRONG)  # (hs, ws) or None
+    if digit is None:
+        return g
+    rows = np.minimum((np.arange(h) * hs) // h, hs - 1)  # (h,) the small row each row falls in
+    cols = np.minimum((np.arange(w) * ws) // w, ws - 1)
+    return np.where(digit[np.ix_(rows, cols)], g, 0.0)
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
 
     Inverts when the border is light (ink must be bright on black), removes the background,
-    estimated locally so uneven lighting does not become ink (``background``), and stretches the
-    ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the aspect ratio
+    estimated locally so uneven lighting does not become ink (``background``), stretches the
+    ink to full brightness, keeps the digit's connected ink (specks, a table at the paper's edge,
+    a shadow's rim and noise dropped; broken strokes kept: ``components``), crops to the ink, scales it to fit 20×20 keeping the aspect ratio
     (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
     """
     g = np.asarray(gray)
     if g.ndim != 2:
         raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
     g = _ink(g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64))  # (h, w)
+    g = _digit_only(g)
     rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
     crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
     h, w = crop.shape
@@ -212,7 +230,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     # The axis that shrinks most first: the second pass then reads the smaller array.
     first, second = ((0, nh), (1, nw)) if h / nh >= w / nw else ((1, nw), (0, nh))
-    small = _area_resize(_area_resize(crop, first[1], first[0]), second[1], second[0])  # (nh, nw), fits 20×20
+    small = area_resize(area_resize(crop, first[1], first[0]), second[1], second[0])  # (nh, nw), fits 20×20
     mass = small.sum()
     cy = (small.sum(axis=1) @ np.arange(nh)) / mass  # centre of mass, row index
     cx = (small.sum(axis=0) @ np.arange(nw)) / mass  # centre of mass, column index
