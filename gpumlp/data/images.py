@@ -215,8 +215,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     Inverts when the border is light (ink must be bright on black), removes the background,
     estimated locally so uneven lighting does not become ink (``background``), stretches the
     ink to full brightness, keeps the digit's connected ink (specks, a table at the paper's edge,
-    a shadow's rim and noise dropped; broken strokes kept: ``components``), crops to the ink, scales it to fit 20×20 keeping the aspect ratio
-    (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
+    a shadow's rim and noise dropped; broken strokes kept: ``components``), crops to the ink,
+    scales it to fit 20×20 keeping the aspect ratio (area averaging), and pastes it in 28×28 with
+    its centre of mass at (14, 14).
     """
     g = np.asarray(gray)
     if g.ndim != 2:
