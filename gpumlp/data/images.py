@@ -7,6 +7,7 @@ the same to any photo or drawing, so a network trained on MNIST sees what it was
     load_image(path)   file or its bytes → (h, w) grey levels in [0, 1] on the host (needs Pillow)
     to_mnist(gray)     (h, w) → (784,) bright ink on black, 20×20 box, centre of mass at (14, 14)
     load_digit(path)   both: what ``gpumlp predict``, ``gpumlp serve`` and ``gpumlp.load_digit`` feed a network
+    preprocess(image)  the same from a path, bytes, a PIL image or a 2-D array (``gpumlp.preprocess``)
 
 Everything here runs on the host with numpy (and Pillow to decode a file).
 """
@@ -81,17 +82,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                     "crop or scale it down (a digit needs 28×28)"
                 )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
-            if im.mode.startswith("I"):  # 16- or 32-bit grey levels
-                gray = np.asarray(im, dtype=np.float64) / 65535.0
-            elif im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
-                gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-                gray = gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
-            elif "A" in im.mode or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                gray = np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
-            else:
-                gray = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+            gray = pil_gray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise GpumlpError(f"{path} is not an image Pillow can read ({reason}); use PNG, JPEG or BMP") from None
@@ -99,6 +90,22 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
         raise GpumlpError(f"{path}: no ink found (the image is one flat colour); draw a digit on it")
     return gray
+
+
+def pil_gray(im) -> np.ndarray:
+    """A PIL image of any mode → (h, w) float64 grey levels in [0, 1] (host), 1 = white: 16- and
+    32-bit grey levels scaled, transparent pixels composited onto white, as a viewer shows them."""
+    Image, _ = _pillow()
+    if im.mode.startswith("I"):  # 16- or 32-bit grey levels
+        return np.asarray(im, dtype=np.float64) / 65535.0
+    if im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
+        gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        return gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
+    if "A" in im.mode or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
+    return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
 
 
 def area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
@@ -253,6 +260,34 @@ def load_digit(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
         if isinstance(source, (bytes, bytearray, memoryview)):
             raise
         raise GpumlpError(f"{source}: {e}") from None
+
+
+def preprocess(image) -> np.ndarray:
+    """Any image → (784,) float32 in [0, 1], the input ``gpumlp predict`` computes for it (host):
+    28×28 row by row, bright ink on black, as ``load_mnist`` scales MNIST (an ONNX export takes
+    raw pixels: multiply by 255).
+
+    ``image``: a file's path, the file's bytes, a PIL image, or a 2-D array of grey levels (floats
+    in [0, 1] or uint8 0–255; dark ink on light paper or light on dark). Raises ``GpumlpError``
+    for an unreadable or blank image, ``ConfigError`` for anything else."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return load_digit(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 2:
+            raise ConfigError(
+                f"preprocess takes a 2-D grey image (h, w), got shape {image.shape}; convert colour to grey"
+            )
+        if image.dtype != np.uint8 and image.size and float(np.nanmax(image)) > 1.0:
+            raise ConfigError("preprocess takes grey levels in [0, 1] or uint8 0-255; divide float pixels by 255")
+        return to_mnist(image)
+    if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
+        if image.width * image.height > MAX_PIXELS or max(image.width, image.height) > MAX_SIDE:
+            raise GpumlpError(f"the image is {image.width}×{image.height} pixels, too large; scale it down")
+        gray = pil_gray(image)
+        if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
+            raise GpumlpError("no ink found (the image is one flat colour); draw a digit on it")
+        return to_mnist(gray)
+    raise ConfigError(f"preprocess takes a path, bytes, a PIL image or a 2-D array, got {type(image).__name__}")
 
 
 def ascii_preview(x784, pool: int = 1) -> str:
