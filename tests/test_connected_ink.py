@@ -116,3 +116,13 @@ def test_mnist_test_digits_lose_nothing(mnist, shipped):
     prepared = [to_mnist(x.reshape(28, 28)) for x in X]
     through = np.mean(np.array([r["digit"] for r in predict_images(shipped, prepared)]) == y)
     assert through >= raw - 0.001
+
+
+def test_a_digit_that_touches_the_frame_is_kept(monkeypatch):
+    """A tightly cropped drawing: the 7's bar runs along the whole top edge and its stem reaches the
+    bottom; it is the only ink, so it is the digit (a border is dropped only beside other ink)."""
+    pytest.importorskip("PIL")
+    tight = drawing([[(0, 3), (199, 3), (80, 199)]], width=14)
+    x = to_mnist(tight)
+    monkeypatch.setattr(components, "digit", lambda ink, threshold: None)
+    assert np.array_equal(x, to_mnist(tight))
