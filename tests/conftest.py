@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gpumlp.data.load import default_cache_dir, locate_mnist
 from gpumlp.errors import BackendUnavailable, GpumlpError
 from standins.fake_device import FAKE
 from standins.local_server import local_server, refusing_url
+from standins.postgres import postgres_server
 
 DATA_FIXTURES = {"mnist_dir", "mnist"}  # the fixtures that need the real MNIST files
 
@@ -27,7 +29,6 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
     registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
     # Where the user's data is, read before _private_cache points XDG_CACHE_HOME at a temporary folder.
     # Relative paths are resolved once, here: some tests change the working directory.
@@ -169,3 +170,30 @@ def batch():
     """Seven random 'images' in [0, 1] and labels, float64 on the host."""
     rng = np.random.default_rng(42)
     return rng.random((7, 784)), rng.integers(0, 10, 7)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/standins/postgres.py) for the whole session, stopped at its end;
+    skipped, saying which binary is missing, without Debian's PostgreSQL server binaries."""
+    with postgres_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres) -> str:
+    """The SQLAlchemy URL of database ``gpumlp`` on the session's server: ``postgresql+psycopg://…``."""
+    pytest.importorskip("psycopg", reason="psycopg (the sweep and test extras) talks to PostgreSQL")
+    return postgres.create_database("gpumlp")
+
+
+_DATABASES = itertools.count()  # postgres_db_url's database names: test_0, test_1, …
+
+
+@pytest.fixture
+def postgres_db_url(postgres) -> str:
+    """A database of this test's own on the session's server (dropped after it): its SQLAlchemy URL."""
+    pytest.importorskip("psycopg", reason="psycopg (the sweep and test extras) talks to PostgreSQL")
+    name = f"test_{next(_DATABASES)}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)

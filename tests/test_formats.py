@@ -3,7 +3,11 @@ record, and a format added to the table alone is read, written and shown by ever
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from gpumlp.formats import checkpoint, interop, native
 from gpumlp.formats.atomic import atomic_write
 from gpumlp.formats.base import Format, Source, check_sizes, get
 from gpumlp.model import MLP
+from standins.entry_point import run_main
 
 NAMES = ["npz", "json", "rust", "nielsen"]
 
@@ -193,3 +198,28 @@ def test_format_modules_neither_build_networks_nor_import_the_table():
         modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "MLP" not in imported and "checkpoint" not in imported, module
         assert "gpumlp.formats.checkpoint" not in modules, module
+
+
+@pytest.mark.parametrize("target, to", [("out.json", "gpumlp"), ("out.npz", "gpumlp"), ("rust.json", "rust")])
+def test_a_late_write_error_in_convert_names_its_target_not_train_s_save(tmp_path, monkeypatch, capsys, target, to):
+    """A full disk when convert writes (the temporary file cannot be made, after every check
+    passed): the fix names convert's TARGET. It said "choose another --save path", an option
+    convert does not have, and train's own writes still say it."""
+    source = checkpoint.save(tmp_path / "m.npz", sigmoid_mse())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):
+        if dir is not None and Path(dir) == out_dir:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    code, out, err = run_main(monkeypatch, capsys, "convert", source, out_dir / target, "--to", to)
+    assert code == 2 and out == ""
+    what = "a file" if to == "rust" else "a checkpoint"
+    assert err == f"error: cannot write {what} in {out_dir}: No space left on device; choose another TARGET\n"
+    assert list(out_dir.iterdir()) == []
+    with pytest.raises(CheckpointError, match="choose another --save path$"):  # outside convert: train's words
+        checkpoint.save(out_dir / "m.npz", sigmoid_mse())

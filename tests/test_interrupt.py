@@ -173,3 +173,21 @@ def test_ctrl_c_while_python_imports_the_cli_is_one_line(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
+def test_ctrl_c_before_a_resumed_runs_first_epoch_saves_its_epochs_on_the_new_path(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    """--resume a.npz --save b.npz, stopped before any new epoch: b.npz gets a.npz's epochs, as the
+    line says. Before the fix the resumed epochs counted as saved on b.npz, which did not exist."""
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    code, _, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "--epochs", "1", "--save", a, "--data-dir", mnist_dir)
+    assert code in (0, None), err
+    monkeypatch.setattr(train_mod, "fit", ctrl_c)
+    code, _, err = gpumlp(
+        monkeypatch, capsys, "train", "--resume", a, "--save", b, "--epochs", "3", "--data-dir", mnist_dir
+    )
+    assert code == 130
+    assert err.startswith(f"interrupted: epochs 1-1 of 3 are saved in {b}; resume with: ")
+    assert epochs_in(b) == 1 and epochs_in(a) == 1
+    assert len((tmp_path / "b.npz.metrics.jsonl").read_text().splitlines()) == 1

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from standins.serve_process import CHECKPOINT, running_server
+from standins.serve_process import CHECKPOINT, LOOPBACK_ONLY, WITHOUT_UNIX_MODULES, running_server
 
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 pytest.importorskip("PIL", reason="Pillow is not installed")
@@ -156,16 +156,46 @@ def test_ctrl_c_with_an_upload_in_flight_answers_it_503_and_stops_cleanly():
 
 
 def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():
-    """--host 0.0.0.0 (a random port for a second or two; every name outside the allow-list refused)."""
-    with running_server(CHECKPOINT, "--host", "0.0.0.0", "--allow-host", "digits.example") as (proc, url):
+    """--host 0.0.0.0: one warning, the addresses printed, and the Host names they stand for
+    answered (every other refused). The socket itself listens on 127.0.0.1 only (``LOOPBACK_ONLY``),
+    so the test opens nothing to the network: no other interface answers on its port."""
+    args = ("--host", "0.0.0.0", "--allow-host", "digits.example")
+    with running_server(CHECKPOINT, *args, prelude=LOOPBACK_ONLY) as (proc, url):
         also = proc.stderr.readline()
         assert url.startswith("http://127.0.0.1:")
         assert proc.startup.count("warning:") == 1 and "--host 0.0.0.0 listens on every network" in proc.startup
         assert also.startswith("also at http://") and socket.gethostname() in also, also
         port = address(url)[1]
-        for name in [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]] + [f"digits.example:{port}"]:
+        printed = [a.removeprefix("http://").rstrip("/,") for a in also.split()[2:]]
+        for name in printed + [f"digits.example:{port}"]:
             assert get(url, host=name).startswith(b"HTTP/1.1 200 OK"), name
         assert status_and_error(get(url, host="evil.example"))[0] == 400
+        for where in printed:  # an interface's own address: nothing listens there
+            host = where.rsplit(":", 1)[0]
+            if not host[0].isdigit() or host.startswith("127."):
+                continue
+            with pytest.raises(OSError), socket.create_connection((host, port), timeout=2):
+                pass
+
+
+def test_serve_runs_without_fcntl_and_resource_as_on_windows():
+    """Neither module exists on Windows: the server starts and answers; the connection cap is
+    --max-connections as given (no open-file limit to read), and the interfaces' own addresses are
+    not listed. Before, `import fcntl` failed as the command started."""
+    with running_server(CHECKPOINT, "--max-connections", "3", prelude=WITHOUT_UNIX_MODULES) as (proc, url):
+        assert get(url).startswith(b"HTTP/1.1 200 OK")
+        assert "Traceback" not in proc.startup and "note: at most" not in proc.startup, proc.startup
+
+
+def test_without_resource_the_cap_is_as_given_and_without_fcntl_the_host_name_s_addresses(monkeypatch):
+    from gpumlp.cli import serve, serve_guard
+
+    monkeypatch.setattr(serve_guard, "resource", None)
+    assert serve_guard.connection_cap(10**6) == 10**6  # (bounded by the open-file limit where there is one)
+    monkeypatch.setattr(serve, "fcntl", None)
+    monkeypatch.setattr(socket, "if_nameindex", lambda: pytest.fail("interfaces are read through fcntl"))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda name, *a: [(0, 0, 0, "", ("192.0.2.77", 0))])
+    assert serve.interface_addresses() == ["192.0.2.77"]
 
 
 FULL_SERVER = """

@@ -267,3 +267,74 @@ def test_sigterm_before_the_command_runs_is_one_line_and_143(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert (proc.returncode, proc.stderr) == (143, "interrupted by SIGTERM\n")
+
+
+def no_space_anywhere(folder: Path, monkeypatch, after: int = 0) -> Path:
+    """Every checkpoint write fails with ENOSPC after the first ``after`` ones: the path, the
+    fallback beside it and the one in the temp folder (``spare``, returned) alike."""
+    real_write, written = native.atomic_write, []
+
+    def write(path, write, what="a file", fix=""):
+        def no_space(f):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        full = what == "a checkpoint" and len(written) >= after
+        written.append(path)
+        return real_write(path, no_space if full else write, what, fix)
+
+    monkeypatch.setattr(native, "atomic_write", write)
+    spare = folder.parent / "spare"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    return spare
+
+
+def test_a_run_that_cannot_be_saved_anywhere_says_what_is_lost(tmp_path, mnist_dir, monkeypatch, capsys):
+    """Before the fix: `error: cannot write …: No space left on device`, as if a fallback had been
+    found, with no word of the lost epochs."""
+    ckpt = tmp_path / "full" / "m.npz"
+    spare = no_space_anywhere(ckpt.parent, monkeypatch)
+    code, out, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "-q", "--epochs", "2", "--save", ckpt)
+    assert code == 2 and printed_epochs(out) == 2
+    assert err == (
+        f"error: nothing could be saved, epochs 1-2 of 2 lost (cannot write {ckpt}: No space left on device, "
+        f"nor as m.rescued.npz beside it or in {spare}); free some space or choose another --save path, "
+        "and run again\n"
+    )
+    assert list(ckpt.parent.iterdir()) == [] and list(spare.iterdir()) == []  # no metrics file, lock or part
+
+
+def test_ctrl_c_that_cannot_save_anywhere_says_so_and_exits_2(tmp_path, mnist_dir, monkeypatch, capsys):
+    ckpt = tmp_path / "full" / "m.npz"
+    spare = no_space_anywhere(ckpt.parent, monkeypatch)
+
+    def stop_after_two(self, stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    from gpumlp.cli.display import TrainDisplay
+
+    monkeypatch.setattr(TrainDisplay, "epoch", stop_after_two)
+    code, out, err = gpumlp(monkeypatch, capsys, "train", *SMALL, "-q", "--epochs", "4", "--save", ckpt)
+    assert code == 2
+    assert err.startswith("interrupted: nothing could be saved, epochs 1-2 of 4 lost (cannot write") and (
+        err.count("\n") == 1
+    ), err
+    assert list(ckpt.parent.iterdir()) == [] and list(spare.iterdir()) == []
+
+
+def test_a_full_disk_after_an_early_save_names_what_the_checkpoint_still_holds(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    ckpt = tmp_path / "full" / "m.npz"
+    spare = no_space_anywhere(ckpt.parent, monkeypatch, after=1)  # --save-every 1 saves epoch 1, then no more
+    args = ["train", *SMALL, "-q", "--epochs", "3", "--save-every", "1", "--save", ckpt]
+    code, out, err = gpumlp(monkeypatch, capsys, *args)
+    go_on = shlex.join(["gpumlp", "train", "--resume", str(ckpt), "--epochs", "3", "--save-every", "1"])
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"error: epochs 2-3 of 3 could not be saved (cannot write {ckpt}: No space left on device, nor as "
+        f"m.rescued.npz beside it or in {spare}); {ckpt} still holds epoch 1: free some space, then resume "
+        f"with: {go_on}"
+    )
+    assert epochs_in(ckpt) == 1 and len(Path(f"{ckpt}.metrics.jsonl").read_text().splitlines()) == 1  # they agree

@@ -37,17 +37,18 @@ def train_cli(ctx: typer.Context, **kw):
     """Train a network on MNIST, validating after each epoch; test it once and save it."""
     from gpumlp.cli.display import TrainDisplay, choose_mode
     from gpumlp.formats.signals import exit_code, why
-    from gpumlp.training.run import command_config, run
+    from gpumlp.training.run import run, train_settings
     from gpumlp.training.runfiles import TrainingInterrupted
 
     run_args, options, given = train_arguments(ctx, kw)
     resume = run_args["resume"]
     try:
-        cfg = command_config(options, given, options.pop("preset"), resume)
+        preset = options.pop("preset")
+        cfg, threads = train_settings(options, given, preset, resume, run_args["config"], run_args["threads"])
         with TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"])) as show:
             result = run(  # turns every Ctrl-C, from here on, into TrainingInterrupted
                 cfg, data_dir=run_args["data_dir"], save=run_args["save"], log=show.log, on_epoch=show.epoch,
-                resume=resume, save_every=run_args["save_every"], threads=run_args["threads"],
+                resume=resume, save_every=run_args["save_every"], threads=threads,
                 on_progress=show.progress if show.mode == "bar" else None,
             )  # fmt: skip
     except TrainingInterrupted as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output: every epoch saved
@@ -65,7 +66,7 @@ train_command(train_cli)
 
 @command("test")
 def test_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gpumlp train (.npz or .json).")],
+    checkpoint: CheckpointArg,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     test_size: TestSizeOpt = 10_000,
@@ -158,7 +159,14 @@ def predict_cli(
         list[int] | None, typer.Option("--index", metavar="N", help="Also predict MNIST test image N (repeatable).")
     ] = None,
     as_json: JsonOpt = False,
-    preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
+    preview: Annotated[
+        bool | None,
+        typer.Option(
+            "--preview/--no-preview",
+            help="Show the 28×28 input the network saw, as text. Default: for up to 3 images, not for more.",
+            show_default=False,
+        ),
+    ] = None,
     save_input: Annotated[
         Path | None,
         typer.Option(

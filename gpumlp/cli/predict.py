@@ -129,8 +129,14 @@ def predict_files(checkpoint, images, index, device="cpu", data_dir=None, datase
     return Predictions(model, rec, sources, inputs, results)
 
 
-def format_predictions(run: Predictions, preview: bool = True) -> str:
-    """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the preview."""
+PREVIEW_UP_TO = 3  # images: more, and the 29-line previews would bury the answers (unless --preview)
+
+
+def format_predictions(run: Predictions, preview: bool | None = None) -> str:
+    """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the
+    preview (by default, None, only for up to ``PREVIEW_UP_TO`` images)."""
+    if preview is None:
+        preview = len(run.results) <= PREVIEW_UP_TO
     lines = [] if LOSSES[run.model.loss].probabilities else [f"({run.model}: probabilities are {run.kind})"]
     names = run.dataset.class_names
     for (source, label), r, x in zip(run.sources, run.results, run.inputs):

@@ -17,7 +17,6 @@ errors are one-line JSON objects ``{"error": "..."}``; no request can stop the s
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import socket
 import struct
@@ -31,6 +30,11 @@ from gpumlp.cli.serve_http import DECODERS, FORMATS, LOCAL_HOSTS, MAX_BODY, crea
 from gpumlp.errors import GpumlpError
 from gpumlp.formats.metadata import confidence_floor
 from gpumlp.losses import LOSSES
+
+try:  # Unix: the interfaces' own addresses (SIOCGIFADDR); elsewhere only the host name's are listed
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = ["DECODERS", "MAX_BODY", "Limits", "Predictor", "create_app", "serve"]
 SERVE_HINT = "gpumlp serve needs Starlette and uvicorn: pip install 'gpumlp[serve]'"
@@ -120,7 +124,7 @@ def interface_addresses() -> list[str]:
     """This computer's IPv4 addresses, best effort: every interface's (Linux), and its host name's."""
     found = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
+        for _, name in socket.if_nameindex() if fcntl is not None else ():
             try:  # SIOCGIFADDR: the interface's address, in a struct ifreq (Linux only)
                 packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
                 found.append(socket.inet_ntoa(packed[20:24]))

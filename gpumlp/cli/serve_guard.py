@@ -21,10 +21,14 @@ import dataclasses
 import errno
 import json
 import logging
-import resource
 import socket
 import sys
 import time
+
+try:  # Unix; Windows has no open-file limit to read or raise, and the cap is --max-connections as given
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 FD_RESERVE = 32  # descriptors kept for the server itself: stdio, the event loop, the listening socket, files
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -57,7 +61,10 @@ HEADER_TIMEOUT = raw_response(408, "Request Timeout", "the request's headers too
 
 def connection_cap(wanted: int) -> int:
     """``wanted`` bounded by what the open-file limit allows, raising the soft limit toward the hard
-    one first: past the cap connections are refused, so accept() never runs out of descriptors."""
+    one first: past the cap connections are refused, so accept() never runs out of descriptors.
+    Without the ``resource`` module (Windows), ``wanted`` as it is: there is no such limit to read."""
+    if resource is None:
+        return wanted
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < need:

@@ -13,6 +13,7 @@ of overwriting an earlier run's file.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import glob
 import os
@@ -34,6 +35,21 @@ except ImportError:  # pragma: no cover - Windows
 # Ctrl-C, SIGTERM and SIGHUP are held back while a file is written (gpumlp/formats/signals.py).
 deferred_sigint = deferred
 
+# The fix a write error names, where a command's own words differ from the writer's ("choose
+# another TARGET" for `gpumlp convert`, whose writers are also `gpumlp train --save`'s): set with
+# ``fix_for_writes``, for the writes inside it.
+_FIX: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpumlp_write_fix", default=None)
+
+
+@contextlib.contextmanager
+def fix_for_writes(fix: str) -> Iterator[None]:
+    """Every ``atomic_write`` inside names ``fix`` when it fails, whatever its caller passed."""
+    token = _FIX.set(fix)
+    try:
+        yield
+    finally:
+        _FIX.reset(token)
+
 
 def atomic_write(
     path: str | os.PathLike,
@@ -47,8 +63,8 @@ def atomic_write(
     A symlink at ``path`` is written through (its target is replaced, the link stays); an existing
     file keeps its permission bits; a new one gets a new file's (0666 less the umask). Returns the
     path written, as given. Errors are ``error`` (``CheckpointError``; the dataset cache's are
-    ``DataError``), worded with ``what`` is written and the ``fix``."""
-    path = Path(path)
+    ``DataError``), worded with ``what`` is written and the ``fix`` (``fix_for_writes``'s, inside one)."""
+    path, fix = Path(path), _FIX.get() or fix
     real = Path(os.path.realpath(path))  # through every symlink; the folder may not exist yet
     folder = real.parent
     try:

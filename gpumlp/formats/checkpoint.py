@@ -22,7 +22,7 @@ import numpy as np
 
 from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats import interop, native
-from gpumlp.formats.atomic import RunLock, check_target
+from gpumlp.formats.atomic import RunLock, check_target, fix_for_writes
 from gpumlp.formats.base import Format, Source
 from gpumlp.formats.native import FORMAT, VERSION
 from gpumlp.formats.untrusted import check_dense, open_regular
@@ -239,22 +239,26 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpu
     _check_conversion_target(Path(source), Path(target), to)
     _, meta, host = _read(Path(source))
     model = build(meta, host)
-    if to == "gpumlp":
-        extra = {k: v for k, v in meta.items() if k not in _DERIVED}
-        save(target, model, meta.get("state_arrays"), **extra)
-        return model
-    fmt, target = exports[to], Path(target)
-    if target.suffix.lower() not in fmt.suffixes:
-        raise CheckpointError(f"{target}: the {to} format is {fmt.syntax}; name the file {_one_of(fmt.suffixes)}")
-    fmt.write(target, meta, host, {})
+    with fix_for_writes(CONVERT_FIX):  # a late write error names convert's TARGET, not train's --save
+        if to == "gpumlp":
+            extra = {k: v for k, v in meta.items() if k not in _DERIVED}
+            save(target, model, meta.get("state_arrays"), **extra)
+            return model
+        fmt, target = exports[to], Path(target)
+        if target.suffix.lower() not in fmt.suffixes:
+            raise CheckpointError(f"{target}: the {to} format is {fmt.syntax}; name the file {_one_of(fmt.suffixes)}")
+        fmt.write(target, meta, host, {})
     return model
+
+
+CONVERT_FIX = "choose another TARGET"  # `gpumlp convert SOURCE TARGET`
 
 
 def _check_conversion_target(source: Path, target: Path, to: str) -> None:
     """Refuse, before anything is read, a ``convert`` target that is the source itself, one a
     gpumlp run is saving to, or an existing file that is not a checkpoint: convert replaces only
     checkpoints, and only those the user names."""
-    fix = "choose another TARGET"
+    fix = CONVERT_FIX
     if to == "gpumlp":
         _own_format(target)
     try:

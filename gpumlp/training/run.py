@@ -1,6 +1,6 @@
 """``run``: one training run as ``gpumlp train`` makes it — load the data, build or resume the
 network, ``fit`` it with its run files (checkpoint, metrics, Ctrl-C), test once, save; and
-``command_config``, the configuration the command's options describe."""
+``command_config``/``train_settings``, the configuration the command's options (and config file) describe."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import numpy as np
 from gpumlp.backends import blas_threads
 from gpumlp.data import datasets
 from gpumlp.data.load import load_dataset, split
-from gpumlp.errors import ConfigError, GpumlpError
+from gpumlp.errors import CheckpointError, ConfigError, GpumlpError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
-from gpumlp.training import shutdown
-from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, resume_config
+from gpumlp.training import configfile, shutdown
+from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, preset_config, resume_config
 from gpumlp.training.evaluation import confidence_floor, evaluate
 from gpumlp.training.loop import fit
-from gpumlp.training.presets import preset_config
+from gpumlp.training.presets import preset_options
 from gpumlp.training.runfiles import RunFiles
 from gpumlp.training.state import EpochStats, TrainState
 from gpumlp.training.stopping import TrainingDiverged, stalled
@@ -35,15 +35,35 @@ class RunResult:
     checkpoint: Path | None
 
 
-def command_config(options: dict, given: dict, preset: str | None = None, resume=None) -> TrainConfig:
+def command_config(
+    options: dict, given: dict, preset: str | None = None, resume=None, file: dict | None = None
+) -> TrainConfig:
     """The configuration ``gpumlp train`` runs: ``options`` holds every option (defaults included),
-    ``given`` those typed on the command line. A preset's options go under the given ones; a
-    resumed run takes its checkpoint's configuration, with the given options over it."""
-    if resume is None:
-        return preset_config(preset, **(given if preset else options))
-    if preset is not None:
+    ``given`` those typed on the command line, ``file`` those of a config file (``configfile.read``).
+    Each goes over the one before: a preset (given, else the file's), the file, the given options.
+    A resumed run takes its checkpoint's configuration, with the file's and the given options over
+    it (as if typed: a config file's run resumes with the same command plus ``--resume``)."""
+    file = {k: v for k, v in (file or {}).items() if k not in configfile.EXTRA}
+    if resume is not None and preset is not None:
         raise ConfigError("--preset starts a new run; a resumed run keeps its checkpoint's options (drop --preset)")
-    return resume_config(checkpoint.read_metadata(resume).get("config", {}), given)
+    preset = preset or file.get("preset")
+    file.pop("preset", None)
+    if resume is None and not (preset or file):
+        return TrainConfig(**options)
+    if resume is None:
+        return preset_config(preset, **{**file, **given})
+    overrides = {**(preset_options(preset) if preset else {}), **file, **given}
+    return resume_config(checkpoint.read_metadata(resume).get("config", {}), overrides)
+
+
+def train_settings(
+    options: dict, given: dict, preset=None, resume=None, config=None, threads: int | None = None
+) -> tuple[TrainConfig, int | None]:
+    """``gpumlp train``'s configuration (``command_config``) and BLAS thread count, with the
+    options of the config file ``config`` (if given) under those typed: ``--threads``, else the file's."""
+    file = configfile.read(config) if config is not None else {}
+    threads = threads if threads is not None else file.get("threads")
+    return command_config(options, given, preset, resume, file), threads
 
 
 def run(
@@ -62,7 +82,8 @@ def run(
     on Ctrl-C or any other ``KeyboardInterrupt`` (``signals.Stop``: SIGTERM, SIGHUP, a closed output;
     then ``TrainingInterrupted`` is raised, at any moment, with the stop's exit status). Where the
     checkpoint's path cannot be written at the end, it is saved beside it or in the temp folder
-    and a ``GpumlpError`` says where. Beside the checkpoint, ``<name>.metrics.jsonl`` gets one JSON
+    and a ``GpumlpError`` says where; where nothing can be written, ``TrainingInterrupted`` (exit
+    status 2) says what is lost. Beside the checkpoint, ``<name>.metrics.jsonl`` gets one JSON
     line per epoch, rewritten as each epoch ends (a resumed run's file starts with the checkpoint's
     history).
 
@@ -121,7 +142,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
-            state=state, on_progress=on_progress, log=log, threads=threads,
+            state=state, on_progress=on_progress, log=log, threads=threads, verbose=0,  # the caller shows progress
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
@@ -142,7 +163,10 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
         test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
         if len(X_val):  # where "not sure" starts for this network (gpumlp/losses.py)
             rec.extra["confidence_floor"] = confidence_floor(model, X_val)
-    rec.save(test_acc, len(X_te))
+    try:
+        rec.save(test_acc, len(X_te))
+    except CheckpointError as e:  # neither on its path nor anywhere else
+        raise rec.lost(e) from None
     if rec.rescued is not None:
         raise GpumlpError(shutdown.rescued_message(rec.path, rec.rescued[1], rec.rescued[0]))
     return RunResult(model, state.history, test_acc, rec.path)

@@ -85,6 +85,8 @@ class RunFiles:
         else:
             raise CheckpointError(f"no free name beside {self.path}; choose a --save path")
         self.path, self.lock = path, lock
+        if not resumed_here:  # a run resumed from another file has none of its epochs on this path yet
+            self.saved = self.on_path = 0
         atomic.check_target(metrics_path(path), "a metrics file")
         stale = [p for f in (path, metrics_path(path)) for p in atomic.remove_stale(f)]
         if stale:
@@ -132,6 +134,20 @@ class RunFiles:
             self.rescued = where, e
             self._write_metrics(metrics_path(where), self.state.history)
             self._metrics_back()
+
+    def lost(self, error: CheckpointError, why: str | None = None) -> TrainingInterrupted:
+        """The run's epochs could be saved neither on its path nor anywhere else (``error`` says
+        why): the metrics file goes back to what the path holds, and the one line says what is
+        lost; exit status 2, for a write that failed, whatever stop (``why``) came first."""
+        self._metrics_back()
+        done = self.state.epochs_done
+        kept = self.on_path if self.on_path and _epochs_saved(self.path) == self.on_path else 0
+        every = ["--save-every", str(self.save_every)] if self.save_every else []
+        go_on = (
+            self.command("train", "--resume", str(self.path), "--epochs", str(self.cfg.epochs), *every) if kept else ""
+        )
+        message = shutdown.lost_message(why, done, self.cfg.epochs, error, kept, self.path, go_on)
+        return TrainingInterrupted(message, self.path if kept else None, kept, go_on, signals.WRITE_ERROR)
 
     def _metrics_back(self) -> None:
         """After a rescue, the path's metrics file goes back to the epochs its checkpoint holds."""
@@ -195,12 +211,15 @@ class RunFiles:
         how to go on. The exception carries the exit status the stop calls for."""
         s = self.state
         done = s.epochs_done if s is not None else 0
+        why, code = signals.why(cause), signals.exit_code(cause)
         if self.path is not None and done > self.saved:
+            self.write_metrics()  # (unwritten yet when a run resumed from another file stops before its first epoch)
             try:
                 self.save()
             except atomic.DeferredInterrupt:  # a second signal: raised once the save is complete
                 pass
-        why, code = signals.why(cause), signals.exit_code(cause)
+            except CheckpointError as e:  # the path and every fallback
+                return self.lost(e, why)
         if done == 0:
             return TrainingInterrupted(f"{why} before the first epoch ended: nothing to save", None, 0, "", code)
         if self.path is None:

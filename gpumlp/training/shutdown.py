@@ -55,16 +55,37 @@ def _size(n: int) -> str:
 
 def rescue(save: Callable[[Path], None], path: Path, error: CheckpointError) -> Path:
     """``save`` could not write ``path`` (``error``): save to ``NAME.rescued.EXT`` beside it, else in
-    the temp folder, and return where. Raises ``error`` when neither can be written."""
+    the temp folder, and return where. When neither can be written, raises a ``CheckpointError``
+    that says why for the path and where else it was tried."""
     name = path.with_name(f"{path.stem}.rescued{path.suffix}").name
-    for folder in (path.parent, Path(tempfile.gettempdir())):
+    folders = (path.parent, Path(tempfile.gettempdir()))
+    for folder in folders:
         try:
             target = atomic.free_path(folder / name)
             save(target)
         except CheckpointError:
             continue
         return target
-    raise error
+    raise CheckpointError(f"{error}, nor as {name} beside it or in {folders[1]}")
+
+
+def lost_message(why: str | None, done: int, epochs: int, error: Exception, kept: int = 0, path=None, go_on="") -> str:
+    """The line for a run whose epochs could be saved neither on its path nor anywhere else
+    (``why``: the stop that ended it, None for a run that finished): what is lost and why, and
+    what to do; ``kept``: the epochs the checkpoint on ``path`` still holds (``go_on`` resumes it)."""
+    if kept:
+        return (
+            f"{why or 'error'}: {_span(kept + 1, done)} of {epochs} could not be saved ({error}); {path} still "
+            f"holds {_span(1, kept)}: free some space, then resume with: {go_on}"
+        )
+    return (
+        f"{why or 'error'}: nothing could be saved, {_span(1, done)} of {epochs} lost ({error}); "
+        "free some space or choose another --save path, and run again"
+    )
+
+
+def _span(first: int, last: int) -> str:
+    return f"epochs {first}-{last}" if last > first else f"epoch {last}"
 
 
 def rescued_message(path: Path, error: Exception, rescued: Path) -> str:

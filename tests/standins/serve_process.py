@@ -16,14 +16,31 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "checkpoints" / "gpumlp-784-256-10-relu-ce.npz"
 
 
+# Preludes: Python run in the server's process before gpumlp's entry point.
+# Its socket listens on 127.0.0.1 whatever --host says: everything else (the warning, the
+# addresses printed, the Host names answered) is decided from --host as ever.
+LOOPBACK_ONLY = """
+from gpumlp.cli import serve
+real = serve.listen
+serve.listen = lambda host, port: real("127.0.0.1", port)
+"""
+# As on Windows: no fcntl and no resource module (an import of either raises ImportError).
+WITHOUT_UNIX_MODULES = """
+import sys
+sys.modules.update(fcntl=None, resource=None)
+"""
+
+
 @contextlib.contextmanager
-def running_server(checkpoint=CHECKPOINT, *args, open_files: int | None = None):
+def running_server(checkpoint=CHECKPOINT, *args, open_files: int | None = None, prelude: str = ""):
     """`gpumlp serve CHECKPOINT --port 0 ARGS` in a subprocess; yields (process, base URL).
-    ``proc.startup`` holds the stderr lines up to the address; ``open_files`` sets its RLIMIT_NOFILE."""
+    ``proc.startup`` holds the stderr lines up to the address; ``open_files`` sets its RLIMIT_NOFILE;
+    ``prelude``: Python to run in the process first (``LOOPBACK_ONLY``, ``WITHOUT_UNIX_MODULES``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
+    program = ["-c", f"{prelude}\nfrom gpumlp.cli.commands import main\nmain()"] if prelude else ["-m", "gpumlp"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpumlp", "serve", str(checkpoint), "--port", "0", *args],
+        [sys.executable, *program, "serve", str(checkpoint), "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit,
     )  # fmt: skip
     try:
