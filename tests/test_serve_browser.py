@@ -303,7 +303,7 @@ def test_loading_the_page_logs_no_error(browser, tmp_path):
     assert errors == []
 
 
-def test_not_sure_is_shown_and_cleared(tmp_path):
+def test_not_sure_is_shown_and_cleared(browser, tmp_path):
     """The page's "not sure" state: against a copy of the network whose floor is 100% (every answer
     is below it), a drawn digit is greyed with the reason, as `gpumlp predict --json` says for the
     PNG the page sent; Clear takes the state away."""
@@ -315,7 +315,8 @@ def test_not_sure_is_shown_and_cleared(tmp_path):
     gpumlp.save(
         doubtful, model, test_accuracy=meta["test_accuracy"], test_size=meta["test_size"], confidence_floor=floor
     )
-    with running_server(doubtful) as (proc, url), sync_api.sync_playwright() as p:
+    p = browser[2]  # the module's Playwright: a second one cannot run beside it
+    with running_server(doubtful) as (proc, url):
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
             viewport={"width": 1040, "height": 500},
