@@ -18,6 +18,7 @@ _EXPORTS = {
     "read_idx": "gpumlp.data.idx",
     "load_digit": "gpumlp.data.images",
     "to_mnist": "gpumlp.data.images",
+    "preprocess": "gpumlp.data.images",
     "BackendUnavailable": "gpumlp.errors",
     "CheckpointError": "gpumlp.errors",
     "ConfigError": "gpumlp.errors",
