@@ -4,7 +4,7 @@ The public names below are imported on first use, so ``gpumlp --help`` and other
 need no arrays start without importing numpy.
 """
 
-import importlib
+import importlib as _importlib  # (private: dir(gpumlp) lists the API)
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ _EXPORTS = {
     "read_idx": "gpumlp.data.idx",
     "load_digit": "gpumlp.data.images",
     "to_mnist": "gpumlp.data.images",
+    "preprocess": "gpumlp.data.images",
     "BackendUnavailable": "gpumlp.errors",
     "CheckpointError": "gpumlp.errors",
     "ConfigError": "gpumlp.errors",
@@ -25,7 +26,7 @@ _EXPORTS = {
     "GpumlpError": "gpumlp.errors",
     "MLP": "gpumlp.model",
     "TrainConfig": "gpumlp.training.config",
-    "preset_config": "gpumlp.training.presets",
+    "preset_config": "gpumlp.training.config",
     "PRESETS": "gpumlp.training.presets",
     "AugmentConfig": "gpumlp.training.augment",
     "Augmenter": "gpumlp.training.augment",
@@ -39,9 +40,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'gpumlp' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + __all__)
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})  # the API, not its helpers

@@ -53,6 +53,28 @@ def share_of_sum(xp, A):
     return A / xp.maximum(A.sum(axis=1, keepdims=True), xp.finfo(A.dtype).tiny)
 
 
+# ---------------------------------------------------------------- "not sure": what the confidences say
+# A network trained on ten classes gives one of them to anything, a letter or a smiley too. Its
+# answer is "not sure" when the top confidence falls below a floor chosen on the network's own
+# validation images: the level that NOT_SURE_FRACTION of them (real members of its classes) fall
+# below, recorded in the checkpoint when ``gpumlp train`` saves it. A file saved without one (by
+# ``gpumlp.save``, or before this rule) gets DEFAULT_FLOOR.
+NOT_SURE_FRACTION = 0.01  # of the validation images: what share of real class members may be "not sure"
+DEFAULT_FLOOR = 0.5  # a network's floor where its file has none: the top class has under half
+
+
+def top_confidence(xp, C):
+    """Confidences (n, 10), rows summing to 1 → (n,) the top one: how sure the answer is."""
+    return C.max(axis=1)
+
+
+def floor_of(certainty, fraction: float = NOT_SURE_FRACTION) -> float:
+    """The floor: the value that ``fraction`` of ``certainty`` (host, (n,) over validation images)
+    falls below; ``DEFAULT_FLOOR`` for no images."""
+    values = sorted(float(v) for v in certainty)
+    return values[int(fraction * len(values))] if values else DEFAULT_FLOOR
+
+
 # ---------------------------------------------------------------- CUDA: the same in one fused kernel
 # One thread per row of k classes: adds the bias, applies the output function, writes
 # delta = d(mean loss)/dZ (n, k) and *adds* the row's loss into ``row``, the row's place in the
@@ -135,6 +157,7 @@ class Loss:
     probabilities: bool  # the outputs are already a probability law over the classes
     sigmoid_outputs: bool  # each output an independent sigmoid (Rust/Nielsen formats hold only these)
     confidences: Callable = share_of_sum  # (xp, A_L) -> (n, 10) rows summing to 1: the confidence rule
+    certainty: Callable = top_confidence  # (xp, confidences) -> (n,): below the network's floor, "not sure"
 
     @cached_property  # one tuple, looked up in the backend's kernel cache every step
     def cuda(self) -> tuple[str, str, str]:

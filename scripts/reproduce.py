@@ -47,8 +47,8 @@ import gpumlp
 from gpumlp.cli.bench import command_line
 from gpumlp.cli.bench_machine import machine_info
 from gpumlp.errors import GpumlpError
-from gpumlp.training.config import TrainConfig, describe_recipe
-from gpumlp.training.presets import PRESETS, preset_config
+from gpumlp.training.config import TrainConfig, describe_recipe, preset_config
+from gpumlp.training.presets import PRESETS
 from gpumlp.training.run import run
 from gpumlp.training.state import EpochStats
 

@@ -353,9 +353,9 @@ def test_run_under_load_on_a_tiny_row(monkeypatch):
     seen = []
     original = blas_threads.training_threads
 
-    def spy(recorded=None, largest=None):
-        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest)[0]))
-        return original(recorded, largest)
+    def spy(recorded=None, largest=None, forced=None):
+        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced)[0]))
+        return original(recorded, largest, forced)
 
     monkeypatch.setattr(blas_threads, "training_threads", spy)
     result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)

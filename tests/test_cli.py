@@ -86,8 +86,11 @@ def test_help_lists_every_option_with_its_default(command):
         (["train", "--weight-decay", "inf"], "--weight-decay must be a finite number"),
         (["train", "--layers", "784,100000000,10"], "gpumlp trains at most 100,000,000 parameters"),
         (["train", "--layers", "784 1OO 10"], "'1OO' is not a layer size"),
-        (["test", "m.npz", "--test-size", "-1"], "'--test-size': Input should be greater than or equal to 1"),
-        (["test", "m.npz", "--test-size", "0"], "'--test-size': Input should be greater than or equal to 1"),
+        (["test", "m.npz", "--test-size", "-1"], "--test-size must be at least 1 (got -1)"),
+        (["test", "m.npz", "--test-size", "0"], "--test-size must be at least 1 (got 0)"),
+        (["train", "--epochs", "2.5"], "--epochs must be a whole number (got 2.5)"),
+        (["serve", "m.npz", "--port", "70000"], "--port must be at most 65535 (got 70000)"),
+        (["info", "m.npz", "--json=1"], "Option '--json' does not take a value. (see gpumlp info --help)"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_no_traceback(monkeypatch, capsys, mnist_dir, tmp_path, args, fragment):

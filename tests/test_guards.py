@@ -273,7 +273,7 @@ def test_to_mnist_agrees_with_the_matrix_resampling_on_a_corpus(mnist, monkeypat
         noisy[1:-1, 1:-1] += rng.random(noisy[1:-1, 1:-1].shape) > 0.7
         corpus.append(np.clip(noisy, 0, 1))
     new = [images.to_mnist(g) for g in corpus]
-    monkeypatch.setattr(images, "_area_resize", _matrix_resize)
+    monkeypatch.setattr(images, "area_resize", _matrix_resize)
     old = [images.to_mnist(g) for g in corpus]
     assert max(float(np.abs(a - b).max()) for a, b in zip(new, old)) <= 1e-6
 

@@ -14,6 +14,7 @@ import gpumlp
 from gpumlp.cli.predict import predict_images
 from gpumlp.data.images import PILLOW_HINT, ascii_preview, load_digit, load_image, to_mnist
 from gpumlp.errors import ConfigError, GpumlpError
+from standins.transforms import STRETCHED, TRANSFORMS, agreement
 
 Image = pytest.importorskip("PIL.Image", reason="the images extra (Pillow) is not installed")
 
@@ -56,60 +57,20 @@ def shipped():
 # ---------------------------------------------------------------- robustness on real MNIST digits
 
 
-def _upscale(im, size):
-    return im.resize(size, Image.Resampling.BICUBIC)
-
-
-def _invert(im):
-    return Image.eval(im, lambda v: 255 - v)
-
-
-def _corner(im):
-    """Black ink on a 300×300 white canvas, the digit 110 px tall in the top-right corner."""
-    canvas = Image.new("L", (300, 300), 255)
-    canvas.paste(_invert(_upscale(im, (110, 110))), (175, 15))
-    return canvas
-
-
-TRANSFORMS = {  # name → (28×28 white-on-black PIL image → image, file suffix)
-    "upscaled 200x200": (lambda im: _upscale(im, (200, 200)), ".png"),
-    "upscaled 97x97": (lambda im: _upscale(im, (97, 97)), ".bmp"),
-    "inverted 200x200": (lambda im: _invert(_upscale(im, (200, 200))), ".png"),
-    "off-centre on 300x300 white": (_corner, ".png"),
-    "inverted 200x200 JPEG": (lambda im: _invert(_upscale(im, (200, 200))), ".jpg"),
-}
-
-
-def _agreement(shipped, mnist, tmp_path, transform, suffix) -> float:
-    """Fraction of N_ROBUST test digits predicted the same from the transformed file as from the
-    original 28×28 digit."""
-    X = mnist[2][:N_ROBUST]  # (200, 784) host, pixel / 255
-    original = [r["digit"] for r in predict_images(shipped, list(X))]
-    inputs = []
-    for i, x in enumerate(X):
-        im = Image.fromarray(np.round(x.reshape(28, 28) * 255).astype(np.uint8))
-        path = tmp_path / f"{i}{suffix}"
-        transform(im).save(path)
-        inputs.append(load_digit(path))
-    again = [r["digit"] for r in predict_images(shipped, inputs)]
-    return float(np.mean(np.array(again) == np.array(original)))
-
-
 @pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_transformed_files_get_the_original_prediction(name, shipped, mnist, tmp_path):
+def test_transformed_files_get_the_original_prediction(name, shipped, mnist):
     """≥ 95% of 200 MNIST test digits, written as upscaled / inverted / off-centre / JPEG files and
     read back through load_image → to_mnist, get the prediction of the original 28×28 digit."""
-    transform, suffix = TRANSFORMS[name]
-    rate = _agreement(shipped, mnist, tmp_path, transform, suffix)
+    rate = agreement(shipped, mnist[2][:N_ROBUST], *TRANSFORMS[name])
     print(f"{name}: {100 * rate:.1f}% agree")
     assert rate >= 0.95, f"{name}: only {100 * rate:.1f}% of {N_ROBUST} digits keep their prediction"
 
 
-def test_stretched_files_mostly_get_the_original_prediction(shipped, mnist, tmp_path):
+def test_stretched_files_mostly_get_the_original_prediction(shipped, mnist):
     """A 97×143 file stretches the digit 1.47× vertically: a genuinely different shape, which
     keeping the aspect ratio cannot undo, so the bar is lower (measured: 96.0% on these 200,
-    95.0% on all 10,000 test digits; a 143×97 file, stretched sideways, 90.9%)."""
-    rate = _agreement(shipped, mnist, tmp_path, lambda im: _upscale(im, (97, 143)), ".png")
+    95.1% on all 10,000 test digits; a 143×97 file, stretched sideways, 95.0% and 91.7%)."""
+    rate = agreement(shipped, mnist[2][:N_ROBUST], *STRETCHED["stretched 97x143"])
     print(f"stretched 97x143: {100 * rate:.1f}% agree")
     assert rate >= 0.90, f"stretched 97x143: only {100 * rate:.1f}% of {N_ROBUST} digits keep their prediction"
 

@@ -13,9 +13,9 @@ from gpumlp.backends.rng import DeviceRNG
 from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP, pack
-from gpumlp.training.config import TrainConfig, resume_config
+from gpumlp.training.config import TrainConfig, preset_config, resume_config
 from gpumlp.training.loop import fit
-from gpumlp.training.presets import PRESETS, preset_config
+from gpumlp.training.presets import PRESETS
 from gpumlp.training.run import run
 
 SMALL = dict(sizes=(784, 24, 10), activation="relu", loss="ce", train_size=2000, val_size=500, test_size=500,

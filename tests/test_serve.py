@@ -84,7 +84,10 @@ def test_page_and_model_description(client):
     assert info["name"] == CHECKPOINT.name and info["sizes"] == [784, 256, 10]
     assert info["activation"] == "relu" and info["loss"] == "ce" and info["probabilities"] == "softmax"
     assert info["test_accuracy"] == 0.98 and info["test_size"] == 10_000 and info["n_params"] == 203_530
+    assert info["confidence_floor"] == 0.5  # the shipped file has none: the default
     api = client.get("/api/openapi.json").json()
+    answer = api["paths"]["/api/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(answer["required"]) == {"digit", "probabilities", "preview", "confident"} < set(answer["properties"])
     assert api["openapi"].startswith("3.") and set(api["paths"]) == {"/api/predict", "/api/model"}
     body = api["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(body)
@@ -99,8 +102,8 @@ def test_predict_is_exactly_gpumlp_predict(client, mnist, tmp_path):
         answer = client.post("/api/predict", content=png, headers={"Content-Type": "image/png"})
         assert answer.status_code == 200
         got, want = answer.json(), cli_predict(tmp_path / f"{i}.png")
-        assert set(got) == {"digit", "probabilities", "preview"}
-        assert got["digit"] == want["digit"] == y[i]
+        assert set(got) == {"digit", "probabilities", "preview", "confident"}
+        assert got["digit"] == want["digit"] == y[i] and got["confident"] is want["confident"] is True
         assert got["probabilities"] == want["probabilities"]  # the same code on the same bytes: bit for bit
         x = load_digit(tmp_path / f"{i}.png")
         assert got["preview"] == np.rint(x.astype(np.float64) * 255).astype(int).tolist() and len(got["preview"]) == 784

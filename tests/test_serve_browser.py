@@ -301,3 +301,45 @@ def test_loading_the_page_logs_no_error(browser, tmp_path):
     page.wait_for_timeout(500)
     context.close()
     assert errors == []
+
+
+def test_not_sure_is_shown_and_cleared(browser, tmp_path):
+    """The page's "not sure" state: against a copy of the network whose floor is 100% (every answer
+    is below it), a drawn digit is greyed with the reason, as `gpumlp predict --json` says for the
+    PNG the page sent; Clear takes the state away."""
+    import gpumlp
+
+    model, meta = gpumlp.load(CHECKPOINT)
+    doubtful = tmp_path / "doubtful.npz"
+    floor = {"value": 1.0, "fraction": 0.01, "images": 1}
+    gpumlp.save(
+        doubtful, model, test_accuracy=meta["test_accuracy"], test_size=meta["test_size"], confidence_floor=floor
+    )
+    p = browser[2]  # the module's Playwright: a second one cannot run beside it
+    with running_server(doubtful) as (proc, url):
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1040, "height": 500},
+        )  # fmt: skip
+        try:
+            page, sent = open_page(context, url)
+            box = page.locator("#board").bounding_box()
+            page.mouse.move(box["x"] + 140, box["y"] + 50)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 140, box["y"] + 230, steps=10)  # a 1
+            page.mouse.up()
+            settled(page)
+            path = tmp_path / "one.png"
+            path.write_bytes(sent[-1])
+            run = subprocess.run([sys.executable, "-m", "gpumlp", "predict", str(doubtful), str(path), "--json"],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+            want = json.loads(run.stdout)["predictions"][0]
+            assert want["confident"] is False and want["reason"].startswith("probably not a digit: ")
+            assert shown(page)["hint"].endswith("not sure: probably not a digit")
+            assert page.evaluate("document.getElementById('result').classList.contains('unsure')")
+            assert page.evaluate("document.getElementById('confidence').title") == want["reason"]
+            page.click("#clear")
+            settled(page)
+            assert not page.evaluate("document.getElementById('result').classList.contains('unsure')")
+        finally:
+            context.close()

@@ -85,6 +85,11 @@ def unregister(name: str) -> None:
     _FACTORIES.pop(name, None)
 
 
+def device_names() -> tuple[str, ...]:
+    """The device names a shell completes: ``auto`` and the registered ones (``cpu``, ``cuda``, …)."""
+    return ("auto", *_FACTORIES)
+
+
 def get_backend(device: str | Backend = "cpu") -> Backend:
     """Choose the backend once. ``auto`` takes CUDA when usable, else the CPU, with a note why."""
     if isinstance(device, Backend):

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from gpumlp.cli.display import LOG_FORMATS
 from gpumlp.data.datasets import CHOICES
 from gpumlp.errors import GpumlpError
 from gpumlp.formats import signals
@@ -27,19 +28,97 @@ from gpumlp.formats import signals
 # recent typer); its base class is that click's UsageError, shared by every bad-option error.
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
+
+class _FlagsAsFlags:
+    """typer 0.29's rich help prints every option's type, a flag's too (``--json <bool>``), though
+    a flag takes no value (``--json true`` is refused). Its help shows an option's metavar, when it
+    has one, in place of the type: an empty one for each flag shows nothing there. (Plain help and
+    usage lines never print a flag's metavar.)"""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # the command's, and its --help (typer makes that one late)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class Group(_FlagsAsFlags, typer.core.TyperGroup):
+    """The ``gpumlp`` group: flags shown as flags in its help."""
+
+
+class Command(_FlagsAsFlags, typer.core.TyperCommand):
+    """A ``gpumlp`` command: flags shown as flags in its help."""
+
+
 app = typer.Typer(
+    cls=Group,
     add_completion=True,  # gpumlp --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     help="A from-scratch multilayer perceptron for MNIST, on numpy (CPU) or CuPy (CUDA GPU).",
 )
+
+
+def _version(asked: bool) -> None:
+    """``gpumlp --version``: the installed package's version, from its metadata."""
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("gpumlp")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from gpumlp import __version__ as number
+        typer.echo(f"gpumlp {number}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """gpumlp's own options, before a command (its help text is the app's)."""
+
+
+def completion(choices, listed: bool = False):
+    """typer's ``autocompletion`` for an option whose value is one of the names ``choices()``
+    returns (the record its checks use); ``listed``: a comma list of them (``affine,el`` →
+    ``affine,elastic``), each name once."""
+
+    def complete(incomplete: str) -> list[str]:
+        head, comma, last = incomplete.rpartition(",") if listed else ("", "", incomplete)
+        taken = set(head.split(",")) if comma else set()
+        if "none" in taken:  # none stands alone
+            return []
+        names = [n for n in choices() if n not in taken and not (comma and n == "none")]
+        return [f"{head}{comma}{n}" for n in names if n.startswith(last)]
+
+    return complete
+
+
+def field_completion(name: str):
+    """The completion of ``TrainConfig`` field ``name``'s option, for other commands' same option."""
+
+    def choices():
+        from gpumlp.training.config import DECLARED
+
+        return DECLARED[name].metadata["choices"]()
+
+    return completion(choices)
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print everything as one JSON object, for scripts.")]
 CheckpointArg = Annotated[
     Path, typer.Argument(help="A checkpoint: gpumlp .npz/.json, or a Rust-project or Nielsen network2 .json.")
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).")
-]
+    str,
+    typer.Option(
+        "--device", "-d", help="auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).",
+        autocompletion=field_completion("device"),
+    ),
+]  # fmt: skip
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -49,7 +128,9 @@ DataDirOpt = Annotated[
 ]
 DatasetOpt = Annotated[
     str | None,
-    typer.Option(help=f"{CHOICES}. Default: the one the checkpoint was trained on."),
+    typer.Option(
+        help=f"{CHOICES}. Default: the one the checkpoint was trained on.", autocompletion=field_completion("dataset")
+    ),
 ]
 AnyDatasetOpt = Annotated[
     bool, typer.Option("--any-dataset", help="Allow a --dataset other than the one the checkpoint was trained on.")
@@ -137,7 +218,7 @@ def command(name: str, on: typer.Typer | None = None):
             except OSError as e:
                 raise _fail(_os_error(e)) from None
 
-        return (on or app).command(name)(run_command)
+        return (on or app).command(name, cls=Command)(run_command)
 
     return register
 
@@ -152,7 +233,8 @@ def _config_options() -> list[inspect.Parameter]:
         name = m.get("name", f.name)
         typ = m.get("cli_type") or {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str | None)
         flags = (f"--{name.replace('_', '-')}", *m.get("flags", ()))
-        info = typer.Option(*flags, help=m["help"], rich_help_panel=m["panel"])
+        complete = completion(m["choices"], m.get("listed", False)) if "choices" in m else None
+        info = typer.Option(*flags, help=m["help"], rich_help_panel=m["panel"], autocompletion=complete)
         default = m.get("cli_default", f.default)
         params.append(inspect.Parameter(name, KEYWORD, default=default, annotation=Annotated[typ, info]))
     return params
@@ -176,7 +258,8 @@ RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configura
         "core. The same count gives the same bits.")], None),
     ("quiet", Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: one plain line per epoch.")], False),
     ("log_format", Annotated[str, typer.Option(
-        help="text, or json: one JSON object per epoch and one at the end, on stdout.")], "text"),
+        help="text, or json: one JSON object per epoch and one at the end, on stdout.",
+        autocompletion=completion(lambda: LOG_FORMATS))], "text"),
 ]  # fmt: skip
 
 
@@ -227,6 +310,26 @@ def train_arguments(ctx: typer.Context, kw: dict) -> tuple[dict, dict, dict]:
     return run_args, options, given
 
 
+# typer checks an option's type and range with pydantic, whose messages read as a validator's
+# ("Input should be greater than or equal to 1"): said here as gpumlp says the rest.
+_WHAT = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number",
+         "greater_than_equal": "at least {ge}", "greater_than": "above {gt}", "less_than_equal": "at most {le}",
+         "less_than": "below {lt}"}  # fmt: skip
+
+
+def _usage_message(e) -> str:
+    """A bad option's message: ``--test-size must be at least 1 (got 0)`` for a value typer refused."""
+    errors = getattr(e.__cause__, "errors", None)
+    param = getattr(e, "param", None)
+    if errors is None or param is None or not getattr(param, "opts", None):
+        return e.format_message()
+    first = errors()[0]
+    if first["type"] not in _WHAT:
+        return e.format_message()
+    option = max(param.opts, key=len)
+    return f"{option} must be {_WHAT[first['type']].format(**first.get('ctx', {}))} (got {first['input']})"
+
+
 def _ignore_sigint() -> None:
     signals.ignore_all()
 
@@ -252,7 +355,9 @@ def main() -> None:
     except UsageError as e:  # bad, missing or unknown option, unknown command
         ctx = getattr(e, "ctx", None)
         where = f"gpumlp {ctx.info_name} --help" if ctx is not None and ctx.parent is not None else "gpumlp --help"
-        typer.echo(f"error: {e.format_message()} (see {where})", err=True)
+        if ctx is None and args[0] in (c.name for c in app.registered_commands):  # the parser's errors lack one
+            where = f"gpumlp {args[0]} --help"  # (gpumlp info CK --json=1)
+        typer.echo(f"error: {_usage_message(e)} (see {where})", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt) as e:  # click wraps a KeyboardInterrupt in an Abort
         stop = e.__cause__ if isinstance(e, typer.Abort) and e.__cause__ is not None else e

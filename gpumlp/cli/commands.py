@@ -67,7 +67,7 @@ train_command(train_cli)
 
 @command("test")
 def test_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gpumlp train (.npz or .json).")],
+    checkpoint: CheckpointArg,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     test_size: TestSizeOpt = 10_000,
@@ -160,7 +160,14 @@ def predict_cli(
         list[int] | None, typer.Option("--index", metavar="N", help="Also predict MNIST test image N (repeatable).")
     ] = None,
     as_json: JsonOpt = False,
-    preview: Annotated[bool, typer.Option(help="Show the 28×28 input the network saw, as text.")] = True,
+    preview: Annotated[
+        bool | None,
+        typer.Option(
+            "--preview/--no-preview",
+            help="Show the 28×28 input the network saw, as text. Default: for up to 3 images, not for more.",
+            show_default=False,
+        ),
+    ] = None,
     save_input: Annotated[
         Path | None,
         typer.Option(

@@ -44,8 +44,11 @@ def silence(stream) -> None:
     os.close(null)
 
 
+LOG_FORMATS = ("text", "json")  # --log-format
+
+
 def choose_mode(log_format: str, quiet: bool, isatty: bool | None = None) -> str:
-    if log_format not in ("text", "json"):
+    if log_format not in LOG_FORMATS:
         from gpumlp.errors import ConfigError
 
         raise ConfigError(f"unknown --log-format {log_format!r}: choose text or json")

@@ -17,7 +17,7 @@ import numpy as np
 
 from gpumlp.data.images import PILLOW_HINT, ascii_preview, load_digit
 from gpumlp.errors import ConfigError
-from gpumlp.losses import LOSSES
+from gpumlp.losses import DEFAULT_FLOOR, LOSSES
 
 
 def class_label(d: int, names: tuple[str, ...] | None = None) -> str:
@@ -25,14 +25,19 @@ def class_label(d: int, names: tuple[str, ...] | None = None) -> str:
     return str(d) if names is None else f"{d} {names[d]}"
 
 
-def predict_images(model, images, class_names: tuple[str, ...] | None = None) -> list[dict]:
+def predict_images(
+    model, images, class_names: tuple[str, ...] | None = None, floor: float = DEFAULT_FLOOR, one: str = "a digit"
+) -> list[dict]:
     """Classify MNIST-style inputs with one batched forward pass.
 
     ``images``: a list of host arrays of 784 pixels in [0, 1] (``to_mnist`` outputs or dataset rows).
-    Returns per image ``{"digit", "top3": [[digit, p], …], "probabilities": [p0, …, p9]}``, plus
-    ``"class"``, the predicted class's name, when ``class_names`` are given (not MNIST). For a
-    ce network the probabilities are its softmax; an mse network's outputs are independent
-    sigmoids, so they are divided by their sum to add up to 1 (a ranking, not a calibrated law).
+    Returns per image ``{"digit", "top3": [[digit, p], …], "probabilities": [p0, …, p9],
+    "confident"}``, plus ``"class"``, the predicted class's name, when ``class_names`` are given
+    (not MNIST), and ``"reason"`` when not confident: the loss record's certainty (the top
+    confidence) is below ``floor``, the network's own (``metadata.confidence_floor``), so the
+    image is probably not ``one`` of its classes (the dataset's ``one``). For a ce network the
+    probabilities are its softmax; an mse network's outputs are independent sigmoids, so they are
+    divided by their sum to add up to 1 (a ranking, not a calibrated law).
     """
     if len(images) == 0:
         return []
@@ -40,7 +45,9 @@ def predict_images(model, images, class_names: tuple[str, ...] | None = None) ->
     if X.shape[1] != model.sizes[0]:
         raise ConfigError(f"expected images of {model.sizes[0]} pixels, got {X.shape[1]}")
     A = model.be.to_numpy(model.predict_proba(X)).astype(np.float64)  # (n, 10); host → device → host, once
-    P = LOSSES[model.loss].confidences(np, A)  # (n, 10) rows sum to 1: the loss record's rule
+    loss = LOSSES[model.loss]
+    P = loss.confidences(np, A)  # (n, 10) rows sum to 1: the loss record's rule
+    sure = loss.certainty(np, P)  # (n,)
     order = np.argsort(-P, axis=1, kind="stable")  # (n, 10) most probable first
     return [
         {
@@ -48,9 +55,18 @@ def predict_images(model, images, class_names: tuple[str, ...] | None = None) ->
             **({"class": class_names[int(o[0])]} if class_names else {}),
             "top3": [[int(d), float(p[d])] for d in o[:3]],
             "probabilities": [float(v) for v in p],
+            "confident": bool(s >= floor),
+            **({} if s >= floor else {"reason": not_sure_reason(float(s), floor, one)}),
         }
-        for p, o in zip(P, order)
+        for p, o, s in zip(P, order, sure)
     ]
+
+
+def not_sure_reason(certainty: float, floor: float, one: str = "a digit") -> str:
+    """``"probably not a digit: top confidence 41.2% is below 60.5%, this network's floor"``."""
+    return (
+        f"probably not {one}: top confidence {100 * certainty:.1f}% is below {100 * floor:.1f}%, this network's floor"
+    )
 
 
 @dataclass
@@ -107,18 +123,27 @@ def predict_files(checkpoint, images, index, device="cpu", data_dir=None, datase
                 )
             sources.append((f"{rec.name}-test[{n}]", int(y_test[n])))
             inputs.append(X_test[n])
-    results = predict_images(model, inputs, rec.class_names)  # one batch, one transfer each way
+    from gpumlp.formats.metadata import confidence_floor
+
+    results = predict_images(model, inputs, rec.class_names, confidence_floor(meta), rec.one)  # one batch
     return Predictions(model, rec, sources, inputs, results)
 
 
-def format_predictions(run: Predictions, preview: bool = True) -> str:
-    """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the preview."""
+PREVIEW_UP_TO = 3  # images: more, and the 29-line previews would bury the answers (unless --preview)
+
+
+def format_predictions(run: Predictions, preview: bool | None = None) -> str:
+    """``gpumlp predict``'s text: per image the answer, its label if known, the top 3 and the
+    preview (by default, None, only for up to ``PREVIEW_UP_TO`` images)."""
+    if preview is None:
+        preview = len(run.results) <= PREVIEW_UP_TO
     lines = [] if LOSSES[run.model.loss].probabilities else [f"({run.model}: probabilities are {run.kind})"]
     names = run.dataset.class_names
     for (source, label), r, x in zip(run.sources, run.results, run.inputs):
         top = ", ".join(f"{class_label(d, names)} {100 * p:.1f}%" for d, p in r["top3"])
         truth = "" if label is None else f" (label {class_label(label, names)})"
-        lines.append(f"{source}: {class_label(r['digit'], names)}{truth}   top 3: {top}")
+        unsure = "" if r["confident"] else f"   not sure: {r['reason']}"
+        lines.append(f"{source}: {class_label(r['digit'], names)}{truth}   top 3: {top}{unsure}")
         if preview:
             lines.append(ascii_preview(x))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import numpy as np
 from gpumlp.cli.serve_guard import DEFAULT_LIMITS, Limits, capped, connection_cap, guarded_protocol, quiet_loop_errors
 from gpumlp.cli.serve_http import DECODERS, FORMATS, LOCAL_HOSTS, MAX_BODY, create_app, image_format
 from gpumlp.errors import GpumlpError
+from gpumlp.formats.metadata import confidence_floor
 from gpumlp.losses import LOSSES
 
 try:  # Unix: the interfaces' own addresses (SIOCGIFADDR); elsewhere only the host name's are listed
@@ -64,21 +65,28 @@ class Predictor:
             "test_size": meta.get("test_size"),
             "imported_from": meta.get("imported_from"),
             "created": meta.get("created"),
+            "confidence_floor": confidence_floor(meta),
         }
 
     def predict_image(self, data: bytes) -> dict:
-        """An image's bytes → ``{"digit", "probabilities": [10], "preview": [784 ints 0–255]}``, exactly
-        what ``gpumlp predict`` computes for the same file. Raises ``GpumlpError`` for a bad image."""
+        """An image's bytes → ``{"digit", "probabilities": [10], "preview": [784 ints 0–255],
+        "confident"}`` (and ``"reason"`` when not), exactly what ``gpumlp predict`` computes for the
+        same file. Raises ``GpumlpError`` for a bad image."""
         from gpumlp.cli.predict import predict_images
         from gpumlp.data.images import load_digit
 
         if image_format(data) is None:
             raise GpumlpError(f"the request body is not a {FORMATS} image; send one of those")
         x = load_digit(data, max_pixels=MAX_PIXELS)  # (784,) host, in [0, 1]
+        from gpumlp.data.datasets import get, of_checkpoint
+
         with self._lock:
-            r = predict_images(self.model, [x])[0]
+            r = predict_images(
+                self.model, [x], floor=confidence_floor(self.meta), one=get(of_checkpoint(self.meta)).one
+            )[0]
         preview = np.rint(np.asarray(x, dtype=np.float64) * 255).astype(int)  # (784,) what the network saw
-        return {"digit": r["digit"], "probabilities": r["probabilities"], "preview": preview.tolist()}
+        sure = {"confident": r["confident"], **({"reason": r["reason"]} if "reason" in r else {})}
+        return {"digit": r["digit"], "probabilities": r["probabilities"], "preview": preview.tolist(), **sure}
 
 
 def _starlette():

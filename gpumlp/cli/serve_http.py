@@ -104,7 +104,9 @@ def openapi(info: dict) -> dict:
         "digit": {"type": "integer", "minimum": 0, "maximum": 9},
         "probabilities": {"type": "array", "items": {"type": "number"}, "minItems": 10, "maxItems": 10},
         "preview": {"type": "array", "items": {"type": "integer"}, "minItems": 784, "maxItems": 784},
-    }}  # fmt: skip
+        "confident": {"type": "boolean", "description": "false: the top confidence is below the network's floor"},
+        "reason": {"type": "string", "description": "when not confident: why, e.g. probably not a digit"},
+    }, "required": ["digit", "probabilities", "preview", "confident"]}  # fmt: skip
     predict = {
         "summary": "the digit in an image, as gpumlp predict computes it",
         "requestBody": {

@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
-from gpumlp.cli.app import DataDirOpt, DeviceOpt, JsonOpt, app, command, echo_json, interrupted
+from gpumlp.cli.app import DataDirOpt, DeviceOpt, Group, JsonOpt, app, command, echo_json, interrupted
 
 sweep_app = typer.Typer(
+    cls=Group,
     help="Search training options with Optuna: studies in SQLite, or PostgreSQL shared by many machines.",
     no_args_is_help=True,
 )

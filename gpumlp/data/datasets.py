@@ -41,6 +41,7 @@ class Dataset:
     classes: tuple[str, ...]  # the name of label 0, 1, …
     source: str  # where the checksums and mirrors were published
     input_divisor: float = 255.0  # uint8 pixels / 255 → [0, 1]
+    one: str = "a digit"  # one member of its classes: "probably not a digit" when the network is not sure
 
     def __post_init__(self):
         if self.checksum not in CHECKSUMS:
@@ -90,6 +91,7 @@ FASHION_MNIST = Dataset(
     # data/fashion folder, served over HTTPS here.
     mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",),
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    one="a garment, shoe or bag",
     source="https://github.com/zalandoresearch/fashion-mnist README (Get the Data, Labels); torchvision's FashionMNIST",
 )
 
@@ -106,6 +108,7 @@ KMNIST = Dataset(
     # The README links http://codh.rois.ac.jp/kmnist/dataset/kmnist/; the same host and path over HTTPS.
     mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
     classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),  # one hiragana of each row
+    one="a hiragana character",
     source="https://github.com/rois-codh/kmnist README (file links); checksums as in torchvision's KMNIST",
 )
 

@@ -7,6 +7,7 @@ the same to any photo or drawing, so a network trained on MNIST sees what it was
     load_image(path)   file or its bytes → (h, w) grey levels in [0, 1] on the host (needs Pillow)
     to_mnist(gray)     (h, w) → (784,) bright ink on black, 20×20 box, centre of mass at (14, 14)
     load_digit(path)   both: what ``gpumlp predict``, ``gpumlp serve`` and ``gpumlp.load_digit`` feed a network
+    preprocess(image)  the same from a path, bytes, a PIL image or a 2-D array (``gpumlp.preprocess``)
 
 Everything here runs on the host with numpy (and Pillow to decode a file).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.data import components
 from gpumlp.errors import ConfigError, GpumlpError
 from gpumlp.formats.untrusted import open_regular
 
@@ -80,17 +82,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                     "crop or scale it down (a digit needs 28×28)"
                 )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
-            if im.mode.startswith("I"):  # 16- or 32-bit grey levels
-                gray = np.asarray(im, dtype=np.float64) / 65535.0
-            elif im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
-                gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-                gray = gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
-            elif "A" in im.mode or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                gray = np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
-            else:
-                gray = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+            gray = pil_gray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise GpumlpError(f"{path} is not an image Pillow can read ({reason}); use PNG, JPEG or BMP") from None
@@ -100,7 +92,23 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     return gray
 
 
-def _area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+def pil_gray(im) -> np.ndarray:
+    """A PIL image of any mode → (h, w) float64 grey levels in [0, 1] (host), 1 = white: 16- and
+    32-bit grey levels scaled, transparent pixels composited onto white, as a viewer shows them."""
+    Image, _ = _pillow()
+    if im.mode.startswith("I"):  # 16- or 32-bit grey levels
+        return np.asarray(im, dtype=np.float64) / 65535.0
+    if im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
+        gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        return gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
+    if "A" in im.mode or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("L"), dtype=np.float64) / 255.0
+    return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+
+
+def area_resize(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     """Area-averaging resize of ``a`` along ``axis`` to ``n_out`` pixels: each output pixel is the
     mean of the input it covers, partial pixels weighted by overlap.
 
@@ -134,7 +142,7 @@ def background(g: np.ndarray) -> np.ndarray:
     # averaging), a 12-megapixel photo costs what a small one does.
     scale = min(1.0, BACKGROUND_SIDE / max(h, w))
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-    small = g if (hs, ws) == (h, w) else _area_resize(_area_resize(g, hs, 0), ws, 1)  # (hs, ws)
+    small = g if (hs, ws) == (h, w) else area_resize(area_resize(g, hs, 0), ws, 1)  # (hs, ws)
     block = max(MIN_BLOCK, -(-max(hs, ws) // BLOCKS))
     ny, nx = -(-hs // block), -(-ws // block)
     padded = np.pad(small, ((0, ny * block - hs), (0, nx * block - ws)), mode="edge")  # (ny·block, nx·block)
@@ -193,18 +201,36 @@ def _ink(g: np.ndarray) -> np.ndarray:
     return g / peak  # the strongest ink → 1, as in MNIST
 
 
+def _digit_only(g: np.ndarray) -> np.ndarray:
+    """(h, w) ink → the same with all but the digit's ink and its rim (specks, borders, haze)
+    set to 0 (``components``), judged on a copy at most ``components.LABEL_SIDE`` pixels long."""
+    h, w = g.shape
+    scale = min(1.0, components.LABEL_SIDE / max(h, w))
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    small = g if (hs, ws) == (h, w) else area_resize(area_resize(g, hs, 0), ws, 1)  # (hs, ws)
+    digit = components.digit(small, components.STRONG)  # (hs, ws) or None
+    if digit is None:
+        return g
+    rows = np.minimum((np.arange(h) * hs) // h, hs - 1)  # (h,) the small row each row falls in
+    cols = np.minimum((np.arange(w) * ws) // w, ws - 1)
+    return np.where(digit[np.ix_(rows, cols)], g, 0.0)
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
 
     Inverts when the border is light (ink must be bright on black), removes the background,
-    estimated locally so uneven lighting does not become ink (``background``), and stretches the
-    ink to full brightness, crops to the ink, scales it to fit 20×20 keeping the aspect ratio
-    (area averaging), and pastes it in 28×28 with its centre of mass at (14, 14).
+    estimated locally so uneven lighting does not become ink (``background``), stretches the
+    ink to full brightness, keeps the digit's connected ink (specks, a table at the paper's edge,
+    a shadow's rim and noise dropped; broken strokes kept: ``components``), crops to the ink,
+    scales it to fit 20×20 keeping the aspect ratio (area averaging), and pastes it in 28×28 with
+    its centre of mass at (14, 14).
     """
     g = np.asarray(gray)
     if g.ndim != 2:
         raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
     g = _ink(g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64))  # (h, w)
+    g = _digit_only(g)
     rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
     crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
     h, w = crop.shape
@@ -212,7 +238,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     # The axis that shrinks most first: the second pass then reads the smaller array.
     first, second = ((0, nh), (1, nw)) if h / nh >= w / nw else ((1, nw), (0, nh))
-    small = _area_resize(_area_resize(crop, first[1], first[0]), second[1], second[0])  # (nh, nw), fits 20×20
+    small = area_resize(area_resize(crop, first[1], first[0]), second[1], second[0])  # (nh, nw), fits 20×20
     mass = small.sum()
     cy = (small.sum(axis=1) @ np.arange(nh)) / mass  # centre of mass, row index
     cx = (small.sum(axis=0) @ np.arange(nw)) / mass  # centre of mass, column index
@@ -234,6 +260,34 @@ def load_digit(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
         if isinstance(source, (bytes, bytearray, memoryview)):
             raise
         raise GpumlpError(f"{source}: {e}") from None
+
+
+def preprocess(image) -> np.ndarray:
+    """Any image → (784,) float32 in [0, 1], the input ``gpumlp predict`` computes for it (host):
+    28×28 row by row, bright ink on black, as ``load_mnist`` scales MNIST (an ONNX export takes
+    raw pixels: multiply by 255).
+
+    ``image``: a file's path, the file's bytes, a PIL image, or a 2-D array of grey levels (floats
+    in [0, 1] or uint8 0–255; dark ink on light paper or light on dark). Raises ``GpumlpError``
+    for an unreadable or blank image, ``ConfigError`` for anything else."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return load_digit(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 2:
+            raise ConfigError(
+                f"preprocess takes a 2-D grey image (h, w), got shape {image.shape}; convert colour to grey"
+            )
+        if image.dtype != np.uint8 and image.size and float(np.nanmax(image)) > 1.0:
+            raise ConfigError("preprocess takes grey levels in [0, 1] or uint8 0-255; divide float pixels by 255")
+        return to_mnist(image)
+    if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
+        if image.width * image.height > MAX_PIXELS or max(image.width, image.height) > MAX_SIDE:
+            raise GpumlpError(f"the image is {image.width}×{image.height} pixels, too large; scale it down")
+        gray = pil_gray(image)
+        if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
+            raise GpumlpError("no ink found (the image is one flat colour); draw a digit on it")
+        return to_mnist(gray)
+    raise ConfigError(f"preprocess takes a path, bytes, a PIL image or a 2-D array, got {type(image).__name__}")
 
 
 def ascii_preview(x784, pool: int = 1) -> str:

@@ -14,7 +14,7 @@ from gpumlp.activations import ACTIVATIONS
 from gpumlp.data.datasets import DATASETS
 from gpumlp.errors import CheckpointError, ConfigError
 from gpumlp.formats.base import check_sizes, short
-from gpumlp.losses import LOSSES, choices
+from gpumlp.losses import DEFAULT_FLOOR, LOSSES, choices
 from gpumlp.model import DTYPES, INITS
 from gpumlp.optim import RULES
 from gpumlp.training.state import EPOCH_FIELDS, EPOCH_REQUIRED, TRAIN_STATE_FIELDS, is_count, is_number, or_none
@@ -53,7 +53,27 @@ FIELDS = {
     "history": (or_none(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v)), "a list of epochs"),
     "train_state": (or_none(lambda v: isinstance(v, dict)), "an object"),
     "optimizer": (or_none(lambda v: isinstance(v, dict)), "an object"),
+    "confidence_floor": (
+        or_none(lambda v: _is_floor(v)),
+        '{"value": a fraction, "fraction": a fraction, "images": a count}',
+    ),
 }
+
+
+def _is_floor(v) -> bool:
+    """``{"value", "fraction", "images"}``: the network's "not sure" floor (gpumlp/losses.py) and
+    what it was chosen on."""
+    return (
+        isinstance(v, dict)
+        and all(is_number(v.get(k)) and 0 <= v[k] <= 1 for k in ("value", "fraction"))
+        and is_count(v.get("images"))
+    )
+
+
+def confidence_floor(meta: dict) -> float:
+    """The top confidence below which this network is "not sure" (``losses.NOT_SURE_FRACTION`` of
+    its validation images fall below it), or ``losses.DEFAULT_FLOOR`` for a file without one."""
+    return float((meta.get("confidence_floor") or {}).get("value", DEFAULT_FLOOR))
 
 
 def _check_fields(path: Path, obj: dict, fields: dict, where: str = "") -> None:

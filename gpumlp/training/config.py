@@ -12,6 +12,7 @@ from pathlib import Path
 from gpumlp import activations, losses, optim
 from gpumlp.data import datasets
 from gpumlp.errors import ConfigError
+from gpumlp.training.presets import PRESETS, preset_options
 
 # numpy and the modules that need it are imported by the checks, on first use: `gpumlp --help`
 # builds the train command's options from TrainConfig and should not wait for numpy (datasets,
@@ -23,7 +24,9 @@ def option(default, help: str | Callable[[], str], panel: str | None = None, **c
     update rules) and panel of its ``gpumlp train`` option, declared here once (``cli/app.py``
     builds the command's options from these fields).
     ``cli`` may hold ``name`` (the option's name when it differs from the field's), ``flags``
-    (extra short flags) and ``cli_type``/``cli_default`` (what the command line types, e.g. "784,16,16,10")."""
+    (extra short flags), ``cli_type``/``cli_default`` (what the command line types, e.g. "784,16,16,10"),
+    and ``choices``: a function returning the names the value is one of (the record the checks use),
+    which shell completion offers (``listed``: a comma list of them, as ``--augment``)."""
     return field(default=default, metadata={"help": help, "panel": panel, **cli})
 
 
@@ -39,23 +42,36 @@ class TrainConfig:
         (784, 16, 16, 10), "Layer sizes, 784 inputs first and 10 classes last, e.g. 784,100,10 or '784 100 10'.",
         name="layers", cli_type=str, cli_default="784,16,16,10",
     )  # fmt: skip
-    activation: str = option("sigmoid", f"Hidden activation: {activations.CHOICES} (gpumlp/activations.py).")
-    loss: str = option("mse", f"Output and loss: {losses.help_text()} (gpumlp/losses.py).")
-    init: str | None = option(
-        None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu."
+    activation: str = option(
+        "sigmoid", f"Hidden activation: {activations.CHOICES} (gpumlp/activations.py).",
+        choices=lambda: activations.ACTIVATIONS,
+    )  # fmt: skip
+    loss: str = option(
+        "mse", f"Output and loss: {losses.help_text()} (gpumlp/losses.py).", choices=lambda: losses.LOSSES
     )
+    init: str | None = option(
+        None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu.",
+        choices=lambda: _model_names("INITS"),
+    )  # fmt: skip
     epochs: int = option(30, "Passes over the training images.")
     batch_size: int = option(10, "Images per step; the loss is their mean.")
     lr: float = option(3.0, "Learning rate η (the peak, with a schedule).")
     train_size: int = option(50_000, "Training images, from the start of the training file.")
     val_size: int = option(10_000, "Validation images, right after the training images (0: none).")
     test_size: int = option(10_000, "Test images, from the start of the test file (0: no test).")
-    dataset: str = option("mnist", f"The images: {datasets.CHOICES} (gpumlp/data/datasets.py).")
+    dataset: str = option(
+        "mnist", f"The images: {datasets.CHOICES} (gpumlp/data/datasets.py).", choices=lambda: datasets.DATASETS
+    )
     seed: int = option(0, "Seed of the initial weights, the batch order, dropout masks and distortions.")
-    dtype: str = option("float32", "float32 or float64.")
-    device: str = option("cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",))
+    dtype: str = option("float32", "float32 or float64.", choices=lambda: _model_names("DTYPES"))
+    device: str = option(
+        "cpu", "auto, cpu, cuda or cuda:N (auto: CUDA if usable, else CPU).", flags=("-d",), choices=lambda: _devices()
+    )
     # -- the update rule
-    optimizer: str = option("sgd", lambda: f"Update rule: {', '.join(optim.RULES)} (gpumlp/optim.py).", RECIPE_PANEL)
+    optimizer: str = option(
+        "sgd", lambda: f"Update rule: {', '.join(optim.RULES)} (gpumlp/optim.py).", RECIPE_PANEL,
+        choices=lambda: optim.RULES,
+    )  # fmt: skip
     # here, generated: one float field per name in optim.HYPERPARAMS (momentum, beta1, beta2, eps, …);
     # each rule takes its own and ignores the others
     # -- regularisation
@@ -63,7 +79,10 @@ class TrainConfig:
     dropout: float = option(0.0, "Probability of dropping each hidden unit while training.", RECIPE_PANEL)
     max_norm: float = option(0.0, "Cap on each unit's incoming weight norm after every step (0: off).", RECIPE_PANEL)
     # -- learning-rate schedule, per epoch
-    schedule: str = option("constant", "Learning rate per epoch: constant, step or cosine (to 0).", RECIPE_PANEL)
+    schedule: str = option(
+        "constant", "Learning rate per epoch: constant, step or cosine (to 0).", RECIPE_PANEL,
+        choices=lambda: optim.SCHEDULES,
+    )  # fmt: skip
     warmup: int = option(0, "Epochs of linear lr warm-up first.", RECIPE_PANEL)
     step_size: int = option(10, "step schedule: epochs per decay.", RECIPE_PANEL)
     gamma: float = option(0.1, "step schedule: the decay factor.", RECIPE_PANEL)
@@ -72,13 +91,15 @@ class TrainConfig:
         0, "Early stopping: stop after K epochs without a better validation score and keep the best epoch's "
         "weights (0: off).", RECIPE_PANEL,
     )  # fmt: skip
-    monitor: str = option("accuracy", "What early stopping watches: accuracy or loss.", RECIPE_PANEL)
+    monitor: str = option(
+        "accuracy", "What early stopping watches: accuracy or loss.", RECIPE_PANEL, choices=lambda: MONITORS
+    )
     # -- augmentation of training batches (never of validation or test images)
     augment: str = option(
         "none",
         "Distort training digits: none, shift, affine, elastic, or a list such as affine,elastic.",
-        AUGMENT_PANEL,
-    )
+        AUGMENT_PANEL, choices=lambda: _augment_kinds(), listed=True,
+    )  # fmt: skip
     shift: float = option(2.0, "Max translation, pixels.", AUGMENT_PANEL)
     rotate: float = option(10.0, "Max rotation, degrees.", AUGMENT_PANEL)
     scale: float = option(0.1, "Max relative scaling.", AUGMENT_PANEL)
@@ -94,6 +115,7 @@ class TrainConfig:
     preset: str | None = option(
         None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
         "10–11 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
+        choices=lambda: PRESETS,
     )  # fmt: skip
 
     def __post_init__(self):
@@ -192,6 +214,27 @@ def fields_by_option() -> dict[str, str]:
 
 
 MONITORS = ("accuracy", "loss")
+
+
+# The choices whose records import numpy, read only when a shell asks for completions.
+def _model_names(name: str):
+    from gpumlp import model
+
+    return getattr(model, name)  # INITS, or DTYPES
+
+
+def _devices() -> tuple[str, ...]:
+    from gpumlp.backends.registry import device_names
+
+    return device_names()
+
+
+def _augment_kinds() -> tuple[str, ...]:
+    from gpumlp.training.augment import KINDS
+
+    return ("none", *KINDS)
+
+
 PATIENCE_NEEDS_VAL = "--patience needs validation images: give --val-size above 0, or --patience 0"
 DECLARED = {f.name: f for f in fields(TrainConfig)}  # the fields above; _generate adds the rules'
 # TrainConfig fields that fit() takes as its recipe (the options of the recipe and augmentation
@@ -231,6 +274,11 @@ DATACLASS_MADE = ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__"
                   "__dataclass_fields__", "__dataclass_params__")  # fmt: skip
 _generate()
 optim.REBUILDS.append(_generate)
+
+
+def preset_config(name: str | None, **overrides) -> TrainConfig:
+    """A ``TrainConfig`` from preset ``name`` (None: the defaults) with ``overrides`` on top."""
+    return TrainConfig(**{**(preset_options(name) if name else {}), **overrides})
 
 
 def augment_config(r: dict):

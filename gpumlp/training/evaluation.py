@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from gpumlp.backends.base import on_device
 from gpumlp.inputs import check_pixels
+from gpumlp.losses import LOSSES, NOT_SURE_FRACTION, floor_of
 from gpumlp.model import check_labels
 
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating: bounds activation memory
@@ -56,3 +57,15 @@ def evaluate_loss(model, X, y, checked: bool = False) -> tuple[float, float]:
         n += A.shape[0]
     loss_sum, n_correct = be.to_numpy(xp.stack([loss, correct]))
     return float(loss_sum) / max(n, 1), float(n_correct) / max(n, 1)
+
+
+def confidence_floor(model, X_val) -> dict:
+    """The network's "not sure" floor, chosen on its validation images X_val (n, 784), host or
+    device: ``{"value", "fraction", "images"}`` for the checkpoint (the rule: gpumlp/losses.py)."""
+    loss = LOSSES[model.loss]
+    certainty = [
+        model.be.to_numpy(loss.certainty(model.be.xp, loss.confidences(model.be.xp, A)))
+        for A, _, _ in outputs(model, X_val)
+    ]
+    values = [float(v) for chunk in certainty for v in chunk]  # a sync point per chunk
+    return {"value": floor_of(values), "fraction": NOT_SURE_FRACTION, "images": len(values)}

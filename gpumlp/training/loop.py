@@ -26,7 +26,10 @@ from gpumlp.model import DTYPES, MLP, check_labels, pack
 from gpumlp.optim import HYPERPARAMS, Optimizer, apply_max_norm, lr_at, make_optimizer
 from gpumlp.training.augment import Augmenter
 from gpumlp.training.config import DEFAULT_RECIPE, PATIENCE_NEEDS_VAL, RECIPE, TrainConfig, augment_config
+from gpumlp.training.estimate import EpochEstimate
 from gpumlp.training.evaluation import evaluate_loss
+from gpumlp.training.presets import fit_recipe
+from gpumlp.training.progress import with_progress
 from gpumlp.training.state import EpochStats, TrainState
 from gpumlp.training.stopping import EarlyStopping, Rollback, TrainingDiverged
 
@@ -57,6 +60,23 @@ def with_blas_threads(f):
     return wrapper
 
 
+def with_default_recipe(f):
+    """``fit`` whose caller may leave out ``epochs``, ``batch_size``, ``lr`` and the rest of the
+    recipe: without ``lr`` and ``optimizer``, the model's own recipe (``presets.fit_recipe``) with
+    the options given on top; with either, the update rule and schedule are the caller's (SGD at a
+    constant rate unless told otherwise) and only a missing ``epochs``/``batch_size`` is filled in."""
+
+    @functools.wraps(f)
+    def wrapper(model, *args, **kwargs):
+        given = {k: v for k, v in kwargs.items() if not (v is None and k in ("epochs", "batch_size", "lr"))}
+        _, recipe = fit_recipe(model.activation, model.loss)
+        if "lr" in given or "optimizer" in given:
+            recipe = {k: recipe[k] for k in ("epochs", "batch_size")}
+        return f(model, *args, **{**recipe, **given})
+
+    return wrapper
+
+
 def _checked_recipe(model: MLP, X_train, X_val, *, epochs, batch_size, lr, seed, **recipe) -> dict:
     """``fit``'s ``recipe`` with the defaults filled in, and every value checked as the CLI checks
     it (by building the ``TrainConfig`` of the run)."""
@@ -83,6 +103,8 @@ def _optimizer(model: MLP, r: dict, state: TrainState) -> Optimizer:
     return opt
 
 
+@with_default_recipe  # epochs, batch size, lr, … the caller left out: the model's recipe
+@with_progress  # verbose: a Keras-style bar or a line per epoch on stderr, before the caller's callbacks
 @np.errstate(over="ignore", invalid="ignore")  # numpy's overflow warnings: divergence is checked per epoch
 @with_blas_threads  # on the CPU: the run's BLAS thread count, kept by a resumed run
 @on_device  # on cuda:N, every allocation and kernel of the run goes to GPU N
@@ -91,23 +113,29 @@ def fit(
     X_train: np.ndarray,
     y_train: np.ndarray,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
     X_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     state: TrainState | None = None,
     on_progress: Callable[[int, int, int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
+    verbose: int | str = "auto",  # (taken by with_progress)
     **recipe,
 ) -> list[EpochStats]:
     """Mini-batch training on host arrays X_train (n, 784) in [0, 1] and y_train (n,) labels, up to
     ``epochs`` epochs in all; returns the per-epoch history.
 
     ``recipe``: any of ``TrainConfig``'s optimiser, regularisation, schedule, early-stopping and
-    augmentation options (``RECIPE``); the rest keep their defaults (plain SGD, constant lr).
+    augmentation options (``RECIPE``). Without ``lr`` and ``optimizer``, what is left out comes
+    from the recipe that suits the model's activation and loss (``presets.fit_recipe``: the fast
+    preset's for a ce network, the seed's for sigmoid/mse); with either, the rest keep their
+    defaults (plain SGD, constant lr) and a missing ``epochs`` or ``batch_size`` is that recipe's.
+    ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch, on stderr; ``"auto"``
+    is 1 on a terminal or in a Jupyter notebook, else 0 (``gpumlp.training.progress``).
     ``state`` (updated after every epoch) continues an earlier run exactly. A last partial batch
     is trained on (mean over its real size). On Ctrl-C, or when an epoch ends with NaN or Inf in its
     loss or parameters (``TrainingDiverged``), the parameters and optimiser state are rolled back to
@@ -157,6 +185,7 @@ class _Prepared:
     batch_size: int
     lr: float
     progress_every: int
+    estimate: EpochEstimate  # says how long the first epoch will take, when that is over a minute
 
 
 def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epochs: int, batch_size: int,
@@ -201,8 +230,10 @@ def _prepare(model: MLP, X_train, y_train, X_val, y_val, state: TrainState, epoc
     if r["cuda_graph"]:  # each whole batch one launch, captured after the warm-up (gpumlp/backends/graph.py)
         train_epoch = graph_epoch(model, opt, X, Y, losses.shape[0], _train_epoch, log or _to_stderr)
     progress_every = max(1, -(-n // batch_size) // 50)  # ~50 progress reports an epoch, when asked for
+    estimate = EpochEstimate(be.synchronize, log or _to_stderr, -(-n // batch_size), progress_every,
+                             epochs - state.epochs_done)  # fmt: skip
     return _Prepared(model, r, X, Y, val, losses, opt, step, train_epoch, rng, stopping, last_complete, epochs,
-                batch_size, lr, progress_every)  # fmt: skip
+                batch_size, lr, progress_every, estimate)  # fmt: skip
 
 
 def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
@@ -214,6 +245,7 @@ def _one_epoch(prep: _Prepared, epoch: int, on_progress) -> EpochStats:
     t0 = time.perf_counter()
     try:
         report = _progress(be, on_progress, epoch, n, batch_size, losses) if on_progress is not None else None
+        report = prep.estimate.report(report, epoch)  # the run's first epoch: timed over its first batches
         lr_e = _epoch_steps(prep, epoch, report)
         # The epoch's loss and a checksum of the parameters, in one transfer (a sync point):
         # NaN or Inf in either means training diverged.

@@ -18,10 +18,10 @@ from gpumlp.errors import CheckpointError, ConfigError, GpumlpError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 from gpumlp.training import configfile, shutdown
-from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, resume_config
-from gpumlp.training.evaluation import evaluate
+from gpumlp.training.config import TrainConfig, default_checkpoint, describe_recipe, preset_config, resume_config
+from gpumlp.training.evaluation import confidence_floor, evaluate
 from gpumlp.training.loop import fit
-from gpumlp.training.presets import preset_config, preset_options
+from gpumlp.training.presets import preset_options
 from gpumlp.training.runfiles import RunFiles
 from gpumlp.training.state import EpochStats, TrainState
 from gpumlp.training.stopping import TrainingDiverged, stalled
@@ -142,7 +142,7 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     try:
         fit(
             model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
-            state=state, on_progress=on_progress, log=log, threads=threads,
+            state=state, on_progress=on_progress, log=log, threads=threads, verbose=0,  # the caller shows progress
         )  # fmt: skip
     except TrainingDiverged as e:
         if state.epochs_done > 0:
@@ -161,6 +161,8 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
     with model.be.threads(state.blas_threads):
         test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
+        if len(X_val):  # where "not sure" starts for this network (gpumlp/losses.py)
+            rec.extra["confidence_floor"] = confidence_floor(model, X_val)
     try:
         rec.save(test_acc, len(X_te))
     except CheckpointError as e:  # neither on its path nor anywhere else
