@@ -121,3 +121,19 @@ def test_workers_share_the_cores_and_spread_over_the_gpus():
     assert worker_devices("cuda:1", 2, 4) == ["cuda:1", "cuda:1"]
     assert worker_devices("cpu", 2, 4) == ["cpu", "cpu"]
     assert [worker_threads(j, cores=16) for j in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+
+
+def test_shell_completion_offers_the_pruners_and_what_to_keep():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    def complete(words: str) -> list[str]:  # as bash asks it (tests/test_cli_help.py asks the same way)
+        env = {**os.environ, "_GPUMLP_COMPLETE": "complete_bash", "COMP_WORDS": f"gpumlp {words}",
+               "COMP_CWORD": str(len(f"gpumlp {words}".split(" ")) - 1)}  # fmt: skip
+        out = subprocess.run([str(Path(sys.executable).parent / "gpumlp")], env=env, capture_output=True, text=True)
+        return out.stdout.split()
+
+    assert complete("sweep run s.toml --pruner ") == ["median", "halving", "none"]
+    assert complete("sweep run s.toml --keep b") == ["best"]
+    assert complete("sweep ") == ["run", "show", "best"]

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from gpumlp.cli.app import DataDirOpt, DeviceOpt, Group, JsonOpt, app, command, echo_json, interrupted
+from gpumlp.cli.app import DataDirOpt, DeviceOpt, Group, JsonOpt, app, command, completion, echo_json, interrupted
+from gpumlp.sweep import KEEP, PRUNERS
 
 sweep_app = typer.Typer(
     cls=Group,
@@ -41,8 +42,18 @@ def run_cli(
             help="Seconds between a running trial's heartbeats; a trial silent for two is failed and retried once."
         ),
     ] = 30,  # fmt: skip
-    pruner: Annotated[str, typer.Option(help="Stops poor trials early: median, halving or none.")] = "median",
-    keep: Annotated[str, typer.Option(help="Networks kept in sweeps/STUDY/: best, all or none.")] = "best",
+    pruner: Annotated[
+        str,
+        typer.Option(
+            help="Stops poor trials early: median, halving or none.", autocompletion=completion(lambda: PRUNERS)
+        ),
+    ] = "median",
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Networks kept in sweeps/STUDY/: best, all or none.", autocompletion=completion(lambda: KEEP)
+        ),
+    ] = "best",
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
 ):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from gpumlp.errors import SweepError
 
 EXTRA_HINT = "pip install 'gpumlp[sweep]'"
+PRUNERS = ("median", "halving", "none")  # --pruner (worker.make_pruner)
+KEEP = ("best", "all", "none")  # --keep: which trials' networks are saved
 
 
 def require() -> None:

@@ -20,6 +20,7 @@ from gpumlp.data import datasets
 from gpumlp.data.load import locate
 from gpumlp.errors import SweepError
 from gpumlp.formats import signals
+from gpumlp.sweep import KEEP
 from gpumlp.sweep import study as studies
 from gpumlp.sweep.space import Space, config
 from gpumlp.sweep.worker import WorkerSpec, make_pruner, work
@@ -27,7 +28,6 @@ from gpumlp.sweep.worker import WorkerSpec, make_pruner, work
 WATCH_S = 0.5  # how often the study is read for the progress display
 STOP_S = 5.0  # how long stopped workers may take to fail their trials before they are killed
 RESTARTS = 3  # how many times a worker that died is replaced, per worker
-KEEP = ("best", "all", "none")
 
 
 @dataclass

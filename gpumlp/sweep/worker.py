@@ -23,6 +23,7 @@ from gpumlp.data.load import load_dataset, split
 from gpumlp.errors import GpumlpError, SweepError
 from gpumlp.formats import checkpoint, signals
 from gpumlp.model import MLP
+from gpumlp.sweep import PRUNERS
 from gpumlp.sweep import study as studies
 from gpumlp.sweep.space import check_space, config
 from gpumlp.training.loop import fit
@@ -59,8 +60,8 @@ def make_pruner(name: str):
     epoch 1: epochs are few) or none."""
     pruners = {"median": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner,
                "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1)}  # fmt: skip
-    if name not in pruners:
-        raise SweepError(f"unknown --pruner {name!r}: choose one of {', '.join(pruners)}")
+    if name not in PRUNERS:
+        raise SweepError(f"unknown --pruner {name!r}: choose one of {', '.join(PRUNERS)}")
     return pruners[name]()
 
 
