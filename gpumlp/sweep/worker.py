@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
@@ -162,7 +162,7 @@ def _run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
     seconds = time.perf_counter() - t0
     value = state.history[(state.weights_epoch or len(state.history)) - 1].val_accuracy  # of the weights kept
     with studies.study_lock(storage, spec.study):  # who is best, and its file, decided by one worker at a time
-        _keep(spec, study, trial, model, cfg, value)
+        _keep(spec, study, trial, model, cfg, value, state)
         _tell(study, trial, optuna.trial.TrialState.COMPLETE, seconds, state, value)
 
 
@@ -172,7 +172,7 @@ def _tell(study, trial, outcome, seconds: float, state: TrainState, value: float
     study.tell(trial, value, state=outcome, skip_if_finished=True)  # (failed as stale meanwhile: told already)
 
 
-def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float) -> None:
+def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float, state: TrainState) -> None:
     """Save the trial's network in ``spec.keep_dir`` as ``--keep`` says: every complete trial's
     (all), or the study's best only (best; the earlier best saved by this computer is then removed)."""
     if spec.keep == "none":
@@ -186,7 +186,8 @@ def _keep(spec: WorkerSpec, study, trial, model, cfg, value: float) -> None:
     folder = Path(spec.keep_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"trial-{trial.number}.npz"
-    checkpoint.save(path, model, config=cfg.to_dict(), val_accuracy=value, study=spec.study, trial=trial.number)
+    checkpoint.save(path, model, config=cfg.to_dict(), history=[asdict(e) for e in state.history],
+                    val_accuracy=value, study=spec.study, trial=trial.number)  # fmt: skip
     trial.set_user_attr("checkpoint", {"host": socket.gethostname(), "path": str(path.resolve())})
     if spec.keep == "best":
         for old in folder.glob("trial-*.npz"):
