@@ -235,3 +235,11 @@ def test_workers_of_a_killed_command_stop_and_fail_their_trials(sweep_dir):
     ts = trials(sweep_dir)
     assert [t.state for t in ts if t.number == victim.number] == [TrialState.FAIL]
     assert not [t for t in ts if t.state == TrialState.RUNNING] and len(finished(ts)) < 4
+
+
+def test_a_study_keeps_the_heartbeat_it_was_created_with(sweep_dir, monkeypatch, capsys):
+    args = ("sweep", "run", "space.toml", "--study", "s", "--trials", 1)
+    assert run_main(monkeypatch, capsys, *args, "--heartbeat", 5)[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, *args, "--heartbeat", 30)
+    assert code == 2 and "beats every 5 s" in err and err.count("\n") == 1
+    assert run_main(monkeypatch, capsys, *args)[0] == 0  # without --heartbeat: the study's

@@ -37,11 +37,12 @@ def run_cli(
     trials: Annotated[int, typer.Option(help="Finished trials (complete or pruned) the study ends with, in all.")] = 20,
     jobs: Annotated[int, typer.Option(help="Worker processes here, each with its share of the cores.")] = 1,
     heartbeat: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Seconds between a running trial's heartbeats; a trial silent for two is failed and retried once."
+            help="Seconds between a running trial's heartbeats; a trial silent for two is failed and retried once. "
+            "Set when the study is created (default 30); every later command keeps it."
         ),
-    ] = 30,  # fmt: skip
+    ] = None,  # fmt: skip
     pruner: Annotated[
         str,
         typer.Option(

@@ -73,13 +73,13 @@ def worker_threads(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores if cores is not None else auto_threads()[0]) // jobs)
 
 
-def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, heartbeat: int = 30,
+def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, heartbeat: int | None = None,
               pruner: str = "median", keep: str = "best", device: str = "cpu", data_dir=None,
               on_progress: Callable[[Progress], None] | None = None) -> Progress:  # fmt: skip
     """Run the study ``study`` at ``url`` to ``total`` finished trials with ``jobs`` workers here;
     ``on_progress`` gets a ``Progress`` whenever a trial finishes, and now and then. Returns the last."""
     for name, value, least in (("--trials", total, 1), ("--jobs", jobs, 1), ("--heartbeat", heartbeat, 1)):
-        if value < least:
+        if value is not None and value < least:
             raise SweepError(f"{name} must be at least {least} (got {value})")
     if keep not in KEEP:
         raise SweepError(f"unknown --keep {keep!r}: choose one of {', '.join(KEEP)}")
@@ -87,7 +87,8 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
     cfg = config(space.fixed)
     locate(datasets.get(cfg.dataset), data_dir)  # downloaded once here, not by every worker at once
     storage = studies.open_storage(url)
-    handle = studies.open_study(storage, study, space, make_pruner(pruner))
+    handle = studies.open_study(storage, study, space, make_pruner(pruner), heartbeat=heartbeat)
+    heartbeat = handle.user_attrs.get(studies.HEARTBEAT_ATTR) or studies.HEARTBEAT_S
     keep_dir = str((Path(storage.engine.url.database).parent if url.startswith("sqlite") else Path("sweeps")) / study)
     specs = [
         WorkerSpec(url, study, space.as_dict(), total, heartbeat, pruner, keep, os.path.abspath(keep_dir), dev,

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from gpumlp.errors import SweepError
 from gpumlp.sweep.space import Space
 
-SPACE_ATTR, FINGERPRINT_ATTR = "gpumlp_space", "gpumlp_space_fingerprint"
+SPACE_ATTR, FINGERPRINT_ATTR, HEARTBEAT_ATTR = "gpumlp_space", "gpumlp_space_fingerprint", "gpumlp_heartbeat"
+HEARTBEAT_S = 30  # a new study's heartbeat, unless --heartbeat says otherwise
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SQLITE_BUSY_S = 60  # how long an SQLite write waits for another process's (instead of "database is locked")
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer
@@ -189,9 +190,12 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(storage, name: str, space: Space | None = None, pruner=None, sampler=None) -> optuna.Study:
+def open_study(storage, name: str, space: Space | None = None, pruner=None, sampler=None,
+               heartbeat: int | None = None) -> optuna.Study:  # fmt: skip
     """The study ``name``: created for ``space`` if missing (``space`` None: it must exist), and
-    refused when it was made for another space."""
+    refused when it was made for another space. A new study records its ``heartbeat`` (seconds,
+    default ``HEARTBEAT_S``), which every worker of it keeps: one that beat more slowly than
+    another expects would have its trials failed as stale; another ``heartbeat`` is refused."""
     with study_lock(storage, name):
         try:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
@@ -205,12 +209,16 @@ def open_study(storage, name: str, space: Space | None = None, pruner=None, samp
             )
             study.set_user_attr(SPACE_ATTR, space.as_dict())
             study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
+            study.set_user_attr(HEARTBEAT_ATTR, heartbeat or HEARTBEAT_S)
     if space is not None and study.user_attrs.get(FINGERPRINT_ATTR) != space.fingerprint():
         raise SweepError(
             f"study {name!r} in {shown(storage.url)} was made for another space "
             f"({study.user_attrs.get(FINGERPRINT_ATTR, 'not by gpumlp sweep')}, this file's is "
             f"{space.fingerprint()}): name a new --study, or run it with its own space file"
         )
+    beat = study.user_attrs.get(HEARTBEAT_ATTR)
+    if heartbeat is not None and beat is not None and heartbeat != beat:
+        raise SweepError(f"study {name!r} beats every {beat} s, as it was created: drop --heartbeat, or give {beat}")
     return study
 
 
