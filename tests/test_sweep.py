@@ -176,20 +176,23 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
     assert retry[0].params == victim.params
 
 
-def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir):
+@pytest.mark.parametrize("stop,code,said", [(signal.SIGINT, 130, "interrupted: "),
+                                             (signal.SIGTERM, 143, "interrupted by SIGTERM: ")])  # fmt: skip
+def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir, stop, code, said):
     space(sweep_dir, epochs=25, train=1500)
     args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--jobs", 2)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: running(sweep_dir))
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)  # to the command only, not to its workers
+    proc.send_signal(stop)  # to the command only, not to its workers
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, (out, err)
-    assert time.monotonic() - t0 < 8
-    assert "interrupted: " in err and "run the same command to go on" in err
+    took = time.monotonic() - t0
+    assert proc.returncode == code, (out, err)
+    assert took < 10, took  # a second or two, unless the computer is very busy
+    assert err.startswith(said) and "run the same command to go on" in err
     ts = trials(sweep_dir)
-    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert [t for t in ts if t.state == TrialState.FAIL]
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)], (took, ts)
+    assert [t for t in ts if t.state == TrialState.FAIL], ts
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(finished(trials(sweep_dir))) == 3
