@@ -137,3 +137,14 @@ def test_shell_completion_offers_the_pruners_and_what_to_keep():
     assert complete("sweep run s.toml --pruner ") == ["median", "halving", "none"]
     assert complete("sweep run s.toml --keep b") == ["best"]
     assert complete("sweep ") == ["run", "show", "best"]
+
+
+def test_the_documented_space_file_reads(tmp_path):
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "sweeps.md").read_text()
+    (tmp_path / "space.toml").write_text(re.search(r"```toml\n(.*?)```", docs, re.S).group(1))
+    space = read_space(tmp_path / "space.toml")
+    assert set(space.search) == {"lr", "batch-size", "momentum", "optimizer"}
+    assert space.fixed["layers"] == "784,512,10"
