@@ -72,7 +72,7 @@ def run_cli(
     try:
         with show:
             last = run_sweep(space, study, url, trials, jobs=jobs, heartbeat=heartbeat, pruner=pruner, keep=keep,
-                             device=device, data_dir=data_dir, on_progress=show.update)  # fmt: skip
+                             device=device, data_dir=data_dir, on_progress=show.update, log=show.log)  # fmt: skip
     except SweepInterrupted as e:
         raise interrupted(str(e), e.exit_code) from None
     show.done(f"gpumlp sweep show {study}" + (f" --storage {shown(url)}" if storage is not None else ""), last)
@@ -99,6 +99,14 @@ class SweepDisplay:
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+    def log(self, line: str) -> None:
+        from gpumlp.cli.display import echo
+
+        if self.live is not None:
+            self.live.console.print(line, highlight=False)  # above the status line
+        else:
+            echo(line)
 
     def update(self, progress) -> None:
         from gpumlp.cli.display import echo

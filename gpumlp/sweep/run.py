@@ -75,9 +75,11 @@ def worker_threads(jobs: int, cores: int | None = None) -> int:
 
 def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, heartbeat: int | None = None,
               pruner: str = "median", keep: str = "best", device: str = "cpu", data_dir=None,
-              on_progress: Callable[[Progress], None] | None = None) -> Progress:  # fmt: skip
+              on_progress: Callable[[Progress], None] | None = None,
+              log: Callable[[str], None] | None = None) -> Progress:  # fmt: skip
     """Run the study ``study`` at ``url`` to ``total`` finished trials with ``jobs`` workers here;
-    ``on_progress`` gets a ``Progress`` whenever a trial finishes, and now and then. Returns the last."""
+    ``on_progress`` gets a ``Progress`` whenever a trial finishes, and now and then; ``log`` the
+    line that says what starts. Returns the last ``Progress``."""
     for name, value, least in (("--trials", total, 1), ("--jobs", jobs, 1), ("--heartbeat", heartbeat, 1)):
         if value is not None and value < least:
             raise SweepError(f"{name} must be at least {least} (got {value})")
@@ -96,6 +98,12 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
         for i, dev in enumerate(worker_devices(device, jobs, gpu_count(device)))
     ]  # fmt: skip
     now = _progress(handle.get_trials(deepcopy=False), total, time.monotonic(), None, None)[0]
+    if log is not None:
+        threads = space.threads or specs[0].threads
+        devices = ", ".join(dict.fromkeys(s.device for s in specs))
+        log(f"study {study} in {studies.shown(url)}: {now.counts.finished} of {total} trials finished"
+            + ("" if now.counts.finished >= total else f"; {jobs} worker{'s' if jobs != 1 else ''} here on "
+               f"{devices}, {threads} BLAS thread{'s' if threads != 1 else ''} each"))  # fmt: skip
     if now.counts.finished >= total:  # nothing to do: no worker started
         return now
     return Pool(specs).watch(handle, total, on_progress)
@@ -194,5 +202,6 @@ def _progress(trials, total: int, start: float, seen, first):
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     elapsed = time.monotonic() - start
     done_here = c.finished - first
-    eta = elapsed / done_here * max(0, total - c.finished) if done_here > 0 else None
+    left = max(0, total - c.finished)
+    eta = elapsed / done_here * left if done_here > 0 else (0.0 if not left else None)
     return Progress(total, c, best, sorted(new, key=lambda t: t.number), elapsed, eta), ended, first
