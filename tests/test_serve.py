@@ -84,7 +84,8 @@ def test_page_and_model_description(client):
     assert info["name"] == CHECKPOINT.name and info["sizes"] == [784, 256, 10]
     assert info["activation"] == "relu" and info["loss"] == "ce" and info["probabilities"] == "softmax"
     assert info["test_accuracy"] == 0.98 and info["test_size"] == 10_000 and info["n_params"] == 203_530
-    assert info["confidence_floor"] == 0.5  # the shipped file has none: the default
+    own = gpumlp.load(CHECKPOINT)[1]["confidence_floor"]["value"]  # chosen on its validation images
+    assert info["confidence_floor"] == own and 0.55 < own < 0.65
     api = client.get("/api/openapi.json").json()
     answer = api["paths"]["/api/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert set(answer["required"]) == {"digit", "probabilities", "preview", "confident"} < set(answer["properties"])

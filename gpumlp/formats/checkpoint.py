@@ -93,14 +93,7 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
             f"save() got metadata {', '.join(map(repr, reserved))}: these keys describe the network and come from "
             "the model itself (the file format follows the extension, .npz or .json); rename them"
         )
-    for key, value in metadata.items():  # before anything is written: one line naming the key
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise CheckpointError(
-                f"save(): metadata {key!r} cannot be stored as JSON ({e}); pass numbers, strings, lists or dicts "
-                "(int() or float() of a numpy number)"
-            ) from None
+    _check_json("save()", metadata)
     meta = build_metadata(model, **metadata)
     host = _host(model)
     state = {k: np.asarray(model.be.to_numpy(v)) for k, v in (state_arrays or {}).items()}
@@ -109,6 +102,36 @@ def save(path: str | os.PathLike, model: MLP, state_arrays: dict | None = None, 
             raise CheckpointError(f"refusing to save {path}: {k} contains NaN or Inf (training diverged?)")
     fmt.write(path, meta, host, state)
     return path
+
+
+def _check_json(who: str, metadata: dict) -> None:
+    """Before anything is written: one line naming the first key that JSON cannot hold."""
+    for key, value in metadata.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise CheckpointError(
+                f"{who}: metadata {key!r} cannot be stored as JSON ({e}); pass numbers, strings, lists or dicts "
+                "(int() or float() of a numpy number)"
+            ) from None
+
+
+def update_metadata(path: str | os.PathLike, **fields) -> dict:
+    """Set ``fields`` in the metadata of the gpumlp checkpoint at ``path``, in place and atomically:
+    its parameters, training state, other fields and format stay exactly as they were. Returns the
+    metadata now in the file."""
+    path = Path(path)
+    reserved = sorted(set(fields) & set(_DERIVED))
+    if reserved:
+        names = ", ".join(map(repr, reserved))
+        raise ConfigError(f"update_metadata(): {names} describe the network itself; they cannot be set")
+    _check_json("update_metadata()", fields)
+    RunLock(path).refuse_if_held("rewrite it")
+    fmt, meta, host = _read(path, foreign=False)
+    state = meta.pop("state_arrays", {})
+    meta.update(fields)
+    fmt.write(path, meta, host, state)
+    return meta
 
 
 # ---------------------------------------------------------------- reading

@@ -290,6 +290,7 @@ xp.__dict__.update(
     int64=np.int64,
     int32=np.int32,
     uint32=np.uint32,
+    finfo=np.finfo,  # cupy.finfo is numpy's: a host record of the type, no launch
 )
 
 
