@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import time
 from collections.abc import Callable
@@ -169,7 +170,10 @@ class Pool:
             if p.exitcode is None or p.exitcode == 0 or p.exitcode in signals.SIGNALS.values():
                 continue  # running, done, or stopped by a signal meant for it
             if p.exitcode == 2:  # its error is on its way through the queue
-                raise SweepError(self.errors.get(timeout=STOP_S))
+                try:
+                    raise SweepError(self.errors.get(timeout=STOP_S))
+                except queue.Empty:
+                    raise SweepError(f"sweep worker {i} stopped with an error (exit status 2)") from None
             if self.restarts[i] >= RESTARTS:
                 raise SweepError(f"sweep worker {i} died {RESTARTS + 1} times (last exit status {p.exitcode})")
             self.restarts[i] += 1
