@@ -107,7 +107,12 @@ def test_a_poor_trial_is_pruned(sweep_dir, monkeypatch, capsys):
 
 
 def test_a_study_of_another_space_is_refused(sweep_dir, monkeypatch, capsys):
-    assert run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", 1)[0] == 0
+    args = ("sweep", "run", "space.toml", "--study", "s", "--trials", 1, "--keep", "none")
+    assert run_main(monkeypatch, capsys, *args)[0] == 0
+    assert not (sweep_dir / "sweeps" / "s").exists()  # --keep none: no network saved
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "show", "s", "--json")
+    d = json.loads(out)  # one complete trial: no importance yet, and why
+    assert d["importances"] is None and d["importances_note"] == "needs at least two complete trials"
     space(sweep_dir, epochs=3, train=1000, name="other.toml")
     code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "other.toml", "--study", "s", "--trials", 2)
     assert code == 2 and "was made for another space" in err and err.count("\n") == 1
@@ -126,6 +131,10 @@ def test_show_and_json(sweep_dir, monkeypatch, capsys):
     assert [r["number"] for r in d["best"]][0] == max(complete, key=lambda t: (t.value, -t.number)).number
     assert set(d["importances"] or {}) <= {"lr", "batch-size", "momentum"}
     assert d["best"][0]["checkpoint"]["exists"] is True
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "show", "s", "--plot", "plots")
+    assert code == 0, err
+    for name in ("history.png", "importance.png"):
+        assert (sweep_dir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"saved plots/{name}" in out
     code, _, err = run_main(monkeypatch, capsys, "sweep", "show", "nothing")
     assert code == 2 and "no study 'nothing' here" in err and err.count("\n") == 1
 
