@@ -169,7 +169,7 @@ def running(folder):
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sweep_dir):
-    space(sweep_dir, epochs=25, train=1500)  # trials of a second or two
+    space(sweep_dir, epochs=50, train=1500)  # trials of a second or so
     proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--heartbeat", 2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     victim = wait_for(lambda: running(sweep_dir))[0]
@@ -188,7 +188,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
 @pytest.mark.parametrize("stop,code,said", [(signal.SIGINT, 130, "interrupted: "),
                                              (signal.SIGTERM, 143, "interrupted by SIGTERM: ")])  # fmt: skip
 def test_ctrl_c_fails_the_running_trial_and_the_same_command_goes_on(sweep_dir, stop, code, said):
-    space(sweep_dir, epochs=25, train=1500)
+    space(sweep_dir, epochs=50, train=1500)
     args = gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 3, "--jobs", 2)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: running(sweep_dir))
@@ -236,7 +236,7 @@ def test_a_combination_train_refuses_fails_its_trial_and_stops_the_sweep_in_one_
 
 
 def test_workers_of_a_killed_command_stop_and_fail_their_trials(sweep_dir):
-    space(sweep_dir, epochs=25, train=1500)
+    space(sweep_dir, epochs=50, train=1500)
     proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 4),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     victim = wait_for(lambda: running(sweep_dir))[0]

@@ -6,10 +6,12 @@ to the total. A worker that dies (killed, out of memory) is replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,7 +152,7 @@ class Pool:
                     return last
                 time.sleep(WATCH_S)
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (signals.Stop)
-            self.stop()
+            self.stop(handle)
             c = studies.counts(handle.get_trials(deepcopy=False))
             raise SweepInterrupted(
                 f"{signals.why(e)}: {c.finished} of {total} trials finished, the running ones failed; "
@@ -158,7 +160,7 @@ class Pool:
                 signals.exit_code(e),
             ) from None
         except BaseException:
-            self.stop()
+            self.stop(handle)
             raise
 
     def _check(self) -> bool:
@@ -180,17 +182,20 @@ class Pool:
             self.procs[i] = self._start(self.specs[i])
         return any(p.exitcode is None for p in self.procs)
 
-    def stop(self) -> None:
-        """Stop every worker (SIGTERM: each fails its running trial) and wait; kill the late ones."""
+    def stop(self, handle) -> None:
+        """Stop every worker (SIGTERM: each fails its running trial) and wait; kill the late ones,
+        and fail what trials they left running."""
         for p in self.procs:
-            if p.exitcode is None and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
+            if p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):  # (it ended a moment ago)
+                    os.kill(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_S
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
             if p.exitcode is None:
                 p.kill()
                 p.join()
+        studies.fail_orphans(handle, socket.gethostname(), {p.pid for p in self.procs})
 
 
 def _progress(trials, total: int, start: float, seen, first):

@@ -22,6 +22,7 @@ from gpumlp.sweep.space import Space
 
 SPACE_ATTR, FINGERPRINT_ATTR, HEARTBEAT_ATTR = "gpumlp_space", "gpumlp_space_fingerprint", "gpumlp_heartbeat"
 HEARTBEAT_S = 30  # a new study's heartbeat, unless --heartbeat says otherwise
+WORKER_ATTR = "worker"  # a trial's user attribute: {"host", "pid", "device"} of the worker that runs it
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SQLITE_BUSY_S = 60  # how long an SQLite write waits for another process's (instead of "database is locked")
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer
@@ -30,8 +31,15 @@ WAIT = "wait"  # claim(): every trial still needed is running elsewhere
 
 
 def quiet() -> None:
-    """Optuna's own log lines and its warnings about experimental features (the heartbeat) off."""
+    """Optuna's own log lines and its warnings about experimental features (the heartbeat) off;
+    SQLAlchemy's log too ("Error closing cursor" and its traceback, when a stop signal cuts a
+    query short: the errors that matter are raised, and said in one line)."""
+    import logging
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sqlalchemy_log = logging.getLogger("sqlalchemy")
+    if not sqlalchemy_log.handlers:
+        sqlalchemy_log.addHandler(logging.NullHandler())
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
     # Optuna's optimize() runs the heartbeat itself; a sweep's worker runs it (worker._heartbeat)
@@ -244,11 +252,12 @@ def counts(trials) -> Counts:
     return c
 
 
-def claim(study: optuna.Study, storage, total: int):
-    """The next trial to run, as a running Optuna ``Trial``; ``None`` once the study has ``total``
-    finished trials; ``WAIT`` while the trials still needed are all running elsewhere (one of them
-    may fail). Under the study's lock, so that the trials never outnumber ``total``. Trials whose
-    worker stopped beating are failed here first, and retried once (``open_storage``)."""
+def claim(study: optuna.Study, storage, total: int, worker: dict | None = None):
+    """The next trial to run, as a running Optuna ``Trial`` marked with ``worker`` (its user
+    attribute: host, pid, device); ``None`` once the study has ``total`` finished trials; ``WAIT``
+    while the trials still needed are all running elsewhere (one of them may fail). Under the
+    study's lock, so that the trials never outnumber ``total``. Trials whose worker stopped beating
+    are failed here first, and retried once (``open_storage``)."""
     with study_lock(storage, study.study_name):
         optuna.storages.fail_stale_trials(study)
         c = counts(study.get_trials(deepcopy=False))
@@ -259,4 +268,16 @@ def claim(study: optuna.Study, storage, total: int):
         trial = study.ask()  # a waiting trial (a retry) first, else a new one
         if storage.heartbeat_interval is not None:  # at once: a running trial that never beat is never stale
             storage.record_heartbeat(trial._trial_id)
+        if worker is not None:  # whose it is, from the start: the command fails its workers' trials if they cannot
+            trial.set_user_attr(WORKER_ATTR, worker)
         return trial
+
+
+def fail_orphans(study: optuna.Study, host: str, pids: set[int]) -> None:
+    """Fail the running trials of the workers ``pids`` on ``host`` (stopped or killed): what a
+    worker could not do itself, its command does."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get(WORKER_ATTR) or {}
+        if who.get("host") == host and who.get("pid") in pids:
+            with contextlib.suppress(Exception):  # finished meanwhile, or the database is gone
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

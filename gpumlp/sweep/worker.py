@@ -30,7 +30,7 @@ from gpumlp.training.loop import fit
 from gpumlp.training.state import TrainState
 from gpumlp.training.stopping import TrainingDiverged
 
-POLL_S = 0.5  # how often a worker with nothing to claim asks again, and checks that its parent lives
+POLL_S = 0.5  # how often a worker with nothing to claim asks again
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,12 @@ def _work(spec: WorkerSpec) -> int:
     cfg = config(space.fixed)
     images = load_dataset(cfg.dataset, spec.data_dir)
     (X, y), val, _ = split(*images, cfg.train_size, cfg.val_size, 0)  # loaded once, for every trial
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": spec.device}
     while True:
         trial = None
         try:
             with signals.deferred():  # a stop waits for the claim: a claimed trial is run or failed, never lost
-                trial = studies.claim(study, storage, spec.total)
+                trial = studies.claim(study, storage, spec.total, worker)
         except KeyboardInterrupt:
             if trial is not None and trial != studies.WAIT:
                 _fail(study, storage, trial)
@@ -125,12 +126,15 @@ def run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
 
 def _fail(study, storage, trial) -> None:
     """Mark ``trial`` failed after a stop signal or an error, which may have cut a database write
-    short: this thread's session, left mid-transaction, is dropped first. A database that is gone
-    too leaves the trial running, for another worker's heartbeat check to fail."""
+    short: this thread's session, left mid-transaction, is dropped first (the second time its
+    connections too). Failing that, the command fails its workers' trials (``fail_orphans``), and
+    on another machine the trial's stale heartbeat."""
     signals.ignore_all()  # a second signal must not cut this write short (the worker is ending)
-    for _ in range(2):
-        storage.scoped_session.remove()
+    for attempt in range(2):
         try:
+            storage.scoped_session.remove()
+            if attempt:
+                storage.engine.dispose()
             study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             return
         except Exception:
@@ -141,7 +145,6 @@ def _run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
     X, y, X_val, y_val = data
     cfg = config(space.suggest(trial))  # (a combination of values the space's checks could not foresee raises)
     threads = space.threads or spec.threads
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "device": spec.device})
     trial.set_user_attr("threads", threads)
 
     def on_epoch(stats):
@@ -218,12 +221,15 @@ def _heartbeat(storage, trial, interval: int):
 
 def _watch_parent(parent: int | None) -> None:
     """When the sweep command that started this worker is gone (killed), stop as on SIGTERM."""
-    if parent is None:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    process = multiprocessing.parent_process()
+    if parent is None or process is None:
         return
 
     def watch():
-        while os.getppid() == parent:
-            time.sleep(POLL_S)
+        wait([process.sentinel])  # ready the moment the parent is gone
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="gpumlp-parent").start()
