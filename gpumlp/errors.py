@@ -23,3 +23,7 @@ class CheckpointError(GpumlpError):
 
 class ExportError(GpumlpError):
     """A network cannot be written in another format (ONNX), or its package is missing."""
+
+
+class SweepError(GpumlpError):
+    """A sweep's space file, study or storage cannot be used (``gpumlp sweep``)."""

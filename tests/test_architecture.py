@@ -21,14 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gpumlp"
 CORE = {f"gpumlp.{m}" for m in ("model", "activations", "losses", "optim", "errors", "scalars", "inputs")}
 CORE_BACKENDS = {"gpumlp.backends.base", "gpumlp.backends.registry"}  # what the core may take from the backends
-EDGES = ("training", "data", "formats", "cli")
+EDGES = ("training", "data", "formats", "cli", "sweep")
 # Layer → the layers it must not import. The core's rule on the backends is CORE_BACKENDS.
 FORBIDDEN = {
-    "core": {"training", "data", "formats", "cli"},
-    "backends": {"training", "cli", "formats", "data"},
-    "data": {"training", "cli"},
-    "formats": {"training", "cli"},
-    "training": {"cli"},
+    "core": {"training", "data", "formats", "cli", "sweep"},
+    "backends": {"training", "cli", "formats", "data", "sweep"},
+    "data": {"training", "cli", "sweep"},
+    "formats": {"training", "cli", "sweep"},
+    "training": {"cli", "sweep"},
+    "sweep": {"cli"},
 }
 # (importer's layer, module) pairs allowed against FORBIDDEN: the run-state schema, which the
 # checkpoint metadata checks read, imports nothing from gpumlp but errors.
@@ -190,6 +191,10 @@ def test_the_finder_counts_lazy_and_type_checking_imports_and_submodules(tmp_pat
         ("gpumlp.training.loop", "gpumlp.cli.display", False),
         ("gpumlp.cli.commands", "gpumlp.training.run", True),
         ("gpumlp.training.run", "gpumlp.formats.checkpoint", True),
+        ("gpumlp.sweep.worker", "gpumlp.training.loop", True),
+        ("gpumlp.sweep.run", "gpumlp.cli.display", False),
+        ("gpumlp.training.run", "gpumlp.sweep.study", False),
+        ("gpumlp.cli.sweep", "gpumlp.sweep.run", True),
     ],
 )
 def test_the_layering_rule(importer, imported, allowed):

@@ -202,9 +202,9 @@ def closed_output() -> typer.Exit:
     return typer.Exit(signals.CLOSED_PIPE)
 
 
-def command(name: str):
-    """``@app.command(name)`` whose library errors (``GpumlpError``) become one line on stderr and
-    exit code 2, caught here once for every command."""
+def command(name: str, on: typer.Typer | None = None):
+    """``@app.command(name)`` (or ``on.command``, a sub-app's) whose library errors (``GpumlpError``)
+    become one line on stderr and exit code 2, caught here once for every command."""
 
     def register(func):
         @functools.wraps(func)
@@ -218,7 +218,7 @@ def command(name: str):
             except OSError as e:
                 raise _fail(_os_error(e)) from None
 
-        return app.command(name, cls=Command)(run_command)
+        return (on or app).command(name, cls=Command)(run_command)
 
     return register
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from gpumlp.cli import sweep as _sweep  # noqa: F401  (registers gpumlp sweep)
 from gpumlp.cli.app import (  # noqa: F401  (app and main: the entry points, re-exported)
     AnyDatasetOpt,
     CheckpointArg,

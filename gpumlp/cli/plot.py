@@ -252,3 +252,38 @@ def plot_weights(model, out: Path, units: int = 100, title: str | None = None) -
     arch = "-".join(map(str, model.sizes))
     fig.suptitle(title or f"first-layer weights of {arch}\n{shown} (red +, blue −)", fontsize="medium")
     return _save(fig, out)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def plot_sweep(points: list[dict], importances: dict | None, folder: Path) -> list[Path]:
+    """A study's optimisation history (each finished trial's validation accuracy by trial number,
+    complete ones as dots, pruned ones as crosses at their last epoch, and the best so far) and,
+    when known, its options' importances, as ``history.png`` and ``importance.png`` in ``folder``."""
+    from gpumlp.cli.outputs import own_png
+
+    fig = _new_figure(7, 4.2)
+    ax = fig.subplots()
+    for state, marker in (("complete", "o"), ("pruned", "x")):
+        shown = [p for p in points if p["state"] == state and p["value"] is not None]
+        ax.plot([p["number"] for p in shown], [100 * p["value"] for p in shown], marker, label=state, alpha=0.8)
+    best, xs, ys = None, [], []
+    for p in (p for p in points if p["state"] == "complete"):
+        best = p["value"] if best is None else max(best, p["value"])
+        xs.append(p["number"])
+        ys.append(100 * best)
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    ax.set(title="validation accuracy per trial", xlabel="trial", ylabel="accuracy (%)")
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc="lower right")
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = [_save(fig, own_png(folder / "history.png"))]
+    if importances:
+        fig = _new_figure(7, 0.5 + 0.45 * len(importances))
+        ax = fig.subplots()
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[k] for k in names], color="C0")
+        ax.set(title="importance of each searched option", xlabel="importance (sums to 1)")
+        saved.append(_save(fig, own_png(folder / "importance.png", tuple(saved))))
+    return saved

@@ -1,0 +1,150 @@
+"""gpumlp sweep's space file, storage URL and worker layout: every error one line, exit 2, before any trial."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from gpumlp.errors import SweepError  # noqa: E402
+from gpumlp.sweep.run import worker_devices, worker_threads  # noqa: E402
+from gpumlp.sweep.space import check_space, read_space  # noqa: E402
+from gpumlp.sweep.study import storage_url  # noqa: E402
+from standins.entry_point import run_main  # noqa: E402
+
+GOOD = """
+[fixed]
+epochs = 2
+layers = [784, 32, 10]
+optimizer = "momentum"
+[search]
+lr = { low = 0.01, high = 1.0, log = true }
+batch-size = { choices = [32, 64] }
+momentum = { low = 0.0, high = 0.9 }
+"""
+
+
+def test_a_good_space_is_normalised_and_fingerprinted(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(GOOD)
+    space = read_space(path)
+    assert space.fixed == {"epochs": 2, "layers": "784,32,10", "optimizer": "momentum"}
+    assert space.search["lr"].kind == "float" and space.search["lr"].log
+    assert space.search["batch-size"].choices == (32, 64)
+    assert check_space(space.as_dict()).fingerprint() == space.fingerprint()  # what a worker rebuilds
+    other = check_space({**space.as_dict(), "fixed": {**space.fixed, "epochs": 3}})
+    assert other.fingerprint() != space.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('[search]\nmomentom = { low = 0.1, high = 0.9 }', "has this name (did you mean momentum?)"),
+        ('[fixed]\nepochs = 2\n[serch]\nlr = { low = 0.1, high = 1.0 }', "did you mean [search]"),
+        ("[search]\nlr = { low = 1.0, high = 0.1 }", "low (1.0) must be below high (0.1)"),
+        ("[search]\nlr = { low = 0.0, high = 1.0, log = true }", "a log range needs low above 0"),
+        ("[search]\nlr = { low = -1.0, high = 1.0 }", "--lr must be a positive finite number"),
+        ("[search]\nepochs = { low = 1.5, high = 3 }", "low must be a whole number"),
+        ("[search]\nlr = { low = 0.1, hi = 1.0 }", "unknown key 'hi'"),
+        ("[search]\nbatch-size = { choices = [32, 0] }", "--batch-size must be at least 1"),
+        ('[search]\nactivation = { choices = ["relu", "swish"] }', "activation"),
+        ("[search]\nlayers = { low = 1, high = 3 }", "layers is not a number"),
+        ("[fixed]\nlr = 0.1\n[search]\nlr = { low = 0.1, high = 1.0 }", "lr is both fixed and searched"),
+        ('[fixed]\noptimizer = "sgd"\n[search]\nmomentum = { low = 0.0, high = 0.9 }', "--optimizer sgd ignores it"),
+        ('[search]\noptimizer = { choices = ["nesterov", "adam"] }\nmomentum = { low = 0.0, high = 0.9 }',
+         "--optimizer adam ignores it"),
+        ('[fixed]\npreset = "fast"\n[search]\nlr = { low = 0.1, high = 1.0 }', "not an option a sweep takes"),
+        ('[fixed]\ndevice = "cuda"\n[search]\nlr = { low = 0.1, high = 1.0 }', "gpumlp sweep run --device"),
+        ("[fixed]\ntest-size = 100\n[search]\nlr = { low = 0.1, high = 1.0 }", "never reads the test images"),
+        ("[search]\nval-size = { choices = [100, 200] }", "put it in [fixed]"),
+        ("[fixed]\nval-size = 0\n[search]\nlr = { low = 0.1, high = 1.0 }", "give 1 or more"),
+        ("[fixed]\nepochs = 2", "[search] names no option"),
+        ("[search]\nlr = { choices = [] }", "choices must be a non-empty list"),
+        ("[search]\nlr = [", "is not a TOML file"),
+    ],
+)  # fmt: skip
+def test_each_error_in_a_space_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, text, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.toml").write_text(text)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", "2")
+    assert code == 2, err
+    assert err.startswith("error: space.toml") and expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "sweeps").exists()  # nothing created before the space is right
+
+
+def test_the_suggestion_names_the_close_option():
+    with pytest.raises(SweepError, match=r"\[search\] batch_size: .*did you mean batch-size\?"):
+        check_space({"search": {"batch_size": {"choices": [32]}}})
+
+
+def test_a_missing_space_file_and_a_bad_study_name_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "nothing.toml", "--study", "s")
+    assert code == 2 and err.startswith("error: cannot read the space file nothing.toml") and err.count("\n") == 1
+    (tmp_path / "space.toml").write_text(GOOD)
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "../x")
+    assert code == 2 and "--study '../x'" in err and err.count("\n") == 1
+
+
+def test_an_unreachable_database_is_one_line(tmp_path, monkeypatch, capsys, refused_url):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.toml").write_text(GOOD)
+    port = refused_url.rstrip("/").rsplit(":", 1)[1]
+    url = f"postgresql://gpumlp:secret@127.0.0.1:{port}/db"
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--storage", url)
+    assert code == 2 and err.startswith("error: cannot open the study storage postgresql+psycopg://gpumlp:***@")
+    assert err.count("\n") == 1 and "secret" not in err
+
+
+def test_without_optuna_the_command_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "show", "s")
+    assert code == 2 and "pip install 'gpumlp[sweep]'" in err and err.count("\n") == 1
+
+
+def test_storage_urls():
+    assert storage_url("postgresql://u@h/db", "s") == "postgresql+psycopg://u@h/db"
+    assert storage_url("postgres://u@h/db", "s") == "postgresql+psycopg://u@h/db"
+    assert storage_url("postgresql+psycopg://u@h/db", "s") == "postgresql+psycopg://u@h/db"
+    assert storage_url("sqlite:///x.db", "s") == "sqlite:///x.db"
+    with pytest.raises(SweepError, match="not a database URL"):
+        storage_url("x.db", "s")
+
+
+def test_workers_share_the_cores_and_spread_over_the_gpus():
+    assert worker_devices("cuda", 4, 2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_devices("cuda", 3, 1) == ["cuda", "cuda", "cuda"]
+    assert worker_devices("cuda:1", 2, 4) == ["cuda:1", "cuda:1"]
+    assert worker_devices("cpu", 2, 4) == ["cpu", "cpu"]
+    assert [worker_threads(j, cores=16) for j in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+
+
+def test_shell_completion_offers_the_pruners_and_what_to_keep():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    def complete(words: str) -> list[str]:  # as bash asks it (tests/test_cli_help.py asks the same way)
+        env = {**os.environ, "_GPUMLP_COMPLETE": "complete_bash", "COMP_WORDS": f"gpumlp {words}",
+               "COMP_CWORD": str(len(f"gpumlp {words}".split(" ")) - 1)}  # fmt: skip
+        out = subprocess.run([str(Path(sys.executable).parent / "gpumlp")], env=env, capture_output=True, text=True)
+        return out.stdout.split()
+
+    assert complete("sweep run s.toml --pruner ") == ["median", "halving", "none"]
+    assert complete("sweep run s.toml --keep b") == ["best"]
+    assert complete("sweep ") == ["run", "show", "best"]
+
+
+def test_the_documented_space_file_reads(tmp_path):
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "sweeps.md").read_text()
+    (tmp_path / "space.toml").write_text(re.search(r"```toml\n(.*?)```", docs, re.S).group(1))
+    space = read_space(tmp_path / "space.toml")
+    assert set(space.search) == {"lr", "batch-size", "momentum", "optimizer"}
+    assert space.fixed["layers"] == "784,512,10"
