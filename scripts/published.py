@@ -11,6 +11,7 @@ date and the command that wrote it. tests/test_published.py fails when README an
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ BEGIN = "<!-- results: written by `python scripts/published.py` from docs/result
 END = "<!-- results: end -->"
 SPEED_BEGIN = "<!-- speed: written by `python scripts/published.py` from docs/bench.json -->"
 SPEED_END = "<!-- speed: end -->"
+SWEEP_BEGIN = "<!-- sweep: written by `python scripts/published.py` from docs/sweep.json -->"
+SWEEP_END = "<!-- sweep: end -->"
 
 
 def _pct(x: float) -> str:
@@ -50,7 +53,7 @@ def _spread(s: dict, fmt, unit: str = "") -> str:
     return f"{fmt(s['mean'])}{unit} ({fmt(s['min'])}–{fmt(s['max'])}{unit})"
 
 
-def results_table(results: dict) -> list[str]:
+def results_table(results: dict, sweep: dict | None = None) -> list[str]:
     lines = [
         "Test accuracy on the 10,000 MNIST test images; every hyper-parameter chosen on the validation "
         "images (the 10,000 training-file images after the first 50,000), never on the test set. Measured on "
@@ -67,12 +70,46 @@ def results_table(results: dict) -> list[str]:
             f"| {command} | {_network(cfg)} | {','.join(map(str, p['seeds']))} | {acc} | "
             f"{_spread(s['train_seconds'], _s, ' s')} |"
         )
+    lines += sweep_rows(sweep)
     lines += [
         "",
         "Mean (min–max) over the seeds shown; training time is the epochs' training, without validation, "
         f"loading and the test. Command: `{results['command']}`.",
     ]
-    return lines
+    return lines + sweep_sentence(sweep)
+
+
+def sweep_rows(sweep: dict | None) -> list[str]:
+    """The README's row for the recipe a sweep chose (docs/sweep.json, ``scripts/sweep_report.py``)."""
+    if not sweep or not sweep.get("chosen"):
+        return []
+    c, study = sweep["chosen"], sweep["study"]
+    runs = c["tested"]["runs"]
+    acc = _spread(_spread_of([r["test_accuracy"] for r in runs]), _pct)
+    secs = _spread(_spread_of([r["train_seconds"] for r in runs]), _s, " s")
+    trials = study["complete"] + study["pruned"]
+    return [
+        f"| `gpumlp sweep run {sweep['space']} --trials {trials}`, trial {c['trial']} | "
+        f"{_network(c['config'])} | {','.join(str(r['seed']) for r in runs)} | {acc} | {secs} |"
+    ]
+
+
+def sweep_sentence(sweep: dict | None) -> list[str]:
+    if not sweep or not sweep.get("chosen"):
+        return []
+    c, fast = sweep["chosen"], sweep["fast"]
+    verdict = "so `fast` takes its recipe" if sweep["better"] else "so `fast` keeps its own"
+    return [
+        f"The sweep row: the best of the study's trials on validation accuracy, retrained over seeds "
+        f"{','.join(str(r['seed']) for r in c['runs'])} beside `fast` in one run (`{sweep['command']}`, "
+        f"{sweep['date'][:10]}, {_cpu(sweep['machine'])}): mean validation accuracy "
+        f"{_pct(c['mean']['val_accuracy'])} against `fast`'s {_pct(fast['mean']['val_accuracy'])}, {verdict} "
+        f"([docs/recipes.md](docs/recipes.md#a-sweep-for-the-fast-preset)).",
+    ]
+
+
+def _spread_of(values: list[float]) -> dict:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
 
 
 def speed_sentence(bench: dict) -> list[str]:
@@ -117,8 +154,8 @@ def speed_table(bench: dict) -> str:
     return "\n".join(lines)
 
 
-def section(results: dict, bench: dict) -> str:
-    return "\n".join([BEGIN, *results_table(results), "", *speed_sentence(bench), END])
+def section(results: dict, bench: dict, sweep: dict | None = None) -> str:
+    return "\n".join([BEGIN, *results_table(results, sweep), "", *speed_sentence(bench), END])
 
 
 def current(text: str, begin: str = BEGIN, end: str = END) -> str:
@@ -130,11 +167,25 @@ def pairs(root: Path = ROOT) -> list[tuple[Path, str, str]]:
     """``[(file, its section, the section the files give), …]`` for README.md and docs/speed.md."""
     results = json.loads((root / "docs" / "results.json").read_text())
     bench = json.loads((root / "docs" / "bench.json").read_text())
-    readme, speed = root / "README.md", root / "docs" / "speed.md"
-    return [
-        (readme, current(readme.read_text()), section(results, bench)),
+    sweep_file = root / "docs" / "sweep.json"
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else None
+    readme, speed, recipes = root / "README.md", root / "docs" / "speed.md", root / "docs" / "recipes.md"
+    found = [
+        (readme, current(readme.read_text()), section(results, bench, sweep)),
         (speed, current(speed.read_text(), SPEED_BEGIN, SPEED_END), speed_table(bench)),
     ]
+    if sweep is not None:
+        have = current(recipes.read_text(), SWEEP_BEGIN, SWEEP_END)
+        found.append((recipes, have, "\n".join([SWEEP_BEGIN, sweep_report().markdown(sweep), SWEEP_END])))
+    return found
+
+
+def sweep_report():
+    """scripts/sweep_report.py as a module (its ``markdown`` writes docs/recipes.md's sweep section)."""
+    spec = importlib.util.spec_from_file_location("sweep_report", Path(__file__).with_name("sweep_report.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load(root: Path = ROOT) -> tuple[str, str]:

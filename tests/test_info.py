@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 import gpumlp
 from gpumlp.cli import commands as cli
+from gpumlp.formats import checkpoint
 
 SMALL = dict(sizes=(784, 16, 10), epochs=1, train_size=500, val_size=100, test_size=100)
 
@@ -31,3 +32,19 @@ def test_info_says_where_a_converted_network_came_from(tmp_path, mnist_dir):
     out = runner.invoke(cli.app, ["info", str(tmp_path / "back.npz")])
     assert out.exit_code == 0, out.output
     assert any(line.startswith("imported from") and "rust" in line for line in out.output.splitlines()), out.output
+
+
+def test_info_says_below_what_confidence_the_network_is_not_sure(tmp_path, mnist_dir):
+    """A trained file's own floor (chosen on its 100 validation images), and the default for a file
+    saved without one."""
+    gpumlp.run(gpumlp.TrainConfig(**SMALL), data_dir=mnist_dir, save=tmp_path / "r.npz", log=lambda m: None)
+    model, _ = gpumlp.load(tmp_path / "r.npz")
+    gpumlp.save(tmp_path / "plain.npz", model)
+    rows = {}
+    for name in ("r.npz", "plain.npz"):
+        out = CliRunner().invoke(cli.app, ["info", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+        rows[name] = next(line for line in out.output.splitlines() if line.startswith("not sure below"))
+    floor = checkpoint.read_metadata(tmp_path / "r.npz")["confidence_floor"]["value"]
+    assert f"{100 * floor:.1f}% top confidence (1% of its 100 validation images fall below)" in rows["r.npz"]
+    assert "50% top confidence (the default: the file has no floor of its own)" in rows["plain.npz"]

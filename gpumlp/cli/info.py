@@ -42,6 +42,8 @@ def info_rows(d: dict) -> list[tuple[str, str]]:
         rows.append(("history", f"{h['epochs']} epochs in {h['seconds']:.1f} s, {loss}{val}"))
     if d.get("test_accuracy") is not None:
         rows.append(("test accuracy", f"{100 * d['test_accuracy']:.2f}% ({d.get('test_size')} images)"))
+    if not foreign:  # predict, the page and the API answer "not sure" below it (gpumlp/losses.py)
+        rows.append(("not sure below", _floor(d.get("confidence_floor"))))
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
     trained = [str(x) for x in (d.get("device"), d.get("created"), versions) if x]
     if trained:
@@ -64,3 +66,12 @@ def recipe(cfg: dict) -> str | None:
     hyper = [f", {k} {getattr(c, k):g}" for k in (rule.hyperparams if rule is not None else {})]
     text = describe_recipe(c) + "".join(hyper)
     return f"preset {c.preset}: {text}" if c.preset else text
+
+
+def _floor(floor: dict | None) -> str:
+    from gpumlp.losses import DEFAULT_FLOOR
+
+    if not floor:
+        return f"{100 * DEFAULT_FLOOR:.0f}% top confidence (the default: the file has no floor of its own)"
+    return (f"{100 * floor['value']:.1f}% top confidence ({100 * floor['fraction']:g}% of its "
+            f"{floor['images']:,} validation images fall below)")  # fmt: skip
