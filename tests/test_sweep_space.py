@@ -139,6 +139,15 @@ def test_shell_completion_offers_the_pruners_and_what_to_keep():
     assert complete("sweep ") == ["run", "show", "best"]
 
 
+def test_the_shipped_space_files_read():
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parents[1] / "docs" / "spaces").glob("*.toml"))
+    assert shipped
+    for path in shipped:
+        assert read_space(path).search, path
+
+
 def test_the_documented_space_file_reads(tmp_path):
     import re
     from pathlib import Path
