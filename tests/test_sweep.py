@@ -172,7 +172,8 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_reaches_its_total(sw
     space(sweep_dir, epochs=50, train=1500)  # trials of a second or so
     proc = subprocess.Popen(gpumlp("sweep", "run", "space.toml", "--study", "s", "--trials", 2, "--heartbeat", 2),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    victim = wait_for(lambda: running(sweep_dir))[0]
+    training = lambda: [t for t in running(sweep_dir) if t.intermediate_values]  # noqa: E731  (an epoch reported)
+    victim = wait_for(training)[0]
     os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)  # the worker, not the command
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
