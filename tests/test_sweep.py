@@ -106,6 +106,22 @@ def test_a_poor_trial_is_pruned(sweep_dir, monkeypatch, capsys):
     assert ts[1].user_attrs["epochs"] == 1 and "pruned" in out
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(sweep_dir, monkeypatch, capsys):
+    """Pruning saves the epochs still to come: after the last one, a poor trial is a complete one."""
+    from gpumlp.sweep.space import read_space
+    from gpumlp.sweep.study import open_storage, open_study
+
+    space(sweep_dir, epochs=1, train=1000)
+    (sweep_dir / "sweeps").mkdir()
+    study = open_study(open_storage("sqlite:///sweeps/s.db"), "s", read_space("space.toml"))
+    study.enqueue_trial({"lr": 0.3, "batch-size": 32, "momentum": 0.5})
+    study.enqueue_trial({"lr": 1e-6, "batch-size": 32, "momentum": 0.0})  # as poor as above, but done
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", 2,
+                            "--pruner", "halving")  # fmt: skip
+    assert code == 0, err
+    assert [t.state for t in trials(sweep_dir)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
 def test_a_study_of_another_space_is_refused(sweep_dir, monkeypatch, capsys):
     args = ("sweep", "run", "space.toml", "--study", "s", "--trials", 1, "--keep", "none")
     assert run_main(monkeypatch, capsys, *args)[0] == 0

@@ -107,7 +107,7 @@ def format_summary(d: dict) -> str:
     if not d["best"]:
         return "\n".join([*lines, "no complete trial yet"])
     names = list(d["best"][0]["params"])
-    header = ["#", "val acc", "epochs", "seconds", *names]
+    header = ["#", "val acc", "epochs run", "seconds", *names]
     table = [header] + [
         [str(r["number"]), _percent(r["val_accuracy"]), str(r["epochs"] or "—"),
          f"{r['seconds']:.1f}" if r["seconds"] is not None else "—", *(_value(r["params"].get(k, "—")) for k in names)]

@@ -149,7 +149,7 @@ def _run_trial(spec: WorkerSpec, study, storage, trial, space, data) -> None:
 
     def on_epoch(stats):
         trial.report(stats.val_accuracy, stats.epoch)
-        if trial.should_prune():
+        if stats.epoch < cfg.epochs and trial.should_prune():  # after the last epoch there is nothing to save
             raise optuna.TrialPruned()
 
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
