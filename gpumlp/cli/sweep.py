@@ -31,8 +31,10 @@ StorageOpt = Annotated[
 
 @command("run", on=sweep_app)
 def run_cli(
-    space_file: Annotated[Path, typer.Argument(
-        metavar="SPACE.toml", help="TOML: \\[fixed] and \\[search] tables of gpumlp train options.")],  # fmt: skip
+    space_file: Annotated[
+        Path,
+        typer.Argument(metavar="SPACE.toml", help="TOML: \\[fixed] and \\[search] tables of gpumlp train options."),
+    ],  # fmt: skip
     study: Annotated[str, typer.Option(help="The study to create or join (its name in the storage).")],
     storage: StorageOpt = None,
     trials: Annotated[int, typer.Option(help="Finished trials (complete or pruned) the study ends with, in all.")] = 20,
