@@ -272,3 +272,10 @@ def test_a_study_keeps_the_heartbeat_it_was_created_with(sweep_dir, monkeypatch,
     code, _, err = run_main(monkeypatch, capsys, *args, "--heartbeat", 30)
     assert code == 2 and "beats every 5 s" in err and err.count("\n") == 1
     assert run_main(monkeypatch, capsys, *args)[0] == 0  # without --heartbeat: the study's
+
+
+def test_a_sqlite_storage_in_a_new_folder_makes_the_folder(sweep_dir, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", 1,
+                            "--storage", "sqlite:///runs/of/today.db")  # fmt: skip
+    assert code == 0, err
+    assert len(finished(trials(sweep_dir, db=f"sqlite:///{sweep_dir / 'runs' / 'of' / 'today.db'}"))) == 1

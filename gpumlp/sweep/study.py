@@ -71,6 +71,12 @@ def storage_url(url: str | None, study: str, create: bool = True) -> str:
         raise SweepError(f"--storage {url!r} is not a database URL, e.g. sqlite:///sweeps.db or postgresql://HOST/DB")
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
+    if scheme.startswith("sqlite") and create:  # sqlite:///runs/s.db: its folder made, as sweeps/ is
+        folder = Path(rest.partition("?")[0][1:]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SweepError(f"--storage {url}: cannot make the folder {folder} ({e.strerror or e})") from None
     return url
 
 
