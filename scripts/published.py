@@ -100,9 +100,10 @@ def sweep_sentence(sweep: dict | None) -> list[str]:
     c, fast = sweep["chosen"], sweep["fast"]
     verdict = "so `fast` takes its recipe" if sweep["better"] else "so `fast` keeps its own"
     return [
-        f"The sweep row: the best of the study's trials on validation accuracy, retrained over seeds "
+        f"The sweep row: of the study's {len(sweep['candidates'])} best trials, retrained over seeds "
         f"{','.join(str(r['seed']) for r in c['runs'])} beside `fast` in one run (`{sweep['command']}`, "
-        f"{sweep['date'][:10]}, {_cpu(sweep['machine'])}): mean validation accuracy "
+        f"{sweep['date'][:10]}, {_cpu(sweep['machine'])}), the best mean validation accuracy in no more "
+        f"than `fast`'s training time, then tested: validation "
         f"{_pct(c['mean']['val_accuracy'])} against `fast`'s {_pct(fast['mean']['val_accuracy'])}, {verdict} "
         f"([docs/recipes.md](docs/recipes.md#a-sweep-for-the-fast-preset)).",
     ]

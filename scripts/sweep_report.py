@@ -1,8 +1,11 @@
 """The sweep behind docs/recipes.md's "A sweep for the fast preset", measured in one run.
 
-1. ``gpumlp sweep run SPACE --study NAME --trials N --jobs J``: an Optuna study over the space
-   (docs/spaces/fast.toml: recipes that train in about the ``fast`` preset's time or less), each
-   trial scored on the validation images.
+1. ``gpumlp sweep run SPACE --study NAME --trials N --jobs J --pruner none``: an Optuna study over
+   the space (docs/spaces/fast.toml: recipes that train in about the ``fast`` preset's time or
+   less), each trial scored on the validation images. No pruning by default: this space searches
+   the epochs under a cosine schedule, so a 3-epoch trial is still at a high learning rate after
+   epoch 1 where a 2-epoch one has already slowed down, and a pruner comparing their epoch-1 scores
+   stops the longer trials, which end best (docs/sweeps.md).
 2. The study's best ``--top`` trials and the ``fast`` preset, each retrained over ``--seeds``
    (0, 1, 2) side by side with the same BLAS threads: mean validation accuracy and training time.
    The best trial's own score is the luckiest of many draws; the seeds tell whether it holds.
@@ -33,7 +36,8 @@ from pathlib import Path
 import gpumlp
 from gpumlp.cli.bench import command_line
 from gpumlp.cli.bench_machine import machine_info
-from gpumlp.training.config import TrainConfig, describe_recipe, fields_by_option, preset_config
+from gpumlp.cli.info import recipe
+from gpumlp.training.config import TrainConfig, fields_by_option, preset_config
 from gpumlp.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage", default=None, help="an Optuna storage URL (default: sqlite:///sweeps/NAME.db)")
     p.add_argument("--trials", type=int, default=60, help="trials in the study (default: 60)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--pruner", default="none", help="the sweep's pruner (default: none; see docs/sweeps.md)")
     p.add_argument("--top", type=int, default=3, help="best trials retrained over the seeds (default: 3)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the retraining (default: 0,1,2)")
     p.add_argument("--threads", type=int, default=2, help="BLAS threads of every retraining (default: 2)")
@@ -76,7 +81,7 @@ def space_fixed(path: str) -> dict:
 def run_sweep(args) -> float:
     """``gpumlp sweep run`` as a user runs it; its wall seconds."""
     cmd = [sys.executable, "-m", "gpumlp", "sweep", "run", args.space, "--study", args.study]
-    cmd += ["--storage", args.storage, "--trials", str(args.trials), "--jobs", str(args.jobs)]
+    cmd += ["--storage", args.storage, "--trials", str(args.trials), "--jobs", str(args.jobs), "--pruner", args.pruner]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     log("running: " + " ".join(cmd[2:]))
@@ -124,9 +129,14 @@ def retrain(args, options: dict | None, test: bool = False) -> dict:
     if test:
         mean["test_accuracy"] = statistics.fmean(r["test_accuracy"] for r in runs)
     cfg = config(args, options, args.seeds[0], False)
-    about = f"{'-'.join(map(str, cfg.sizes))} {cfg.activation}/{cfg.loss}, {describe_recipe(cfg)}, batch "
-    about += f"{cfg.batch_size}, {cfg.epochs} epochs"
-    return {"options": options, "description": about, "config": cfg.to_dict(), "runs": runs, "mean": mean}
+    return {"options": options, "config": cfg.to_dict(), "runs": runs, "mean": mean}
+
+
+def describe(config: dict) -> str:
+    """``784-512-10 relu/ce, nesterov lr 0.15 (cosine), momentum 0.95, batch 128, 3 epochs``."""
+    return (f"{'-'.join(map(str, config['sizes']))} {config['activation']}/{config['loss']}, "
+            f"{recipe(dict(config, preset=None))}, "
+            f"batch {config['batch_size']}, {config['epochs']} epochs")  # fmt: skip
 
 
 def choose(args, fast: dict, candidates: list[dict]) -> dict | None:
@@ -173,10 +183,10 @@ def pct(x: float) -> str:
 def markdown(r: dict) -> str:
     s = r["study"]
     head = "| recipe | sweep val. | val. acc. mean (seeds) | training s mean |\n| --- | --- | --- | --- |"
-    rows = [f"| `fast` preset: {r['fast']['description']} | – | {pct(r['fast']['mean']['val_accuracy'])} | "
+    rows = [f"| `fast` preset: {describe(r['fast']['config'])} | – | {pct(r['fast']['mean']['val_accuracy'])} | "
             f"{r['fast']['mean']['train_seconds']:.2f} |"]  # fmt: skip
     for c in r["candidates"]:
-        rows.append(f"| trial {c['trial']}: {c['description']} | {pct(c['value'])} | "
+        rows.append(f"| trial {c['trial']}: {describe(c['config'])} | {pct(c['value'])} | "
                     f"{pct(c['mean']['val_accuracy'])} | {c['mean']['train_seconds']:.2f} |")  # fmt: skip
     c = r["chosen"]
     if c is None:

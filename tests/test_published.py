@@ -43,3 +43,5 @@ def test_each_row_names_its_cpu_and_command():
     assert want.count(results["machine"]["cpu"]) >= 1 and bench["gpumlp"]["machine"]["cpu"] in want
     assert results["command"] in want and bench["gpumlp"]["command"] in want
     assert want.count("| `gpumlp train") == len(results["presets"])
+    sweep = json.loads((ROOT / "docs" / "sweep.json").read_text())  # the row of the recipe a sweep chose
+    assert sweep["command"] in want and want.count("| `gpumlp sweep run") == (sweep["chosen"] is not None)
