@@ -37,7 +37,9 @@ import gpumlp
 from gpumlp.cli.bench import command_line
 from gpumlp.cli.bench_machine import machine_info
 from gpumlp.cli.info import recipe
-from gpumlp.training.config import TrainConfig, fields_by_option, preset_config
+from gpumlp.sweep.space import config as trial_config
+from gpumlp.sweep.space import read_space
+from gpumlp.training.config import TrainConfig, preset_config
 from gpumlp.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +73,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def space_fixed(path: str) -> dict:
-    import tomllib
-
-    with open(path, "rb") as f:
-        return tomllib.load(f).get("fixed", {})
-
-
 def run_sweep(args) -> float:
     """``gpumlp sweep run`` as a user runs it; its wall seconds."""
     cmd = [sys.executable, "-m", "gpumlp", "sweep", "run", args.space, "--study", args.study]
@@ -105,12 +100,11 @@ def read_study(args) -> tuple[dict, list[dict]]:
 
 
 def config(args, options: dict | None, seed: int, test: bool) -> TrainConfig:
-    """The ``TrainConfig`` of a recipe (options by their CLI names; None: the fast preset)."""
+    """The ``TrainConfig`` of a recipe (options by their CLI names, as a trial's; None: the fast preset)."""
     extra = dict(seed=seed, test_size=10_000 if test else 0, **(SMOKE_OPTIONS if args.smoke else {}))
     if options is None:
         return preset_config("fast", **extra)
-    names = fields_by_option()
-    return TrainConfig(**{names[k]: v for k, v in options.items()}, **extra)
+    return TrainConfig(**{**trial_config(options).to_dict(), **extra})
 
 
 def retrain(args, options: dict | None, test: bool = False) -> dict:
@@ -155,7 +149,7 @@ def report(args) -> dict:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(gpumlp.get_backend("cpu")),
         "space": os.path.relpath(args.space, ROOT),
-        "fixed": space_fixed(args.space),
+        "fixed": read_space(args.space).fixed,
         "sweep_seconds": None if args.no_run else run_sweep(args),
     }
     result["study"], best = read_study(args)
