@@ -137,3 +137,14 @@ def test_check_target_refuses_a_folder_a_read_only_file_and_a_special_file(tmp_p
     with pytest.raises(CheckpointError, match="not a regular file"):
         check_target(tmp_path / "fifo.npz", "checkpoint")
     assert check_target(tmp_path / "new" / "m.npz") == tmp_path / "new" / "m.npz"
+
+
+def test_atomic_write_never_replaces_a_folder_or_a_special_file(tmp_path):
+    """A rename onto /dev/null (as root) or a FIFO would replace the node itself: refused, untouched."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("fifo", "not a regular file"), ("folder", "a folder")):
+        with pytest.raises(CheckpointError, match=f"cannot write the file to {tmp_path / name}: {kind}"):
+            atomic_write(tmp_path / name, lambda f: f.write(b"x"), "the file")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and (tmp_path / "folder").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder"], "no temporary file left"

@@ -61,16 +61,22 @@ def atomic_write(
     """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it into place.
 
     A symlink at ``path`` is written through (its target is replaced, the link stays); an existing
-    file keeps its permission bits; a new one gets a new file's (0666 less the umask). Returns the
+    file keeps its permission bits; a folder, device or FIFO there is refused (a rename would
+    replace ``/dev/null`` itself); a new one gets a new file's (0666 less the umask). Returns the
     path written, as given. Errors are ``error`` (``CheckpointError``; the dataset cache's are
     ``DataError``), worded with ``what`` is written and the ``fix`` (``fix_for_writes``'s, inside one)."""
     path, fix = Path(path), _FIX.get() or fix
     real = Path(os.path.realpath(path))  # through every symlink; the folder may not exist yet
     folder = real.parent
     try:
-        mode = stat.S_IMODE(os.stat(real).st_mode)
+        st = os.stat(real)
     except OSError:
         mode = 0o666 & ~_umask()
+    else:  # a folder, a device (/dev/null), a FIFO: the rename would replace it, never write into it
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise error(f"cannot write {what} to {path}: {kind} is there; {fix}")
+        mode = stat.S_IMODE(st.st_mode)
     with deferred_sigint():
         try:
             make_folders(folder)
