@@ -157,3 +157,33 @@ def test_the_documented_space_file_reads(tmp_path):
     space = read_space(tmp_path / "space.toml")
     assert set(space.search) == {"lr", "batch-size", "momentum", "optimizer"}
     assert space.fixed["layers"] == "784,512,10"
+
+
+@pytest.mark.parametrize(
+    "make, storage, expected",
+    [
+        (lambda d: (d / "notes.db").write_text("hello"), "sqlite:///notes.db", "notes.db is not an SQLite database"),
+        (lambda d: (d / "dir.db").mkdir(), "sqlite:///dir.db", "dir.db is a folder"),
+        (lambda d: None, "sqlite:////dev/null", "/dev/null is not a regular file"),
+        (lambda d: None, "postgresql://u:secret@h:port/db", "postgresql://u:***@h:port/db is not a database URL"),
+    ],
+)  # fmt: skip
+def test_a_storage_that_is_no_database_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, make, storage,
+                                                                      expected):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.toml").write_text(GOOD)
+    make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (("run", "space.toml", "--study", "s"), ("show", "s"), ("best", "s", "--out", "b.toml")):
+        code, out, err = run_main(monkeypatch, capsys, "sweep", *args, "--storage", storage)
+        assert (code, out) == (2, "") and err.count("\n") == 1 and expected in err, err
+        assert "secret" not in err and "Traceback" not in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, "no lock file, no database, no output"
+
+
+def test_show_and_best_never_make_a_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args in (("show", "s"), ("best", "s", "--out", "b.toml")):
+        code, _, err = run_main(monkeypatch, capsys, "sweep", *args, "--storage", "sqlite:///runs/s.db")
+        assert code == 2 and "runs/s.db does not exist" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

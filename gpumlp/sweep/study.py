@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -69,15 +71,31 @@ def storage_url(url: str | None, study: str, create: bool = True) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise SweepError(f"--storage {url!r} is not a database URL, e.g. sqlite:///sweeps.db or postgresql://HOST/DB")
+    database = _parsed(url).database
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
-    if scheme.startswith("sqlite") and create:  # sqlite:///runs/s.db: its folder made, as sweeps/ is
-        folder = Path(rest.partition("?")[0][1:]).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SweepError(f"--storage {url}: cannot make the folder {folder} ({e.strerror or e})") from None
+    if scheme.startswith("sqlite") and database not in (None, "", ":memory:"):
+        if create:  # sqlite:///runs/s.db: its folder made, as sweeps/ is
+            folder = Path(database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SweepError(f"--storage {url}: cannot make the folder {folder} ({e.strerror or e})") from None
+        elif not os.path.lexists(database):  # show and best read a study: never make an empty database
+            raise SweepError(f"no study {study!r} in --storage {url}: {database} does not exist; check the path")
     return url
+
+
+def _parsed(url: str):
+    """``url`` parsed by SQLAlchemy; one that it cannot parse (a port that is not a number) is a
+    ``SweepError`` that names the URL with its password hidden."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        hidden = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+        raise SweepError(f"--storage {hidden} is not a database URL SQLAlchemy can read ({e}); check it") from None
 
 
 def shown(url: str) -> str:
@@ -86,8 +104,8 @@ def shown(url: str) -> str:
 
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
@@ -99,6 +117,8 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     sqlite = url.startswith("sqlite")
     if sqlite and sqlalchemy.engine.make_url(url).database in (None, "", ":memory:"):
         raise SweepError(f"--storage {url}: a sweep's SQLite storage is a file, e.g. sqlite:///sweeps/NAME.db")
+    if sqlite:
+        _check_sqlite_file(Path(sqlalchemy.engine.make_url(url).database), url)
     connect = {"timeout": SQLITE_BUSY_S} if sqlite else {"connect_timeout": CONNECT_TIMEOUT_S}
     beat = {}
     if heartbeat is not None:
@@ -114,6 +134,33 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
         reason = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
         reason = re.sub(r"\s*\(Background on this error.*", "", reason)
         raise SweepError(f"cannot open the study storage {shown(url)}: {reason}") from None
+
+
+SQLITE_MAGIC = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """Refuse, before its lock file is made beside it, a ``path`` that is a folder, a special file
+    or a file that is not an SQLite database (a new, missing or empty file is fine)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise SweepError(f"--storage {shown(url)}: cannot read {path} ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SweepError(f"--storage {shown(url)}: {path} is {what}; name a database file, e.g. sqlite:///sweeps/s.db")
+    if st.st_size:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise SweepError(f"--storage {shown(url)}: cannot read {path} ({e.strerror or e})") from None
+        if head != SQLITE_MAGIC:
+            raise SweepError(
+                f"--storage {shown(url)}: {path} is not an SQLite database; name a new file or a study's .db"
+            )
 
 
 def _create_storage(url: str, engine: dict, beat: dict):
