@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from gpumlp.cli import commands as cli
 from gpumlp.errors import ConfigError
+from gpumlp.formats.untrusted import MAX_TOML_BYTES, read_toml
 from gpumlp.training import configfile
 from gpumlp.training.config import TrainConfig
 from gpumlp.training.run import run, train_settings
@@ -35,7 +37,7 @@ def test_a_written_config_reads_back_exactly(tmp_path):
 def test_strings_are_escaped_as_toml_reads_them(tmp_path):
     odd = 'a "quoted" back\\slash\ttab\nnewline \x7f del \x01 é ✓'
     configfile.write(tmp_path / "s.toml", {"device": odd})
-    assert configfile.tomllib.loads((tmp_path / "s.toml").read_text())["device"] == odd
+    assert read_toml(tmp_path / "s.toml", "the file", ConfigError)["device"] == odd
 
 
 def test_layers_as_a_string_or_a_list_and_ints_as_floats(tmp_path):
@@ -83,11 +85,20 @@ def test_each_error_is_one_line_naming_the_file_exit_2(tmp_path, monkeypatch, ca
 
 def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for path, why in ((tmp_path / "absent.toml", "No such file"), (tmp_path, "Is a directory")):
+    os.mkfifo(tmp_path / "fifo.toml")  # never waited on
+    for path, said in (
+        (tmp_path / "absent.toml", f"cannot read the config file {tmp_path / 'absent.toml'}: no such file"),
+        (tmp_path, f"{tmp_path} is a directory, not a regular file"),
+        (tmp_path / "fifo.toml", f"{tmp_path / 'fifo.toml'} is a FIFO (named pipe), not a regular file"),
+        ("/dev/zero", "/dev/zero is a device, not a regular file"),  # never read to the end of memory
+    ):
         code, out, err = run_main(monkeypatch, capsys, "train", "--config", path)
         assert (code, out) == (2, "") and err.count("\n") == 1, err
-        assert err.startswith(f"error: cannot read the config file {path}: {why}"), err
-    assert list(tmp_path.iterdir()) == []
+        assert err.startswith(f"error: {said}"), err
+    (tmp_path / "huge.toml").write_bytes(b"# " + b"x" * MAX_TOML_BYTES + b"\n")
+    code, out, err = run_main(monkeypatch, capsys, "train", "--config", tmp_path / "huge.toml")
+    assert code == 2 and "more than the config file holds (1,048,576)" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.toml", "huge.toml"]
 
 
 def test_write_refuses_what_it_cannot_write(tmp_path):

@@ -62,12 +62,13 @@ def test_a_good_space_is_normalised_and_fingerprinted(tmp_path):
         ("[fixed]\nval-size = 0\n[search]\nlr = { low = 0.1, high = 1.0 }", "give 1 or more"),
         ("[fixed]\nepochs = 2", "[search] names no option"),
         ("[search]\nlr = { choices = [] }", "choices must be a non-empty list"),
-        ("[search]\nlr = [", "is not a TOML file"),
+        ("[search]\nlr = [", "is not a valid TOML file"),
+        (b"[search] # \xff", "is not a TOML file: it is not UTF-8 text"),
     ],
 )  # fmt: skip
 def test_each_error_in_a_space_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, text, expected):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "space.toml").write_text(text)
+    (tmp_path / "space.toml").write_bytes(text if isinstance(text, bytes) else text.encode())
     code, out, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", "--trials", "2")
     assert code == 2, err
     assert err.startswith("error: space.toml") and expected in err, err

@@ -9,6 +9,7 @@
     check_json_text(data, limit)     JSON text refused by size and by its count of lists and objects
                                      before ``json`` builds a single Python object
     check_zip_directory(infos, ...)  an npz's members, from its zip directory, before reading any
+    read_toml(path, what, error)     a small TOML file (a config or space file), bounded, UTF-8
 
 Each raises ``error(message)`` (a ``GpumlpError`` subclass the caller chooses) with one line that
 names the file and the fix.
@@ -184,3 +185,26 @@ def check_zip_directory(
             f"{path}: its compressed members unpack to {deflated:,} bytes from {packed:,}, far more "
             "than compressed network weights ever do; refused as a zip bomb"
         )
+
+
+MAX_TOML_BYTES = 1 << 20  # a config or space file: a few hundred bytes of options, never a megabyte
+
+
+def read_toml(path: str | os.PathLike, what: str, error: type[Exception]) -> dict:
+    """The TOML document at ``path`` (``what``: "the config file"), read as ``read_limited`` reads:
+    a FIFO or device refused without waiting on it (``/dev/zero`` is never read whole), at most
+    ``MAX_TOML_BYTES``; not UTF-8 or not TOML is one ``error`` that names the line."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    f, size = open_regular(path, error, missing=f"cannot read {what} {path}: no such file; check the path")
+    with f:
+        data = read_limited(f, size, MAX_TOML_BYTES, path, error, f"{what} holds ({MAX_TOML_BYTES:,})", text=True)
+    try:
+        return tomllib.loads(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not a TOML file: it is not UTF-8 text (byte {e.start:,})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path} is not a valid TOML file: {e}") from None

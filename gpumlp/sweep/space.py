@@ -106,17 +106,9 @@ def config(options: dict) -> TrainConfig:
 
 def read_space(path: str | os.PathLike) -> Space:
     """Read and check the space file ``path``; every error is a one-line ``SweepError``."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise SweepError(f"cannot read the space file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SweepError(f"{path} is not a TOML file: {e}") from None
+    from gpumlp.formats.untrusted import read_toml
+
+    doc = read_toml(path, "the space file", SweepError)
     try:
         return check_space(doc)
     except SweepError as e:

@@ -16,11 +16,6 @@ from pathlib import Path
 from gpumlp.errors import ConfigError
 from gpumlp.training.config import TrainConfig, fields_by_option, option_name
 
-try:  # Python's own from 3.11
-    import tomllib
-except ImportError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 EXTRA = ("threads",)  # keys that are not TrainConfig fields: gpumlp train's --threads
 
 
@@ -29,15 +24,9 @@ def read(path: str | os.PathLike) -> dict:
     normalised as ``TrainConfig.to_dict()`` gives them (``sizes`` a list of ints, ``lr`` a float),
     plus ``threads`` and ``preset`` when the file has them. Anything wrong is one ``ConfigError``
     naming the file."""
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read the config file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a TOML config file: it is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not a valid TOML file: {e}") from None
+    from gpumlp.formats.untrusted import read_toml
+
+    document = read_toml(path, "the config file", ConfigError)
     by_option = fields_by_option()
     options = {}
     for key, value in document.items():
