@@ -188,3 +188,50 @@ def test_show_and_best_never_make_a_database(tmp_path, monkeypatch, capsys):
         code, _, err = run_main(monkeypatch, capsys, "sweep", *args, "--storage", "sqlite:///runs/s.db")
         assert code == 2 and "runs/s.db does not exist" in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def _study(folder, name: str = "s", by_gpumlp: bool = True):
+    """A study in ``folder/sweeps/NAME.db`` with one complete trial, as gpumlp sweep run leaves one,
+    made without training anything (or, ``by_gpumlp`` False, a plain Optuna study)."""
+    import optuna
+
+    from gpumlp.sweep import study as studies
+
+    (folder / "sweeps").mkdir(exist_ok=True)
+    storage = studies.open_storage(f"sqlite:///{folder / 'sweeps' / f'{name}.db'}")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    if by_gpumlp:
+        space = check_space({"fixed": {"epochs": 2}, "search": {"lr": {"low": 0.01, "high": 1.0}}})
+        study.set_user_attr(studies.SPACE_ATTR, space.as_dict())
+        study.set_user_attr(studies.FINGERPRINT_ATTR, space.fingerprint())
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=0.9))
+    return study
+
+
+def test_best_never_writes_over_the_study_or_a_file_that_is_not_a_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _study(tmp_path)
+    (tmp_path / "net.npz").write_bytes(b"PK\x03\x04 a network")
+    keep = {p: p.read_bytes() for p in (tmp_path / "sweeps" / "s.db.lock", tmp_path / "net.npz")}
+    for out, said in (
+        ("sweeps/s.db", "--out sweeps/s.db is the study's database"),
+        ("sweeps/s.db.lock", "--out sweeps/s.db.lock is the study's file .lock"),
+        ("sweeps/s.db-wal", "--out sweeps/s.db-wal is the study's file -wal"),
+        ("net.npz", "net.npz exists and is not a TOML config file"),
+    ):
+        code, out_, err = run_main(monkeypatch, capsys, "sweep", "best", "s", "--out", out)
+        assert (code, out_) == (2, "") and err.startswith(f"error: {said}") and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in keep} == keep, "nothing replaced"
+    assert (tmp_path / "sweeps" / "s.db").read_bytes().startswith(b"SQLite format 3\0")
+    code, out_, err = run_main(monkeypatch, capsys, "sweep", "best", "s", "--out", "best.toml")
+    assert code == 0 and "lr = 0.5\n" in (tmp_path / "best.toml").read_text(), err
+    assert run_main(monkeypatch, capsys, "sweep", "best", "s", "--out", "best.toml")[0] == 0  # its own: replaced
+
+
+def test_best_of_a_study_gpumlp_did_not_make_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _study(tmp_path, "plain", by_gpumlp=False)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "best", "plain", "--out", "b.toml")
+    assert (code, out) == (2, "") and "study 'plain' was not made by gpumlp sweep run" in err and err.count("\n") == 1
+    assert not (tmp_path / "b.toml").exists()

@@ -176,7 +176,7 @@ def best_cli(
 
     url = storage_url(storage, study, create=False)
     options, best = best_options(open_study(open_storage(url), study))
-    path = write_best(out, options, study, best)
+    path = write_best(out, options, study, best, url)
     typer.echo(
         f"{path}: trial {best.number} of {study}, val acc {100 * best.value:.2f}% (gpumlp train --config {path})"
     )

@@ -136,6 +136,11 @@ def best_options(study) -> tuple[dict, object]:
         best = study.best_trial
     except ValueError:
         raise SweepError(f"study {study.study_name!r} has no complete trial yet") from None
+    if studies.SPACE_ATTR not in study.user_attrs:
+        raise SweepError(
+            f"study {study.study_name!r} was not made by gpumlp sweep run (it records no space file), so its "
+            "trials are not gpumlp train options; name a study gpumlp sweep run made"
+        )
     space = check_space(study.user_attrs[studies.SPACE_ATTR])
     device = (best.user_attrs.get("worker") or {}).get("device", "cpu")
     options = config({**space.fixed, **best.params, "device": device}).to_dict()
@@ -143,10 +148,13 @@ def best_options(study) -> tuple[dict, object]:
     return options, best
 
 
-def write_best(path, options: dict, study: str, best) -> object:
-    """Write ``best_options`` as a config file for ``gpumlp train --config``; returns its path."""
+def write_best(path, options: dict, study: str, best, url: str | None = None) -> object:
+    """Write ``best_options`` as a config file for ``gpumlp train --config``; returns its path.
+    Never over the study's own SQLite files (``url``: its storage), nor over a file that is not
+    a TOML config file (``configfile.write``)."""
     from gpumlp.training.configfile import write
 
+    studies.refuse_storage_file(path, url, "--out")
     header = (f"The best trial of sweep study {study}: trial {best.number}, validation accuracy "
               f"{100 * best.value:.2f}% ({best.params and options_text(best.params)})")  # fmt: skip
     return write(path, options, header)

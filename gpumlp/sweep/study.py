@@ -86,6 +86,24 @@ def storage_url(url: str | None, study: str, create: bool = True) -> str:
     return url
 
 
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal", ".lock")  # the database and the files beside it
+
+
+def refuse_storage_file(path, url: str | None, option: str) -> None:
+    """Refuse ``path`` when it is the SQLite database at ``url`` or one of the files beside it (its
+    write-ahead log, its lock): writing there would destroy the study."""
+    if url is None or not url.startswith("sqlite"):
+        return
+    database = os.path.realpath(_parsed(url).database or "")
+    target = os.path.realpath(path)
+    for suffix in SQLITE_COMPANIONS:
+        if target == database + suffix:
+            raise SweepError(
+                f"{option} {path} is the study's {'database' if not suffix else 'file ' + suffix}: writing there would "
+                "destroy the study; choose another path, e.g. best.toml"
+            )
+
+
 def _parsed(url: str):
     """``url`` parsed by SQLAlchemy; one that it cannot parse (a port that is not a number) is a
     ``SweepError`` that names the URL with its password hidden."""

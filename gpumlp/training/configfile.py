@@ -77,12 +77,28 @@ def write(path: str | os.PathLike, options: dict, header: str = "") -> Path:
     unknown = [k for k in options if k not in known]
     if unknown:
         raise ConfigError(f"cannot write {unknown[0]!r} to a config file: it is not a gpumlp train option")
+    _refuse_to_replace(Path(path))
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     lines.append(f"# gpumlp train's options: gpumlp train --config {Path(path).name} (options given beside it win)")
     order = [k for k in known if k in options]  # TrainConfig's order, then threads
     lines += [f"{known[k]} = {_encode(k, options[k])}" for k in order if options[k] is not None]
     text = "\n".join(lines) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()), "the config file", error=ConfigError)
+
+
+def _refuse_to_replace(path: Path) -> None:
+    """Refuse an existing ``path`` that is not a TOML file: the user named it, but a network or a
+    database given by mistake would be lost (``gpumlp sweep best --out model.npz``)."""
+    from gpumlp.formats.untrusted import read_toml
+
+    if not os.path.isfile(path):  # new; a folder or device: atomic_write refuses it
+        return
+    try:
+        read_toml(path, "the file", ConfigError)
+    except ConfigError:
+        raise ConfigError(
+            f"{path} exists and is not a TOML config file: gpumlp replaces only config files; choose another path"
+        ) from None
 
 
 def _encode(key: str, value) -> str:
