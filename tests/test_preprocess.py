@@ -51,3 +51,59 @@ def test_a_transparent_pil_image_is_composited_onto_white():
 def test_what_it_cannot_read_is_one_clear_error(given, error, fragment):
     with pytest.raises(error, match=fragment):
         gpumlp.preprocess(given)
+
+
+NO_REPR = r"[^<]*$"  # no "<_io.BytesIO object at 0x…>" in a message
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        (np.zeros((0, 5)), "is 0×5: empty"),
+        (np.zeros((5, 0), np.uint8), "is 5×0: empty"),
+        (np.full((20, 20), np.nan), "NaN or infinite"),
+        (np.where(np.eye(20) > 0, np.nan, 0.0), "NaN or infinite"),
+        (np.where(np.eye(20) > 0, 1.0, -np.inf), "NaN or infinite"),
+        (np.array([["a", "b"], ["c", "d"]]), "an array of <U1"),
+        (np.eye(20, dtype=complex), "an array of complex128"),
+        (np.zeros((4, 4), dtype="datetime64[s]"), "an array of datetime64"),
+        (np.array([["x", 1.0], [0.0, 1.0]], dtype=object), "values that are not numbers"),
+        (np.lib.stride_tricks.as_strided(np.zeros(1), (100_000, 100_000), (0, 0)), "100000×100000: more than"),
+    ],
+)
+def test_an_array_it_cannot_use_is_a_config_error(given, fragment):
+    """Not an IndexError or a MemoryError from deep in the preprocessing; the same from ``to_mnist``."""
+    for f in (gpumlp.preprocess, gpumlp.to_mnist):
+        with pytest.raises(ConfigError, match=fragment):
+            f(given)
+
+
+def test_a_file_it_cannot_read_is_one_clear_error(tmp_path):
+    d = np.full((40, 40), 255, np.uint8)
+    d[10:30, 18:22] = 0
+    buf = io.BytesIO()
+    Image.fromarray(d).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:60])
+    cut = Image.open(tmp_path / "cut.png")  # the header only: decoded by preprocess
+    with pytest.raises(GpumlpError, match=r"the PIL image cannot be decoded \(image file is truncated\)"):
+        gpumlp.preprocess(cut)
+    for given, fragment in ((b"", "the image data is empty"), (b"hello", "cannot identify image file\\)")):
+        with pytest.raises(GpumlpError, match=fragment + NO_REPR):
+            gpumlp.preprocess(given)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(GpumlpError, match=f"{tmp_path / 'empty.png'} is empty \\(0 bytes\\)"):
+        gpumlp.preprocess(tmp_path / "empty.png")
+
+
+def test_a_header_declaring_400_million_pixels_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)  # 20,000 × 20,000 grey
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 100))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+    with pytest.raises(GpumlpError, match=r"the image data is too large \(.*\); scale it down"):
+        gpumlp.preprocess(png)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -62,10 +63,13 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
     """
     Image, ImageOps = _pillow()
     if isinstance(source, (bytes, bytearray, memoryview)):
-        path, fp = "the image data", io.BytesIO(source)
+        path, fp, size = "the image data", io.BytesIO(source), len(source)
     else:
         path = Path(source)
-        fp, _ = open_regular(path, GpumlpError, missing=f"image {path} not found; check the path")
+        fp, size = open_regular(path, GpumlpError, missing=f"image {path} not found; check the path")
+    if not size:
+        fp.close()
+        raise GpumlpError(f"{path} is empty (0 bytes): not an image; give a PNG, JPEG or BMP file")
     try:
         with fp:
             with warnings.catch_warnings():  # Pillow's bomb warning: max_pixels, far lower, is checked here
@@ -83,13 +87,19 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                 )
             im = ImageOps.exif_transpose(im)  # loads the pixels: a truncated file fails here
             gray = pil_gray(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise GpumlpError(f"{path} is not an image Pillow can read ({reason}); use PNG, JPEG or BMP") from None
+    except Image.DecompressionBombError as e:  # Pillow's own cap, met in the header before ours
+        raise GpumlpError(f"{path} is too large ({e}); scale it down (a digit needs 28×28)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise GpumlpError(f"{path} is not an image Pillow can read ({_reason(e)}); use PNG, JPEG or BMP") from None
     gray = np.clip(gray, 0.0, 1.0)  # (h, w)
     if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
         raise GpumlpError(f"{path}: no ink found (the image is one flat colour); draw a digit on it")
     return gray
+
+
+def _reason(e: Exception) -> str:
+    """Pillow's error in one line, without the file object's repr ("<_io.BytesIO object at 0x…>")."""
+    return re.sub(r"\s*<_io\.[^>]*>", "", " ".join(str(e).split())) or type(e).__name__
 
 
 def pil_gray(im) -> np.ndarray:
@@ -216,6 +226,31 @@ def _digit_only(g: np.ndarray) -> np.ndarray:
     return np.where(digit[np.ix_(rows, cols)], g, 0.0)
 
 
+def _gray_levels(gray) -> np.ndarray:
+    """``to_mnist``'s input checked and as float64 in [0, 1] (uint8 scaled): a 2-D array of real
+    numbers, not empty, finite, at most ``MAX_PIXELS`` and ``MAX_SIDE`` as a decoded file is.
+    Anything else is a ``ConfigError`` (not an IndexError deep inside the preprocessing)."""
+    g = np.asarray(gray)
+    if g.ndim != 2:
+        raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
+    if g.size > MAX_PIXELS or max(g.shape) > MAX_SIDE or not g.size:
+        what = "empty" if not g.size else f"more than {MAX_PIXELS:,} pixels or {MAX_SIDE:,} on a side"
+        raise ConfigError(f"the grey image is {g.shape[0]}×{g.shape[1]}: {what}; give a digit's picture")
+    if g.dtype == np.uint8:
+        return g / 255.0
+    if g.dtype.kind == "O":
+        try:
+            g = g.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ConfigError("the grey image holds values that are not numbers") from None
+    if g.dtype.kind not in "biuf":
+        raise ConfigError(f"the grey image is an array of {g.dtype}; give real numbers (floats in [0, 1] or uint8)")
+    g = g.astype(np.float64)
+    if not np.isfinite(g).all():
+        raise ConfigError("the grey image holds NaN or infinite values; give finite grey levels in [0, 1]")
+    return g
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """(h, w) grey levels in [0, 1] (host; uint8 0–255 also accepted) → (784,) float32 in [0, 1].
 
@@ -226,10 +261,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     scales it to fit 20×20 keeping the aspect ratio (area averaging), and pastes it in 28×28 with
     its centre of mass at (14, 14).
     """
-    g = np.asarray(gray)
-    if g.ndim != 2:
-        raise ConfigError(f"to_mnist expects a 2-D grey image (h, w), got shape {g.shape}")
-    g = _ink(g / 255.0 if g.dtype == np.uint8 else g.astype(np.float64))  # (h, w)
+    g = _ink(_gray_levels(gray))  # (h, w)
     g = _digit_only(g)
     rows, cols = np.flatnonzero((g > INK_THRESHOLD).any(axis=1)), np.flatnonzero((g > INK_THRESHOLD).any(axis=0))
     crop = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h', w') the ink's bounding box
@@ -277,13 +309,17 @@ def preprocess(image) -> np.ndarray:
             raise ConfigError(
                 f"preprocess takes a 2-D grey image (h, w), got shape {image.shape}; convert colour to grey"
             )
-        if image.dtype != np.uint8 and image.size and float(np.nanmax(image)) > 1.0:
+        gray = _gray_levels(image)  # (h, w) float64, checked
+        if image.dtype != np.uint8 and gray.max() > 1.0:
             raise ConfigError("preprocess takes grey levels in [0, 1] or uint8 0-255; divide float pixels by 255")
-        return to_mnist(image)
+        return to_mnist(gray)
     if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
         if image.width * image.height > MAX_PIXELS or max(image.width, image.height) > MAX_SIDE:
             raise GpumlpError(f"the image is {image.width}×{image.height} pixels, too large; scale it down")
-        gray = pil_gray(image)
+        try:
+            gray = pil_gray(image)  # an image from Image.open is decoded here: a truncated file fails here
+        except (OSError, ValueError, SyntaxError) as e:
+            raise GpumlpError(f"the PIL image cannot be decoded ({_reason(e)}); is its file complete?") from None
         if gray.size == 0 or gray.max() - gray.min() < MIN_CONTRAST:
             raise GpumlpError("no ink found (the image is one flat colour); draw a digit on it")
         return to_mnist(gray)
