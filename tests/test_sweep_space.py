@@ -235,3 +235,21 @@ def test_best_of_a_study_gpumlp_did_not_make_is_one_line(tmp_path, monkeypatch, 
     code, out, err = run_main(monkeypatch, capsys, "sweep", "best", "plain", "--out", "b.toml")
     assert (code, out) == (2, "") and "study 'plain' was not made by gpumlp sweep run" in err and err.count("\n") == 1
     assert not (tmp_path / "b.toml").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("--jobs", 100_000), "--jobs 100000 is more than 4 workers for each of the"),
+        (("--jobs", 0), "--jobs must be at least 1 (got 0)"),
+        (("--trials", 0), "--trials must be at least 1 (got 0)"),
+        (("--heartbeat", -1), "--heartbeat must be at least 1 (got -1)"),
+        (("--keep", "some"), "unknown --keep 'some'"),
+    ],
+)
+def test_a_count_that_cannot_work_is_refused_before_anything_is_made(tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.toml").write_text(GOOD)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "run", "space.toml", "--study", "s", *args)
+    assert (code, out) == (2, "") and err.startswith(f"error: {expected}") and err.count("\n") == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["space.toml"], "no sweeps/ folder, no worker started"

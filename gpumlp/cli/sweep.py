@@ -65,11 +65,12 @@ def run_cli(
     from gpumlp import sweep
 
     sweep.require()
-    from gpumlp.sweep.run import SweepInterrupted, run_sweep
+    from gpumlp.sweep.run import SweepInterrupted, check_options, run_sweep
     from gpumlp.sweep.space import read_space
     from gpumlp.sweep.study import check_name, shown, storage_url
 
-    space = read_space(space_file)  # every error in it before anything is created
+    space = read_space(space_file)  # every error in it and in the options before anything is created
+    check_options(trials, jobs, heartbeat, keep, device)
     url = storage_url(storage, check_name(study))
     show = SweepDisplay()
     try:

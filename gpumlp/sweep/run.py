@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpumlp.backends.blas_threads import auto_threads
+from gpumlp.backends.blas_threads import auto_threads, usable_cpus
 from gpumlp.backends.registry import parse_device
 from gpumlp.data import datasets
 from gpumlp.data.load import locate
@@ -31,6 +31,7 @@ from gpumlp.sweep.worker import WorkerSpec, make_pruner, work
 WATCH_S = 0.5  # how often the study is read for the progress display
 STOP_S = 5.0  # how long stopped workers may take to fail their trials before they are killed
 RESTARTS = 3  # how many times a worker that died is replaced, per worker
+JOBS_PER_CORE = 4  # --jobs at most this many per usable core: beyond it workers only wait on each other
 
 
 @dataclass
@@ -83,12 +84,7 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
     """Run the study ``study`` at ``url`` to ``total`` finished trials with ``jobs`` workers here;
     ``on_progress`` gets a ``Progress`` whenever a trial finishes, and now and then; ``log`` the
     line that says what starts. Returns the last ``Progress``."""
-    for name, value, least in (("--trials", total, 1), ("--jobs", jobs, 1), ("--heartbeat", heartbeat, 1)):
-        if value is not None and value < least:
-            raise SweepError(f"{name} must be at least {least} (got {value})")
-    if keep not in KEEP:
-        raise SweepError(f"unknown --keep {keep!r}: choose one of {', '.join(KEEP)}")
-    parse_device(device)  # a bad name is one line here, not one per worker
+    check_options(total, jobs, heartbeat, keep, device)
     cfg = config(space.fixed)
     locate(datasets.get(cfg.dataset), data_dir)  # downloaded once here, not by every worker at once
     storage = studies.open_storage(url)
@@ -110,6 +106,23 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
     if now.counts.finished >= total:  # nothing to do: no worker started
         return now
     return Pool(specs).watch(handle, total, on_progress)
+
+
+def check_options(total: int, jobs: int, heartbeat: int | None, keep: str, device: str) -> None:
+    """``run_sweep``'s numbers and names, checked before anything is created (``gpumlp sweep run``
+    calls it before it makes sweeps/)."""
+    for name, value, least in (("--trials", total, 1), ("--jobs", jobs, 1), ("--heartbeat", heartbeat, 1)):
+        if value is not None and value < least:
+            raise SweepError(f"{name} must be at least {least} (got {value})")
+    most = JOBS_PER_CORE * len(usable_cpus())
+    if jobs > most:  # each is a process of its own: --jobs 100000 would start 100,000 interpreters
+        raise SweepError(
+            f"--jobs {jobs} is more than {JOBS_PER_CORE} workers for each of the {most // JOBS_PER_CORE} "
+            f"cores here; give at most {most} (more share the cores, and run no faster)"
+        )
+    if keep not in KEEP:
+        raise SweepError(f"unknown --keep {keep!r}: choose one of {', '.join(KEEP)}")
+    parse_device(device)  # a bad name is one line here, not one per worker
 
 
 class SweepInterrupted(Exception):
