@@ -62,6 +62,10 @@ def test_a_good_space_is_normalised_and_fingerprinted(tmp_path):
         ("[fixed]\nval-size = 0\n[search]\nlr = { low = 0.1, high = 1.0 }", "give 1 or more"),
         ("[fixed]\nepochs = 2", "[search] names no option"),
         ("[search]\nlr = { choices = [] }", "choices must be a non-empty list"),
+        ("[search]\nepochs = { low = 1, high = 5, step = 3 }", "step 3 does not divide high - low (4)"),
+        ("[search]\nlr = { low = 0.1, high = 1.0, step = 0.4 }", "make high 0.9 or 1.3"),
+        ('[search]\nlayers = { choices = [[784, 10], "784,10"] }', "choices name '784,10' twice"),
+        ("[fixed]\nlayers = { a = 1 }\n[search]\nlr = { low = 0.1, high = 1.0 }", "[fixed] layers is a table"),
         ("[search]\nlr = [", "is not a valid TOML file"),
         (b"[search] # \xff", "is not a TOML file: it is not UTF-8 text"),
     ],
@@ -74,6 +78,12 @@ def test_each_error_in_a_space_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
     assert err.startswith("error: space.toml") and expected in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "sweeps").exists()  # nothing created before the space is right
+
+
+def test_a_step_that_divides_the_range_is_kept_exactly():
+    space = check_space({"search": {"lr": {"low": 0.1, "high": 1.0, "step": 0.3}, "epochs": {"low": 1, "high": 7,
+                                                                                            "step": 3}}})  # fmt: skip
+    assert (space.search["lr"].step, space.search["epochs"].step) == (0.3, 3)
 
 
 def test_the_suggestion_names_the_close_option():

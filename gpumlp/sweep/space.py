@@ -131,6 +131,9 @@ def check_space(doc: dict) -> Space:
     both = sorted(set(fixed) & set(search))
     if both:
         raise SweepError(f"{both[0]} is both fixed and searched: keep it in one of [fixed] and [search]")
+    for key, value in fixed.items():
+        if isinstance(value, dict):
+            raise SweepError(f"[fixed] {key} is a table: [fixed] holds `option = value` lines (ranges go in [search])")
     space = Space({k: _normal(v) for k, v in fixed.items()})
     if THREADS in space.fixed:
         _guard(lambda: check_threads(space.fixed[THREADS]), f"[fixed] {THREADS}")
@@ -182,6 +185,9 @@ def _param(option: str, entry, fixed: dict) -> Param:
             raise SweepError(f"{where}: choices must be a non-empty list")
         param = Param(option, "choices", choices=tuple(_normal(c) for c in choices))
         values = param.choices
+        twice = [c for i, c in enumerate(values) if any(type(c) is type(d) and c == d for d in values[:i])]
+        if twice:  # twice as likely to be tried, and one Optuna value for two of its indices
+            raise SweepError(f"{where}: choices name {twice[0]!r} twice; give each value once")
     elif {"low", "high"} <= keys <= RANGE_KEYS:
         param = _range(option, entry, where)
         values = (param.low, param.high)
@@ -211,9 +217,27 @@ def _range(option: str, entry: dict, where: str) -> Param:
         raise SweepError(f"{where}: a log range needs low above 0 (got {low})")
     if step is not None and (log or not step > 0):
         raise SweepError(f"{where}: step must be positive, and a log range takes none (got step = {step})")
+    if step is not None:
+        _check_step(low, high, step, where)
     if kind == "float":
         low, high, step = float(low), float(high), None if step is None else float(step)
     return Param(option, kind, low, high, log, step)
+
+
+def _check_step(low, high, step, where: str) -> None:
+    """Refuse a ``step`` that does not divide ``high - low``: Optuna would quietly lower ``high`` to
+    the last step below it. Decimal arithmetic on the numbers' shortest text, as Optuna's check
+    (0.1 to 1.0 by 0.3 divides; in binary floating point it would not)."""
+    from decimal import Decimal
+
+    d_low, d_high, d_step = (Decimal(str(v)) for v in (low, high, step))
+    steps = (d_high - d_low) / d_step
+    if steps != steps.to_integral_value():
+        below = d_low + int(steps) * d_step
+        raise SweepError(
+            f"{where}: step {step} does not divide high - low ({d_high - d_low}); the last value would be "
+            f"{below}, not {high}: make high {below} or {below + d_step}, or choose another step"
+        )
 
 
 def _check_rule_hyperparams(space: Space) -> None:
