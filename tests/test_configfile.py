@@ -40,6 +40,12 @@ def test_strings_are_escaped_as_toml_reads_them(tmp_path):
     assert read_toml(tmp_path / "s.toml", "the file", ConfigError)["device"] == odd
 
 
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    """Windows Notepad's UTF-8 starts with one; TOML never needs it."""
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbflr = 0.5\n")
+    assert configfile.read(tmp_path / "bom.toml") == {"lr": 0.5}
+
+
 def test_layers_as_a_string_or_a_list_and_ints_as_floats(tmp_path):
     (tmp_path / "a.toml").write_text('layers = "784, 30 10"\nlr = 1\nthreads = 2\npreset = "fast"\n')
     assert configfile.read(tmp_path / "a.toml") == {"sizes": [784, 30, 10], "lr": 1.0, "threads": 2, "preset": "fast"}
@@ -68,6 +74,10 @@ BAD = [
     ("threads = 0\n", "--threads must be a whole number from 1"),
     ("batch-size = 100\ntrain-size = 10\n", "--batch-size 100 is larger than --train-size 10"),
     (b"lr = 0.1 # \xff\n", "not UTF-8 text"),
+    ('init = "zeros"\n', "unknown --init 'zeros': choose one of normal"),
+    ('activation = "gelu"\n', "unknown --activation 'gelu'"),
+    ('save = "x.npz"\n', "'save' is given on the command line \\(gpumlp train --save\\), not in the file"),
+    ('resume = "x.npz"\n', "'resume' is given on the command line"),
 ]
 
 

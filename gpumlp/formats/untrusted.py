@@ -203,7 +203,7 @@ def read_toml(path: str | os.PathLike, what: str, error: type[Exception]) -> dic
     with f:
         data = read_limited(f, size, MAX_TOML_BYTES, path, error, f"{what} holds ({MAX_TOML_BYTES:,})", text=True)
     try:
-        return tomllib.loads(bytes(data).decode("utf-8"))
+        return tomllib.loads(bytes(data).decode("utf-8-sig"))  # a byte-order mark (Notepad's) skipped
     except UnicodeDecodeError as e:
         raise error(f"{path} is not a TOML file: it is not UTF-8 text (byte {e.start:,})") from None
     except tomllib.TOMLDecodeError as e:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from gpumlp import optim
 from gpumlp.backends.blas_threads import check_threads
-from gpumlp.errors import ConfigError, GpumlpError, SweepError
-from gpumlp.training.config import TrainConfig, fields_by_option
+from gpumlp.errors import GpumlpError, SweepError
+from gpumlp.training.config import TrainConfig, check_network_names, fields_by_option
 
 # Options a sweep refuses, with the reason, and those it takes only as fixed values: every trial
 # must be scored on the same validation images, and never on the test images.
@@ -93,15 +93,8 @@ class Space:
 def config(options: dict) -> TrainConfig:
     """The ``TrainConfig`` of ``options`` given by option name (``threads`` aside), with the names
     the network checks when it is built (``MLP``): a value ``gpumlp train`` refuses raises here."""
-    from gpumlp.activations import ACTIVATIONS
-    from gpumlp.model import INITS
-
     by_option = fields_by_option()
-    cfg = TrainConfig(**{by_option[k]: v for k, v in options.items() if k != THREADS})
-    for name, value, known in (("activation", cfg.activation, ACTIVATIONS), ("init", cfg.init, INITS)):
-        if value is not None and value not in known:
-            raise ConfigError(f"unknown --{name} {value!r}: choose one of {', '.join(known)}")
-    return cfg
+    return check_network_names(TrainConfig(**{by_option[k]: v for k, v in options.items() if k != THREADS}))
 
 
 def read_space(path: str | os.PathLike) -> Space:

@@ -213,6 +213,18 @@ def fields_by_option() -> dict[str, str]:
     return {option_name(f): f.name for f in fields(TrainConfig)}
 
 
+def check_network_names(cfg: TrainConfig) -> TrainConfig:
+    """Refuse an ``activation`` or ``init`` the network does not know, as ``MLP`` would when the
+    run starts: a config or space file's mistake is then said with the file's name, at once."""
+    from gpumlp.activations import ACTIVATIONS
+    from gpumlp.model import INITS
+
+    for name, value, known in (("activation", cfg.activation, ACTIVATIONS), ("init", cfg.init, INITS)):
+        if value is not None and value not in known:
+            raise ConfigError(f"unknown --{name} {value!r}: choose one of {', '.join(known)}")
+    return cfg
+
+
 MONITORS = ("accuracy", "loss")
 
 

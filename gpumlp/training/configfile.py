@@ -14,9 +14,11 @@ import os
 from pathlib import Path
 
 from gpumlp.errors import ConfigError
-from gpumlp.training.config import TrainConfig, fields_by_option, option_name
+from gpumlp.training.config import TrainConfig, check_network_names, fields_by_option, option_name
 
 EXTRA = ("threads",)  # keys that are not TrainConfig fields: gpumlp train's --threads
+# gpumlp train's options that say where files are and how it prints, not what it trains
+COMMAND_LINE_ONLY = ("config", "resume", "save", "save-every", "data-dir", "quiet", "log-format")
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -32,6 +34,8 @@ def read(path: str | os.PathLike) -> dict:
     for key, value in document.items():
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
             raise ConfigError(f"{path}: {key!r} is a table; a config file holds only `option = value` lines")
+        if key in COMMAND_LINE_ONLY:
+            raise ConfigError(f"{path}: {key!r} is given on the command line (gpumlp train --{key}), not in the file")
         if key not in by_option and key not in EXTRA:
             close = difflib.get_close_matches(key, [*by_option, *EXTRA], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; the keys are gpumlp train's option names"
@@ -58,7 +62,7 @@ def _checked(path, options: dict) -> dict:
             check_threads(options["threads"])
         fields = {k: v for k, v in options.items() if k not in EXTRA}
         preset = fields.get("preset")
-        cfg = TrainConfig(**{**(preset_options(preset) if preset is not None else {}), **fields})
+        cfg = check_network_names(TrainConfig(**{**(preset_options(preset) if preset is not None else {}), **fields}))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     held = cfg.to_dict()
