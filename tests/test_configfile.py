@@ -74,6 +74,8 @@ BAD = [
     ("threads = 0\n", "--threads must be a whole number from 1"),
     ("batch-size = 100\ntrain-size = 10\n", "--batch-size 100 is larger than --train-size 10"),
     (b"lr = 0.1 # \xff\n", "not UTF-8 text"),
+    ("lr = 0.1\n".encode("utf-16"), "is UTF-16 text \\(as PowerShell's > writes it\\); save it as UTF-8"),
+    (b"lr = 0.1\0\n", "is not a valid TOML file"),
     ('init = "zeros"\n', "unknown --init 'zeros': choose one of normal"),
     ('activation = "gelu"\n', "unknown --activation 'gelu'"),
     ('save = "x.npz"\n', "'save' is given on the command line \\(gpumlp train --save\\), not in the file"),

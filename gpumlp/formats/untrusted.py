@@ -201,7 +201,9 @@ def read_toml(path: str | os.PathLike, what: str, error: type[Exception]) -> dic
     path = Path(path)
     f, size = open_regular(path, error, missing=f"cannot read {what} {path}: no such file; check the path")
     with f:
-        data = read_limited(f, size, MAX_TOML_BYTES, path, error, f"{what} holds ({MAX_TOML_BYTES:,})", text=True)
+        data = read_limited(f, size, MAX_TOML_BYTES, path, error, f"{what} holds ({MAX_TOML_BYTES:,})")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise error(f"{path} is UTF-16 text (as PowerShell's > writes it); save it as UTF-8")
     try:
         return tomllib.loads(bytes(data).decode("utf-8-sig"))  # a byte-order mark (Notepad's) skipped
     except UnicodeDecodeError as e:
