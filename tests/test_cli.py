@@ -89,6 +89,7 @@ def test_help_lists_every_option_with_its_default(command):
         (["test", "m.npz", "--test-size", "-1"], "--test-size must be at least 1 (got -1)"),
         (["test", "m.npz", "--test-size", "0"], "--test-size must be at least 1 (got 0)"),
         (["train", "--epochs", "2.5"], "--epochs must be a whole number (got 2.5)"),
+        (["train", "--seed", "1" + "0" * 400], "--seed must be at most 9,223,372,036,854,775,807"),  # an OverflowError
         (["serve", "m.npz", "--port", "70000"], "--port must be at most 65535 (got 70000)"),
         (["info", "m.npz", "--json=1"], "Option '--json' does not take a value. (see gpumlp info --help)"),
     ],

@@ -210,3 +210,5 @@ def read_toml(path: str | os.PathLike, what: str, error: type[Exception]) -> dic
         raise error(f"{path} is not a TOML file: it is not UTF-8 text (byte {e.start:,})") from None
     except tomllib.TOMLDecodeError as e:
         raise error(f"{path} is not a valid TOML file: {e}") from None
+    except ValueError:  # int() refuses a whole number of over 4,300 digits (CVE-2020-10735)
+        raise error(f"{path} holds a whole number of more than 4,300 digits; no option takes one") from None

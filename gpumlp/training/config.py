@@ -155,10 +155,14 @@ class TrainConfig:
             if f.type not in ("int", "float"):
                 continue
             number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's numbers too
-            if f.type == "int" and not (number and float(value).is_integer()):
+            # an int is never turned into a float to be checked: 10**400 would be an OverflowError
+            whole = isinstance(value, numbers.Integral) or (number and float(value).is_integer())
+            if f.type == "int" and not (number and whole):
                 raise ConfigError(f"{option} must be a whole number (got {value!r})")
-            if f.type == "float" and not (number and math.isfinite(value)):
-                raise ConfigError(f"{option} must be a finite number (got {value!r})")
+            if f.type == "int" and not -MAX_INT <= int(value) <= MAX_INT:  # numpy's int64, every index and count
+                raise ConfigError(f"{option} must be at most {MAX_INT:,} (got {_short(value)})")
+            if f.type == "float" and not (number and _finite(value)):
+                raise ConfigError(f"{option} must be a finite number (got {_short(value)})")
             setattr(self, f.name, int(value) if f.type == "int" else float(value))
 
     def _check_recipe(self):
@@ -211,6 +215,23 @@ def fields_by_option() -> dict[str, str]:
     name ``gpumlp train`` spells its option (the keys of a config or sweep-space file), with the
     update rules registered now."""
     return {option_name(f): f.name for f in fields(TrainConfig)}
+
+
+MAX_INT = 2**63 - 1  # the largest whole-number option: what numpy's int64 holds
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float (10**400)
+        return False
+
+
+def _short(value) -> str:
+    """``repr(value)``, or for a whole number too long to print in one line, its size."""
+    if isinstance(value, numbers.Integral) and abs(int(value)) > MAX_INT:
+        return f"a whole number of {abs(int(value)).bit_length()} bits"
+    return repr(value)
 
 
 def check_network_names(cfg: TrainConfig) -> TrainConfig:
