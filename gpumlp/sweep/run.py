@@ -27,10 +27,12 @@ from gpumlp.sweep import KEEP
 from gpumlp.sweep import study as studies
 from gpumlp.sweep.space import Space, config
 from gpumlp.sweep.worker import WorkerSpec, make_pruner, work
+from gpumlp.training.config import MAX_INT, short_number
 
 WATCH_S = 0.5  # how often the study is read for the progress display
 STOP_S = 5.0  # how long stopped workers may take to fail their trials before they are killed
 RESTARTS = 3  # how many times a worker that died is replaced, per worker
+MAX_HEARTBEAT_S = 86_400  # a day: a slower beat would leave a dead worker's trial running for days
 JOBS_PER_CORE = 4  # --jobs at most this many per usable core: beyond it workers only wait on each other
 
 
@@ -111,13 +113,16 @@ def run_sweep(space: Space, study: str, url: str, total: int, *, jobs: int = 1, 
 def check_options(total: int, jobs: int, heartbeat: int | None, keep: str, device: str) -> None:
     """``run_sweep``'s numbers and names, checked before anything is created (``gpumlp sweep run``
     calls it before it makes sweeps/)."""
-    for name, value, least in (("--trials", total, 1), ("--jobs", jobs, 1), ("--heartbeat", heartbeat, 1)):
+    for name, value, least, most in (("--trials", total, 1, MAX_INT), ("--jobs", jobs, 1, None),
+                                     ("--heartbeat", heartbeat, 1, MAX_HEARTBEAT_S)):  # fmt: skip
         if value is not None and value < least:
             raise SweepError(f"{name} must be at least {least} (got {value})")
+        if value is not None and most is not None and value > most:  # 10**400 trials: an OverflowError later
+            raise SweepError(f"{name} must be at most {most:,} (got {short_number(value)})")
     most = JOBS_PER_CORE * len(usable_cpus())
     if jobs > most:  # each is a process of its own: --jobs 100000 would start 100,000 interpreters
         raise SweepError(
-            f"--jobs {jobs} is more than {JOBS_PER_CORE} workers for each of the {most // JOBS_PER_CORE} "
+            f"--jobs {short_number(jobs)} is more than {JOBS_PER_CORE} workers for each of the {most // JOBS_PER_CORE} "
             f"cores here; give at most {most} (more share the cores, and run no faster)"
         )
     if keep not in KEEP:

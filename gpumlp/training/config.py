@@ -160,9 +160,9 @@ class TrainConfig:
             if f.type == "int" and not (number and whole):
                 raise ConfigError(f"{option} must be a whole number (got {value!r})")
             if f.type == "int" and not -MAX_INT <= int(value) <= MAX_INT:  # numpy's int64, every index and count
-                raise ConfigError(f"{option} must be at most {MAX_INT:,} (got {_short(value)})")
+                raise ConfigError(f"{option} must be at most {MAX_INT:,} (got {short_number(value)})")
             if f.type == "float" and not (number and _finite(value)):
-                raise ConfigError(f"{option} must be a finite number (got {_short(value)})")
+                raise ConfigError(f"{option} must be a finite number (got {short_number(value)})")
             setattr(self, f.name, int(value) if f.type == "int" else float(value))
 
     def _check_recipe(self):
@@ -227,7 +227,7 @@ def _finite(value) -> bool:
         return False
 
 
-def _short(value) -> str:
+def short_number(value) -> str:
     """``repr(value)``, or for a whole number too long to print in one line, its size."""
     if isinstance(value, numbers.Integral) and abs(int(value)) > MAX_INT:
         return f"a whole number of {abs(int(value)).bit_length()} bits"
