@@ -107,3 +107,18 @@ def test_a_header_declaring_400_million_pixels_is_refused_before_decoding(tmp_pa
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
     with pytest.raises(GpumlpError, match=r"the image data is too large \(.*\); scale it down"):
         gpumlp.preprocess(png)
+
+
+def test_every_pil_mode_of_a_digit_reads_as_the_same_digit():
+    """32-bit "I" from an 8-bit image (0-255, read as "no ink" when scaled as 16-bit) and "La"
+    (which Pillow converts only to LA) among them."""
+    d = np.full((40, 40), 255, np.uint8)
+    d[10:30, 18:22] = 0
+    base = Image.fromarray(d)
+    want = gpumlp.preprocess(base)
+    via = {"La": "LA", "HSV": "RGB", "RGBa": "RGBA", "PA": "P"}  # what Pillow converts each from
+    for mode in ("1", "P", "RGB", "RGBA", "CMYK", "YCbCr", "HSV", "I", "F", "LA", "PA", "RGBa", "La"):
+        x = gpumlp.preprocess(base.convert(via.get(mode, "L")).convert(mode))
+        assert np.abs(x - want).max() < 0.02, mode
+    sixteen = Image.fromarray(d.astype(np.uint16) * 257)  # 0-65535 grey levels
+    assert np.abs(gpumlp.preprocess(sixteen.convert("I")) - want).max() < 0.02

@@ -106,8 +106,11 @@ def pil_gray(im) -> np.ndarray:
     """A PIL image of any mode → (h, w) float64 grey levels in [0, 1] (host), 1 = white: 16- and
     32-bit grey levels scaled, transparent pixels composited onto white, as a viewer shows them."""
     Image, _ = _pillow()
-    if im.mode.startswith("I"):  # 16- or 32-bit grey levels
-        return np.asarray(im, dtype=np.float64) / 65535.0
+    if im.mode.startswith("I"):  # 16- or 32-bit grey levels: 0-65535, or 0-255 (an 8-bit image .convert("I"))
+        gray = np.asarray(im, dtype=np.float64)
+        return gray / (255.0 if gray.max(initial=0.0) <= 255 else 65535.0)
+    if im.mode == "La":  # premultiplied alpha: Pillow converts it only to LA
+        im = im.convert("LA")
     if im.mode == "F":  # 32-bit float grey levels: [0, 1] as they are, else 0-255
         gray = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
         return gray / 255.0 if gray.max(initial=0.0) > 1.0 else gray
