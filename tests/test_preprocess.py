@@ -90,6 +90,8 @@ def test_a_file_it_cannot_read_is_one_clear_error(tmp_path):
     for given, fragment in ((b"", "the image data is empty"), (b"hello", "cannot identify image file\\)")):
         with pytest.raises(GpumlpError, match=fragment + NO_REPR):
             gpumlp.preprocess(given)
+    with pytest.raises(GpumlpError, match=r"'a\\x00b.png' is not a file name: it holds a NUL character"):
+        gpumlp.preprocess("a\0b.png")  # was os.open's ValueError
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(GpumlpError, match=f"{tmp_path / 'empty.png'} is empty \\(0 bytes\\)"):
         gpumlp.preprocess(tmp_path / "empty.png")

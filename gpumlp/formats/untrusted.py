@@ -52,6 +52,8 @@ def open_regular(path: Path, error: type[Exception], missing: str | None = None)
         raise error(missing or f"{path} not found; check the path") from None
     except OSError as e:  # ENXIO: a socket; EACCES: no permission; ELOOP: a symlink loop
         raise error(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError:  # os.open's "embedded null byte": a name from a program, never a file's
+        raise error(f"{str(path)!r} is not a file name: it holds a NUL character") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
