@@ -244,8 +244,8 @@ KEYWORD = inspect.Parameter.KEYWORD_ONLY
 RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configuration
     ("data_dir", DataDirOpt, None),
     ("save", Annotated[Path | None, typer.Option(
-        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, "
-        "else checkpoints/LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
+        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, else "
+        "checkpoints/[PRESET-]LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
     ("resume", Annotated[Path | None, typer.Option(
         help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
     ("save_every", Annotated[int, typer.Option(

@@ -114,7 +114,7 @@ class TrainConfig:
     )  # fmt: skip
     preset: str | None = option(
         None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
-        "10–11 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
+        "about 8 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
         choices=lambda: PRESETS,
     )  # fmt: skip
 
