@@ -163,9 +163,12 @@ def test_train_config_through_typer_and_resume_with_the_same_file(tmp_path, monk
     assert out.exit_code == 2 and "--layers 784,30,10 contradicts the checkpoint ([784, 24, 10])" in out.output
 
 
-def test_the_documented_example_file_reads(tmp_path):
+def test_the_documented_example_file_reads_and_ships():
+    """docs/cli.md's example is docs/run.toml, byte for byte, so README's `gpumlp train --config
+    docs/run.toml` runs in a fresh clone."""
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
-    (tmp_path / "run.toml").write_text(re.search(r"```toml\n(.*?)```", docs, re.S).group(1))
-    assert configfile.read(tmp_path / "run.toml") == {
+    shipped = Path(__file__).parents[1] / "docs" / "run.toml"
+    assert shipped.read_text() == re.search(r"```toml\n(.*?)```", docs, re.S).group(1)
+    assert configfile.read(shipped) == {
         "preset": "fast", "sizes": [784, 256, 10], "lr": 0.1, "batch_size": 64, "epochs": 3, "threads": 2
     }  # fmt: skip
