@@ -49,7 +49,7 @@ def ls_cross_entropy(xp, Z, A, Y):
 LS_CE_KERNEL = softmax_kernel(f"y[r + j] * (T(1) - T({EPS})) + T({EPS}) / T(k)")  # t, as smoothed() makes it
 
 LS_CE = Loss("ls-ce", "softmax, cross-entropy against targets smoothed by 0.1", softmax, ls_cross_entropy,
-             LS_CE_KERNEL, softmax_head, "softmax probability (label-smoothed)", "softmax (label-smoothed training)",
+             LS_CE_KERNEL, softmax_head, "softmax (label-smoothed training)",
              probabilities=True, sigmoid_outputs=False)  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def test_trains_resumes_tests_and_exports_through_the_cli(ls_ce, mnist, mnist_di
     np.testing.assert_array_equal(resumed.theta, straight.theta)
 
     report = invoke(["test", str(part), "--data-dir", str(mnist_dir), "--test-size", "1000"]).output
-    assert "(confidence: softmax probability (label-smoothed))" in report
+    assert "(confidence: softmax (label-smoothed training))" in report
     _, _, X_test, y_test = mnist
     [row] = predict_images(resumed, [X_test[0]])
     assert sum(row["probabilities"]) == pytest.approx(1.0) and row["digit"] == y_test[0]
@@ -192,4 +192,4 @@ def test_every_record_is_complete_and_the_help_names_it():
     for name, loss in LOSSES.items():
         assert loss.name == name and f"{name} ({loss.help})" in help_text
         assert loss.cuda[0].startswith("raw T z") and "row +=" in loss.cuda_body and "delta[" in loss.cuda_body
-        assert loss.output_name and loss.confidence_name and loss.onnx_head is not None
+        assert loss.confidence_name and loss.onnx_head is not None
