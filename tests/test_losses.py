@@ -5,6 +5,8 @@ delta against finite differences, training through the library and the CLI, bit-
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -185,10 +187,25 @@ def test_share_of_sum_of_all_zero_outputs_is_zero_not_nan():
     assert C.dtype == np.float32 and not np.isnan(C).any() and (C == 0).all()
 
 
-def test_every_record_is_complete_and_the_help_names_it():
-    from gpumlp.training.config import TrainConfig
+def test_train_help_names_a_loss_registered_after_import(ls_ce):
+    """`gpumlp train --help` is made when it is shown: --loss lists label-smoothed CE among its
+    choices, as --loss accepts it, and no longer once it is unregistered."""
 
-    help_text = TrainConfig.__dataclass_fields__["loss"].metadata["help"]
+    def loss_help() -> str:
+        result = runner.invoke(cli.app, ["train", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.replace("│", " ").split())
+
+    assert f"or ls-ce ({ls_ce.help}) (gpumlp/losses.py)" in loss_help()
+    with registered(replace(ls_ce, name="ls-ce-2", help="another")):
+        assert "ls-ce-2 (another)" in loss_help() and "ls-ce (" in loss_help()
+    assert "ls-ce-2" not in loss_help()
+
+
+def test_every_record_is_complete_and_the_help_names_it():
+    from gpumlp.training.config import TrainConfig, help_of
+
+    help_text = help_of(TrainConfig.__dataclass_fields__["loss"])
     for name, loss in LOSSES.items():
         assert loss.name == name and f"{name} ({loss.help})" in help_text
         assert loss.cuda[0].startswith("raw T z") and "row +=" in loss.cuda_body and "delta[" in loss.cuda_body
