@@ -58,12 +58,14 @@ def command_config(
 
 def train_settings(
     options: dict, given: dict, preset=None, resume=None, config=None, threads: int | None = None
-) -> tuple[TrainConfig, int | None]:
-    """``gpumlp train``'s configuration (``command_config``) and BLAS thread count, with the
-    options of the config file ``config`` (if given) under those typed: ``--threads``, else the file's."""
+) -> tuple[TrainConfig, int | None, str]:
+    """``gpumlp train``'s configuration (``command_config``), BLAS thread count and where that came
+    from, with the options of the config file ``config`` (if given) under those typed:
+    ``(…, n, "--threads")``, else ``(…, n, "threads in FILE")``, else ``(…, None, "--threads")``."""
     file = configfile.read(config) if config is not None else {}
-    threads = threads if threads is not None else file.get("threads")
-    return command_config(options, given, preset, resume, file), threads
+    if threads is None and file.get("threads") is not None:
+        return command_config(options, given, preset, resume, file), file["threads"], f"threads in {config}"
+    return command_config(options, given, preset, resume, file), threads, "--threads"
 
 
 def run(
@@ -76,6 +78,7 @@ def run(
     save_every: int = 0,
     on_progress: Callable[[int, int, int, float], None] | None = None,
     threads: int | None = None,
+    threads_from: str = "--threads",
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
@@ -90,7 +93,8 @@ def run(
     Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
     when an earlier run's files are there. The checkpoint is locked for the whole run: another run
     saving to the same path is refused (``CheckpointError``). ``threads``: the CPU BLAS threads
-    (``gpumlp train --threads``; default ``GPUMLP_THREADS``, a resumed run's count, or one per free core)."""
+    (``gpumlp train --threads``; default ``GPUMLP_THREADS``, a resumed run's count, or one per free core),
+    said in the start line to come from ``threads_from`` (``train_settings`` tells)."""
     if save_every < 0:
         raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
     if threads is not None:
@@ -101,7 +105,7 @@ def run(
     try:
         try:
             named = bool(save or resume)
-            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=named, threads=threads)
+            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named, (threads, threads_from))
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output (signals.Stop)
             first.append(e)
             raise rec.interrupted(e) from None  # saved under the lock
@@ -111,7 +115,8 @@ def run(
         raise rec.interrupted((first or [e])[0]) from None
 
 
-def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool, threads=None) -> RunResult:
+def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool, forced) -> RunResult:
+    threads, threads_from = forced  # the count asked for (or None) and by what
     if resume:
         model, meta = checkpoint.load(resume, device=cfg.device)
         state = TrainState.from_metadata(meta)
@@ -122,7 +127,9 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
     if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
         state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
     largest = blas_threads.largest_product(model.sizes, cfg.batch_size)
-    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest, threads)  # fit keeps this count
+    state.blas_threads, why = model.be.training_threads(
+        state.blas_threads, largest, threads, threads_from
+    )  # fit keeps it
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
     if model.be.note:
