@@ -376,9 +376,9 @@ def test_run_under_load_on_a_tiny_row(monkeypatch):
     seen = []
     original = blas_threads.training_threads
 
-    def spy(recorded=None, largest=None, forced=None):
-        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced)[0]))
-        return original(recorded, largest, forced)
+    def spy(recorded=None, largest=None, forced=None, forced_by="--threads"):
+        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced, forced_by)[0]))
+        return original(recorded, largest, forced, forced_by)
 
     monkeypatch.setattr(blas_threads, "training_threads", spy)
     result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)
