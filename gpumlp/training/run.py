@@ -63,9 +63,10 @@ def train_settings(
     from, with the options of the config file ``config`` (if given) under those typed:
     ``(…, n, "--threads")``, else ``(…, n, "threads in FILE")``, else ``(…, None, "--threads")``."""
     file = configfile.read(config) if config is not None else {}
+    cfg = command_config(options, given, preset, resume, file)
     if threads is None and file.get("threads") is not None:
-        return command_config(options, given, preset, resume, file), file["threads"], f"threads in {config}"
-    return command_config(options, given, preset, resume, file), threads, "--threads"
+        return cfg, file["threads"], f"threads in {config}"
+    return cfg, threads, "--threads"
 
 
 def run(
