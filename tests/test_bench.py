@@ -200,6 +200,29 @@ def test_torch_script_on_a_tiny_configuration(mnist):
     assert "skipped" in bt.format_torch(result)
 
 
+def test_torch_script_refuses_a_loss_or_rule_it_does_not_implement(mnist):
+    """A loss or update rule registered in gpumlp but not written in the script is a skipped row
+    saying so (one line), never another one timed under its name: here a second softmax loss
+    (plain cross-entropy would be timed) and a second momentum rule (plain SGD would be)."""
+    from dataclasses import replace
+
+    from gpumlp import losses, optim
+
+    pytest.importorskip("torch")
+    bt = load_script("bench_torch")
+    X, y = mnist[0][:400], mnist[1][:400]
+    lion = type("Lion", (optim.Momentum,), {"name": "lion"})
+    with losses.registered(replace(losses.LOSSES["ce"], name="ce-smoothed")), optim.registered(lion):
+        for cfg, what in (
+            (BenchConfig("smoothed", (784, 8, 10), "relu", "ce-smoothed", 0.1, 32, 200), "loss 'ce-smoothed'"),
+            (BenchConfig("lion", (784, 8, 10), "relu", "ce", 0.1, 32, 200, 1, (("optimizer", "lion"),)), "rule 'lion'"),
+        ):
+            result = bt.start_result(bt.torch.device("cpu"), 1, "MNIST", sgemm_n=64)
+            row = bt.add_row(result, bt.time_config(cfg, bt.torch.device("cpu"), X, y, repeats=1))
+            assert row["images_per_s"] is None and what in row["skipped"] and "\n" not in row["skipped"]
+            assert f"skipped: {row['skipped']}" in bt.format_torch(result)
+
+
 def test_timed_pair_alternates_each_timed_run_after_a_warm_up():
     calls = []
     a = (lambda: calls.append("sync a"), lambda: calls.append("a"))
@@ -353,9 +376,9 @@ def test_run_under_load_on_a_tiny_row(monkeypatch):
     seen = []
     original = blas_threads.training_threads
 
-    def spy(recorded=None, largest=None, forced=None):
-        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced)[0]))
-        return original(recorded, largest, forced)
+    def spy(recorded=None, largest=None, forced=None, forced_by="--threads"):
+        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced, forced_by)[0]))
+        return original(recorded, largest, forced, forced_by)
 
     monkeypatch.setattr(blas_threads, "training_threads", spy)
     result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)
