@@ -79,7 +79,7 @@ def test_cli(
     dataset: DatasetOpt = None,
     any_dataset: AnyDatasetOpt = False,
 ):
-    """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
+    """Accuracy, per-class scores, confusion matrix and most confident mistakes on the checkpoint's test set."""
     from gpumlp.cli.report import checkpoint_report, format_report
 
     report, model, rec, X = checkpoint_report(
