@@ -28,8 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError:  # the comparison's own dependency, never gpumlp's: one line and exit 2, not a traceback
+    print("error: scripts/bench_torch.py needs PyTorch, not installed: pip install torch==2.13.0", file=sys.stderr)
+    sys.exit(2)
 
 from gpumlp.cli.bench import (
     CONFIGS,

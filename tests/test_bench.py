@@ -11,6 +11,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,25 @@ def test_compare_torch_without_torch_names_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     with pytest.raises(SystemExit, match="pip install torch"):
         script.load_torch_bench()
+
+
+def test_torch_script_without_torch_is_one_line_and_exit_2(tmp_path):
+    """scripts/bench_torch.py run on its own where PyTorch cannot be imported: the install hint in
+    one line and exit 2, not an ImportError traceback."""
+    code = (
+        "import runpy, sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('no torch here')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = ['bench_torch.py', '--help']\n"
+        f"runpy.run_path({str(SCRIPTS / 'bench_torch.py')!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "pip install torch" in proc.stderr
 
 
 def test_gpumlp_bench_never_imports_torch():
