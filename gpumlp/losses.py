@@ -152,8 +152,7 @@ class Loss:
     total_and_delta: Callable  # (xp, Z_L, A_L, Y) -> (summed loss, d total / d Z_L (n, 10))
     cuda_body: str  # the fused kernel's body, of KERNEL_PARAMS and KERNEL_OUT (one thread per row)
     onnx_head: Callable | None  # (helper, numpy_helper, Z, out) -> (nodes, initializers); None: no export
-    output_name: str  # what one output is, for `gpumlp test`'s confidence: "softmax probability"
-    confidence_name: str  # what `predict`, `serve` and the ONNX graph report: "softmax"
+    confidence_name: str  # what `predict`, `serve`, `test` and the ONNX graph report: "softmax"
     probabilities: bool  # the outputs are already a probability law over the classes
     sigmoid_outputs: bool  # each output an independent sigmoid (Rust/Nielsen formats hold only these)
     confidences: Callable = share_of_sum  # (xp, A_L) -> (n, 10) rows summing to 1: the confidence rule
@@ -209,9 +208,9 @@ def help_text() -> str:
 
 register(
     Loss("mse", "sigmoid outputs, ½‖a−y‖²", sigmoid, mse, MSE_KERNEL, sigmoid_share_head,
-         "sigmoid output", "sigmoid outputs divided by their sum", probabilities=False, sigmoid_outputs=True)
+         "sigmoid outputs divided by their sum", probabilities=False, sigmoid_outputs=True)
 )  # fmt: skip
 register(
     Loss("ce", "softmax, cross-entropy", softmax, cross_entropy, CE_KERNEL, softmax_head,
-         "softmax probability", "softmax", probabilities=True, sigmoid_outputs=False)
+         "softmax", probabilities=True, sigmoid_outputs=False)
 )  # fmt: skip

@@ -12,7 +12,8 @@ per-batch collation would dominate at batch 10). The loss is summed on the devic
 gpumlp's rows are: the epochs' training steps (each epoch's permutation included), after one
 untimed run of the same, synchronised before the clock starts and at the end, nothing read back
 in between; the network, optimiser and data are made once before. ``torch.set_num_threads`` is
-left at its default (reported). Same repeats and median. Needs ``pip install torch``;
+left at its default (reported). Same repeats and median. A row whose loss or update rule is
+not written here (``TORCH_LOSSES``, ``TORCH_RULES``) is skipped, saying so. Needs ``pip install torch``;
 gpumlp itself never imports torch.
 """
 
@@ -27,8 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError:  # the comparison's own dependency, never gpumlp's: one line and exit 2, not a traceback
+    print("error: scripts/bench_torch.py needs PyTorch, not installed: pip install torch==2.13.0", file=sys.stderr)
+    sys.exit(2)
 
 from gpumlp.cli.bench import (
     CONFIGS,
@@ -41,7 +47,6 @@ from gpumlp.cli.bench import (
     steps_timed,
 )
 from gpumlp.errors import ConfigError
-from gpumlp.losses import LOSSES
 
 
 def synchronize(device: torch.device) -> None:
@@ -75,9 +80,24 @@ def sgemm_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float
     return 2 * n**3 * calls / statistics.median(timed(device, work, repeats)) / 1e9
 
 
+def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """gpumlp's mse: ½‖a − y‖² per image, averaged over the batch (nn.MSELoss would also divide by 10)."""
+    return 0.5 * nn.functional.mse_loss(A, Y, reduction="sum") / A.shape[0]
+
+
+# gpumlp's losses written in PyTorch: the output layer after the last Linear (None: none), the
+# targets (n, …) from the labels (n,) and k classes, and the batch-mean loss. A loss gpumlp has
+# but this table has not is refused (``skipped``), never timed as another.
+TORCH_LOSSES = {
+    "mse": (nn.Sigmoid, lambda labels, k: nn.functional.one_hot(labels, k).float(), half_sse_mean),  # ½‖σ(z) − y‖²
+    "ce": (None, lambda labels, k: labels, nn.CrossEntropyLoss()),  # softmax and cross-entropy in one
+}
+TORCH_RULES = ("sgd", "momentum", "nesterov", "adam")  # the update rules ``optimizer`` builds
+
+
 def network(cfg: BenchConfig) -> nn.Sequential:
-    """Linear layers with the hidden activation between them; a final Sigmoid for a loss with
-    sigmoid outputs, mse (ce's softmax lives in the loss)."""
+    """Linear layers with the hidden activation between them, then the loss's output layer
+    (``TORCH_LOSSES``: a Sigmoid for mse; ce's softmax lives in the loss)."""
     act = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]
     dropout = dict(cfg.recipe).get("dropout", 0.0)
     layers = []
@@ -87,8 +107,9 @@ def network(cfg: BenchConfig) -> nn.Sequential:
             layers.append(act())
             if dropout:
                 layers.append(nn.Dropout(dropout))
-    if LOSSES[cfg.loss].sigmoid_outputs:  # mse
-        layers.append(nn.Sigmoid())
+    output = TORCH_LOSSES[cfg.loss][0]
+    if output is not None:
+        layers.append(output())
     return nn.Sequential(*layers)
 
 
@@ -101,11 +122,6 @@ def optimizer(cfg: BenchConfig, net: nn.Module) -> torch.optim.Optimizer:
                                 eps=r.get("eps", 1e-8), weight_decay=wd)  # fmt: skip
     momentum = r.get("momentum", 0.9) if name in ("momentum", "nesterov") else 0.0
     return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd)
-
-
-def half_sse_mean(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """gpumlp's mse: ½‖a − y‖² per image, averaged over the batch (nn.MSELoss would also divide by 10)."""
-    return 0.5 * nn.functional.mse_loss(A, Y, reduction="sum") / A.shape[0]
 
 
 def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.ndarray):
@@ -122,10 +138,8 @@ def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.
     linears = [m for m in net if isinstance(m, nn.Linear)]
     X_dev = torch.from_numpy(np.ascontiguousarray(X[:n], dtype=np.float32)).to(device)  # (n, 784), once
     labels = torch.from_numpy(y[:n].astype(np.int64)).to(device)  # (n,)
-    if LOSSES[cfg.loss].sigmoid_outputs:  # mse: ½‖σ(z) − y‖²
-        targets, loss_fn = nn.functional.one_hot(labels, cfg.sizes[-1]).float(), half_sse_mean  # (n, 10)
-    else:  # ce: softmax and cross-entropy in one
-        targets, loss_fn = labels, nn.CrossEntropyLoss()
+    _, make_targets, loss_fn = TORCH_LOSSES[cfg.loss]
+    targets = make_targets(labels, cfg.sizes[-1])  # (n, 10) one-hot for mse, (n,) labels for ce
 
     total = torch.zeros((), device=device)  # the summed loss, on the device, as gpumlp's loss vector
 
@@ -149,8 +163,13 @@ def prepare_config(cfg: BenchConfig, device: torch.device, X: np.ndarray, y: np.
 
 
 def skipped(cfg: BenchConfig) -> str | None:
-    """Why PyTorch alone cannot run ``cfg``, or None."""
-    if dict(cfg.recipe).get("augment", "none") != "none":  # no PyTorch equivalent without torchvision
+    """Why PyTorch alone, as written here, cannot run ``cfg``, or None."""
+    recipe = dict(cfg.recipe)
+    if cfg.loss not in TORCH_LOSSES:  # e.g. one registered after import: never time another in its place
+        return f"loss {cfg.loss!r}: not written in PyTorch here (only {', '.join(TORCH_LOSSES)})"
+    if recipe.get("optimizer", "sgd") not in TORCH_RULES:
+        return f"update rule {recipe['optimizer']!r}: not written in PyTorch here (only {', '.join(TORCH_RULES)})"
+    if recipe.get("augment", "none") != "none":  # no PyTorch equivalent without torchvision
         return "augmentation: no equivalent in PyTorch alone"
     return None
 

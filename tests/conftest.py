@@ -47,8 +47,8 @@ def _find_mnist(config) -> Path:
         paths = locate_mnist(folder, download=True)
     except GpumlpError as e:
         pytest.exit(
-            f"gpumlp's tests need the MNIST files and could not get them: {e}. Put the four MNIST files "
-            f"(.gz or raw IDX) in {folder}, or name their folder with pytest --data-dir DIR or GPUMLP_DATA_DIR.",
+            f"gpumlp's tests need the MNIST files and could not get them: {e} (.gz or raw IDX files; "
+            "for the tests: pytest --data-dir DIR, or GPUMLP_DATA_DIR=DIR)",
             returncode=3,
         )
     return next(iter(paths.values())).parent  # gpumlp looks in one folder: all four are there

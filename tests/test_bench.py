@@ -11,6 +11,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,25 @@ def test_compare_torch_without_torch_names_the_install(monkeypatch):
         script.load_torch_bench()
 
 
+def test_torch_script_without_torch_is_one_line_and_exit_2(tmp_path):
+    """scripts/bench_torch.py run on its own where PyTorch cannot be imported: the install hint in
+    one line and exit 2, not an ImportError traceback."""
+    code = (
+        "import runpy, sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('no torch here')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = ['bench_torch.py', '--help']\n"
+        f"runpy.run_path({str(SCRIPTS / 'bench_torch.py')!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "pip install torch" in proc.stderr
+
+
 def test_gpumlp_bench_never_imports_torch():
     source = (Path(__file__).resolve().parents[1] / "gpumlp" / "cli" / "bench.py").read_text()
     assert "import torch" not in source
@@ -198,6 +219,29 @@ def test_torch_script_on_a_tiny_configuration(mnist):
     row = bt.add_row(result, bt.time_config(augmented, bt.torch.device("cpu"), X, y, repeats=1))
     assert row["images_per_s"] is None and "augmentation" in row["skipped"]
     assert "skipped" in bt.format_torch(result)
+
+
+def test_torch_script_refuses_a_loss_or_rule_it_does_not_implement(mnist):
+    """A loss or update rule registered in gpumlp but not written in the script is a skipped row
+    saying so (one line), never another one timed under its name: here a second softmax loss
+    (plain cross-entropy would be timed) and a second momentum rule (plain SGD would be)."""
+    from dataclasses import replace
+
+    from gpumlp import losses, optim
+
+    pytest.importorskip("torch")
+    bt = load_script("bench_torch")
+    X, y = mnist[0][:400], mnist[1][:400]
+    lion = type("Lion", (optim.Momentum,), {"name": "lion"})
+    with losses.registered(replace(losses.LOSSES["ce"], name="ce-smoothed")), optim.registered(lion):
+        for cfg, what in (
+            (BenchConfig("smoothed", (784, 8, 10), "relu", "ce-smoothed", 0.1, 32, 200), "loss 'ce-smoothed'"),
+            (BenchConfig("lion", (784, 8, 10), "relu", "ce", 0.1, 32, 200, 1, (("optimizer", "lion"),)), "rule 'lion'"),
+        ):
+            result = bt.start_result(bt.torch.device("cpu"), 1, "MNIST", sgemm_n=64)
+            row = bt.add_row(result, bt.time_config(cfg, bt.torch.device("cpu"), X, y, repeats=1))
+            assert row["images_per_s"] is None and what in row["skipped"] and "\n" not in row["skipped"]
+            assert f"skipped: {row['skipped']}" in bt.format_torch(result)
 
 
 def test_timed_pair_alternates_each_timed_run_after_a_warm_up():
@@ -353,9 +397,9 @@ def test_run_under_load_on_a_tiny_row(monkeypatch):
     seen = []
     original = blas_threads.training_threads
 
-    def spy(recorded=None, largest=None, forced=None):
-        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced)[0]))
-        return original(recorded, largest, forced)
+    def spy(recorded=None, largest=None, forced=None, forced_by="--threads"):
+        seen.append((os.environ.get("GPUMLP_THREADS"), original(recorded, largest, forced, forced_by)[0]))
+        return original(recorded, largest, forced, forced_by)
 
     monkeypatch.setattr(blas_threads, "training_threads", spy)
     result = run_under_load([0, 1], [TINY], repeats=1, sgemm_n=64)

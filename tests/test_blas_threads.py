@@ -93,6 +93,7 @@ def test_training_threads_env_then_recorded_then_auto(monkeypatch):
     monkeypatch.setenv("GPUMLP_THREADS", "3")
     assert blas_threads.training_threads(recorded=1) == (3, "GPUMLP_THREADS")
     assert blas_threads.training_threads(recorded=1, forced=2) == (2, "--threads")  # asked for: wins over both
+    assert blas_threads.training_threads(forced=2, forced_by="threads in run.toml") == (2, "threads in run.toml")
     for bad in (0, 1025, 2.0, True, "2"):
         with pytest.raises(ConfigError, match=r"^--threads must be a whole number from 1 to 1024"):
             blas_threads.training_threads(forced=bad)

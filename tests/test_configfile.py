@@ -137,20 +137,21 @@ def _defaults() -> dict:
 def test_command_line_wins_over_the_file_which_wins_over_the_preset(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('preset = "fast"\nlr = 0.5\nepochs = 2\nthreads = 3\n')
-    cfg, threads = train_settings(_defaults(), {"epochs": 1}, config=path)
-    assert (cfg.preset, cfg.lr, cfg.epochs, threads) == ("fast", 0.5, 1, 3)
+    cfg, threads, origin = train_settings(_defaults(), {"epochs": 1}, config=path)
+    assert (cfg.preset, cfg.lr, cfg.epochs, threads, origin) == ("fast", 0.5, 1, 3, f"threads in {path}")
     assert (cfg.sizes, cfg.batch_size, cfg.optimizer, cfg.momentum) == ((784, 512, 10), 128, "nesterov", 0.95)
-    cfg, threads = train_settings(_defaults(), {}, preset="seed", config=path, threads=2)  # --preset seed
-    assert (cfg.preset, cfg.sizes, cfg.batch_size, cfg.lr, cfg.epochs, threads) == (
+    cfg, threads, origin = train_settings(_defaults(), {}, preset="seed", config=path, threads=2)  # --preset seed
+    assert (cfg.preset, cfg.sizes, cfg.batch_size, cfg.lr, cfg.epochs, threads, origin) == (
         "seed",
         (784, 16, 16, 10),
         10,
         0.5,
         2,
         2,
+        "--threads",
     )
     path.write_text("lr = 0.5\n")  # no preset: the defaults under the file
-    cfg, threads = train_settings(_defaults(), {"batch_size": 7}, config=path)
+    cfg, threads, _ = train_settings(_defaults(), {"batch_size": 7}, config=path)
     assert (cfg.lr, cfg.batch_size, cfg.sizes, cfg.preset, threads) == (0.5, 7, (784, 16, 16, 10), None, None)
 
 
@@ -190,9 +191,29 @@ def test_train_config_through_typer_and_resume_with_the_same_file(tmp_path, monk
     assert out.exit_code == 2 and "--layers 784,30,10 contradicts the checkpoint ([784, 24, 10])" in out.output
 
 
-def test_the_documented_example_file_reads(tmp_path):
+def test_the_documented_example_file_reads_and_ships():
+    """docs/cli.md's example is docs/run.toml, byte for byte, so README's `gpumlp train --config
+    docs/run.toml` runs in a fresh clone."""
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
-    (tmp_path / "run.toml").write_text(re.search(r"```toml\n(.*?)```", docs, re.S).group(1))
-    assert configfile.read(tmp_path / "run.toml") == {
+    shipped = Path(__file__).parents[1] / "docs" / "run.toml"
+    assert shipped.read_text() == re.search(r"```toml\n(.*?)```", docs, re.S).group(1)
+    assert configfile.read(shipped) == {
         "preset": "fast", "sizes": [784, 256, 10], "lr": 0.1, "batch_size": 64, "epochs": 3, "threads": 2
     }  # fmt: skip
+
+
+def test_the_start_line_says_where_the_thread_count_came_from(tmp_path, monkeypatch, mnist_dir):
+    """A config file's ``threads`` is named as the file's, not as ``--threads``; typed, the option
+    wins and is named; either wins over GPUMLP_THREADS."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUMLP_THREADS", "2")
+    configfile.write(tmp_path / "run.toml", {**TINY, "val_size": 0, "test_size": 0, "threads": 1})
+    args = ["train", "--config", "run.toml", "--data-dir", str(mnist_dir), "--save", "ck.npz", "--quiet"]
+
+    def start_line(*more: str) -> str:
+        out = CliRunner().invoke(cli.app, [*args, *more])
+        assert out.exit_code == 0, out.output
+        return next(line for line in out.output.splitlines() if line.startswith("training "))
+
+    assert start_line().endswith(", 1 BLAS thread (threads in run.toml)")
+    assert start_line("--threads", "3").endswith(", 3 BLAS threads (--threads)")

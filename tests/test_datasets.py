@@ -197,6 +197,20 @@ def test_another_datasets_file_is_named_as_such(fashion_dir, tmp_path):
     assert "the md5 of the .gz as published" in message and "keep each in its own folder" in message
 
 
+@pytest.mark.parametrize("named_by", ["--data-dir", "$GPUMLP_DATA_DIR"])
+def test_a_file_that_fails_its_checksum_names_how_its_folder_was_named(fashion_dir, monkeypatch, named_by):
+    """The fix names the folder's source: a user who set GPUMLP_DATA_DIR (as for the tests) and
+    asked for --dataset fashion-mnist passed no --data-dir to fix."""
+    folder, _ = fashion_dir
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzipped(generated(seed=1))["train-images-idx3-ubyte"])
+    monkeypatch.setenv("GPUMLP_DATA_DIR", str(folder))
+    with pytest.raises(DataError) as e:
+        data.load_dataset("fashion-mnist", folder if named_by == "--data-dir" else None, download=False)
+    message = str(e.value)
+    assert f"delete it so gpumlp downloads it again, or fix {named_by}" in message
+    assert message.count("--data-dir") == (named_by == "--data-dir")
+
+
 def test_bench_data_takes_the_dataset(fashion_dir):
     folder, arrays = fashion_dir
     X, y, source = bench_data(folder, 30, "fashion-mnist")

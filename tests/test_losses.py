@@ -5,6 +5,8 @@ delta against finite differences, training through the library and the CLI, bit-
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -49,7 +51,7 @@ def ls_cross_entropy(xp, Z, A, Y):
 LS_CE_KERNEL = softmax_kernel(f"y[r + j] * (T(1) - T({EPS})) + T({EPS}) / T(k)")  # t, as smoothed() makes it
 
 LS_CE = Loss("ls-ce", "softmax, cross-entropy against targets smoothed by 0.1", softmax, ls_cross_entropy,
-             LS_CE_KERNEL, softmax_head, "softmax probability (label-smoothed)", "softmax (label-smoothed training)",
+             LS_CE_KERNEL, softmax_head, "softmax (label-smoothed training)",
              probabilities=True, sigmoid_outputs=False)  # fmt: skip
 
 
@@ -114,7 +116,7 @@ def test_trains_resumes_tests_and_exports_through_the_cli(ls_ce, mnist, mnist_di
     np.testing.assert_array_equal(resumed.theta, straight.theta)
 
     report = invoke(["test", str(part), "--data-dir", str(mnist_dir), "--test-size", "1000"]).output
-    assert "(confidence: softmax probability (label-smoothed))" in report
+    assert "(confidence: softmax (label-smoothed training))" in report
     _, _, X_test, y_test = mnist
     [row] = predict_images(resumed, [X_test[0]])
     assert sum(row["probabilities"]) == pytest.approx(1.0) and row["digit"] == y_test[0]
@@ -185,11 +187,26 @@ def test_share_of_sum_of_all_zero_outputs_is_zero_not_nan():
     assert C.dtype == np.float32 and not np.isnan(C).any() and (C == 0).all()
 
 
-def test_every_record_is_complete_and_the_help_names_it():
-    from gpumlp.training.config import TrainConfig
+def test_train_help_names_a_loss_registered_after_import(ls_ce):
+    """`gpumlp train --help` is made when it is shown: --loss lists label-smoothed CE among its
+    choices, as --loss accepts it, and no longer once it is unregistered."""
 
-    help_text = TrainConfig.__dataclass_fields__["loss"].metadata["help"]
+    def loss_help() -> str:
+        result = runner.invoke(cli.app, ["train", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.replace("│", " ").split())
+
+    assert f"or ls-ce ({ls_ce.help}) (gpumlp/losses.py)" in loss_help()
+    with registered(replace(ls_ce, name="ls-ce-2", help="another")):
+        assert "ls-ce-2 (another)" in loss_help() and "ls-ce (" in loss_help()
+    assert "ls-ce-2" not in loss_help()
+
+
+def test_every_record_is_complete_and_the_help_names_it():
+    from gpumlp.training.config import TrainConfig, help_of
+
+    help_text = help_of(TrainConfig.__dataclass_fields__["loss"])
     for name, loss in LOSSES.items():
         assert loss.name == name and f"{name} ({loss.help})" in help_text
         assert loss.cuda[0].startswith("raw T z") and "row +=" in loss.cuda_body and "delta[" in loss.cuda_body
-        assert loss.output_name and loss.confidence_name and loss.onnx_head is not None
+        assert loss.confidence_name and loss.onnx_head is not None

@@ -64,7 +64,8 @@ def expected_confidence(loss: str, v: float) -> float:
     z = SCALE * v
     if loss == "ce":
         return np.exp(z) / (np.exp(z) + 9)  # softmax over (z, 0, …, 0)
-    return 1 / (1 + np.exp(-z))  # the sigmoid of the predicted output alone
+    s = 1 / (1 + np.exp(-z))  # the sigmoid of the predicted output; the nine others are σ(0) = ½
+    return s / (s + 9 / 2)  # divided by the sum of all ten, as gpumlp predict reports it
 
 
 def test_confusion_matrix_and_scores_match_hand_counts(device):
@@ -87,7 +88,7 @@ def test_confusion_matrix_and_scores_match_hand_counts(device):
 def test_mistakes_are_the_most_confident_wrong_answers_first(loss):
     X, y = rigged_data()
     r = report.test_report(rigged(loss), X, y, n_mistakes=3)
-    assert r["confidence"] == {"ce": "softmax probability", "mse": "sigmoid output"}[loss]
+    assert r["confidence"] == {"ce": "softmax", "mse": "sigmoid outputs divided by their sum"}[loss]
     assert [m["index"] for m in r["mistakes"]] == WRONG_BY_CONFIDENCE[:3]
     for m in r["mistakes"]:
         assert (m["true"], m["predicted"]) == PAIRS[m["index"]]
@@ -159,7 +160,7 @@ def test_format_report_aligns_the_tables():
     for row in matrix[1:]:
         assert [m.end() for m in re.finditer(r"\d+", row)][1:] == ends  # each count ends right under it
 
-    table = lines[lines.index("4 most confident mistakes (confidence: softmax probability)") + 1 :]
+    table = lines[lines.index("4 most confident mistakes (confidence: softmax)") + 1 :]
     assert table[0].split() == ["index", "true", "predicted", "confidence"]
     conf = 100 * expected_confidence("ce", LIT[7])
     assert table[1].split() == ["7", "9", "2", f"{conf:.2f}%"]

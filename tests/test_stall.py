@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from gpumlp.training.config import TrainConfig
@@ -31,6 +32,13 @@ def test_the_rule_needs_chance_accuracy_and_a_loss_that_has_not_moved_from_epoch
     assert stalled([epoch(1, 0.5, 0.099), no_val], 10) is None  # nothing to judge chance by
 
 
+def test_the_advice_points_the_lr_the_way_it_may_help():
+    """Steps too small (a tiny lr) call for a larger one; anything else for a smaller one (saturated units)."""
+    for lr, advice in ((1e-6, "try a larger --lr than 1e-06,"), (0.5, "try a smaller --lr than 0.5,")):
+        first = EpochStats(epoch=1, train_loss=0.5, val_accuracy=0.099, seconds=0.1, lr=lr, batch_size=10)
+        assert advice in stalled([first, replace(first, epoch=2)], 10)
+
+
 def test_a_run_that_cannot_learn_warns_once_and_ends_as_usual(tmp_path, mnist_dir):
     """An lr of 1e-6 on sigmoid/mse: the loss moves in its fifth digit, accuracy stays at 9%."""
     lines = []
@@ -39,7 +47,7 @@ def test_a_run_that_cannot_learn_warns_once_and_ends_as_usual(tmp_path, mnist_di
     warnings = [line for line in lines if line.startswith("warning")]
     assert len(warnings) == 1, lines  # epochs 2, 3 and 4 all qualify: said once
     assert warnings[0].startswith("warning: after epoch 2 the validation accuracy is ")
-    assert "chance for 10 classes" in warnings[0] and "try a smaller --lr than 1e-06" in warnings[0]
+    assert "chance for 10 classes" in warnings[0] and "try a larger --lr than 1e-06," in warnings[0]
     assert len(result.history) == 4 and (tmp_path / "m.npz").exists()
 
 

@@ -177,11 +177,15 @@ class Backend:
         """Wait for queued device work; call before reading a clock."""
 
     def training_threads(
-        self, recorded: int | None = None, largest: int | None = None, forced: int | None = None
+        self,
+        recorded: int | None = None,
+        largest: int | None = None,
+        forced: int | None = None,
+        forced_by: str = "--threads",
     ) -> tuple[int | None, str]:
         """``(count, why)``: the CPU BLAS threads a training run uses (``gpumlp.backends.blas_threads``), ``recorded``
-        being a resumed run's, ``largest`` its biggest product and ``forced`` the count asked for;
-        ``(None, "")`` where the device does its own threading."""
+        being a resumed run's, ``largest`` its biggest product and ``forced`` the count asked for (by
+        ``forced_by``); ``(None, "")`` where the device does its own threading."""
         return None, ""
 
     def threads(self, n: int | None):

@@ -200,15 +200,16 @@ def largest_product(sizes, batch_size: int) -> int:
 
 
 def training_threads(
-    recorded: int | None = None, largest: int | None = None, forced: int | None = None
+    recorded: int | None = None, largest: int | None = None, forced: int | None = None, forced_by: str = "--threads"
 ) -> tuple[int, str]:
-    """``(count, why)``: the BLAS threads of a CPU run. ``forced`` (``gpumlp train --threads``) when
-    given; else ``GPUMLP_THREADS`` when set; else
+    """``(count, why)``: the BLAS threads of a CPU run. ``forced`` when given, said to come from
+    ``forced_by`` (``gpumlp train --threads``, or ``threads in FILE`` of its config file); else
+    ``GPUMLP_THREADS`` when set; else
     ``recorded``, the count a resumed run trained with (the same count gives the same bits);
     else ``auto_threads``, or one thread when the run's biggest product (``largest``, from
     ``largest_product``) is at most ``ONE_THREAD_MNK``."""
     if forced is not None:
-        return check_threads(forced), "--threads"
+        return check_threads(forced), forced_by
     forced = threads_from_env()
     if forced is not None:
         return forced, THREADS_ENV

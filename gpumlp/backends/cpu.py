@@ -138,11 +138,15 @@ class NumpyBackend(Backend):
         return None
 
     def training_threads(
-        self, recorded: int | None = None, largest: int | None = None, forced: int | None = None
+        self,
+        recorded: int | None = None,
+        largest: int | None = None,
+        forced: int | None = None,
+        forced_by: str = "--threads",
     ) -> tuple[int | None, str]:
         from gpumlp.backends import blas_threads
 
-        return blas_threads.training_threads(recorded, largest, forced)
+        return blas_threads.training_threads(recorded, largest, forced, forced_by)
 
     def threads(self, n: int | None):
         from gpumlp.backends import blas_threads

@@ -51,6 +51,21 @@ class Command(_FlagsAsFlags, typer.core.TyperCommand):
     """A ``gpumlp`` command: flags shown as flags in its help."""
 
 
+class TrainCommand(Command):
+    """``gpumlp train``: the help of each option made from ``TrainConfig`` when it is shown, so it
+    names the losses and update rules registered then (``losses.register`` after import too)."""
+
+    def get_params(self, ctx):
+        from gpumlp.training.config import TrainConfig, help_of
+
+        params = super().get_params(ctx)
+        by_name = {f.metadata.get("name", f.name): f for f in dataclasses.fields(TrainConfig)}
+        for p in params:
+            if p.name in by_name:
+                p.help = help_of(by_name[p.name])
+        return params
+
+
 app = typer.Typer(
     cls=Group,
     add_completion=True,  # gpumlp --install-completion (bash, zsh, fish, PowerShell)
@@ -202,7 +217,7 @@ def closed_output() -> typer.Exit:
     return typer.Exit(signals.CLOSED_PIPE)
 
 
-def command(name: str, on: typer.Typer | None = None):
+def command(name: str, on: typer.Typer | None = None, cls: type = Command):
     """``@app.command(name)`` (or ``on.command``, a sub-app's) whose library errors (``GpumlpError``)
     become one line on stderr and exit code 2, caught here once for every command."""
 
@@ -218,13 +233,14 @@ def command(name: str, on: typer.Typer | None = None):
             except OSError as e:
                 raise _fail(_os_error(e)) from None
 
-        return (on or app).command(name, cls=Command)(run_command)
+        return (on or app).command(name, cls=cls)(run_command)
 
     return register
 
 
 def _config_options() -> list[inspect.Parameter]:
-    """One typer option per ``TrainConfig`` field, with the default, help and panel declared there."""
+    """One typer option per ``TrainConfig`` field, with the default and panel declared there (its
+    help is made there too, when shown: ``TrainCommand``)."""
     from gpumlp.training.config import TrainConfig
 
     params = []
@@ -234,7 +250,7 @@ def _config_options() -> list[inspect.Parameter]:
         typ = m.get("cli_type") or {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str | None)
         flags = (f"--{name.replace('_', '-')}", *m.get("flags", ()))
         complete = completion(m["choices"], m.get("listed", False)) if "choices" in m else None
-        info = typer.Option(*flags, help=m["help"], rich_help_panel=m["panel"], autocompletion=complete)
+        info = typer.Option(*flags, rich_help_panel=m["panel"], autocompletion=complete)
         default = m.get("cli_default", f.default)
         params.append(inspect.Parameter(name, KEYWORD, default=default, annotation=Annotated[typ, info]))
     return params
@@ -244,8 +260,8 @@ KEYWORD = inspect.Parameter.KEYWORD_ONLY
 RUN_OPTIONS = [  # gpumlp train's options that are not part of a run's configuration
     ("data_dir", DataDirOpt, None),
     ("save", Annotated[Path | None, typer.Option(
-        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, "
-        "else checkpoints/LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
+        help="Checkpoint to write (.npz or .json), replaced if it exists. Default: the --resume checkpoint, else "
+        "checkpoints/[PRESET-]LAYERS-ACTIVATION-LOSS.npz, or -2.npz, -3.npz, … if an earlier run's is there.")], None),
     ("resume", Annotated[Path | None, typer.Option(
         help="Continue this checkpoint's run to --epochs epochs in all, exactly as if never stopped.")], None),
     ("save_every", Annotated[int, typer.Option(
@@ -284,7 +300,7 @@ def train_command(train_cli) -> None:
 
     def register() -> None:
         at = next((i for i, c in enumerate(app.registered_commands) if c.name == "train"), None)
-        command("train")(with_train_options(train_cli))  # appended last: moved to where it was
+        command("train", cls=TrainCommand)(with_train_options(train_cli))  # appended last: moved to where it was
         if at is not None:
             app.registered_commands.insert(at, app.registered_commands.pop())
             del app.registered_commands[at + 1]

@@ -45,11 +45,13 @@ def train_cli(ctx: typer.Context, **kw):
     resume = run_args["resume"]
     try:
         preset = options.pop("preset")
-        cfg, threads = train_settings(options, given, preset, resume, run_args["config"], run_args["threads"])
+        cfg, threads, threads_from = train_settings(
+            options, given, preset, resume, run_args["config"], run_args["threads"]
+        )
         with TrainDisplay(cfg.epochs, cfg.batch_size, choose_mode(run_args["log_format"], run_args["quiet"])) as show:
             result = run(  # turns every Ctrl-C, from here on, into TrainingInterrupted
                 cfg, data_dir=run_args["data_dir"], save=run_args["save"], log=show.log, on_epoch=show.epoch,
-                resume=resume, save_every=run_args["save_every"], threads=threads,
+                resume=resume, save_every=run_args["save_every"], threads=threads, threads_from=threads_from,
                 on_progress=show.progress if show.mode == "bar" else None,
             )  # fmt: skip
     except TrainingInterrupted as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output: every epoch saved
@@ -77,7 +79,7 @@ def test_cli(
     dataset: DatasetOpt = None,
     any_dataset: AnyDatasetOpt = False,
 ):
-    """Accuracy, per-digit scores, confusion matrix and most confident mistakes on the MNIST test set."""
+    """Accuracy, per-class scores, confusion matrix and most confident mistakes on the checkpoint's test set."""
     from gpumlp.cli.report import checkpoint_report, format_report
 
     report, model, rec, X = checkpoint_report(

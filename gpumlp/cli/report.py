@@ -18,15 +18,18 @@ from gpumlp.training.evaluation import outputs
 
 def predictions(model: MLP, X) -> tuple[np.ndarray, np.ndarray]:
     """Predicted digits (n,) int64 and their confidences (n,) float64, on the host, for images X
-    (n, 784) on the host or the device. A confidence is the output activation of the predicted
-    class: the softmax probability for ``ce``, the sigmoid output for ``mse``."""
+    (n, 784) on the host or the device. A confidence is what ``gpumlp predict`` and ``serve`` report
+    for the image: the loss record's ``certainty`` of its ``confidences`` (the top one; for ``ce``
+    the softmax probability, for ``mse`` the sigmoid outputs divided by their sum)."""
     be, xp = model.be, model.be.xp
+    loss = LOSSES[model.loss]
     preds, confs = [], []
-    for P, _, _ in outputs(model, X):  # P (chunk, 10) on the device
-        pred = xp.argmax(P, axis=1)  # (chunk,) exactly what model.predict and evaluate use
+    for A, _, _ in outputs(model, X):  # A (chunk, 10) on the device
+        pred = xp.argmax(A, axis=1)  # (chunk,) exactly what model.predict and evaluate use
+        sure = loss.certainty(xp, loss.confidences(xp, A))  # (chunk,) the loss record's rule
         # Labels 0–9 are exact in any float dtype, so both vectors travel in one array: one
         # device → host transfer per chunk (a sync point).
-        host = be.to_numpy(xp.stack([pred.astype(P.dtype), P.max(axis=1)]))  # (2, chunk)
+        host = be.to_numpy(xp.stack([pred.astype(A.dtype), sure.astype(A.dtype)]))  # (2, chunk)
         preds.append(host[0].astype(np.int64))
         confs.append(host[1].astype(np.float64))
     if not preds:
@@ -70,9 +73,9 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10, class_names: tuple[str, 
     - ``confusion``: 10×10 ints, rows = true digit, columns = predicted digit;
     - ``mistakes``: the ``n_mistakes`` most confident wrong answers, most confident first (ties by
       index), each ``{"index", "true", "predicted", "confidence"}``;
-    - ``confidence``: what a confidence is: the output activation of the predicted class, the
-      softmax probability for a ``ce`` network and the sigmoid output for an ``mse`` one (sigmoid
-      outputs need not sum to 1).
+    - ``confidence``: what a confidence is, the loss record's ``confidence_name``: ``"softmax"``
+      for a ``ce`` network, ``"sigmoid outputs divided by their sum"`` for an ``mse`` one (the
+      same numbers ``gpumlp predict`` and ``serve`` give the same image).
     """
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != X.shape[0]:
@@ -99,7 +102,7 @@ def test_report(model: MLP, X, y, n_mistakes: int = 10, class_names: tuple[str, 
         "classes": classes,
         "macro": {k: float(np.mean([c[k] for c in classes])) for k in ("precision", "recall", "f1")},
         "confusion": cm.tolist(),
-        "confidence": LOSSES[model.loss].output_name,
+        "confidence": LOSSES[model.loss].confidence_name,
         "mistakes": [
             {"index": int(i), "true": int(y[i]), "predicted": int(pred[i]), "confidence": float(conf[i])} for i in order
         ],

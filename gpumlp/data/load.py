@@ -114,9 +114,10 @@ def locate_mnist(
     return locate(replace(MNIST, files=dict(files), mirrors=tuple(mirrors)), data_dir, download)
 
 
-def _load_verified(path: Path, name: str, rec: Dataset) -> np.ndarray:
-    """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed."""
-    fix = "delete it so gpumlp downloads it again, or fix --data-dir"
+def _load_verified(path: Path, name: str, rec: Dataset, where: str = "--data-dir") -> np.ndarray:
+    """``path``, read (never beyond the real file's size) and hashed as it is read, then parsed;
+    ``where`` says how its folder was named (``_where``), for the fix a message names."""
+    fix = "delete it so gpumlp downloads it again" + ("" if where.startswith("the ") else f", or fix {where}")
     real = f"the {IDX_SIZES[name]:,} bytes of the real {name}; {fix}"
     data, digest = digest_and_content(path, name, rec.checksum, real)
     expected = rec.files[name]
@@ -137,7 +138,7 @@ def decoded_cache_path(paths: dict[str, Path], dataset: str = MNIST.name) -> Pat
     return default_cache_dir().parent / "decoded" / f"{dataset}-{key}.npz"
 
 
-def _load_decoded(paths: dict[str, Path], rec: Dataset = MNIST) -> dict[str, np.ndarray]:
+def _load_decoded(paths: dict[str, Path], rec: Dataset = MNIST, where: str = "--data-dir") -> dict[str, np.ndarray]:
     """The four arrays (uint8): from the decoded cache when the source files are unchanged since
     they were verified, else decompressed, verified by their checksums and parsed, then cached."""
     cache = decoded_cache_path(paths, rec.name)
@@ -151,7 +152,7 @@ def _load_decoded(paths: dict[str, Path], rec: Dataset = MNIST) -> dict[str, np.
                 return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # no cache yet, or a damaged one: decode again
-    arrays = {name: _load_verified(paths[name], name, rec) for name in rec.files}
+    arrays = {name: _load_verified(paths[name], name, rec, where) for name in rec.files}
     try:  # atomically, and only a speed-up: a read-only or full cache folder is not an error
         atomic_write(cache, lambda f: np.savez(f, **arrays), "the decoded cache", error=DataError)
     except DataError:
@@ -169,7 +170,7 @@ def load_dataset(dataset: str | Dataset = MNIST.name, data_dir: str | os.PathLik
     """
     rec = get(dataset) if isinstance(dataset, str) else dataset
     paths = locate(rec, data_dir, download=download)
-    arrays = _load_decoded(paths, rec)
+    arrays = _load_decoded(paths, rec, _where(data_dir, rec.name))
     X_train = images_to_float(arrays["train-images-idx3-ubyte"], rec.input_divisor)
     X_test = images_to_float(arrays["t10k-images-idx3-ubyte"], rec.input_divisor)
     y_train, y_test = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]

@@ -21,8 +21,9 @@ from gpumlp.training.presets import PRESETS, preset_options
 
 def option(default, help: str | Callable[[], str], panel: str | None = None, **cli):
     """A ``TrainConfig`` field: its default, and the help text (or a function making it from the
-    update rules) and panel of its ``gpumlp train`` option, declared here once (``cli/app.py``
-    builds the command's options from these fields).
+    records registered when the help is shown: losses, update rules; ``help_of``) and panel of its
+    ``gpumlp train`` option, declared here once (``cli/app.py`` builds the command's options from
+    these fields).
     ``cli`` may hold ``name`` (the option's name when it differs from the field's), ``flags``
     (extra short flags), ``cli_type``/``cli_default`` (what the command line types, e.g. "784,16,16,10"),
     and ``choices``: a function returning the names the value is one of (the record the checks use),
@@ -47,7 +48,7 @@ class TrainConfig:
         choices=lambda: activations.ACTIVATIONS,
     )  # fmt: skip
     loss: str = option(
-        "mse", f"Output and loss: {losses.help_text()} (gpumlp/losses.py).", choices=lambda: losses.LOSSES
+        "mse", lambda: f"Output and loss: {losses.help_text()} (gpumlp/losses.py).", choices=lambda: losses.LOSSES
     )
     init: str | None = option(
         None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu.",
@@ -114,7 +115,7 @@ class TrainConfig:
     )  # fmt: skip
     preset: str | None = option(
         None, "seed (the Rust project's reference row), fast (≥ 98% in seconds) or best (highest accuracy, "
-        "10–11 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
+        "about 8 min on 2 cores): a bundle of the options here; options you give override it.", RECIPE_PANEL,
         choices=lambda: PRESETS,
     )  # fmt: skip
 
@@ -210,6 +211,13 @@ def option_name(f) -> str:
     return f.metadata.get("name", f.name).replace("_", "-")
 
 
+def help_of(f) -> str:
+    """The help text of ``TrainConfig`` field ``f``'s option, made now: a help that names registered
+    records (``--loss``, ``--optimizer``) lists those registered when it is shown."""
+    help = f.metadata["help"]
+    return help() if callable(help) else help
+
+
 def fields_by_option() -> dict[str, str]:
     """``{"layers": "sizes", "batch-size": "batch_size", …}``: every ``TrainConfig`` field by the
     name ``gpumlp train`` spells its option (the keys of a config or sweep-space file), with the
@@ -285,8 +293,7 @@ def _generate() -> None:
         raise ConfigError(f"update rule {rule!r}: its hyper-parameter {k!r} is already a TrainConfig option; rename it")
     specs = {}  # name: (type, Field), in TrainConfig's order
     for name, f in DECLARED.items():
-        help = f.metadata["help"]() if callable(f.metadata["help"]) else f.metadata["help"]  # (the rules' names)
-        specs[name] = (f.type, field(default=f.default, metadata={**f.metadata, "help": help}))
+        specs[name] = (f.type, field(default=f.default, metadata=f.metadata))
         if name == "optimizer":
             specs.update({k: ("float", option(h.default, h.help, RECIPE_PANEL)) for k, h in optim.HYPERPARAMS.items()})
     for name in (*TrainConfig.__dataclass_fields__, *DATACLASS_MADE):  # undo the last dataclass()

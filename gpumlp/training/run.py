@@ -58,12 +58,15 @@ def command_config(
 
 def train_settings(
     options: dict, given: dict, preset=None, resume=None, config=None, threads: int | None = None
-) -> tuple[TrainConfig, int | None]:
-    """``gpumlp train``'s configuration (``command_config``) and BLAS thread count, with the
-    options of the config file ``config`` (if given) under those typed: ``--threads``, else the file's."""
+) -> tuple[TrainConfig, int | None, str]:
+    """``gpumlp train``'s configuration (``command_config``), BLAS thread count and where that came
+    from, with the options of the config file ``config`` (if given) under those typed:
+    ``(…, n, "--threads")``, else ``(…, n, "threads in FILE")``, else ``(…, None, "--threads")``."""
     file = configfile.read(config) if config is not None else {}
-    threads = threads if threads is not None else file.get("threads")
-    return command_config(options, given, preset, resume, file), threads
+    cfg = command_config(options, given, preset, resume, file)
+    if threads is None and file.get("threads") is not None:
+        return cfg, file["threads"], f"threads in {config}"
+    return cfg, threads, "--threads"
 
 
 def run(
@@ -76,6 +79,7 @@ def run(
     save_every: int = 0,
     on_progress: Callable[[int, int, int, float], None] | None = None,
     threads: int | None = None,
+    threads_from: str = "--threads",
 ) -> RunResult:
     """Load MNIST, train ``cfg`` (continuing the checkpoint ``resume`` if given), test once at the
     end, and save a checkpoint (unless ``save=False``): every ``save_every`` epochs, at the end, and
@@ -90,7 +94,8 @@ def run(
     Without ``save``, the checkpoint is ``default_checkpoint(cfg)``, or ``name-2.npz``, ``-3``, …
     when an earlier run's files are there. The checkpoint is locked for the whole run: another run
     saving to the same path is refused (``CheckpointError``). ``threads``: the CPU BLAS threads
-    (``gpumlp train --threads``; default ``GPUMLP_THREADS``, a resumed run's count, or one per free core)."""
+    (``gpumlp train --threads``; default ``GPUMLP_THREADS``, a resumed run's count, or one per free core),
+    said in the start line to come from ``threads_from`` (``train_settings`` tells)."""
     if save_every < 0:
         raise ConfigError(f"--save-every must be 0 or more (got {save_every})")
     if threads is not None:
@@ -101,7 +106,7 @@ def run(
     try:
         try:
             named = bool(save or resume)
-            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named=named, threads=threads)
+            return _run(cfg, rec, data_dir, log, on_epoch, resume, on_progress, named, (threads, threads_from))
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP, a closed output (signals.Stop)
             first.append(e)
             raise rec.interrupted(e) from None  # saved under the lock
@@ -111,37 +116,64 @@ def run(
         raise rec.interrupted((first or [e])[0]) from None
 
 
-def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool, threads=None) -> RunResult:
-    if resume:
-        model, meta = checkpoint.load(resume, device=cfg.device)
-        state = TrainState.from_metadata(meta)
-        _check_resumed(resume, cfg, state)
-    else:
-        model = MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype)
-        state = TrainState()
-    if resume and state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
-        state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
+def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named: bool, forced) -> RunResult:
+    """``run`` under its checkpoint's lock; ``forced``: ``(threads, threads_from)``, the count asked for
+    (None: chosen here) and by what."""
+    model, state = _network(cfg, resume)
     largest = blas_threads.largest_product(model.sizes, cfg.batch_size)
-    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest, threads)  # fit keeps this count
+    state.blas_threads, why = model.be.training_threads(state.blas_threads, largest, *forced)  # fit keeps it
     # On the CPU, the BLAS this process trains through: numpy's own or Intel MKL round differently.
     rec.start(model, state, **({"blas": model.be.blas.name or "none"} if model.be.xp is np else {}))
     if model.be.note:
         log(model.be.note)
     data = load_dataset(cfg.dataset, data_dir)
-    (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
+    train, (X_val, y_val), (X_te, y_te) = split(*data, cfg.train_size, cfg.val_size, cfg.test_size)
     here = resume is not None and rec.path is not None and Path(resume).resolve() == rec.path.resolve()
     rec.claim(named, resumed_here=here)
+    log(_start_line(cfg, rec, resume, len(train[0]), len(X_val), why))
+    _train(cfg, rec, train, (X_val, y_val), log, on_epoch, on_progress, threads=forced[0])
+    if (ending := _early_ending(cfg, state)) is not None:
+        log(ending)
+    # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
+    with model.be.threads(state.blas_threads):
+        test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
+        if len(X_val):  # where "not sure" starts for this network (gpumlp/losses.py)
+            rec.extra["confidence_floor"] = confidence_floor(model, X_val)
+    _save(rec, test_acc, len(X_te))
+    return RunResult(model, state.history, test_acc, rec.path)
+
+
+def _network(cfg: TrainConfig, resume) -> tuple[MLP, TrainState]:
+    """The network ``cfg`` describes and a fresh state, or the checkpoint ``resume``'s with its state."""
+    if not resume:
+        return MLP(cfg.sizes, cfg.activation, cfg.loss, cfg.init, cfg.seed, cfg.device, cfg.dtype), TrainState()
+    model, meta = checkpoint.load(resume, device=cfg.device)
+    state = TrainState.from_metadata(meta)
+    _check_resumed(resume, cfg, state)
+    if state.blas_threads is None and meta.get("blas"):  # a CPU run from before counts were recorded:
+        state.blas_threads = blas_threads.default_threads()  # it trained with the BLAS's own count
+    return model, state
+
+
+def _start_line(cfg: TrainConfig, rec: RunFiles, resume, n_train: int, n_val: int, why: str) -> str:
+    """``"training MLP(…) on 50000 images (10000 for validation), 30 epochs, …, 1 BLAS thread (why)"``."""
+    state = rec.state
     start = f"from epoch {state.epochs_done} of {resume}, " if resume else ""
     counted = f", {state.blas_threads} BLAS thread{'s' if state.blas_threads != 1 else ''} ({why})" if why else ""
-    log(
-        f"training {model} on {len(X_tr)} {_images(cfg.dataset)} ({len(X_val)} for validation), {start}"
+    return (
+        f"training {rec.model} on {n_train} {_images(cfg.dataset)} ({n_val} for validation), {start}"
         f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, {describe_recipe(cfg)}{counted}"
     )
 
+
+def _train(cfg: TrainConfig, rec: RunFiles, train, val, log, on_epoch, on_progress, threads) -> None:
+    """``fit`` the run's network on ``train`` ``(X, y)``, validating on ``val``; a run that diverges
+    saves its last finite epoch (if any) and ends in a ``GpumlpError`` saying so."""
     fit_args = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **cfg.recipe())
+    state = rec.state
     try:
         fit(
-            model, X_tr, y_tr, **fit_args, X_val=X_val, y_val=y_val, on_epoch=_after_epoch(rec, on_epoch, log),
+            rec.model, *train, **fit_args, X_val=val[0], y_val=val[1], on_epoch=_after_epoch(rec, on_epoch, log),
             state=state, on_progress=on_progress, log=log, threads=threads, verbose=0,  # the caller shows progress
         )  # fmt: skip
     except TrainingDiverged as e:
@@ -149,27 +181,30 @@ def _run(cfg, rec: RunFiles, data_dir, log, on_epoch, resume, on_progress, named
             rec.save()
             raise GpumlpError(f"{e}; saved the last finite epoch ({state.epochs_done}) to {rec.path}") from None
         raise GpumlpError(f"{e}; nothing saved") from None
+
+
+def _early_ending(cfg: TrainConfig, state: TrainState) -> str | None:
+    """What early stopping did, when it did anything: stopped, or kept an earlier epoch's weights."""
     if state.weights_epoch is not None and state.weights_epoch != state.epochs_done:
         what = "stopped early" if state.stopped_epoch else "finished"
-        log(f"{what} after epoch {state.epochs_done}; kept the weights of epoch {state.weights_epoch}, "
-            f"the best validation {cfg.monitor} ({_score(state.best_score, cfg.monitor)})")  # fmt: skip
-    elif state.stopped_epoch:
-        log(
+        return (f"{what} after epoch {state.epochs_done}; kept the weights of epoch {state.weights_epoch}, "
+                f"the best validation {cfg.monitor} ({_score(state.best_score, cfg.monitor)})")  # fmt: skip
+    if state.stopped_epoch:
+        return (
             f"stopped early after epoch {state.epochs_done}: "
             f"no better validation {cfg.monitor} in {cfg.patience} epochs"
         )
-    # Ctrl-C in the test pass saves every epoch, untested (RunFiles.interrupted).
-    with model.be.threads(state.blas_threads):
-        test_acc = evaluate(model, X_te, y_te) if len(X_te) else None  # the only look at the test set
-        if len(X_val):  # where "not sure" starts for this network (gpumlp/losses.py)
-            rec.extra["confidence_floor"] = confidence_floor(model, X_val)
+    return None
+
+
+def _save(rec: RunFiles, test_acc: float | None, n_test: int) -> None:
+    """The run's last save, with its test accuracy; one line where it could not go where asked."""
     try:
-        rec.save(test_acc, len(X_te))
+        rec.save(test_acc, n_test)
     except CheckpointError as e:  # neither on its path nor anywhere else
         raise rec.lost(e) from None
     if rec.rescued is not None:
         raise GpumlpError(shutdown.rescued_message(rec.path, rec.rescued[1], rec.rescued[0]))
-    return RunResult(model, state.history, test_acc, rec.path)
 
 
 def _after_epoch(rec: RunFiles, on_epoch, log) -> Callable[[EpochStats], None]:

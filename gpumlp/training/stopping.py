@@ -94,6 +94,9 @@ class EarlyStopping:
             s.weights_epoch = s.best_epoch
 
 
+TINY_LR = 1e-3  # a stalled run below this lr is told to raise it; at or above, to lower it
+
+
 def stalled(history, classes: int) -> str | None:
     """The one-line warning for a run that goes nowhere, else None: from epoch 2 on, the validation
     accuracy at chance (at most 1/classes + 2 points) and a training loss that has not moved
@@ -106,9 +109,10 @@ def stalled(history, classes: int) -> str | None:
         return None
     if abs(last.train_loss - before.train_loss) >= 1e-3 * abs(before.train_loss):
         return None
+    way = "larger" if last.lr < TINY_LR else "smaller"  # steps too small, else saturated or dead units
     return (
         f"warning: after epoch {last.epoch} the validation accuracy is {100 * last.val_accuracy:.2f}%, chance for "
         f"{classes} classes, and the training loss has not moved ({last.train_loss:.4f}): the network is not "
-        f"learning (saturated or dead units, or steps too large or too small); try a smaller --lr than "
-        f"{last.lr:g} (a larger one if it is tiny), another --init, or fewer units in --layers"
+        f"learning (saturated or dead units, or steps too large or too small); try a {way} --lr than "
+        f"{last.lr:g}, another --init, or fewer units in --layers"
     )
