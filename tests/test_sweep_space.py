@@ -173,7 +173,7 @@ def test_the_documented_space_file_reads(tmp_path):
 @pytest.mark.parametrize(
     "make, storage, expected",
     [
-        (lambda d: (d / "notes.db").write_text("hello"), "sqlite:///notes.db", "notes.db is not an SQLite database"),
+        (lambda d: (d / "notes.db").write_text("hello"), "sqlite:///notes.db", "notes.db: (sqlite3.DatabaseError) file is not a database"),
         (lambda d: (d / "dir.db").mkdir(), "sqlite:///dir.db", "dir.db is a folder"),
         (lambda d: None, "sqlite:////dev/null", "/dev/null is not a regular file"),
         (lambda d: None, "postgresql://u:secret@h:port/db", "postgresql://u:***@h:port/db is not a database URL"),

@@ -142,43 +142,37 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     if heartbeat is not None:
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         beat = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
+    lock = Path(f"{sqlalchemy.engine.make_url(url).database}.lock") if sqlite else None
+    made = lock is not None and not os.path.lexists(lock)
     try:
-        with _file_lock(Path(f"{sqlalchemy.engine.make_url(url).database}.lock")) if sqlite else _nothing():
+        with _file_lock(lock) if sqlite else _nothing():
             storage = _create_storage(url, {"connect_args": connect}, beat)
             if sqlite:
                 _write_ahead(storage.engine)
             return storage
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        if made:  # the lock this call made beside a file that is no database: not left behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
         reason = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
         reason = re.sub(r"\s*\(Background on this error.*", "", reason)
         raise SweepError(f"cannot open the study storage {shown(url)}: {reason}") from None
 
 
-SQLITE_MAGIC = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
-
-
 def _check_sqlite_file(path: Path, url: str) -> None:
-    """Refuse, before its lock file is made beside it, a ``path`` that is a folder, a special file
-    or a file that is not an SQLite database (a new, missing or empty file is fine)."""
+    """Refuse, before its lock file is made beside it, a ``path`` that is a folder or a special file.
+    By ``stat`` only: opening and closing the database file here would drop the locks SQLite holds on
+    it for this process's other connections (POSIX locks belong to the process), and their reads
+    would then go stale."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return
     except OSError as e:
         raise SweepError(f"--storage {shown(url)}: cannot read {path} ({e.strerror or e})") from None
-    if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):
         what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         raise SweepError(f"--storage {shown(url)}: {path} is {what}; name a database file, e.g. sqlite:///sweeps/s.db")
-    if st.st_size:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
-        except OSError as e:
-            raise SweepError(f"--storage {shown(url)}: cannot read {path} ({e.strerror or e})") from None
-        if head != SQLITE_MAGIC:
-            raise SweepError(
-                f"--storage {shown(url)}: {path} is not an SQLite database; name a new file or a study's .db"
-            )
 
 
 def _create_storage(url: str, engine: dict, beat: dict):
