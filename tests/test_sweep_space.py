@@ -63,6 +63,7 @@ def test_a_good_space_is_normalised_and_fingerprinted(tmp_path):
         ("[fixed]\nepochs = 2", "[search] names no option"),
         ("[search]\nlr = { choices = [] }", "choices must be a non-empty list"),
         ("[search]\nepochs = { low = 1, high = 5, step = 3 }", "step 3 does not divide high - low (4)"),
+        ("[search]\nseed = { low = 0, high = 9007199254740993 }", "within ±9,007,199,254,740,992 (2**53)"),
         ("[search]\nlr = { low = 0.1, high = 1.0, step = 0.4 }", "make high 0.9 or 1.3"),
         ('[search]\nlayers = { choices = [[784, 10], "784,10"] }', "choices name '784,10' twice"),
         ("[fixed]\nlayers = { a = 1 }\n[search]\nlr = { low = 0.1, high = 1.0 }", "[fixed] layers is a table"),
@@ -173,7 +174,7 @@ def test_the_documented_space_file_reads(tmp_path):
 @pytest.mark.parametrize(
     "make, storage, expected",
     [
-        (lambda d: (d / "notes.db").write_text("hello"), "sqlite:///notes.db", "notes.db: (sqlite3.DatabaseError) file is not a database"),
+        (lambda d: (d / "notes.db").write_text("hello"), "sqlite:///notes.db", "file is not a database"),
         (lambda d: (d / "dir.db").mkdir(), "sqlite:///dir.db", "dir.db is a folder"),
         (lambda d: None, "sqlite:////dev/null", "/dev/null is not a regular file"),
         (lambda d: None, "postgresql://u:secret@h:port/db", "postgresql://u:***@h:port/db is not a database URL"),

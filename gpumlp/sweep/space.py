@@ -37,6 +37,7 @@ FIXED_ONLY = {
 }
 THREADS = "threads"  # gpumlp train --threads: not a TrainConfig field, but part of a run's options
 RANGE_KEYS = {"low", "high", "log", "step"}
+EXACT_INT = 2**53  # the largest whole number a float64 (Optuna's record of a trial's value) holds exactly
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,9 @@ def _range(option: str, entry: dict, where: str) -> Param:
             raise SweepError(f"{where}: {name} must be {'a whole number' if kind == 'int' else 'a number'}, not {v!r}")
     if not isinstance(log, bool):
         raise SweepError(f"{where}: log must be true or false, not {log!r}")
+    if kind == "int" and max(abs(low), abs(high)) > EXACT_INT:  # Optuna stores a trial's values as floats
+        raise SweepError(f"{where}: a searched whole number must be within ±{EXACT_INT:,} (2**53), which Optuna "
+                         "records exactly; larger ones come back rounded")  # fmt: skip
     if not low < high:
         raise SweepError(f"{where}: low ({low}) must be below high ({high}); a single value belongs in [fixed]")
     if log and low <= 0:
