@@ -119,6 +119,44 @@ def test_every_error_is_one_json_line(server, request_bytes, status, fragment):
     assert code == status and fragment in error and "\n" not in error, error
 
 
+def test_a_request_framed_by_both_length_and_chunks_is_refused_and_its_connection_closed(server):
+    """Request smuggling: h11 follows Transfer-Encoding, a proxy in front may follow Content-Length
+    and forward the GET hidden in the body as part of this request; the server must not answer it."""
+    _, url = server
+    hidden = b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    smuggler = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % (5 + len(hidden)))  # fmt: skip
+    seconds, got = exchange(url, smuggler + hidden)
+    assert seconds < DEADLINE and got.count(b"HTTP/1.1 ") == 1, got  # one answer, then the connection closed
+    assert status_and_error(got) == (400, "the request has both Content-Length and Transfer-Encoding; send one of them")
+
+
+def test_a_body_in_thousands_of_tiny_chunks_is_refused_at_once(server):
+    """2 MB of 1-byte chunks held uvicorn's event loop for 21 s; past 16,384 pieces the request ends."""
+    _, url = server
+    head = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+    seconds, got = exchange(url, head + b"1\r\na\r\n" * 17_000 + b"0\r\n\r\n")
+    assert seconds < DEADLINE, seconds
+    assert status_and_error(got) == (
+        400,
+        "the body came in more than 16,384 pieces; send it in chunks of a kilobyte or more",
+    )
+    assert get(url).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_form_of_many_parts_is_refused_after_the_first_thousand(server):
+    """2 MB of empty form parts (300,000) took the event loop 0.3 s to look through."""
+    _, url = server
+    body = b"--b\r\n\r\n" * 290_000  # 2 MB less 60 kB
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+    seconds, got = exchange(url, head + body)
+    assert seconds < DEADLINE, seconds
+    code, error = status_and_error(got)
+    assert code == 400 and error.startswith("the form has more than 1,000 parts"), error
+
+
 def test_running_out_of_file_descriptors_neither_floods_the_log_nor_stops_the_server():
     """With 96 descriptors, 150 stalled connections: the cap follows the limit, the rest get 503
     at accept, stderr stays quiet, and once the deadline frees the slots a client is served."""

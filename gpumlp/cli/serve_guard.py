@@ -30,6 +30,11 @@ try:  # Unix; Windows has no open-file limit to read or raise, and the cap is --
 except ImportError:  # pragma: no cover - Windows
     resource = None
 
+# A request body arrives in at most this many pieces (chunks of a chunked body, or reads of a sized
+# one): 2 MB of 1-byte chunks, 12 MB on the wire, kept uvicorn's event loop busy for 21 s (every
+# other client waited up to 3 s), as it parses each chunk and joins each to the body so far. A real
+# client's pieces are packets or chunks of a kilobyte and more: 2 MB is a few thousand of them.
+MAX_BODY_PIECES = 16_384
 FD_RESERVE = 32  # descriptors kept for the server itself: stdio, the event loop, the listening socket, files
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -56,6 +61,9 @@ def raw_response(status: int, reason: str, message: str) -> bytes:
 
 BUSY = raw_response(503, "Service Unavailable", "the server has too many open connections; try again shortly")
 SHUTTING_DOWN = raw_response(503, "Service Unavailable", "the server is shutting down; try again later")
+SMUGGLED = "the request has both Content-Length and Transfer-Encoding; send one of them"
+CHOPPED = f"the body came in more than {MAX_BODY_PIECES:,} pieces; send it in chunks of a kilobyte or more"
+MALFORMED = "malformed HTTP request; send HTTP/1.1"
 HEADER_TIMEOUT = raw_response(408, "Request Timeout", "the request's headers took too long; send them at once")
 
 
@@ -143,15 +151,49 @@ def quiet_loop_errors() -> _Quiet:
     return _Quiet()
 
 
+class _Framing:
+    """The checks of each event h11 parses, mixed into uvicorn's h11 protocol by ``guarded_protocol``:
+    a refused event raises ``RemoteProtocolError``, which uvicorn answers with ``send_400_response``."""
+
+    h11 = None  # the h11 module (imported with uvicorn)
+    _why = MALFORMED  # what the next 400 says
+    _pieces = 0  # of the current request's body
+
+    def _next_event(self):
+        event = self._parse()  # h11's own next_event
+        if isinstance(event, self.h11.Request):
+            self._pieces = 0
+            named = {name.lower() for name, _ in event.headers}
+            if b"content-length" in named and b"transfer-encoding" in named:
+                # h11 follows Transfer-Encoding; a proxy in front may follow Content-Length and
+                # take what h11 reads as a second request for part of this one's body.
+                self._why = SMUGGLED
+                raise self.h11.RemoteProtocolError(SMUGGLED)
+        elif isinstance(event, self.h11.Data):
+            self._pieces += 1
+            if self._pieces > MAX_BODY_PIECES:
+                self._why = CHOPPED
+                raise self.h11.RemoteProtocolError(CHOPPED)
+        return event
+
+    def send_400_response(self, msg: str):  # a malformed request: JSON like every other error
+        cycle = self.cycle  # the app may have answered already (a 413 while the body still arrives)
+        if cycle is None or not cycle.response_started or cycle.response_complete:
+            self.transport.write(raw_response(400, "Bad Request", self._why))
+        self.transport.close()
+
+
 def guarded_protocol(limits: Limits):
-    """uvicorn's h11 protocol class, with a header deadline and JSON errors of its own."""
+    """uvicorn's h11 protocol class, with a header deadline, framing checks and JSON errors of its own."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedH11Protocol(_Framing, H11Protocol):
         _header_timer = None
 
         def connection_made(self, transport):
             super().connection_made(transport)
+            self._parse, self.conn.next_event = self.conn.next_event, self._next_event
             self._arm()
 
         def _arm(self):
@@ -185,10 +227,6 @@ def guarded_protocol(limits: Limits):
             self._disarm()
             super().connection_lost(exc)
 
-        def send_400_response(self, msg: str):  # a malformed request: JSON like every other error
-            self.transport.write(raw_response(400, "Bad Request", "malformed HTTP request; send HTTP/1.1"))
-            self.transport.close()
-
         def shutdown(self):
             cycle = self.cycle
             if cycle is not None and not cycle.response_started and cycle.more_body:
@@ -201,4 +239,5 @@ def guarded_protocol(limits: Limits):
                 return
             super().shutdown()
 
+    GuardedH11Protocol.h11 = h11
     return GuardedH11Protocol
