@@ -119,6 +119,20 @@ def test_every_error_is_one_json_line(server, request_bytes, status, fragment):
     assert code == status and fragment in error and "\n" not in error, error
 
 
+def test_a_client_that_never_reads_its_answers_is_cut_off_at_the_deadline(server):
+    """3,000 pipelined requests for the page and not one recv: the server's writes wait for the
+    client; they held the connection for good. Now it is reset a body deadline later."""
+    _, url = server
+    with socket.create_connection(address(url), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3000)  # 30 MB of answers
+        time.sleep(DEADLINE + 1.5)
+        s.settimeout(0.5)
+        with pytest.raises(ConnectionResetError):  # before: still open, a window's worth read now and then
+            while s.recv(1 << 20):
+                pass
+
+
 def test_a_request_framed_by_both_length_and_chunks_is_refused_and_its_connection_closed(server):
     """Request smuggling: h11 follows Transfer-Encoding, a proxy in front may follow Content-Length
     and forward the GET hidden in the body as part of this request; the server must not answer it."""

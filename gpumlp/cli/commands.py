@@ -262,7 +262,9 @@ def serve_cli(
         typer.Option(help="Another name the server answers to (repeatable; '*': any, behind a proxy)."),
     ] = None,
     header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request's headers may take.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds an upload's body may take.")] = 30.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an upload's body may take (and answers may wait unread).")
+    ] = 30.0,
     max_connections: Annotated[int, typer.Option(min=1, help="Open connections at once; more get 503.")] = 512,
 ):
     """A page to draw digits on and watch the network's answer, and its HTTP API (POST /api/predict)."""

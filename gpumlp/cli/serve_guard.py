@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import socket
+import struct
 import sys
 import time
 
@@ -44,7 +45,8 @@ class Limits:
     """Deadlines (seconds) and the connection cap of one server; every default is a CLI option."""
 
     header_timeout: float = 10.0  # from accept (or the previous response) to the request's last header line
-    body_timeout: float = 30.0  # from the headers to the body's last byte: 2 MB at 70 kB/s
+    body_timeout: float = 30.0  # from the headers to the body's last byte (2 MB at 70 kB/s); and the
+    # longest a client may leave its answers unread once the send buffer is full
     max_connections: int = 512  # open at once; more are answered 503 at accept and closed
     keep_alive: int = 5  # an idle kept-alive connection is closed after this (uvicorn's own timer)
 
@@ -183,12 +185,44 @@ class _Framing:
         self.transport.close()
 
 
+class _UnreadAnswers:
+    """Mixed into uvicorn's h11 protocol: a client that stops reading its answers (pipelined
+    requests, never a recv) paused the server's writes with no deadline, holding its connection
+    for good; aborted when writing has waited ``limits.body_timeout``."""
+
+    limits = DEFAULT_LIMITS
+    _write_timer = None
+
+    def pause_writing(self):
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.body_timeout, self._cut_off)
+
+    def _cut_off(self):
+        """Close with a reset: a plain close leaves the unsent answers (MBs) to the kernel, which
+        keeps offering them to a closed window for minutes."""
+        self._write_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def resume_writing(self):
+        self._cancel_write_timer()
+        super().resume_writing()
+
+    def _cancel_write_timer(self):
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+
 def guarded_protocol(limits: Limits):
     """uvicorn's h11 protocol class, with a header deadline, framing checks and JSON errors of its own."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(_Framing, H11Protocol):
+    class GuardedH11Protocol(_Framing, _UnreadAnswers, H11Protocol):
         _header_timer = None
 
         def connection_made(self, transport):
@@ -225,6 +259,7 @@ def guarded_protocol(limits: Limits):
 
         def connection_lost(self, exc):
             self._disarm()
+            self._cancel_write_timer()
             super().connection_lost(exc)
 
         def shutdown(self):
@@ -239,5 +274,5 @@ def guarded_protocol(limits: Limits):
                 return
             super().shutdown()
 
-    GuardedH11Protocol.h11 = h11
+    GuardedH11Protocol.h11, GuardedH11Protocol.limits = h11, limits
     return GuardedH11Protocol
