@@ -105,6 +105,9 @@ def test_connections_over_the_cap_are_answered_503_at_accept_and_the_server_reco
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "malformed HTTP request"),  # TLS to plain HTTP
         (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n", 400, "malformed HTTP request"),
         (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 20_000, 400, "malformed HTTP request"),
+        # complete, in one read: h11 let them through (its limit counts only what is incomplete)
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"a:b\r\n" * 10_000 + b"\r\n", 400, "over 16 KB"),
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "over 16 KB"),
         (b"GET / HTTP/1.1\r\nHost: rebound.example\r\n\r\n", 400, "--allow-host rebound.example"),
         (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n7\n",
          415, "Content-Type text/plain is not an image type"),

@@ -36,6 +36,9 @@ except ImportError:  # pragma: no cover - Windows
 # other client waited up to 3 s), as it parses each chunk and joins each to the body so far. A real
 # client's pieces are packets or chunks of a kilobyte and more: 2 MB is a few thousand of them.
 MAX_BODY_PIECES = 16_384
+# A request line and headers longer are refused. h11 counts only what is still incomplete (its
+# limit, the same 16 KB), so 10,000 headers or a 100 KB path arriving in one read were served.
+MAX_HEAD = 16 * 1024
 FD_RESERVE = 32  # descriptors kept for the server itself: stdio, the event loop, the listening socket, files
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -66,6 +69,7 @@ SHUTTING_DOWN = raw_response(503, "Service Unavailable", "the server is shutting
 SMUGGLED = "the request has both Content-Length and Transfer-Encoding; send one of them"
 CHOPPED = f"the body came in more than {MAX_BODY_PIECES:,} pieces; send it in chunks of a kilobyte or more"
 MALFORMED = "malformed HTTP request; send HTTP/1.1"
+LONG_HEAD = f"the request line and headers are over {MAX_HEAD // 1024} KB; send shorter ones"
 HEADER_TIMEOUT = raw_response(408, "Request Timeout", "the request's headers took too long; send them at once")
 
 
@@ -165,6 +169,9 @@ class _Framing:
         event = self._parse()  # h11's own next_event
         if isinstance(event, self.h11.Request):
             self._pieces = 0
+            if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD:
+                self._why = LONG_HEAD
+                raise self.h11.RemoteProtocolError(LONG_HEAD)
             named = {name.lower() for name, _ in event.headers}
             if b"content-length" in named and b"transfer-encoding" in named:
                 # h11 follows Transfer-Encoding; a proxy in front may follow Content-Length and
