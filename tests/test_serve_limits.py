@@ -109,6 +109,7 @@ def test_connections_over_the_cap_are_answered_503_at_accept_and_the_server_reco
         (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"a:b\r\n" * 10_000 + b"\r\n", 400, "over 16 KB"),
         (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "over 16 KB"),
         (b"GET / HTTP/1.1\r\nHost: rebound.example\r\n\r\n", 400, "--allow-host rebound.example"),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "does not answer to the name '[::1'"),  # was a 500
         (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n7\n",
          415, "Content-Type text/plain is not an image type"),
         (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
@@ -172,6 +173,21 @@ def test_a_form_of_many_parts_is_refused_after_the_first_thousand(server):
     assert seconds < DEADLINE, seconds
     code, error = status_and_error(got)
     assert code == 400 and error.startswith("the form has more than 1,000 parts"), error
+
+
+def test_odd_hosts_origins_and_upgrades_leave_the_log_quiet():
+    """An unbalanced bracket in Host or Origin was a 500 and a traceback in the log; an Upgrade
+    header two warning lines. Any client can send them, once per request."""
+    post = b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nOrigin: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    upgrade = b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, close\r\nUpgrade: %s\r\n\r\n"
+    with running_server(CHECKPOINT, *FAST) as (proc, url):
+        assert status_and_error(exchange(url, post % (b"]]", b"http://127.0.0.1"))[1])[0] == 400
+        assert status_and_error(exchange(url, post % (b"127.0.0.1", b"http://[::1"))[1])[0] == 403
+        for protocol in (b"websocket", b"h2c"):
+            assert exchange(url, upgrade % protocol)[1].startswith(b"HTTP/1.1 200 OK")  # answered as plain HTTP
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert err.splitlines() == ["stopped"], err
 
 
 def test_running_out_of_file_descriptors_neither_floods_the_log_nor_stops_the_server():

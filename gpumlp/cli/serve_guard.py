@@ -40,6 +40,8 @@ MAX_BODY_PIECES = 16_384
 # limit, the same 16 KB), so 10,000 headers or a 100 KB path arriving in one read were served.
 MAX_HEAD = 16 * 1024
 FD_RESERVE = 32  # descriptors kept for the server itself: stdio, the event loop, the listening socket, files
+# uvicorn's log lines that any client can cause, once per request: dropped by quiet_loop_errors
+CLIENTS_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -151,9 +153,10 @@ class _Quiet:
 
 
 def quiet_loop_errors() -> _Quiet:
-    """The event loop's exception handler; also drops uvicorn's warning per malformed request
-    (the client has its JSON 400), another line a hostile client could repeat without end."""
-    logging.getLogger("uvicorn.error").addFilter(lambda r: r.getMessage() != "Invalid HTTP request received.")
+    """The event loop's exception handler; also drops uvicorn's warnings per malformed request
+    (the client has its JSON 400) and per ``Upgrade:`` header (websocket, h2c: the request is
+    answered as plain HTTP), lines a hostile client could repeat without end."""
+    logging.getLogger("uvicorn.error").addFilter(lambda r: not r.getMessage().startswith(CLIENTS_WARNINGS))
     return _Quiet()
 
 

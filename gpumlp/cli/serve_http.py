@@ -70,7 +70,11 @@ def form_file(body: bytes, content_type: str) -> bytes:
 
 
 def _host_port(netloc: str, default: int = 80) -> tuple[str, int]:
-    parts = urlsplit("//" + netloc)
+    """(host name, port) of ``host[:port]``; ("", -1) for one that is no address ("[::1", "]]")."""
+    try:
+        parts = urlsplit("//" + netloc)
+    except ValueError:  # an unbalanced bracket: was a 500 and a traceback in the log per request
+        return ("", -1)
     try:
         port = parts.port or default
     except ValueError:
@@ -90,9 +94,10 @@ def refusal(headers, method: str, hosts: frozenset[str]) -> tuple[int, str] | No
     site, origin = headers.get("sec-fetch-site"), headers.get("origin")
     cross = site is not None and site not in ("same-origin", "none")
     if origin is not None and host is not None:
-        parts = urlsplit(origin)
-        default = 443 if parts.scheme == "https" else 80
-        cross = cross or parts.scheme not in ("http", "https") or _host_port(parts.netloc, default) != _host_port(host)
+        scheme, netloc = origin.partition("://")[::2]  # urlsplit raises for "http://[::1"
+        scheme = scheme.lower()
+        theirs = _host_port(netloc, 443 if scheme == "https" else 80)
+        cross = cross or scheme not in ("http", "https") or not theirs[0] or theirs != _host_port(host)
     if cross:
         return 403, f"cross-origin requests are refused (Origin: {origin}); post from the server's own page"
     return None
