@@ -226,6 +226,23 @@ def test_ctrl_c_with_an_upload_in_flight_answers_it_503_and_stops_cleanly():
     assert "Traceback" not in err and "CancelledError" not in err and err.splitlines()[-1] == "stopped", err
 
 
+def test_ctrl_c_with_answers_unread_stops_at_once():
+    """A client that does not read its answers held Ctrl-C for uvicorn's 5 s grace, then a
+    CancelledError traceback."""
+    with running_server(CHECKPOINT, "--body-timeout", "60") as (proc, url):
+        reader = socket.create_connection(address(url), timeout=10)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3000)
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        seconds = time.monotonic() - start
+        reader.close()
+    assert proc.returncode == 0 and seconds < 3, (seconds, err)
+    assert err.splitlines() == ["stopped"], err
+
+
 def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():
     """--host 0.0.0.0: one warning, the addresses printed, and the Host names they stand for
     answered (every other refused). The socket itself listens on 127.0.0.1 only (``LOOPBACK_ONLY``),

@@ -198,7 +198,7 @@ class _Framing:
 class _UnreadAnswers:
     """Mixed into uvicorn's h11 protocol: a client that stops reading its answers (pipelined
     requests, never a recv) paused the server's writes with no deadline, holding its connection
-    for good; aborted when writing has waited ``limits.body_timeout``."""
+    for good; reset when writing has waited ``limits.body_timeout``, or at once on Ctrl-C."""
 
     limits = DEFAULT_LIMITS
     _write_timer = None
@@ -220,6 +220,12 @@ class _UnreadAnswers:
     def resume_writing(self):
         self._cancel_write_timer()
         super().resume_writing()
+
+    def shutdown(self):  # Ctrl-C: answers the client does not read would hold the exit 5 s, then a traceback
+        if self.flow.write_paused:
+            self._cut_off()
+        else:
+            super().shutdown()
 
     def _cancel_write_timer(self):
         if self._write_timer is not None:
