@@ -4,6 +4,7 @@ a few seconds; the promises are in docs/reliability.md ("The server")."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
@@ -241,6 +242,32 @@ def test_ctrl_c_with_answers_unread_stops_at_once():
         reader.close()
     assert proc.returncode == 0 and seconds < 3, (seconds, err)
     assert err.splitlines() == ["stopped"], err
+
+
+def test_ctrl_c_with_decodes_queued_answers_them_503_and_stops_at_once():
+    """30 uploads of 2048×2048 queued for 4 decoders (9 s of work): Ctrl-C waited uvicorn's 5 s
+    grace, then cancelled 18 of them with a traceback each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ink = np.full((2048, 2048), 250, np.uint8) - rng.integers(0, 6, (2048, 2048), dtype=np.uint8)
+    ink[500:1500, 900:1100] = 0
+    png = io.BytesIO()
+    Image.fromarray(ink).save(png, format="PNG", compress_level=1)
+    upload = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+    with running_server(CHECKPOINT) as (proc, url), ThreadPoolExecutor(30) as pool:
+        answers = [pool.submit(exchange, url, upload % len(png.getvalue()) + png.getvalue(), 30) for _ in range(30)]
+        time.sleep(1.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        seconds = time.monotonic() - start
+        codes = {int(a.result()[1].split()[1]) for a in answers}
+    assert proc.returncode == 0 and seconds < 3, (seconds, err[-2000:])
+    assert err.splitlines() == ["stopped"] and codes <= {200, 503} and 503 in codes, (codes, err[-2000:])
 
 
 def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():

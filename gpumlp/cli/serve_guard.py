@@ -280,9 +280,10 @@ def guarded_protocol(limits: Limits):
 
         def shutdown(self):
             cycle = self.cycle
-            if cycle is not None and not cycle.response_started and cycle.more_body:
-                # An upload still arriving may never end: answer it now, so Ctrl-C need not wait for
-                # it nor cancel the request's task (which uvicorn logs as a CancelledError traceback).
+            if cycle is not None and not cycle.response_started and not self.flow.write_paused:
+                # An upload still arriving may never end, and requests queued for a decoder (30 of
+                # 2048×2048: 9 s) outlast uvicorn's 5 s grace: answer them now, so Ctrl-C need not
+                # wait nor cancel their tasks (which uvicorn logs as CancelledError tracebacks).
                 self.transport.write(SHUTTING_DOWN)
                 cycle.disconnected = True
                 cycle.message_event.set()

@@ -180,6 +180,19 @@ async def read_image(request, body_timeout: float):
         return _error(400, str(e))
 
 
+class Guard:
+    """Plain ASGI middleware: refuses (``refusal``) before any route or body is touched."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        from starlette.datastructures import Headers
+
+        problem = refusal(Headers(scope=scope), scope["method"], self.allowed) if scope["type"] == "http" else None
+        await (_error(*problem) if problem else self.app)(scope, receive, send)
+
+
 def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
     """The Starlette application serving ``predictor`` (a ``gpumlp.cli.serve.Predictor``) to
     requests whose Host is one of ``hosts``."""
@@ -192,26 +205,19 @@ def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
 
     allowed, limiter = frozenset(h.strip("[]").lower() for h in hosts), []
 
-    class Guard:  # plain ASGI: refuses before any route or body is touched
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            from starlette.datastructures import Headers
-
-            problem = refusal(Headers(scope=scope), scope["method"], allowed) if scope["type"] == "http" else None
-            await (_error(*problem) if problem else self.app)(scope, receive, send)
-
     async def predict(request):
         data = await read_image(request, limits.body_timeout)
         if not isinstance(data, bytes):
             return data
         if not limiter:
             limiter.append(anyio.CapacityLimiter(DECODERS))  # made inside the event loop, on first use
-        try:
-            return JSONResponse(await anyio.to_thread.run_sync(predictor.predict_image, data, limiter=limiter[0]))
-        except GpumlpError as e:
-            return _error(400, str(e))
+        async with limiter[0]:  # the wait for a decoder, on the event loop, where Ctrl-C can end it
+            if await request.is_disconnected():  # gone, or answered 503 by Ctrl-C: nothing to decode for
+                return _error(503, "the client is gone")
+            try:
+                return JSONResponse(await anyio.to_thread.run_sync(predictor.predict_image, data))
+            except GpumlpError as e:
+                return _error(400, str(e))
 
     async def http_error(request, exc):  # Starlette's own 404 and 405, as JSON with a hint
         path, allow = request.url.path, {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
@@ -238,4 +244,4 @@ def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
     routes = [Route("/", index), Route("/api/model", model), Route("/api/predict", predict, methods=["POST"]),
               Route("/api/openapi.json", api)]  # fmt: skip
     handlers = {HTTPException: http_error, 500: server_error}
-    return Starlette(routes=routes, middleware=[Middleware(Guard)], exception_handlers=handlers)
+    return Starlette(routes=routes, middleware=[Middleware(Guard, allowed=allowed)], exception_handlers=handlers)
