@@ -175,7 +175,10 @@ def _detect(source: Source) -> Format:
     """The one format of ``FORMATS`` that claims ``source``; a one-line error for none or several."""
     fitting = [fmt for fmt in FORMATS if fmt.fits(source)]
     if not fitting:
-        raise CheckpointError(f"{source.path} is neither an npz nor a JSON network (by its name or its first bytes)")
+        syntaxes = _one_of(list(dict.fromkeys(fmt.syntax for fmt in FORMATS)))  # "npz or JSON", and any registered
+        raise CheckpointError(
+            f"{source.path} is not a network in any format gpumlp reads ({syntaxes}; by name or first bytes)"
+        )
     found = [fmt for fmt in fitting if fmt.detect(source)]
     if len(found) == 1:
         return found[0]
