@@ -3,7 +3,7 @@
 A record holds the function and its derivative for the readable array path (numpy, or CuPy
 without fused kernels), the same two as CUDA C expressions for the fused kernels
 (``gpumlp.backends.kernels``), the ONNX operator of an export (``gpumlp.formats.export``) and the initialisation
-that suits it. Adding an activation is one record here (and its tests).
+that suits it. Adding an activation is one record, registered with ``register`` (and its tests).
 
 Each derivative is written in terms of the activation's *output* A = f(Z), which the forward
 pass keeps anyway, so backward needs no stored Z. The forward functions may overwrite Z, a
@@ -13,9 +13,11 @@ passed in, and ``gpumlp train --help`` lists these names without waiting for num
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
+from gpumlp.errors import ConfigError
 from gpumlp.scalars import const
 
 
@@ -66,6 +68,7 @@ class Activation:
     cuda_f: str  # f as a CUDA C expression of x (type T), for the fused kernels (gpumlp.backends.kernels)
     cuda_grad: str  # f' as a CUDA C expression of the output a
     onnx: str | None  # the ONNX operator computing f (gpumlp.formats.export); None: no export
+    onnx_attributes: dict = field(default_factory=dict)  # the operator's attributes, e.g. {"alpha": 0.1}
 
 
 ACTIVATIONS = {
@@ -75,4 +78,45 @@ ACTIVATIONS = {
     "relu": Activation(relu, relu_grad, "he", "x > T(0) ? x : T(0)", "a > T(0) ? T(1) : T(0)", "Relu"),
     "tanh": Activation(tanh, tanh_grad, "xavier", "tanh(x)", "T(1) - a * a", "Tanh"),
 }
-CHOICES = ", ".join(ACTIVATIONS)  # for help texts
+
+
+def register(name: str, act: Activation) -> Activation:
+    """Add ``act`` as ``name``, after which MLP, --activation, checkpoints, export and every command accept it."""
+    if name in ACTIVATIONS:
+        raise ConfigError(f"an activation named {name!r} is already registered; give the new record another name")
+    ACTIVATIONS[name] = act
+    return act
+
+
+def unregister(name: str) -> None:
+    ACTIVATIONS.pop(name, None)
+
+
+@contextmanager
+def registered(name: str, act: Activation) -> Iterator[Activation]:
+    """``register(name, act)`` for the duration of a ``with`` block (tests)."""
+    register(name, act)
+    try:
+        yield act
+    finally:
+        unregister(name)
+
+
+def get(name: str) -> Activation:
+    """The record of ``name``, refused with the choices when there is none."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}: choose one of {choices()}")
+    return ACTIVATIONS[name]
+
+
+def choices() -> str:
+    """``"sigmoid, relu, tanh"``: the registered names, read at call time (help texts, messages)."""
+    return ", ".join(ACTIVATIONS)
+
+
+def default_inits() -> str:
+    """``"xavier for sigmoid/tanh, he for relu"``: each record's default initialisation, for help texts."""
+    by_init: dict[str, list[str]] = {}
+    for name, act in ACTIVATIONS.items():
+        by_init.setdefault(act.default_init, []).append(name)
+    return ", ".join(f"{init} for {'/'.join(names)}" for init, names in by_init.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,12 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     registry.register("fake", lambda index: FAKE)  # device="fake": the strict fake device, in every test
+    # The tests' child processes must see Ctrl-C as a terminal's user sends it. Started in the
+    # background (`nohup pytest &`, `pytest &` in a script) this process ignores SIGINT, and an
+    # ignored signal stays ignored in every child: Python would then install no handler there and a
+    # test's SIGINT would do nothing. A handler set here is reset to the default in each child.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Where the user's data is, read before _private_cache points XDG_CACHE_HOME at a temporary folder.
     # Relative paths are resolved once, here: some tests change the working directory.
     given = config.getoption("--data-dir") or os.environ.get("GPUMLP_DATA_DIR")

@@ -84,5 +84,5 @@ def test_an_added_record_trains_tests_and_exports(with_softplus, mnist, mnist_di
 
 def test_the_train_help_lists_every_record():
     result = runner.invoke(cli.app, ["train", "--help"], env={"COLUMNS": "300"})
-    assert result.exit_code == 0 and activations.CHOICES in result.output
-    assert all(name in activations.CHOICES for name in ACTIVATIONS)
+    assert result.exit_code == 0 and activations.choices() in result.output
+    assert all(name in activations.choices() for name in ACTIVATIONS)

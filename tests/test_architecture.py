@@ -239,12 +239,13 @@ def test_few_modules_stand_directly_in_the_package():
 
 
 # ---------------------------------------------------------------- variants live in their records
-# A loss or an update rule is one record (gpumlp/losses.py, gpumlp/optim.py). Elsewhere the code
-# asks the record (``LOSSES[model.loss].probabilities``), never compares a name or keeps a table
-# keyed by one, so adding a variant touches its module alone.
-RECORD_MODULES = {"gpumlp/losses.py", "gpumlp/optim.py"}
-REGISTRIES = {"LOSSES", "RULES"}  # lookups into these are how the code asks a record
-NAMED_BY = {"loss", "optimizer"}  # attributes and keys that hold a loss or rule name
+# A loss, an update rule, an activation or a dataset is one record (gpumlp/losses.py, gpumlp/optim.py,
+# gpumlp/activations.py, gpumlp/data/datasets.py). Elsewhere the code asks the record
+# (``LOSSES[model.loss].probabilities``), never compares a name or keeps a table keyed by one, so
+# adding a variant touches its module alone.
+RECORD_MODULES = {"gpumlp/losses.py", "gpumlp/optim.py", "gpumlp/activations.py", "gpumlp/data/datasets.py"}
+REGISTRIES = {"LOSSES", "RULES", "ACTIVATIONS", "DATASETS"}  # lookups into these are how the code asks a record
+NAMED_BY = {"loss", "optimizer", "activation", "dataset"}  # attributes and keys that hold a variant's name
 
 
 def _name_constant(node: ast.AST, names: set[str]) -> bool:
@@ -280,11 +281,13 @@ def name_tests(tree: ast.AST, names: set[str], keys: set[str]) -> list[str]:
     return found
 
 
-def test_no_loss_or_rule_name_is_compared_or_keyed_outside_its_record():
+def test_no_variant_name_is_compared_or_keyed_outside_its_record():
+    from gpumlp.activations import ACTIVATIONS
+    from gpumlp.data.datasets import DATASETS
     from gpumlp.losses import LOSSES
     from gpumlp.optim import HYPERPARAMS, RULES
 
-    names = set(LOSSES) | set(RULES)
+    names = set(LOSSES) | set(RULES) | set(ACTIVATIONS) | set(DATASETS)
     keys = names - set(HYPERPARAMS)  # "momentum" is a rule and a hyper-parameter: a dict of those is fine
     found = [
         f"{path}:{hit}"
@@ -292,13 +295,16 @@ def test_no_loss_or_rule_name_is_compared_or_keyed_outside_its_record():
         if path not in RECORD_MODULES
         for hit in name_tests(ast.parse(file.read_text()), names, keys)
     ]
-    assert not found, "ask the loss or rule record instead:\n" + "\n".join(found)
+    assert not found, "ask the loss, rule, activation or dataset record instead:\n" + "\n".join(found)
 
 
 def test_the_name_finder_finds_comparisons_tables_and_keyed_lookups():
     code = (
         'a = model.loss == "ce"\nb = r["optimizer"] in ("adam", "sgd")\nc = {"adam": 1}\n'
         "d = CONFIDENCE[model.loss]\ne = LOSSES[model.loss]\nf = {'momentum': 0.9}\ng = preset(loss='ce')\n"
+        'h = "images" if dataset == "mnist" else "x"\ni = TITLES[cfg.dataset]\nj = DATASETS[cfg.dataset]\n'
+        'k = activation != "sigmoid"\n'
     )
-    found = name_tests(ast.parse(code), {"ce", "adam", "sgd", "momentum"}, {"ce", "adam", "sgd"})
-    assert [f.split(":")[0] for f in found] == ["1", "2", "3", "4"]
+    names = {"ce", "adam", "sgd", "momentum", "mnist", "sigmoid"}
+    found = name_tests(ast.parse(code), names, names - {"momentum"})
+    assert sorted(int(f.split(":")[0]) for f in found) == [1, 2, 3, 4, 8, 9, 11]

@@ -278,21 +278,29 @@ def test_to_mnist_agrees_with_the_matrix_resampling_on_a_corpus(mnist, monkeypat
     assert max(float(np.abs(a - b).max()) for a, b in zip(new, old)) <= 1e-6
 
 
-def test_to_mnist_of_a_long_thin_image_needs_no_n_wide_matrix():
+def test_to_mnist_of_a_long_thin_image_is_refused_before_any_copy_and_one_at_the_limit_is_read():
+    """A 1×4,194,304 array (no file may decode to it: MAX_SIDE) is refused from its shape, before
+    the float copy or a resize matrix (a 20-row one of it would be 671 MB); a line as long as
+    MAX_SIDE is preprocessed like any digit."""
     import tracemalloc
 
     from gpumlp.data import images
+    from gpumlp.errors import ConfigError
 
-    g = np.zeros((1, 4_194_304), dtype=np.uint8)  # 4 MB of pixels: a 20-row matrix of it is 671 MB
+    g = np.zeros((1, 4_194_304), dtype=np.uint8)
     g[0, 1000:3_000_000] = 255
     tracemalloc.start()
     try:
-        x = images.to_mnist(g)
+        with pytest.raises(ConfigError, match="1×4194304"):
+            images.to_mnist(g)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    assert peak < 1e6, f"{peak / 1e6:.1f} MB"
+    line = np.zeros((1, images.MAX_SIDE), dtype=np.uint8)
+    line[0, 100:6000] = 255
+    x = images.to_mnist(line)
     assert x.shape == (784,) and x.max() == 1.0
-    assert peak < 400e6, f"{peak / 1e6:.0f} MB"
 
 
 def test_a_float_tiff_in_zero_to_one_is_read_as_its_grey_levels(tmp_path):

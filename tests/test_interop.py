@@ -415,7 +415,7 @@ def test_a_foreign_network_is_found_by_content_whatever_its_name(tmp_path, name)
     np.testing.assert_array_equal(loaded.theta, expected.theta)
     assert meta["imported_from"] == "nielsen"
     (tmp_path / "bin").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(CheckpointError, match="neither an npz nor a JSON network"):
+    with pytest.raises(CheckpointError, match=r"is not a network in any format gpumlp reads \(npz or JSON; by name"):
         checkpoint.load(tmp_path / "bin")
 
 

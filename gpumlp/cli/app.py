@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from gpumlp.cli.display import LOG_FORMATS
-from gpumlp.data.datasets import CHOICES
+from gpumlp.cli.live_help import LIVE_HELP, live_help
 from gpumlp.errors import GpumlpError
 from gpumlp.formats import signals
 
@@ -40,6 +40,9 @@ class _FlagsAsFlags:
         for p in params:
             if getattr(p, "is_flag", False) and p.metavar is None:
                 p.metavar = ""
+            template = getattr(p, "help_template", None) or getattr(p, "help", None)
+            if template and any(key in template for key in LIVE_HELP):
+                p.help_template, p.help = template, live_help(template)
         return params
 
 
@@ -144,7 +147,7 @@ DataDirOpt = Annotated[
 DatasetOpt = Annotated[
     str | None,
     typer.Option(
-        help=f"{CHOICES}. Default: the one the checkpoint was trained on.", autocompletion=field_completion("dataset")
+        help="{datasets}. Default: the one the checkpoint was trained on.", autocompletion=field_completion("dataset")
     ),
 ]
 AnyDatasetOpt = Annotated[

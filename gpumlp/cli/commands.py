@@ -31,7 +31,6 @@ from gpumlp.cli.app import (  # noqa: F401  (app and main: the entry points, re-
     train_arguments,
     train_command,
 )
-from gpumlp.data.datasets import CHOICES
 
 
 def train_cli(ctx: typer.Context, **kw):
@@ -122,10 +121,10 @@ def plot_cli(
 @command("convert")
 def convert_cli(
     source: CheckpointArg,
-    target: Annotated[Path, typer.Argument(help="The file to write: .npz or .json (gpumlp), .json (rust, nielsen).")],
-    to: Annotated[str, typer.Option(help="gpumlp, rust (the Rust MLP project) or nielsen (network2.py).")] = "gpumlp",
+    target: Annotated[Path, typer.Argument(help="The file to write: .npz or .json (gpumlp), else as --to names it.")],
+    to: Annotated[str, typer.Option(help="The format to write: {formats}.")] = "gpumlp",
 ):
-    """Convert a network between .npz and .json, or to or from the Rust project's and Nielsen's JSON."""
+    """Convert a network between .npz and .json, or to or from another format (the Rust project's, Nielsen's JSON)."""
     from gpumlp.formats.checkpoint import convert
 
     model = convert(source, target, to)
@@ -213,7 +212,7 @@ def bench_cli(
         ),
     ] = True,  # fmt: skip
     as_json: JsonOpt = False,
-    dataset: Annotated[str, typer.Option(help=f"The images to time on: {CHOICES}.")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="The images to time on: {datasets}.")] = "mnist",
     cuda_graph: Annotated[
         bool,
         typer.Option(

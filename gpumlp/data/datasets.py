@@ -8,6 +8,8 @@ training and 10,000 test images of 28×28 uint8 pixels, labels 0–9.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gpumlp.errors import ConfigError
@@ -113,8 +115,34 @@ KMNIST = Dataset(
 )
 
 DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
-# "mnist, fashion-mnist or kmnist": for the help of every --dataset option
-CHOICES = ", ".join(list(DATASETS)[:-1]) + f" or {list(DATASETS)[-1]}"
+
+
+def choices() -> str:
+    """``"mnist, fashion-mnist or kmnist"``: the registered names, read when a help is shown."""
+    names = list(DATASETS)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def register(rec: Dataset) -> Dataset:
+    """Add ``rec`` to ``DATASETS``, after which --dataset, load_dataset, checkpoints and every command accept it."""
+    if rec.name in DATASETS:
+        raise ConfigError(f"a dataset named {rec.name!r} is already registered; give the new record another name")
+    DATASETS[rec.name] = rec
+    return rec
+
+
+def unregister(name: str) -> None:
+    DATASETS.pop(name, None)
+
+
+@contextmanager
+def registered(rec: Dataset) -> Iterator[Dataset]:
+    """``register(rec)`` for the duration of a ``with`` block (tests)."""
+    register(rec)
+    try:
+        yield rec
+    finally:
+        unregister(rec.name)
 
 
 def get(name: str) -> Dataset:

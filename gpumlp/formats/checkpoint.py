@@ -16,6 +16,8 @@ import os
 import platform
 import tokenize
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,38 @@ from gpumlp.model import MLP
 
 FORMATS: tuple[Format, ...] = (*native.OWN, *interop.FOREIGN)  # every format gpumlp reads; one claims each file
 MAX_JSON_BYTES = 1 << 30  # any JSON network, parsed whole: refused above this before reading
+
+
+def register(fmt: Format) -> Format:
+    """Add ``fmt`` to ``FORMATS``, after which load, convert (``--to NAME`` for a foreign one), info and
+    test read and write its files. Read at call time, so a format registered after import counts."""
+    global FORMATS
+    if any(f.name == fmt.name for f in FORMATS) or fmt.name == "gpumlp":
+        raise CheckpointError(f"a format named {fmt.name!r} is already registered; give the new record another name")
+    FORMATS = (*FORMATS, fmt)
+    return fmt
+
+
+def unregister(name: str) -> None:
+    global FORMATS
+    FORMATS = tuple(f for f in FORMATS if f.name != name)
+
+
+@contextmanager
+def registered(fmt: Format) -> Iterator[Format]:
+    """``register(fmt)`` for the duration of a ``with`` block (tests)."""
+    register(fmt)
+    try:
+        yield fmt
+    finally:
+        unregister(fmt.name)
+
+
+def targets() -> str:
+    """What ``convert --to`` takes, for its help: ``"gpumlp, rust (…) or nielsen (…)"``."""
+    return _one_of(
+        ["gpumlp", *(f"{fmt.name} ({fmt.label}, {_one_of(fmt.suffixes)})" for fmt in FORMATS if fmt.foreign)]
+    )
 
 
 def _own_format(path: Path) -> Format:
@@ -141,7 +175,10 @@ def _detect(source: Source) -> Format:
     """The one format of ``FORMATS`` that claims ``source``; a one-line error for none or several."""
     fitting = [fmt for fmt in FORMATS if fmt.fits(source)]
     if not fitting:
-        raise CheckpointError(f"{source.path} is neither an npz nor a JSON network (by its name or its first bytes)")
+        syntaxes = _one_of(list(dict.fromkeys(fmt.syntax for fmt in FORMATS)))  # "npz or JSON", and any registered
+        raise CheckpointError(
+            f"{source.path} is not a network in any format gpumlp reads ({syntaxes}; by name or first bytes)"
+        )
     found = [fmt for fmt in fitting if fmt.detect(source)]
     if len(found) == 1:
         return found[0]
@@ -255,7 +292,7 @@ _DERIVED = (
 
 def convert(source: str | os.PathLike, target: str | os.PathLike, to: str = "gpumlp") -> MLP:
     """Rewrite ``source`` (a network in any of ``FORMATS``) as ``target``: a gpumlp ``.npz``/``.json``
-    with the same parameters and metadata, or (``to`` a foreign format's name: rust, nielsen) in that format."""
+    with the same parameters and metadata, or (``to`` a registered foreign format's name: rust, nielsen, …) in it."""
     exports = {fmt.name: fmt for fmt in FORMATS if fmt.foreign}
     if to != "gpumlp" and to not in exports:
         raise CheckpointError(f"unknown --to {to!r}: choose {_one_of(['gpumlp', *exports])}")

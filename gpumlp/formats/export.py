@@ -79,7 +79,7 @@ def build(model, meta: dict | None = None, name: str = "gpumlp"):
         nodes.append(helper.make_node("Gemm", [A, f"W{l}", f"b{l}"], [f"Z{l + 1}"], name=f"layer{l}"))
         A = f"A{l + 1}"
         if l < model.n_layers - 1:
-            nodes.append(helper.make_node(act.onnx, [f"Z{l + 1}"], [A], name=f"act{l}"))
+            nodes.append(helper.make_node(act.onnx, [f"Z{l + 1}"], [A], name=f"act{l}", **act.onnx_attributes))
     head_nodes, head_inits = loss.onnx_head(helper, numpy_helper, f"Z{model.n_layers}", OUTPUT)  # the confidences
     nodes, inits = nodes + head_nodes, inits + head_inits
     batch = ["batch", model.sizes[0]]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumlp.activations import ACTIVATIONS, sigmoid_
 from gpumlp.errors import CheckpointError
 from gpumlp.formats.atomic import atomic_write
 from gpumlp.formats.base import Format, check_sizes, get, short
@@ -167,7 +168,7 @@ def _export(meta: dict, host: dict, name: str) -> tuple[list, list]:
             f"cannot export to {name}: loss {meta['loss']!r} has {what}, not sigmoids; it needs loss {fits}"
         )
     n_layers, activation = len(meta["sizes"]) - 1, meta["activation"]
-    if activation != "sigmoid" and n_layers > 1:
+    if getattr(ACTIVATIONS.get(activation), "f", None) is not sigmoid_ and n_layers > 1:  # their units are σ
         raise CheckpointError(f"cannot export to {name}: {activation} hidden layers; it uses sigmoid everywhere")
     host = {k: np.asarray(v, dtype=np.float64) for k, v in host.items()}
     # Their input x_f = pixel / d_f = x_g · d_g / d_f with x_g = pixel / d_g, so x_f @ W0·(d_f / d_g) = x_g @ W0.

@@ -33,7 +33,7 @@ OPTIMIZER_FIELDS = {
     "hyper": (_object_of(is_number), "an object of numbers"),
 }
 FIELDS = {
-    "activation": (lambda v: v in tuple(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)}"),
+    "activation": (lambda v: v in tuple(ACTIVATIONS), lambda: f"one of {', '.join(ACTIVATIONS)}"),  # registered now
     "loss": (lambda v: v in tuple(LOSSES), lambda: f"one of {choices()}"),  # what is registered when read
     "dtype": (lambda v: v in tuple(DTYPES), f"one of {', '.join(DTYPES)}"),
     "init": (or_none(lambda v: v in INITS), f"one of {', '.join(INITS)} or null"),
@@ -45,7 +45,7 @@ FIELDS = {
     "tf32": (or_none(lambda v: isinstance(v, bool)), "true or false"),
     "versions": (or_none(_object_of(lambda x: x is None or isinstance(x, str))), "an object of version strings"),
     "mnist_sha256": (or_none(_object_of(lambda x: isinstance(x, str))), "an object of SHA-256 strings"),
-    "dataset": (lambda v: isinstance(v, str) and v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "dataset": (lambda v: isinstance(v, str) and v in DATASETS, lambda: f"one of {', '.join(DATASETS)}"),
     "data_checksums": (or_none(lambda v: isinstance(v, dict)), "an object"),
     "test_accuracy": (or_none(lambda v: is_number(v) and 0 <= v <= 1), "a fraction in [0, 1] or null"),
     "test_size": (or_none(is_count), "a count of images"),

@@ -44,14 +44,14 @@ class TrainConfig:
         name="layers", cli_type=str, cli_default="784,16,16,10",
     )  # fmt: skip
     activation: str = option(
-        "sigmoid", f"Hidden activation: {activations.CHOICES} (gpumlp/activations.py).",
+        "sigmoid", lambda: f"Hidden activation: {activations.choices()} (gpumlp/activations.py).",
         choices=lambda: activations.ACTIVATIONS,
     )  # fmt: skip
     loss: str = option(
         "mse", lambda: f"Output and loss: {losses.help_text()} (gpumlp/losses.py).", choices=lambda: losses.LOSSES
     )
     init: str | None = option(
-        None, "Weights: normal N(0,1), lecun, he or xavier. Default: xavier for sigmoid/tanh, he for relu.",
+        None, lambda: f"Weights: normal N(0,1), lecun, he or xavier. Default: {activations.default_inits()}.",
         choices=lambda: _model_names("INITS"),
     )  # fmt: skip
     epochs: int = option(30, "Passes over the training images.")
@@ -61,7 +61,9 @@ class TrainConfig:
     val_size: int = option(10_000, "Validation images, right after the training images (0: none).")
     test_size: int = option(10_000, "Test images, from the start of the test file (0: no test).")
     dataset: str = option(
-        "mnist", f"The images: {datasets.CHOICES} (gpumlp/data/datasets.py).", choices=lambda: datasets.DATASETS
+        "mnist",
+        lambda: f"The images: {datasets.choices()} (gpumlp/data/datasets.py).",
+        choices=lambda: datasets.DATASETS,
     )
     seed: int = option(0, "Seed of the initial weights, the batch order, dropout masks and distortions.")
     dtype: str = option("float32", "float32 or float64.", choices=lambda: _model_names("DTYPES"))

@@ -226,7 +226,8 @@ def _after_epoch(rec: RunFiles, on_epoch, log) -> Callable[[EpochStats], None]:
 
 def _images(dataset: str) -> str:
     """``"images"``, or ``"Fashion-MNIST images"`` where the dataset is not MNIST."""
-    return "images" if dataset == "mnist" else f"{datasets.get(dataset).title} images"
+    rec = datasets.get(dataset)
+    return "images" if rec is datasets.MNIST else f"{rec.title} images"
 
 
 def _check_resumed(resume, cfg: TrainConfig, state: TrainState) -> None:

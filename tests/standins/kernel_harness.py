@@ -51,7 +51,7 @@ def all_specs() -> dict[str, tuple[str, str, str]]:
             ("grad", kernels.ACT_GRAD),
             ("gradm", kernels.ACT_GRAD_MASKED),
         ):
-            specs[f"{kind}_{name}"] = kernels.activation_kernel(template, act)
+            specs[f"{kind}_{c_name(name)}"] = kernels.activation_kernel(template, act)
     return specs
 
 
