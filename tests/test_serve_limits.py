@@ -244,11 +244,8 @@ def test_ctrl_c_with_answers_unread_stops_at_once():
     assert err.splitlines() == ["stopped"], err
 
 
-def test_ctrl_c_with_decodes_queued_answers_them_503_and_stops_at_once():
-    """30 uploads of 2048×2048 queued for 4 decoders (9 s of work): Ctrl-C waited uvicorn's 5 s
-    grace, then cancelled 18 of them with a traceback each."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def large_upload() -> bytes:
+    """A POST of a noisy 2048×2048 PNG (the largest the server decodes: 0.3-0.6 s each on 2 cores)."""
     import numpy as np
     from PIL import Image
 
@@ -257,9 +254,18 @@ def test_ctrl_c_with_decodes_queued_answers_them_503_and_stops_at_once():
     ink[500:1500, 900:1100] = 0
     png = io.BytesIO()
     Image.fromarray(ink).save(png, format="PNG", compress_level=1)
-    upload = b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+    head = "POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nConnection: close\r\n"
+    return f"{head}Content-Length: {len(png.getvalue())}\r\n\r\n".encode() + png.getvalue()
+
+
+def test_ctrl_c_with_decodes_queued_answers_them_503_and_stops_at_once():
+    """30 uploads of 2048×2048 queued for 4 decoders (9 s of work): Ctrl-C waited uvicorn's 5 s
+    grace, then cancelled 18 of them with a traceback each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    upload = large_upload()
     with running_server(CHECKPOINT) as (proc, url), ThreadPoolExecutor(30) as pool:
-        answers = [pool.submit(exchange, url, upload % len(png.getvalue()) + png.getvalue(), 30) for _ in range(30)]
+        answers = [pool.submit(exchange, url, upload, 30) for _ in range(30)]
         time.sleep(1.0)
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -268,6 +274,26 @@ def test_ctrl_c_with_decodes_queued_answers_them_503_and_stops_at_once():
         codes = {int(a.result()[1].split()[1]) for a in answers}
     assert proc.returncode == 0 and seconds < 3, (seconds, err[-2000:])
     assert err.splitlines() == ["stopped"] and codes <= {200, 503} and 503 in codes, (codes, err[-2000:])
+
+
+def test_a_burst_of_large_uploads_beyond_the_waiting_line_is_answered_503_at_once():
+    """60 uploads of 2048×2048 at once, for 4 decoders: those beyond the WAITING in line are
+    answered 503 with Retry-After before any decode, where all 60 waited their turn (the last
+    ~10 s); the server goes on answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpumlp.cli.serve_http import DECODERS, WAITING
+
+    upload = large_upload()
+    with running_server(CHECKPOINT) as (proc, url), ThreadPoolExecutor(60) as pool:
+        answers = [a.result() for a in [pool.submit(exchange, url, upload, 60) for _ in range(60)]]
+        codes = sorted(int(got.split()[1]) for _, got in answers)
+        busy = [(seconds, got) for seconds, got in answers if int(got.split()[1]) == 503]
+        assert set(codes) == {200, 503} and codes.count(200) >= DECODERS + WAITING, codes
+        assert all(b"retry-after: 1" in got.lower() and "busy" in status_and_error(got)[1] for _, got in busy)
+        served = [seconds for seconds, got in answers if int(got.split()[1]) == 200]
+        assert max(seconds for seconds, _ in busy) < max(served), (busy, served)  # none waited its turn
+        assert get(url).startswith(b"HTTP/1.1 200 OK")
 
 
 def test_every_interface_warns_once_and_prints_the_addresses_it_answers_on():

@@ -22,6 +22,10 @@ from gpumlp.errors import GpumlpError
 
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body; more → 413
 DECODERS = 4  # images decoded at once (up to ~200 MB each at 2048×2048); more requests wait their turn
+# Uploads waiting for a decoder, at most: one more is answered 503 at once (with Retry-After), so a
+# burst of large images keeps every client's wait to about WAITING ÷ DECODERS decodes (0.3-0.6 s
+# each at 2048×2048 on 2 cores) instead of growing with the burst (50 waiting: 16 s).
+WAITING = 16
 # The formats the server decodes, by the bytes they start with. TIFF and Pillow's rarer formats are
 # left to `gpumlp predict`: a server facing strangers keeps its decoders to the common few.
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"GIF87a": "GIF", b"GIF89a": "GIF"}
@@ -211,6 +215,9 @@ def create_app(predictor, limits: Limits = DEFAULT_LIMITS, hosts=LOCAL_HOSTS):
             return data
         if not limiter:
             limiter.append(anyio.CapacityLimiter(DECODERS))  # made inside the event loop, on first use
+        if limiter[0].statistics().tasks_waiting >= WAITING:
+            busy = f"the server is busy: {DECODERS} images decoding and {WAITING} waiting; try again in a second"
+            return _error(503, busy, {"retry-after": "1"})
         async with limiter[0]:  # the wait for a decoder, on the event loop, where Ctrl-C can end it
             if await request.is_disconnected():  # gone, or answered 503 by Ctrl-C: nothing to decode for
                 return _error(503, "the client is gone")
