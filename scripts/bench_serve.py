@@ -5,9 +5,11 @@ page's board size, dark ink on white) one at a time over a kept-alive connection
 threads at once, and prints the median and 95th-percentile latency and the requests per second.
 ``--stalled N`` holds N connections that send half a request header and stop (a slowloris client),
 reopening each one the server closes, for the whole measurement: what ordinary clients get while
-the server sheds them (the header deadline is set to 2 s for the run).
+the server sheds them (the header deadline is set to 2 s for the run). ``--burst N`` then sends N
+uploads of a 2048×2048 PNG at once (the largest image the server decodes) and one drawing 0.5 s
+later: how many waited their turn and for how long, and what the drawing got.
 
-    python scripts/bench_serve.py [CHECKPOINT] [--requests 300] [--stalled 400]
+    python scripts/bench_serve.py [CHECKPOINT] [--requests 300] [--stalled 400] [--burst 50]
 """
 
 from __future__ import annotations
@@ -83,11 +85,40 @@ def stall(host: str, port: int, n: int, stop: threading.Event) -> list[int]:
     return closed
 
 
+def post(host: str, port: int, png: bytes) -> tuple[float, int]:
+    """(seconds, status) of one POST of ``png`` on its own connection."""
+    conn, start = http.client.HTTPConnection(host, port, timeout=120), time.perf_counter()
+    conn.request("POST", "/api/predict", body=png, headers={"Content-Type": "image/png"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return time.perf_counter() - start, response.status
+
+
+def burst(host: str, port: int, n: int, drawing_png: bytes) -> None:
+    """``n`` uploads of a noisy 2048×2048 PNG at once, and one drawing 0.5 s after them."""
+    ink = np.full((2048, 2048), 250, np.uint8) - np.random.default_rng(0).integers(0, 6, (2048, 2048), np.uint8)
+    ink[500:1500, 900:1100] = 0
+    out = io.BytesIO()
+    Image.fromarray(ink).save(out, format="PNG", compress_level=1)
+    with ThreadPoolExecutor(n + 1) as pool:
+        large = [pool.submit(post, host, port, out.getvalue()) for _ in range(n)]
+        time.sleep(0.5)
+        seconds, status = post(host, port, drawing_png)
+        answers = [f.result() for f in large]
+    served = [t for t, code in answers if code == 200]
+    busy = [t for t, code in answers if code == 503]
+    print(f"{n} uploads of 2048×2048 at once: {len(served)} answered 200 (longest wait {max(served, default=0):.1f} s),"
+          f" {len(busy)} answered 503 (longest {max(busy, default=0) * 1000:.0f} ms); "
+          f"a drawing sent 0.5 s later: {status} in {seconds * 1000:.0f} ms")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default="checkpoints/gpumlp-784-256-10-relu-ce.npz")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--stalled", type=int, default=0, help="slowloris connections held during the runs")
+    parser.add_argument("--burst", type=int, default=0, help="then this many 2048×2048 uploads at once")
     args = parser.parse_args()
     _, _, X, _ = load_mnist()
     pngs = [drawing(X[i % len(X)]) for i in range(args.requests)]
@@ -112,6 +143,8 @@ def main() -> None:
               f"{len(pngs) / wall:.0f} requests/s")  # fmt: skip
         if shed is not None:
             print(f"while {args.stalled} stalled connections were held: the server closed {shed[0]} of them")
+        if args.burst:
+            burst(url.hostname, url.port, args.burst, pngs[0])
     finally:
         stop.set()
         server.send_signal(signal.SIGINT)

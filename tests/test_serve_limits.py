@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -374,3 +376,18 @@ def test_accept_out_of_descriptors_is_one_line_not_a_traceback_per_retry():
     assert err.splitlines() == [
         "warning: cannot accept connections ([Errno 24] Too many open files); retrying every second"
     ]
+
+
+def test_bench_serve_script_runs_its_latency_and_burst_rounds(mnist_dir):
+    """scripts/bench_serve.py, whose figures docs/deploy.md and docs/reliability.md quote, runs
+    against a real server: a few drawings, then a burst of 2048×2048 uploads."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
+    env = {**os.environ, "GPUMLP_DATA_DIR": str(mnist_dir)}
+    proc = subprocess.run(
+        [sys.executable, str(script), CHECKPOINT, "--requests", "8", "--burst", "3"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=Path(script).parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "one at a time: median" in proc.stdout and "8 clients at once" in proc.stdout
+    assert "3 uploads of 2048×2048 at once: 3 answered 200" in proc.stdout, proc.stdout
+    assert "a drawing sent 0.5 s later: 200 in" in proc.stdout, proc.stdout

@@ -24,7 +24,7 @@ MAX_BODY = 2 * 1024 * 1024  # bytes of a request body; more → 413
 DECODERS = 4  # images decoded at once (up to ~200 MB each at 2048×2048); more requests wait their turn
 # Uploads waiting for a decoder, at most: one more is answered 503 at once (with Retry-After), so a
 # burst of large images keeps every client's wait to about WAITING ÷ DECODERS decodes (0.3-0.6 s
-# each at 2048×2048 on 2 cores) instead of growing with the burst (50 at once: 4.3 s, not 9.8 s).
+# each at 2048×2048 on 2 cores) instead of growing with the burst (50 at once: ~5 s, not ~10 s).
 WAITING = 16
 # The formats the server decodes, by the bytes they start with. TIFF and Pillow's rarer formats are
 # left to `gpumlp predict`: a server facing strangers keeps its decoders to the common few.
