@@ -13,11 +13,10 @@ passed in, and ``gpumlp train --help`` lists these names without waiting for num
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gpumlp.errors import ConfigError
+from gpumlp.records import Registry
 from gpumlp.scalars import const
 
 
@@ -71,47 +70,32 @@ class Activation:
     onnx_attributes: dict = field(default_factory=dict)  # the operator's attributes, e.g. {"alpha": 0.1}
 
 
-ACTIVATIONS = {
-    "sigmoid": Activation(
-        sigmoid_, sigmoid_grad, "xavier", "T(0.5) * tanh(T(0.5) * x) + T(0.5)", "a * (T(1) - a)", "Sigmoid"
-    ),
-    "relu": Activation(relu, relu_grad, "he", "x > T(0) ? x : T(0)", "a > T(0) ? T(1) : T(0)", "Relu"),
-    "tanh": Activation(tanh, tanh_grad, "xavier", "tanh(x)", "T(1) - a * a", "Tanh"),
-}
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+ACTIVATIONS.update(
+    {
+        "sigmoid": Activation(
+            sigmoid_, sigmoid_grad, "xavier", "T(0.5) * tanh(T(0.5) * x) + T(0.5)", "a * (T(1) - a)", "Sigmoid"
+        ),
+        "relu": Activation(relu, relu_grad, "he", "x > T(0) ? x : T(0)", "a > T(0) ? T(1) : T(0)", "Relu"),
+        "tanh": Activation(tanh, tanh_grad, "xavier", "tanh(x)", "T(1) - a * a", "Tanh"),
+    }
+)
 
 
 def register(name: str, act: Activation) -> Activation:
     """Add ``act`` as ``name``, after which MLP, --activation, checkpoints, export and every command accept it."""
-    if name in ACTIVATIONS:
-        raise ConfigError(f"an activation named {name!r} is already registered; give the new record another name")
-    ACTIVATIONS[name] = act
-    return act
+    return ACTIVATIONS.register(act, name)
 
 
-def unregister(name: str) -> None:
-    ACTIVATIONS.pop(name, None)
-
-
-@contextmanager
-def registered(name: str, act: Activation) -> Iterator[Activation]:
+def registered(name: str, act: Activation):
     """``register(name, act)`` for the duration of a ``with`` block (tests)."""
-    register(name, act)
-    try:
-        yield act
-    finally:
-        unregister(name)
+    return ACTIVATIONS.registered(act, name)
 
 
-def get(name: str) -> Activation:
-    """The record of ``name``, refused with the choices when there is none."""
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}: choose one of {choices()}")
-    return ACTIVATIONS[name]
+unregister, get = ACTIVATIONS.unregister, ACTIVATIONS.lookup
 
 
-def choices() -> str:
-    """``"sigmoid, relu, tanh"``: the registered names, read at call time (help texts, messages)."""
-    return ", ".join(ACTIVATIONS)
+choices = ACTIVATIONS.choices  # "sigmoid, relu, tanh", read at call time (help texts, messages)
 
 
 def default_inits() -> str:

@@ -15,13 +15,12 @@ in, and ``gpumlp train --help`` lists these names without waiting for numpy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 from gpumlp.activations import sigmoid, sigmoid_grad
-from gpumlp.errors import ConfigError
+from gpumlp.records import Registry
 
 # ---------------------------------------------------------------- numpy: forward, and beside it backward
 
@@ -164,41 +163,11 @@ class Loss:
         return KERNEL_PARAMS, KERNEL_OUT, self.cuda_body
 
 
-LOSSES: dict[str, Loss] = {}
+LOSSES: Registry[Loss] = Registry("loss")  # register(loss) adds one; MLP, --loss and every command read it
 
 
-def register(loss: Loss) -> Loss:
-    """Add ``loss`` to ``LOSSES``, after which MLP, --loss, checkpoints and every command accept it."""
-    if loss.name in LOSSES:
-        raise ConfigError(f"a loss named {loss.name!r} is already registered; give the new record another name")
-    LOSSES[loss.name] = loss
-    return loss
-
-
-def unregister(name: str) -> None:
-    LOSSES.pop(name, None)
-
-
-@contextmanager
-def registered(loss: Loss) -> Iterator[Loss]:
-    """``register(loss)`` for the duration of a ``with`` block (tests)."""
-    register(loss)
-    try:
-        yield loss
-    finally:
-        unregister(loss.name)
-
-
-def get(name: str) -> Loss:
-    """The record of ``name``, refused with the choices when there is none."""
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}: choose one of {choices()}")
-    return LOSSES[name]
-
-
-def choices() -> str:
-    """``"mse, ce"``: the registered names, read at call time."""
-    return ", ".join(LOSSES)
+register, unregister, registered = LOSSES.register, LOSSES.unregister, LOSSES.registered
+get, choices = LOSSES.lookup, LOSSES.choices  # a record or a refusal; "mse, ce", read at call time
 
 
 def help_text() -> str:

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gpumlp"
-CORE = {f"gpumlp.{m}" for m in ("model", "activations", "losses", "optim", "errors", "scalars", "inputs")}
+CORE = {f"gpumlp.{m}" for m in ("model", "activations", "losses", "optim", "errors", "scalars", "inputs", "records")}
 CORE_BACKENDS = {"gpumlp.backends.base", "gpumlp.backends.registry"}  # what the core may take from the backends
 EDGES = ("training", "data", "formats", "cli", "sweep")
 # Layer → the layers it must not import. The core's rule on the backends is CORE_BACKENDS.

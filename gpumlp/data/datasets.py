@@ -8,11 +8,10 @@ training and 10,000 test images of 28×28 uint8 pixels, labels 0–9.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gpumlp.errors import ConfigError
+from gpumlp.records import Registry
 
 # The four IDX files, decompressed, and their exact sizes (the same in all three datasets): no file
 # under these names is ever read, or inflated, beyond them.
@@ -114,7 +113,9 @@ KMNIST = Dataset(
     source="https://github.com/rois-codh/kmnist README (file links); checksums as in torchvision's KMNIST",
 )
 
-DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
+DATASETS: Registry[Dataset] = Registry("dataset", "--dataset")
+for _rec in (MNIST, FASHION_MNIST, KMNIST):
+    DATASETS.register(_rec)
 
 
 def choices() -> str:
@@ -123,34 +124,9 @@ def choices() -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
-def register(rec: Dataset) -> Dataset:
-    """Add ``rec`` to ``DATASETS``, after which --dataset, load_dataset, checkpoints and every command accept it."""
-    if rec.name in DATASETS:
-        raise ConfigError(f"a dataset named {rec.name!r} is already registered; give the new record another name")
-    DATASETS[rec.name] = rec
-    return rec
-
-
-def unregister(name: str) -> None:
-    DATASETS.pop(name, None)
-
-
-@contextmanager
-def registered(rec: Dataset) -> Iterator[Dataset]:
-    """``register(rec)`` for the duration of a ``with`` block (tests)."""
-    register(rec)
-    try:
-        yield rec
-    finally:
-        unregister(rec.name)
-
-
-def get(name: str) -> Dataset:
-    """The record of ``--dataset name``; ``ConfigError`` naming the choices for any other name."""
-    try:
-        return DATASETS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown --dataset {name!r}: choose one of {', '.join(DATASETS)}") from None
+# register(rec) adds one: --dataset, load_dataset, checkpoints and every command then accept it.
+register, unregister, registered = DATASETS.register, DATASETS.unregister, DATASETS.registered
+get = DATASETS.lookup  # the record of --dataset NAME, or a ConfigError naming the choices
 
 
 def checkpoint_fields(name: str) -> dict:
