@@ -21,8 +21,10 @@ from gpumlp.errors import ConfigError
 from gpumlp.formats import checkpoint
 from gpumlp.model import MLP
 from standins.gradcheck import numerical_grad
+from standins.variant_run import invoke, resumed_and_straight, train_args
 
 runner = CliRunner()
+OPTIONS = ("--activation", "leaky-relu", "--loss", "ce")  # the variant under test, on every train command line
 SLOPE = 0.1  # not ONNX's default alpha (0.01): an export that dropped the attribute would disagree
 
 
@@ -47,12 +49,6 @@ def leaky():
     assert "leaky-relu" not in ACTIVATIONS
 
 
-def invoke(args: list[str]):
-    result = runner.invoke(cli.app, args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
 def test_its_derivative_matches_finite_differences_in_float64():
     z, h = np.linspace(-6, 6, 241) + 1e-3, 1e-6  # no kink on the grid
     numeric = (leaky_relu(np, z + h) - leaky_relu(np, z - h)) / (2 * h)
@@ -73,21 +69,10 @@ def test_it_trains_through_the_library_api(mnist):
     assert gpumlp.evaluate(model, X_test[:2000], y_test[:2000]) > 0.85
 
 
-def train_args(mnist_dir, save, epochs: int) -> list[str]:
-    return ["train", "--activation", "leaky-relu", "--loss", "ce", "--layers", "784,24,10", "--lr", "0.1",
-            "--batch-size", "32", "--epochs", str(epochs), "--train-size", "3000", "--val-size", "500",
-            "--test-size", "0", "--data-dir", str(mnist_dir), "--save", str(save), "--quiet"]  # fmt: skip
-
-
 def test_trained_saved_resumed_tested_and_exported_through_the_cli(mnist, mnist_dir, tmp_path):
     """Saved after 1 epoch and resumed to 2, the run equals an uninterrupted 2-epoch run bit for
     bit; ``info``/``test`` read it; the ONNX graph (LeakyRelu, alpha 0.1) agrees with onnxruntime."""
-    part, whole = tmp_path / "part.npz", tmp_path / "whole.npz"
-    invoke(train_args(mnist_dir, part, 1))
-    invoke(["train", "--resume", str(part), "--epochs", "2", "--data-dir", str(mnist_dir), "--save", str(part)])
-    invoke(train_args(mnist_dir, whole, 2))
-    resumed, meta = checkpoint.load(part)
-    straight, _ = checkpoint.load(whole)
+    part, resumed, meta, straight = resumed_and_straight(mnist_dir, tmp_path, *OPTIONS)
     assert resumed.activation == meta["activation"] == "leaky-relu" and meta["train_state"]["epochs_done"] == 2
     np.testing.assert_array_equal(resumed.theta, straight.theta)
     assert json.loads(invoke(["info", str(part), "--json"]).output)["activation"] == "leaky-relu"
@@ -143,7 +128,7 @@ def test_help_registry_and_metadata_name_it_while_it_is_registered(mnist_dir, tm
         assert result.exit_code == 2 and "activation must be one of sigmoid, relu, tanh" in result.output, result.output
         with pytest.raises(ConfigError, match="unknown activation 'leaky-relu': choose one of sigmoid, relu, tanh"):
             MLP((784, 10), "leaky-relu")
-        result = runner.invoke(cli.app, train_args(mnist_dir, tmp_path / "x.npz", 1))
+        result = runner.invoke(cli.app, train_args(mnist_dir, tmp_path / "x.npz", 1, *OPTIONS))
         assert result.exit_code == 2 and "unknown activation 'leaky-relu'" in result.output, result.output
         assert not (tmp_path / "x.npz").exists()
     finally:

@@ -16,7 +16,6 @@ from gpumlp.backends.cpu import CPU
 from gpumlp.cli import commands as cli
 from gpumlp.cli.predict import predict_images
 from gpumlp.errors import ConfigError
-from gpumlp.formats import checkpoint
 from gpumlp.losses import (
     LOSSES,
     Loss,
@@ -30,8 +29,10 @@ from gpumlp.losses import (
     softmax_kernel,
 )
 from standins.kernel_harness import CXX, NVCC, all_specs, build_kernels, c_name, host_backend
+from standins.variant_run import invoke, resumed_and_straight
 
 runner = CliRunner()
+OPTIONS = ("--loss", "ls-ce", "--activation", "relu")  # the variant under test, on every train command line
 EPS = 0.1  # the share of each target spread evenly over the 10 classes
 
 
@@ -91,27 +92,10 @@ def test_trains_through_the_library_api(ls_ce, mnist):
     np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-5)  # the softmax head
 
 
-def train_args(mnist_dir, save, epochs: int) -> list[str]:
-    return ["train", "--loss", "ls-ce", "--activation", "relu", "--layers", "784,24,10", "--lr", "0.1",
-            "--batch-size", "32", "--epochs", str(epochs), "--train-size", "3000", "--val-size", "500",
-            "--test-size", "0", "--data-dir", str(mnist_dir), "--save", str(save), "--quiet"]  # fmt: skip
-
-
-def invoke(args: list[str]):
-    result = runner.invoke(cli.app, args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
 def test_trains_resumes_tests_and_exports_through_the_cli(ls_ce, mnist, mnist_dir, tmp_path):
     """Saved after 1 epoch and resumed to 2, the run equals an uninterrupted 2-epoch run bit for bit;
     ``gpumlp test`` words its confidences from the record; the ONNX graph agrees with onnxruntime."""
-    part, whole = tmp_path / "part.npz", tmp_path / "whole.npz"
-    invoke(train_args(mnist_dir, part, 1))
-    invoke(["train", "--resume", str(part), "--epochs", "2", "--data-dir", str(mnist_dir), "--save", str(part)])
-    invoke(train_args(mnist_dir, whole, 2))
-    resumed, meta = checkpoint.load(part)
-    straight, _ = checkpoint.load(whole)
+    part, resumed, meta, straight = resumed_and_straight(mnist_dir, tmp_path, *OPTIONS)
     assert resumed.loss == meta["loss"] == "ls-ce" and meta["train_state"]["epochs_done"] == 2
     np.testing.assert_array_equal(resumed.theta, straight.theta)
 
